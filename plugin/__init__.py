@@ -1,0 +1,1 @@
+"""Flood Mapper: the plugin's code. `core` imports no qgis; the rest is thin QGIS glue."""

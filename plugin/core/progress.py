@@ -1,0 +1,42 @@
+"""The small callback interface through which core code reports progress and checks for cancel.
+
+The QGIS side adapts QgsProcessingFeedback to it; plain Python uses NullProgress or a CLI bar.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .errors import Cancelled
+
+
+class Progress(Protocol):
+    def set_progress(self, percent: float) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+    def is_canceled(self) -> bool: ...
+
+
+class NullProgress:
+    """Progress that reports nothing and is never cancelled."""
+
+    def set_progress(self, percent: float) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+    def is_canceled(self) -> bool:
+        return False
+
+
+def check_cancel(progress: Progress) -> None:
+    """Raise Cancelled when the user asked to stop."""
+    if progress.is_canceled():
+        raise Cancelled()

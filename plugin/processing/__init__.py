@@ -1,0 +1,1 @@
+"""The Processing provider, its algorithms and the output post-processor."""

@@ -1,0 +1,62 @@
+"""Styles the flood layer after Processing loads it: paletted water/not-water, figures in the metadata.
+
+Runs on the main thread when the algorithm has finished (never inside processAlgorithm). QGIS keeps only a
+raw pointer to a post-processor, so every instance is also kept in `_KEEP` until QGIS has called it.
+"""
+
+from __future__ import annotations
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+from ..toolbelt.i18n import tr
+
+WATER_COLOR = QColor(31, 120, 209)  # a clear blue, readable over imagery and basemaps
+NOT_WATER_COLOR = QColor(0, 0, 0, 0)  # transparent: the flood layer only adds water to the map
+
+
+def flood_renderer(layer: QgsRasterLayer) -> QgsPalettedRasterRenderer:
+    classes = [
+        QgsPalettedRasterRenderer.Class(0, NOT_WATER_COLOR, tr("Not water")),
+        QgsPalettedRasterRenderer.Class(1, WATER_COLOR, tr("Water")),
+    ]
+    return QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+
+
+def style_flood_layer(layer: QgsRasterLayer, summary: str = "") -> None:
+    """Apply the flood style (also used by the demo script and tests, outside Processing)."""
+    layer.setRenderer(flood_renderer(layer))
+    if summary:
+        layer.setAbstract(summary)
+        metadata = layer.metadata()
+        metadata.setAbstract(summary)
+        layer.setMetadata(metadata)
+    layer.triggerRepaint()
+
+
+class FloodLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    _KEEP: list = []
+
+    def __init__(self, summary: str) -> None:
+        super().__init__()
+        self.summary = summary
+
+    @classmethod
+    def create(cls, summary: str) -> FloodLayerPostProcessor:
+        instance = cls(summary)
+        cls._KEEP.append(instance)
+        del cls._KEEP[:-64]  # QGIS has called the older ones long ago
+        return instance
+
+    def postProcessLayer(  # noqa: N802 (QGIS API)
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        if isinstance(layer, QgsRasterLayer) and layer.isValid():
+            style_flood_layer(layer, self.summary)

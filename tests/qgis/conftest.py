@@ -1,0 +1,51 @@
+"""QGIS tests import the checkout as the installed plugin package `floodmapper`, as QGIS does."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLUGINS = ROOT / "build" / "test-plugins"
+
+
+def _link_plugin() -> None:
+    PLUGINS.mkdir(parents=True, exist_ok=True)
+    link = PLUGINS / "floodmapper"
+    if not link.is_symlink() or link.resolve() != ROOT:
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(ROOT, target_is_directory=True)
+    if str(PLUGINS) not in sys.path:
+        sys.path.insert(0, str(PLUGINS))
+
+
+_link_plugin()
+
+
+@pytest.fixture
+def plugin(qgis_app, qgis_iface, qgis_processing):
+    """The plugin loaded through classFactory + initGui, unloaded afterwards."""
+    import floodmapper
+
+    instance = floodmapper.classFactory(qgis_iface)
+    instance.initGui()
+    yield instance
+    if instance.provider is not None:
+        instance.unload()
+
+
+@pytest.fixture
+def provider_loaded(qgis_app, qgis_processing):
+    """Only the Processing provider (as qgis_process loads it), for algorithm tests."""
+    from qgis.core import QgsApplication
+
+    from floodmapper.plugin.processing.provider import FloodMapperProvider
+
+    registry = QgsApplication.processingRegistry()
+    if registry.providerById("floodmapper") is None:
+        provider = FloodMapperProvider()
+        registry.addProvider(provider)
+    return registry.providerById("floodmapper")
