@@ -25,6 +25,9 @@ lint:
 qt6-check:
 	bash scripts/qt6-check
 
+package:
+	$(PY) scripts/package.py dist
+
 serve-demo:
 	PORT=$(PORT) bash scripts/serve-demo
 

@@ -1,0 +1,179 @@
+"""floodmapper:map_floods in real QGIS against a real vLLM server (the demo model, image-to-image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from plugin.core.scenes import generate_scene, iou
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+MIN_IOU = 0.85  # the demo model's quality gate (>= 0.9 on held-out scenes) lives in tests/e2e
+
+
+def _grid(path):
+    with rasterio.open(path) as ds:
+        return ds.crs, ds.transform, ds.width, ds.height
+
+
+def _classes(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.nodata
+
+
+def _params(src, out, server, **extra):
+    params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": server.url, "OUTPUT": str(out)}
+    params.update(extra)
+    return params
+
+
+def test_map_floods_styled_layer_and_figures(provider_loaded, qgis_iface, vllm_server, tmp_path):
+    import processing
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject
+
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9101, width=320, height=288)
+    out = tmp_path / "flood.tif"
+    result = processing.runAndLoadResults("floodmapper:map_floods", _params(src, out, vllm_server))
+
+    assert _grid(out) == _grid(src)
+    classes, nodata = _classes(out)
+    assert nodata == 255
+    assert set(np.unique(classes)) <= {0, 1, 255}
+    water = int((classes == 1).sum())
+    valid = int((classes != 255).sum())
+    assert result["WATER_PIXELS"] == water
+    assert result["VALID_PIXELS"] == valid
+    assert result["WATER_FRACTION"] == pytest.approx(water / valid)
+    with rasterio.open(out) as ds:
+        pixel_km2 = abs(ds.transform.a * ds.transform.e) / 1e6
+    assert result["WATER_AREA_KM2"] == pytest.approx(water * pixel_km2, rel=1e-6)
+    assert iou(classes, truth) >= MIN_IOU
+
+    layers = QgsProject.instance().mapLayersByName("scene – flood")
+    assert len(layers) == 1
+    renderer = layers[0].renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    labels = {c.value: (c.label, c.color.alpha()) for c in renderer.classes()}
+    assert labels[1][0] == "Water" and labels[1][1] == 255
+    assert labels[0][0] == "Not water" and labels[0][1] == 0
+    assert "km²" in layers[0].abstract()
+    assert (tmp_path / "flood.qml").exists()  # the style travels with the file
+    QgsProject.instance().removeMapLayer(layers[0].id())
+
+
+def test_nodata_border_maps_to_output_nodata(provider_loaded, vllm_server, tmp_path):
+    import processing
+
+    src = tmp_path / "bordered.tif"
+    truth = generate_scene(src, seed=9102, width=256, height=256, nodata=0, nodata_border=12)
+    out = tmp_path / "bordered-flood.tif"
+    processing.run("floodmapper:map_floods", _params(src, out, vllm_server))
+    classes, _ = _classes(out)
+    np.testing.assert_array_equal(classes == 255, truth == 255)
+    assert iou(classes, truth) >= MIN_IOU
+
+
+def test_batch_rows_are_independent(provider_loaded, vllm_server, tmp_path):
+    """As the batch dialog runs it: one context per row; a bad row fails clearly, the others are mapped."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    rows = []
+    for i, seed in enumerate((9103, 9104)):
+        path = tmp_path / f"row{i}.tif"
+        generate_scene(path, seed=seed, width=256, height=256)
+        rows.append(path)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00 this is not a GeoTIFF")
+    rows.insert(1, broken)
+
+    alg = QgsApplication.processingRegistry().algorithmById("floodmapper:map_floods")
+    outputs, failures = [], []
+    for i, path in enumerate(rows):
+        context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+        out = tmp_path / f"row{i}-flood.tif"
+        params = _params(path, out, vllm_server)
+        ok, message = alg.checkParameterValues(params, context)
+        if not ok:
+            failures.append((path, message))
+            continue
+        try:
+            res, ok = alg.run(params, context, feedback)
+        except QgsProcessingException as err:
+            failures.append((path, str(err)))
+            continue
+        if ok:
+            outputs.append(res["OUTPUT"])
+        else:
+            failures.append((path, "run returned not ok"))
+    assert len(outputs) == 2 and all(Path(o).exists() for o in outputs)
+    assert len(failures) == 1 and failures[0][0] == broken
+    assert "INPUT" in failures[0][1] or "raster" in failures[0][1].lower()
+    assert not (tmp_path / "row1-flood.tif").exists()
+
+
+def test_output_over_input_is_refused(provider_loaded, vllm_server, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    src = tmp_path / "keep.tif"
+    generate_scene(src, seed=9105, width=64, height=64)
+    before = src.read_bytes()
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("floodmapper:map_floods", _params(src, src, vllm_server))
+    assert "input" in str(err.value).lower()
+    assert src.read_bytes() == before
+
+
+def test_cancel_stops_at_once_and_leaves_nothing(provider_loaded, vllm_server, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    src = tmp_path / "big.tif"
+    generate_scene(src, seed=9106, width=1024, height=1024)
+    out = tmp_path / "big-flood.tif"
+    alg = QgsApplication.processingRegistry().algorithmById("floodmapper:map_floods")
+    context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+    cancelled_at = []
+
+    def cancel_soon():
+        time.sleep(2.0)
+        cancelled_at.append(time.monotonic())
+        feedback.cancel()
+
+    threading.Thread(target=cancel_soon, daemon=True).start()
+    with pytest.raises(QgsProcessingException) as err:
+        alg.run(_params(src, out, vllm_server), context, feedback)
+    stopped = time.monotonic() - cancelled_at[0]
+    assert "cancel" in str(err.value).lower()
+    assert stopped < 3.0, f"took {stopped:.1f} s to stop after cancel"
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_qgis_process_headless_remote(vllm_server, tmp_path):
+    src = tmp_path / "headless.tif"
+    truth = generate_scene(src, seed=9107, width=256, height=256)
+    out = tmp_path / "headless-flood.tif"
+    env = dict(os.environ, FLOODMAPPER_QGIS_STATE=str(tmp_path / "qgis"))
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "qgis-process"), "--json", "run", "floodmapper:map_floods", "--",
+         f"INPUT={src}", "BACKEND=0", f"SERVER_URL={vllm_server.url}", f"OUTPUT={out}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = json.loads(proc.stdout[proc.stdout.index("{"):])
+    results = payload["results"]
+    assert _grid(out) == _grid(src)
+    classes, _ = _classes(out)
+    assert results["WATER_PIXELS"] == int((classes == 1).sum())
+    assert iou(classes, truth) >= MIN_IOU
