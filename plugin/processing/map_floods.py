@@ -15,6 +15,15 @@ from urllib.parse import urlparse
 
 from qgis.core import (
     Qgis,
+    QgsCoordinateReferenceSystem,
+    QgsDistanceArea,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -22,6 +31,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -41,6 +51,7 @@ from ..core.pipeline import (
 )
 from ..toolbelt import log as qlog
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, WKB_POLYGON
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .postprocessor import FloodLayerPostProcessor
@@ -134,6 +145,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
     OFFSET = "OFFSET"
     OUTPUT = "OUTPUT"
     PROBABILITY = "PROBABILITY"
+    WATER_POLYGONS = "WATER_POLYGONS"
+    MIN_AREA = "MIN_AREA"
     WATER_PIXELS = "WATER_PIXELS"
     VALID_PIXELS = "VALID_PIXELS"
     WATER_FRACTION = "WATER_FRACTION"
@@ -253,6 +266,18 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         )
         p.setFlags(p.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
         self.addParameter(p)
+        p = QgsProcessingParameterFeatureSink(
+            self.WATER_POLYGONS, tr("Water polygons"), type=QgsProcessing.SourceType.TypeVectorPolygon,
+            optional=True, createByDefault=False,
+        )
+        p.setHelp(tr("Water areas as polygons with their area in m² (optional)."))
+        self.addParameter(p)
+        p = QgsProcessingParameterNumber(
+            self.MIN_AREA, tr("Smallest water polygon to keep (m²)"),
+            type=QgsProcessingParameterNumber.Type.Double, minValue=0.0, defaultValue=0.0,
+        )
+        p.setHelp(tr("Water polygons smaller than this are left out of WATER_POLYGONS (the raster keeps them)."))
+        self.addParameter(p)
         self.addOutput(QgsProcessingOutputNumber(self.WATER_PIXELS, tr("Water pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.VALID_PIXELS, tr("Valid pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.WATER_FRACTION, tr("Water fraction of valid pixels")))
@@ -300,7 +325,51 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         }
         if result.probability_path:
             outputs[self.PROBABILITY] = result.probability_path
+        polygons_id = self._write_polygons(parameters, context, feedback, output)
+        if polygons_id:
+            outputs[self.WATER_POLYGONS] = polygons_id
         return outputs
+
+    def _write_polygons(self, parameters, context, feedback, classes_path: str) -> str | None:
+        """Trace water areas into the optional WATER_POLYGONS sink, with ellipsoidal areas in m²."""
+        from ..core.polygons import water_polygons
+
+        if not parameters.get(self.WATER_POLYGONS):
+            return None
+        import rasterio
+
+        with rasterio.open(classes_path) as ds:
+            crs = QgsCoordinateReferenceSystem(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
+        fields = QgsFields()
+        fields.append(QgsField("id", FIELD_INT))
+        fields.append(QgsField("area_m2", FIELD_DOUBLE))
+        fields.append(QgsField("pixels", FIELD_INT))
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.WATER_POLYGONS, context, fields, WKB_POLYGON, crs,
+        )
+        if sink is None:
+            return None
+        measure = QgsDistanceArea()
+        measure.setSourceCrs(crs, context.transformContext())
+        measure.setEllipsoid(context.ellipsoid() or "WGS84")
+        min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
+        kept = dropped = 0
+        for polygon in water_polygons(classes_path):
+            if feedback.isCanceled():
+                break
+            geometry = QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring] for ring in polygon.rings])
+            area = measure.measureArea(geometry)
+            if area < min_area:
+                dropped += 1
+                continue
+            kept += 1
+            feature = QgsFeature(fields)
+            feature.setGeometry(geometry)
+            feature.setAttributes([kept, area, polygon.pixels])
+            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
+        feedback.pushInfo(tr("Water polygons: {kept} kept, {dropped} smaller than {min} m² left out.").format(
+            kept=kept, dropped=dropped, min=min_area))
+        return dest_id
 
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:
         from ..core.client import VllmClient

@@ -177,3 +177,29 @@ def test_qgis_process_headless_remote(vllm_server, tmp_path):
     classes, _ = _classes(out)
     assert results["WATER_PIXELS"] == int((classes == 1).sum())
     assert iou(classes, truth) >= MIN_IOU
+
+
+def test_water_polygons_area_matches_raster_geographic(provider_loaded, vllm_server, tmp_path):
+    """EPSG:4326 scene: polygon areas (ellipsoidal) sum to the raster's equal-area water figure within 1 %."""
+    import processing
+    from qgis.core import QgsVectorLayer
+
+    src = tmp_path / "geo.tif"
+    generate_scene(src, seed=9108, width=300, height=260, crs="EPSG:4326")
+    out = tmp_path / "geo-flood.tif"
+    polys = tmp_path / "geo-water.gpkg"
+    result = processing.run("floodmapper:map_floods", _params(
+        src, out, vllm_server, WATER_POLYGONS=str(polys), MIN_AREA=0))
+    assert _grid(out) == _grid(src)
+    layer = QgsVectorLayer(str(result["WATER_POLYGONS"]), "water", "ogr")
+    assert layer.isValid() and layer.featureCount() > 0
+    total_m2 = sum(f["area_m2"] for f in layer.getFeatures())
+    assert sum(f["pixels"] for f in layer.getFeatures()) == result["WATER_PIXELS"]
+    assert total_m2 / 1e6 == pytest.approx(result["WATER_AREA_KM2"], rel=0.01)
+    # MIN_AREA drops the specks, never the big areas
+    biggest = max(f["area_m2"] for f in layer.getFeatures())
+    filtered = processing.run("floodmapper:map_floods", _params(
+        src, tmp_path / "geo-flood2.tif", vllm_server, WATER_POLYGONS=str(tmp_path / "big.gpkg"),
+        MIN_AREA=biggest / 2))
+    big = QgsVectorLayer(str(filtered["WATER_POLYGONS"]), "big", "ogr")
+    assert 1 <= big.featureCount() < layer.featureCount()

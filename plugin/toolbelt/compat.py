@@ -1,0 +1,23 @@
+"""The few names that differ between QGIS 3.22 (Qt5) and QGIS 3.38+/4.x (Qt6), resolved once."""
+
+from __future__ import annotations
+
+from qgis.core import Qgis
+
+if Qgis.versionInt() >= 33800:  # QgsField takes QMetaType.Type; QVariant.Type is gone in Qt6
+    from qgis.PyQt.QtCore import QMetaType
+
+    FIELD_INT = QMetaType.Type.Int
+    FIELD_DOUBLE = QMetaType.Type.Double
+else:
+    from qgis.PyQt.QtCore import QVariant
+
+    FIELD_INT = QVariant.Type.Int
+    FIELD_DOUBLE = QVariant.Type.Double
+
+if hasattr(Qgis, "WkbType"):  # 3.30+
+    WKB_POLYGON = Qgis.WkbType.Polygon
+else:
+    from qgis.core import QgsWkbTypes
+
+    WKB_POLYGON = QgsWkbTypes.Type.Polygon
