@@ -48,12 +48,9 @@ def describe_server(settings: Settings) -> str:
 
 
 def describe_engine(settings: Settings) -> str:
-    from ..core.engine import get_engine
+    from ..core.engine import engine_status
 
-    engine = get_engine(settings)
-    engine.ensure_running(None, timeout=settings.startup_timeout)
-    status = engine.engine_status()
-    return "\n".join(f"{k}: {v}" for k, v in status.items())
+    return engine_status(settings, start=True).summary()
 
 
 class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):

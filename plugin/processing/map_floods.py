@@ -121,6 +121,11 @@ def write_style_sidecar(output: str) -> None:
     os.replace(tmp, sidecar)
 
 
+def engine_log(line: str) -> None:
+    """The local engine's log lines go to the QGIS log panel (tab "Flood Mapper")."""
+    qlog.log(f"[engine] {line}")
+
+
 def summary_text(input_name: str, result: MapFloodsResult) -> str:
     return tr(
         "Flood map of {name}: water {water:,} of {valid:,} valid pixels ({fraction:.2%}), "
@@ -388,7 +393,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         if backend == BACKEND_LOCAL:
             from ..core.engine import get_engine
 
-            engine = get_engine(settings)
+            engine = get_engine(settings, on_log=engine_log)
             url = engine.ensure_running(progress, timeout=settings.startup_timeout)
             headers: dict[str, str] = {}
             server_reads_files = True

@@ -1,0 +1,139 @@
+"""BACKEND = local engine: the plugin starts vLLM itself, reuses it, recovers from a crash and leaves nothing.
+
+Each engine start costs ~1 min on this CPU, so one test walks the whole lifecycle in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from plugin.core.scenes import generate_scene, iou
+
+pytestmark = [pytest.mark.vllm, pytest.mark.engine]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def engine_pids() -> set[int]:
+    """Every live process running our vLLM entry point (the engine and its children)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        if b"vllm_entry.py" in cmdline and "State:\tZ" not in status:
+            pids.add(int(entry.name))
+    return pids
+
+
+def descendants_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _map(src, out):
+    import processing
+
+    t0 = time.monotonic()
+    result = processing.run("floodmapper:map_floods", {"INPUT": str(src), "BACKEND": 1, "OUTPUT": str(out)})
+    return result, time.monotonic() - t0
+
+
+def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processing, tmp_path, capsys):
+    from qgis.core import QgsApplication
+
+    import floodmapper
+    from floodmapper.plugin.core import engine as engine_mod
+
+    before = engine_pids()
+    plugin = floodmapper.classFactory(qgis_iface)
+    plugin.initGui()
+    logged: list[str] = []
+    QgsApplication.messageLog().messageReceived.connect(lambda m, tag, lvl: logged.append(m))
+    scenes = []
+    for i, seed in enumerate((5101, 5102, 5103)):
+        src = tmp_path / f"s{i}.tif"
+        scenes.append((src, generate_scene(src, seed=seed, width=256, height=256)))
+
+    # 1. first run starts the engine
+    result1, first = _map(scenes[0][0], tmp_path / "f0.tif")
+    assert engine_mod.running_engines(), "the plugin's engine registry has no running engine"
+    started = engine_pids() - before
+    assert started, "no engine process was started"
+    with rasterio.open(tmp_path / "f0.tif") as ds:
+        assert iou(ds.read(1), scenes[0][1]) >= 0.85
+
+    # 2. second run reuses it: same processes, no second start-up
+    result2, second = _map(scenes[1][0], tmp_path / "f1.tif")
+    assert engine_pids() - before == started
+    assert second < first
+    with capsys.disabled():
+        print(f"\nlocal engine: first run {first:.1f} s (engine start included), second run {second:.1f} s")
+
+    # 3. the engine dies between runs: the next run says so and recovers by restarting
+    victim = max(started)
+    pgid = os.getpgid(victim)
+    os.killpg(pgid, signal.SIGKILL)
+    for _ in range(50):
+        if not descendants_alive(pgid):
+            break
+        time.sleep(0.2)
+    logged.clear()
+    result3, third = _map(scenes[2][0], tmp_path / "f2.tif")
+    assert Path(result3["OUTPUT"]).exists()
+    assert any("restart" in m.lower() or "died" in m.lower() or "exited" in m.lower() for m in logged), logged[-10:]
+    restarted = engine_pids() - before
+    assert restarted and not (restarted & started)
+
+    # 4. unload: no engine process of ours is left
+    QgsApplication.messageLog().messageReceived.disconnect()
+    plugin.unload()
+    deadline = time.monotonic() + 30
+    while engine_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_pids() - before == set()
+    assert engine_mod.running_engines() == []
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["nothing-configured", "env-vars"])
+def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
+    from plugin.core.settings import DEMO_MODEL_DIR, default_vllm_python
+
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=5201 if configured else 5202, width=256, height=256)
+    out = tmp_path / "flood.tif"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODMAPPER_")}
+    env["FLOODMAPPER_QGIS_STATE"] = str(tmp_path / "qgis")
+    if configured:
+        env["FLOODMAPPER_VLLM_PYTHON"] = default_vllm_python()
+        env["FLOODMAPPER_MODEL"] = str(DEMO_MODEL_DIR)
+    before = engine_pids()
+    proc = subprocess.run(
+        ["bash", "-c", f'"{ROOT}/scripts/qgis-process" run floodmapper:map_floods -- '
+                       f'INPUT="{src}" BACKEND=1 OUTPUT="{out}"'],
+        capture_output=True, text=True, env=env, timeout=900, start_new_session=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with rasterio.open(out) as ds:
+        classes = ds.read(1)
+    assert set(np.unique(classes)) <= {0, 1, 255}
+    assert iou(classes, truth) >= 0.85
+    deadline = time.monotonic() + 20
+    while engine_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_pids() - before == set(), "qgis_process left an engine running"
