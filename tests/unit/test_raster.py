@@ -1,0 +1,350 @@
+"""raster.py: band selection, remap + nodata, atomic write, same grid, statistics and equal-area sums."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+
+from plugin.core import raster
+from plugin.core.errors import Cancelled, InputError, OutputError, ServerError
+from plugin.core.raster import RasterInfo, compute_stats, finalize_classes, inspect, select_bands
+
+S1F11 = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
+S2 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+
+def info_with(descriptions, count=None) -> RasterInfo:
+    count = count or len(descriptions)
+    return RasterInfo("x.tif", 10, 10, count, ("uint16",) * count, None, from_origin(0, 10, 1, 1),
+                      (None,) * count, tuple(descriptions), False, True)
+
+
+def write(path, data, crs="EPSG:32633", transform=None, nodata=None, descriptions=None, mask=None):
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    count, h, w = data.shape
+    transform = transform or from_origin(500000, 5000000, 30, 30)
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=data.dtype,
+                       crs=crs, transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = descriptions
+        if mask is not None:
+            dst.write_mask(mask.astype(np.uint8) * 255)
+    return str(path)
+
+
+def server_tiff_bytes(classes: np.ndarray, like: str) -> bytes:
+    """What TerraTorch's plugin returns: class × 255 as uint8, input grid, nodata=0."""
+    with rasterio.open(like) as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
+                       crs=src.crs, transform=src.transform, nodata=0, compress="lzw")
+    buf = io.BytesIO()
+    with rasterio.MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write((classes * 255).astype(np.uint8), 1)
+        buf.write(mem.read())
+    return buf.getvalue()
+
+
+def no_temp_left(folder) -> bool:
+    return not [n for n in os.listdir(folder) if ".part" in n]
+
+
+# ----------------------------------------------------------------------------------- band selection
+def test_select_by_sen1floods11_names_in_any_order():
+    shuffled = ("SWIR_2", "RED", "BLUE", "NIR_NARROW", "GREEN", "SWIR_1", "EXTRA")
+    idx, warnings = select_bands(info_with(shuffled))
+    assert idx == [2, 4, 1, 3, 5, 0]
+    assert warnings == []
+
+
+def test_select_from_sentinel2_band_names():
+    idx, warnings = select_bands(info_with(S2))
+    assert idx == [1, 2, 3, 8, 11, 12] and warnings == []
+
+
+@pytest.mark.parametrize("names", [
+    ("b2", "b3", "b4", "b8a", "b11", "b12"),
+    ("B02 (Blue)", "B03 - green", "Red B04", "nir_narrow", "SWIR1", "swir 2"),
+    ("blue", "green", "red", "Narrow NIR", "SWIR16", "SWIR22"),
+])
+def test_select_case_insensitive_and_aliases(names):
+    idx, warnings = select_bands(info_with(names))
+    assert idx == [0, 1, 2, 3, 4, 5] and warnings == []
+
+
+def test_narrow_nir_is_not_confused_with_broad_nir():
+    names = ("B02", "B03", "B04", "NIR", "NIR_NARROW", "B11", "B12")
+    idx, _ = select_bands(info_with(names))
+    assert idx == [0, 1, 2, 4, 5, 6]
+
+
+def test_broad_nir_fallback_warns():
+    idx, warnings = select_bands(info_with(("B02", "B03", "B04", "B08", "B11", "B12")))
+    assert idx == [0, 1, 2, 3, 4, 5]
+    assert len(warnings) == 1 and "B08" in warnings[0]
+
+
+def test_unnamed_bands_take_first_n_with_warning():
+    idx, warnings = select_bands(info_with((None,) * 8))
+    assert idx == [0, 1, 2, 3, 4, 5]
+    assert "not named" in warnings[0] and "BLUE" in warnings[0]
+
+
+def test_unnamed_13_bands_assume_sentinel2_l1c():
+    idx, warnings = select_bands(info_with((None,) * 13))
+    assert idx == [1, 2, 3, 8, 11, 12]
+    assert "Sentinel-2 L1C" in warnings[0]
+
+
+def test_too_few_bands():
+    with pytest.raises(InputError) as ei:
+        select_bands(info_with(("RED", "GREEN", "BLUE")))
+    assert "3 band(s)" in ei.value.message and "needs 6" in ei.value.message
+
+
+def test_partial_names_missing_band_is_error():
+    with pytest.raises(InputError) as ei:
+        select_bands(info_with(("B02", "B03", "B04", "B8A", "B11", "B05")))
+    assert "SWIR_2" in ei.value.message and "Bands" in ei.value.hint
+
+
+def test_explicit_bands_validated():
+    info = info_with((None,) * 7)
+    assert select_bands(info, [7, 1, 2, 3, 4, 5])[0] == [6, 0, 1, 2, 3, 4]
+    with pytest.raises(InputError) as ei:
+        select_bands(info, [1, 2, 3, 4, 5, 8])
+    assert "8" in ei.value.message and "out of range" in ei.value.message
+    with pytest.raises(InputError) as ei:
+        select_bands(info, [1, 2, 3])
+    assert "3 band numbers" in ei.value.message
+
+
+def test_select_other_model_band_names():
+    idx, warnings = select_bands(info_with(("RED", "GREEN", "BLUE", "NIR")), None, 3, ("BLUE", "GREEN", "RED"))
+    assert idx == [2, 1, 0] and warnings == []
+
+
+# ---------------------------------------------------------------------------------------- inspect
+def test_inspect(tmp_path):
+    p = write(tmp_path / "a.tif", np.ones((6, 20, 30), np.uint16), nodata=0, descriptions=S1F11)
+    info = inspect(p)
+    assert (info.width, info.height, info.count) == (30, 20, 6)
+    assert info.nodata == (0.0,) * 6 and info.descriptions == S1F11
+    assert info.crs and CRS.from_wkt(info.crs) == CRS.from_epsg(32633)
+    assert not info.is_geographic and info.is_file and info.driver == "GTiff"
+
+
+def test_inspect_unreadable(tmp_path):
+    (tmp_path / "x.tif").write_text("not a raster")
+    with pytest.raises(InputError) as ei:
+        inspect(str(tmp_path / "x.tif"))
+    assert "Cannot open" in ei.value.message
+
+
+# ----------------------------------------------------------------------------------------- remap
+def test_decode_classes():
+    assert raster.decode_classes(np.array([0, 255, 254], np.uint8)).tolist() == [0, 1, 2]
+
+
+def test_finalize_remaps_masks_and_keeps_grid(tmp_path):
+    h, w = 40, 50
+    rng = np.random.default_rng(1)
+    data = rng.integers(100, 5000, (7, h, w)).astype(np.uint16)
+    data[0, :3, :] = 0  # nodata in a used band (top rows)
+    data[5, :, -4:] = 0  # nodata in another used band (right columns)
+    data[6, 10:20, 10:20] = 0  # nodata only in an unused band: must NOT mask
+    inp = write(tmp_path / "in.tif", data, nodata=0, descriptions=(*S1F11, "EXTRA"))
+    classes = (rng.random((h, w)) > 0.6).astype(np.uint8)
+    out = str(tmp_path / "out.tif")
+    stats = finalize_classes(server_tiff_bytes(classes, inp), inp, [0, 1, 2, 3, 4, 5], out)
+    with rasterio.open(out) as o, rasterio.open(inp) as i:
+        assert (o.width, o.height, o.crs, o.transform) == (i.width, i.height, i.crs, i.transform)
+        assert o.dtypes[0] == "uint8" and o.nodata == 255 and o.count == 1
+        assert o.profile["compress"].lower() == "deflate"
+        got = o.read(1)
+    expected = classes.copy()
+    expected[:3, :] = 255
+    expected[:, -4:] = 255
+    assert np.array_equal(got, expected)
+    valid = expected != 255
+    assert stats.valid_pixels == int(valid.sum())
+    assert stats.water_pixels == int((expected == 1).sum())
+    assert stats.water_fraction == pytest.approx(stats.water_pixels / stats.valid_pixels)
+    assert stats.water_area_km2 == pytest.approx(stats.water_pixels * 900 / 1e6)
+    assert compute_stats(out) == stats
+    assert no_temp_left(tmp_path)
+
+
+def test_nan_and_internal_mask_count_as_nodata(tmp_path):
+    data = np.full((6, 8, 8), 0.2, np.float32)
+    data[2, 0, 0] = np.nan
+    mask = np.ones((8, 8), bool)
+    mask[7, 7] = False
+    inp = write(tmp_path / "f.tif", data, mask=mask)
+    out = str(tmp_path / "o.tif")
+    finalize_classes(server_tiff_bytes(np.ones((8, 8), np.uint8), inp), inp, list(range(6)), out)
+    got = rasterio.open(out).read(1)
+    assert got[0, 0] == 255 and got[7, 7] == 255 and (got == 1).sum() == 62
+
+
+def test_windowed_processing_matches(tmp_path, monkeypatch):
+    monkeypatch.setattr(raster, "BLOCK", 64)
+    monkeypatch.setattr(raster.iter_windows, "__defaults__", (64,))
+    h, w = 300, 333
+    rng = np.random.default_rng(2)
+    data = rng.integers(1, 4000, (6, h, w)).astype(np.uint16)
+    data[:, 100:130, 200:333] = 0
+    inp = write(tmp_path / "in.tif", data, nodata=0)
+    classes = (rng.random((h, w)) > 0.5).astype(np.uint8)
+    out = str(tmp_path / "out.tif")
+    stats = finalize_classes(server_tiff_bytes(classes, inp), inp, list(range(6)), out)
+    got = rasterio.open(out).read(1)
+    expected = np.where(data[0] == 0, 255, classes)
+    assert np.array_equal(got, expected)
+    assert stats.water_pixels == int((expected == 1).sum())
+    with rasterio.open(out) as o:
+        assert o.profile.get("tiled") and o.block_shapes[0] == (256, 256)
+
+
+def test_server_raster_of_other_size_is_server_error(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 20, 20), np.uint16))
+    other = write(tmp_path / "other.tif", np.ones((6, 20, 24), np.uint16))
+    out = tmp_path / "out.tif"
+    with pytest.raises(ServerError) as ei:
+        finalize_classes(server_tiff_bytes(np.ones((20, 24), np.uint8), other), inp, list(range(6)), str(out))
+    assert "24×20 instead of 20×20" in ei.value.message
+    assert not out.exists() and no_temp_left(tmp_path)
+
+
+def test_server_raster_with_other_transform_is_server_error(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 20, 20), np.uint16))
+    moved = write(tmp_path / "moved.tif", np.ones((6, 20, 20), np.uint16),
+                  transform=from_origin(500030, 5000000, 30, 30))
+    with pytest.raises(ServerError) as ei:
+        finalize_classes(server_tiff_bytes(np.ones((20, 20), np.uint8), moved), inp, list(range(6)),
+                         str(tmp_path / "out.tif"))
+    assert "geotransform" in ei.value.message
+
+
+def test_server_bytes_not_a_tiff(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 4, 4), np.uint16))
+    with pytest.raises(ServerError) as ei:
+        finalize_classes(b"II*\x00garbage", inp, list(range(6)), str(tmp_path / "o.tif"))
+    assert "not a readable GeoTIFF" in ei.value.message
+
+
+def test_output_equal_to_input_refused(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 4, 4), np.uint16))
+    before = open(inp, "rb").read()
+    with pytest.raises(OutputError) as ei:
+        finalize_classes(server_tiff_bytes(np.ones((4, 4), np.uint8), inp), inp, list(range(6)), inp)
+    assert "is the input" in ei.value.message
+    assert open(inp, "rb").read() == before
+    # the same file through another spelling of the path
+    with pytest.raises(OutputError):
+        raster.check_output_path(str(tmp_path / "." / "in.tif"), inp)
+
+
+def test_output_folder_problems(tmp_path, monkeypatch):
+    inp = write(tmp_path / "in.tif", np.ones((6, 4, 4), np.uint16))
+    with pytest.raises(OutputError) as ei:
+        raster.check_output_path(str(tmp_path / "missing" / "o.tif"), inp)
+    assert "does not exist" in ei.value.message
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    # root can write anywhere, so the permission is taken away at the os.access level
+    monkeypatch.setattr(raster.os, "access", lambda p, m: False if str(p) == str(ro) else real_access(p, m))
+    with pytest.raises(OutputError) as ei:
+        raster.check_output_path(str(ro / "o.tif"), inp)
+    assert "not writable" in ei.value.message
+
+
+def test_cancel_keeps_old_output_and_leaves_no_temp(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 16, 16), np.uint16))
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"old map")
+    with pytest.raises(Cancelled):
+        finalize_classes(server_tiff_bytes(np.ones((16, 16), np.uint8), inp), inp, list(range(6)), str(out),
+                         cancel=lambda: True)
+    assert out.read_bytes() == b"old map"
+    assert no_temp_left(tmp_path)
+
+
+def test_replace_is_atomic_over_existing(tmp_path):
+    inp = write(tmp_path / "in.tif", np.ones((6, 16, 16), np.uint16))
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"old map")
+    finalize_classes(server_tiff_bytes(np.ones((16, 16), np.uint8), inp), inp, list(range(6)), str(out))
+    assert rasterio.open(out).read(1).min() == 1
+    assert no_temp_left(tmp_path)
+
+
+def test_has_valid_pixels(tmp_path):
+    data = np.zeros((6, 10, 10), np.uint16)
+    p = write(tmp_path / "z.tif", data, nodata=0)
+    assert raster.has_valid_pixels(p, list(range(6))) is False
+    data[3, 5, 5] = 7
+    data[:, 5, 5] = 7
+    p2 = write(tmp_path / "one.tif", data, nodata=0)
+    assert raster.has_valid_pixels(p2, list(range(6))) is True
+
+
+# ----------------------------------------------------------------------------------------- areas
+def _all_water(path, width, height, crs, transform):
+    return write(path, np.ones((height, width), np.uint8), crs=crs, transform=transform, nodata=255)
+
+
+def test_geographic_area_of_whole_earth(tmp_path):
+    """1° cells over the globe sum to the WGS84 ellipsoid's surface, 510,065,621.7 km²."""
+    p = _all_water(tmp_path / "globe.tif", 360, 180, "EPSG:4326", from_origin(-180, 90, 1, 1))
+    stats = compute_stats(p)
+    assert stats.water_pixels == 360 * 180
+    assert stats.water_area_km2 == pytest.approx(510_065_621.7, rel=1e-7)
+
+
+def test_geographic_area_matches_geodesic_polygon(tmp_path):
+    pyproj = pytest.importorskip("pyproj")
+    # 0.01° pixels, 100×100 → a 1°×1° square between 60°N and 61°N
+    p = _all_water(tmp_path / "sq.tif", 100, 100, "EPSG:4326", from_origin(10, 61, 0.01, 0.01))
+    stats = compute_stats(p)
+    geod = pyproj.Geod(ellps="WGS84")
+    area, _ = geod.polygon_area_perimeter([10, 11, 11, 10], [60, 60, 61, 61])
+    assert stats.water_area_km2 == pytest.approx(abs(area) / 1e6, rel=1e-4)
+    # and NOT degrees² times a fixed factor: the same square at the equator is twice as big
+    q = _all_water(tmp_path / "eq.tif", 100, 100, "EPSG:4326", from_origin(10, 1, 0.01, 0.01))
+    assert compute_stats(q).water_area_km2 / stats.water_area_km2 == pytest.approx(2.0, rel=0.02)
+
+
+def test_projected_area_in_feet(tmp_path):
+    p = _all_water(tmp_path / "ft.tif", 10, 10, "EPSG:2227", from_origin(6000000, 2000000, 10, 10))
+    us_ft = 1200 / 3937
+    assert compute_stats(p).water_area_km2 == pytest.approx(100 * (10 * us_ft) ** 2 / 1e6, rel=1e-9)
+
+
+def test_no_crs_area_is_nan(tmp_path):
+    p = str(tmp_path / "nocrs.tif")
+    with rasterio.open(p, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", nodata=255) as dst:
+        dst.write(np.ones((1, 4, 4), np.uint8))
+    stats = compute_stats(p)
+    assert stats.water_pixels == 16 and math.isnan(stats.water_area_km2)
+
+
+def test_rotated_geographic_grid_is_close_to_north_up(tmp_path):
+    from affine import Affine
+
+    north_up = _all_water(tmp_path / "n.tif", 50, 50, "EPSG:4326", from_origin(10, 46, 0.02, 0.02))
+    rotated_t = from_origin(10, 46, 0.02, 0.02) * Affine.rotation(0.001)
+    rotated = _all_water(tmp_path / "r.tif", 50, 50, "EPSG:4326", rotated_t)
+    assert compute_stats(rotated).water_area_km2 == pytest.approx(compute_stats(north_up).water_area_km2,
+                                                                  rel=1e-3)
