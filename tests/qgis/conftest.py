@@ -37,6 +37,9 @@ def plugin(qgis_app, qgis_iface, qgis_processing):
         instance.unload()
 
 
+_KEEP: list = []
+
+
 @pytest.fixture
 def provider_loaded(qgis_app, qgis_processing):
     """Only the Processing provider (as qgis_process loads it), for algorithm tests."""
@@ -48,4 +51,7 @@ def provider_loaded(qgis_app, qgis_processing):
     if registry.providerById("floodmapper") is None:
         provider = FloodMapperProvider()
         registry.addProvider(provider)
+        # keep the Python object alive, as the plugin does with self.provider: without it the wrapper is
+        # garbage-collected and the registry is left with a bare C++ provider that has no algorithms
+        _KEEP.append(provider)
     return registry.providerById("floodmapper")
