@@ -1,0 +1,278 @@
+"""Client-side cost of the tensor transport, next to the seed 001 client's way, in one run (not a test).
+
+What it measures, all against a zero-latency peer on 127.0.0.1 that returns canned logits (so the server's
+model time is out of the picture and only the client's work and the HTTP round trip remain):
+
+1. ours, transport   512x512x6 uint16 tiles already in memory: normalise (LUT) -> float16 -> .npy ->
+                     base64 -> pre-encoded JSON bytes -> POST -> find and decode the float32 logits.
+2. seed 001 way      the documented client (torch.full/randn float16 tensor -> torch.save -> base64 ->
+                     requests.post(json=...) -> response.json() -> b64decode -> np.frombuffer), sequential,
+                     starting from ready float16 tensors (no normalisation: it is favoured). Needs torch,
+                     so it runs in the vLLM environment's Python (--vllm-python, FLOODMAPPER_VLLM_PYTHON).
+3. ours, pipeline    run_tensor() on a 4096x4096x6 uint16 deflate GeoTIFF with the default overlap (1/8):
+                     windowed reads, blending, writing the GeoTIFF.
+4. peak RSS          run_tensor() on a 20000x20000x6 uint16 GeoTIFF (sparse: mostly unwritten blocks, so it
+                     is small on disk), in a fresh process, ru_maxrss reported. Target: < 1 GB.
+
+Targets from the issue: >= 100 tiles/s, >= 5x the seed client, peak RSS < 1 GB. Usage and results:
+benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+TILE = 512
+CHANNELS = 6
+
+SEED_CLIENT = textwrap.dedent('''
+    import base64, io, json, sys, time
+    import numpy as np, requests, torch
+
+    port, n = int(sys.argv[1]), int(sys.argv[2])
+    api_url = f"http://127.0.0.1:{port}/pooling"
+    torch.set_default_dtype(torch.float16)
+    torch.manual_seed(0)
+    tensors = [torch.randn(6, 512, 512, dtype=torch.float16) for _ in range(4)]
+
+    def post_http_request(prompt, api_url):
+        headers = {"User-Agent": "Test Client", "Content-Type": "application/json"}
+        return requests.post(api_url, headers=headers, json=prompt)
+
+    def decompress(output):
+        np_result = np.frombuffer(base64.b64decode(output), dtype=np.float32)
+        return np_result.reshape(1, 2, 512, 512)
+
+    def one(pixel_values):
+        buffer_tiff = io.BytesIO()
+        torch.save(pixel_values, buffer_tiff)
+        buffer_tiff.seek(0)
+        binary_data = buffer_tiff.read()
+        base64_tensor_embedding = base64.b64encode(binary_data).decode("utf-8")
+        prompt = {"model": "m", "additional_data": {"prompt_token_ids": [1]}, "encoding_format": "base64",
+                  "messages": [{"role": "user", "content": [{"type": "image_embeds",
+                               "image_embeds": {"pixel_values": base64_tensor_embedding}}]}]}
+        return decompress(post_http_request(prompt=prompt, api_url=api_url).json()["data"][0]["data"])
+
+    one(tensors[0])
+    t0 = time.perf_counter()
+    for i in range(n):
+        out = one(tensors[i % 4])
+    dt = time.perf_counter() - t0
+    assert out.shape == (1, 2, 512, 512)
+    print(json.dumps({"tiles": n, "seconds": dt, "tiles_per_s": n / dt}))
+''')
+
+
+def start_peer(classes: int = 2) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/fixtures/fake_tensor_peer.py"), "--mode", "canned",
+                             "--tile", str(TILE), "--classes", str(classes)],
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    if not line.startswith("PORT"):
+        proc.kill()
+        raise RuntimeError(f"peer did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def stop_peer(proc: subprocess.Popen) -> None:
+    proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def spec():
+    from plugin.core.model_spec import ModelSpec
+
+    return ModelSpec(channels=CHANNELS, tile_height=TILE, tile_width=TILE, num_classes=2,
+                     means=(0.1413, 0.1380, 0.1235, 0.3090, 0.2045, 0.1191),
+                     stds=(0.0741, 0.0737, 0.0869, 0.1180, 0.0977, 0.0766))
+
+
+def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = False) -> float:
+    from plugin.core import tensor_transport
+    from plugin.core.client import VllmClient
+    from plugin.core.tensor_transport import Normaliser, PayloadEncoder, decode_logits, post_pooling_bytes
+
+    saved = tensor_transport._fast_b64
+    if stdlib_base64:
+        tensor_transport._fast_b64 = None
+
+    s = spec()
+    norm = Normaliser(s, 1e-4, 0.0, "uint16")
+    enc = PayloadEncoder("m", s)
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(100, 4000, (CHANNELS, TILE, TILE)).astype(np.uint16) for _ in range(4)]
+    valid = np.ones((TILE, TILE), bool)
+    with VllmClient(f"http://127.0.0.1:{port}") as client:
+        def one(i: int) -> float:
+            body = enc.encode(norm(tiles[i % 4], valid))
+            logits = decode_logits(post_pooling_bytes(client, body, "m"), 2, TILE, TILE)
+            return float(logits[0, 0, 0])
+
+        try:
+            one(0)
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as ex:
+                list(ex.map(one, range(n)))
+            return n / (time.perf_counter() - t0)
+        finally:
+            tensor_transport._fast_b64 = saved
+
+
+def transport_all(port: int, n: int, concurrency: int) -> dict:
+    """Our transport on 1 and N threads, with the stdlib's base64 and (when importable) pybase64."""
+    from plugin.core.tensor_transport import base64_backend
+
+    out = {"stdlib_1": ours_transport(port, n, 1, True), "stdlib_n": ours_transport(port, n, concurrency, True)}
+    if base64_backend() == "pybase64":
+        out["pybase64_1"] = ours_transport(port, n, 1)
+        out["pybase64_n"] = ours_transport(port, n, concurrency)
+    return out
+
+
+def seed_client(port: int, n: int, python: str) -> float | None:
+    if not python or not os.path.exists(python):
+        return None
+    out = subprocess.run([python, "-c", SEED_CLIENT, str(port), str(n)], capture_output=True, text=True,
+                         timeout=1800)
+    if out.returncode != 0:
+        print("seed client failed:", out.stderr[-2000:], file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["tiles_per_s"]
+
+
+def make_raster(path: Path, size: int, sparse: bool) -> None:
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    profile = dict(driver="GTiff", width=size, height=size, count=CHANNELS, dtype="uint16", tiled=True,
+                   blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:32633", BIGTIFF="IF_SAFER",
+                   transform=from_origin(500000, 5000000, 10, 10))
+    if sparse:
+        profile["SPARSE_OK"] = True
+    rng = np.random.default_rng(1)
+    block = rng.integers(300, 3500, (CHANNELS, 512, 512)).astype(np.uint16)
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, size, 512):
+            for x in range(0, size, 512):
+                if sparse and (x // 512 + y // 512) % 7:  # 1 block in 7 holds data, the rest is unwritten
+                    continue
+                w = Window(x, y, min(512, size - x), min(512, size - y))
+                dst.write(block[:, : w.height, : w.width], window=w)
+
+
+def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
+    from plugin.core.client import VllmClient
+    from plugin.core.pipeline import MapFloodsRequest
+    from plugin.core.tensor_transport import run_tensor
+
+    with VllmClient(f"http://127.0.0.1:{port}") as client:
+        req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
+                               concurrency=concurrency)
+        t0 = time.perf_counter()
+        stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
+        dt = time.perf_counter() - t0
+    return {"tiles": stats.tiles, "seconds": dt, "tiles_per_s": stats.tiles / dt,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "concurrency": stats.concurrency}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="tensor transport client benchmark")
+    ap.add_argument("--tiles", type=int, default=200, help="tiles per transport measurement")
+    ap.add_argument("--concurrency", type=int, default=4, help="threads for 'ours, transport'")
+    ap.add_argument("--big", type=int, default=20000, help="side of the peak-RSS raster (0 = skip)")
+    ap.add_argument("--vllm-python", default=os.environ.get("FLOODMAPPER_VLLM_PYTHON") or str(
+        Path(os.environ.get("FLOODMAPPER_HOME", Path.home() / ".local/share/floodmapper")) / "vllm-env/bin/python"))
+    ap.add_argument("--child", nargs=3, metavar=("PORT", "RASTER", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-transport", nargs=3, type=int, metavar=("PORT", "N", "CONC"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child_transport:
+        print(json.dumps(transport_all(*args.child_transport)))
+        return 0
+
+    if args.child:  # a fresh process for one pipeline run, so ru_maxrss is this run's alone
+        print(json.dumps(pipeline(int(args.child[0]), Path(args.child[1]), Path(args.child[2]), None)))
+        return 0
+
+    print(f"machine: {os.cpu_count()} CPUs, load {open('/proc/loadavg').read().split()[0]} at start")
+    peer, port = start_peer()
+    results: dict[str, object] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-tensor-") as tmp:
+            tmp_path = Path(tmp)
+            ours = transport_all(port, args.tiles, args.concurrency)
+            where = "this python"
+            if "pybase64_1" not in ours and os.path.exists(args.vllm_python):
+                other = subprocess.run([args.vllm_python, __file__, "--child-transport", str(port), str(args.tiles),
+                                        str(args.concurrency)], capture_output=True, text=True, timeout=1800)
+                if other.returncode == 0:
+                    extra = json.loads(other.stdout.strip().splitlines()[-1])
+                    ours.update({k: v for k, v in extra.items() if k.startswith("pybase64")})
+                    where = "the vLLM env's python"
+            seed = seed_client(port, max(20, args.tiles // 4), args.vllm_python)
+            n = args.concurrency
+            print(f"ours, transport, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
+            print(f"ours, transport, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
+            if "pybase64_1" in ours:
+                print(f"ours, transport, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
+                print(f"ours, transport, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
+            if seed:
+                print(f"seed 001 client (torch.save + json, 1 thread): {seed:7.1f} tiles/s")
+                for key in ("stdlib_1", "stdlib_n", "pybase64_1", "pybase64_n"):
+                    if key in ours:
+                        print(f"ratio ours ({key}) / seed: {ours[key] / seed:.1f}x")
+            else:
+                print(f"seed 001 client: skipped (no torch-capable python at {args.vllm_python})")
+            results.update(ours=ours, seed=seed)
+            mid = tmp_path / "mid.tif"
+            make_raster(mid, 4096, sparse=False)
+            pipe = pipeline(port, mid, tmp_path / "mid-out.tif", None)
+            print(f"ours, pipeline 4096^2 (read+blend+write, overlap 1/8, concurrency {pipe['concurrency']}): "
+                  f"{pipe['tiles_per_s']:.1f} tiles/s ({pipe['tiles']} tiles in {pipe['seconds']:.1f} s)")
+            results["pipeline"] = pipe
+            if args.big:
+                big = tmp_path / "big.tif"
+                t0 = time.perf_counter()
+                make_raster(big, args.big, sparse=True)
+                print(f"{args.big}^2 x6 sparse raster: {big.stat().st_size / 1e6:.0f} MB on disk "
+                      f"(written in {time.perf_counter() - t0:.0f} s)")
+                out = subprocess.run([sys.executable, __file__, "--child", str(port), str(big),
+                                      str(tmp_path / "big-out.tif")], capture_output=True, text=True)
+                if out.returncode != 0:
+                    print(out.stderr[-3000:], file=sys.stderr)
+                    return 1
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{args.big}^2 x6 pipeline: {res['tiles']} tiles in {res['seconds']:.0f} s "
+                      f"({res['tiles_per_s']:.1f} tiles/s), peak RSS {res['max_rss_mb']:.0f} MB")
+                results["big"] = res
+    finally:
+        stop_peer(peer)
+    print(f"load at end {open('/proc/loadavg').read().split()[0]}")
+    print("RESULT " + json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Tile grid, blending weights and row-band stitching for client-side (tensor) inference.
+
+Why this shape:
+- Tiles start at (0, 0) and step by `tile - overlap`; a tile that runs past the raster is filled by
+  reflection about the last row/column, exactly as the TerraTorch IOProcessor pads the whole image. With
+  overlap 0 the two transports therefore cut identical tiles and give the same mask.
+- Overlapping tiles are blended with separable cos^2 ramps that form a partition of unity (the weights of
+  all tiles covering a pixel sum to exactly 1), so no normalisation buffer is needed, no seam shows, and
+  no pixel inside the raster ever gets weight 0 (a tile edge on the raster border keeps weight 1).
+- Memory: weighted logits are accumulated per row band of tiles only. A band's rows are handed to the
+  sink as soon as no pending tile touches them, so memory is num_classes x tile x width (plus the
+  in-flight tiles), never the whole raster.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    row: int
+    col: int
+    x0: int
+    y0: int
+    width: int  # tile size (the model's input), not clipped
+    height: int
+
+    @property
+    def index(self) -> tuple[int, int]:
+        return (self.row, self.col)
+
+
+def overlap_pixels(tile: int, fraction: float) -> int:
+    """Overlap in pixels for a fraction of the tile, even (so the ramp is symmetric), < tile/2."""
+    if not 0 <= fraction < 0.5:
+        raise ValueError(f"overlap fraction must be in [0, 0.5), got {fraction}")
+    px = int(round(tile * fraction))
+    px -= px % 2
+    return max(0, min(px, tile // 2 - 1 if tile > 2 else 0))
+
+
+def axis_origins(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: 0, stride, 2*stride, ... until the raster is covered."""
+    if size < 1 or tile < 1:
+        raise ValueError("size and tile must be positive")
+    if not 0 <= overlap < tile:
+        raise ValueError("overlap must be in [0, tile)")
+    stride = tile - overlap
+    n = 1 if size <= tile else 1 + math.ceil((size - tile) / stride)
+    return [i * stride for i in range(n)]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    width: int
+    height: int
+    tile_width: int
+    tile_height: int
+    overlap_x: int
+    overlap_y: int
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+
+    @classmethod
+    def build(cls, width: int, height: int, tile_width: int, tile_height: int,
+              overlap_x: int = 0, overlap_y: int = 0) -> TileGrid:
+        return cls(width, height, tile_width, tile_height, overlap_x, overlap_y,
+                   tuple(axis_origins(width, tile_width, overlap_x)),
+                   tuple(axis_origins(height, tile_height, overlap_y)))
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.xs)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ys)
+
+    def __len__(self) -> int:
+        return self.n_rows * self.n_cols
+
+    def tile(self, row: int, col: int) -> Tile:
+        return Tile(row, col, self.xs[col], self.ys[row], self.tile_width, self.tile_height)
+
+    def __iter__(self) -> Iterator[Tile]:
+        """Row-major, which the row-band stitcher relies on to keep few bands alive."""
+        for r in range(self.n_rows):
+            for c in range(self.n_cols):
+                yield self.tile(r, c)
+
+    def band_rows(self, row: int) -> tuple[int, int]:
+        """Raster rows [start, stop) covered by the tiles of band `row` (clipped to the raster)."""
+        y0 = self.ys[row]
+        return y0, min(y0 + self.tile_height, self.height)
+
+    def weights(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """Separable blending weights (wy, wx) for a tile, float32, lengths tile_height and tile_width."""
+        wy = axis_weights(self.tile_height, self.overlap_y, tile.row > 0, tile.row < self.n_rows - 1)
+        wx = axis_weights(self.tile_width, self.overlap_x, tile.col > 0, tile.col < self.n_cols - 1)
+        return wy, wx
+
+
+def ramp(overlap: int) -> np.ndarray:
+    """Rising cos^2 ramp over `overlap` samples; ramp + ramp[::-1] == 1, and no sample is 0 or 1."""
+    k = (np.arange(overlap, dtype=np.float64) + 0.5) / overlap
+    return np.sin(0.5 * np.pi * k) ** 2
+
+
+def axis_weights(tile: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.ndarray:
+    w = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        r = ramp(overlap)
+        if ramp_start:
+            w[:overlap] *= r
+        if ramp_end:
+            w[tile - overlap:] *= r[::-1]
+    return w.astype(np.float32)
+
+
+def reflect_index(start: int, length: int, size: int) -> np.ndarray:
+    """Source indices for positions start..start+length-1 of an axis of `size`, reflected past the end.
+
+    Same as numpy.pad(mode="reflect") / torch reflect padding (the edge sample is not repeated), repeated
+    for pads longer than the axis.
+    """
+    pos = np.arange(start, start + length, dtype=np.int64)
+    if size == 1:
+        return np.zeros(length, dtype=np.int64)
+    period = 2 * (size - 1)
+    m = np.mod(pos, period)
+    return np.where(m < size, m, period - m)
+
+
+def read_plan(start: int, length: int, size: int) -> tuple[int, int, Optional[np.ndarray]]:
+    """What to read along one axis: (first, count) of raster pixels, plus gather indices if padded."""
+    if start + length <= size:
+        return start, length, None
+    idx = reflect_index(start, length, size)
+    lo, hi = int(idx.min()), int(idx.max())
+    return lo, hi - lo + 1, idx - lo
+
+
+Sink = Callable[[int, np.ndarray, np.ndarray], None]
+"""sink(row0, logits[num_classes, h, width] float32, valid[h, width] bool) for finished raster rows."""
+
+
+class _Band:
+    __slots__ = ("acc", "valid", "remaining", "seen")
+
+    def __init__(self, num_classes: int, rows: int, width: int, n_cols: int) -> None:
+        self.acc = np.zeros((num_classes, rows, width), dtype=np.float32)
+        self.valid = np.zeros((rows, width), dtype=bool)
+        self.remaining = n_cols
+        self.seen: set[int] = set()
+
+
+class RowBandStitcher:
+    """Blends tile logits into row bands and emits finished rows, top to bottom, exactly once each."""
+
+    def __init__(self, grid: TileGrid, num_classes: int, sink: Sink) -> None:
+        self.grid = grid
+        self.num_classes = num_classes
+        self.sink = sink
+        self._bands: dict[int, _Band] = {}
+        self._next_row = 0  # next band to flush
+        self._carry: Optional[tuple[np.ndarray, np.ndarray]] = None  # overlap rows owed to the next band
+        self.rows_emitted = 0
+
+    @property
+    def live_bands(self) -> int:
+        return len(self._bands)
+
+    def _band(self, row: int) -> _Band:
+        band = self._bands.get(row)
+        if band is None:
+            y0, y1 = self.grid.band_rows(row)
+            band = _Band(self.num_classes, y1 - y0, self.grid.width, self.grid.n_cols)
+            self._bands[row] = band
+        return band
+
+    def add(self, tile: Tile, logits: Optional[np.ndarray], valid: np.ndarray) -> None:
+        """Add one tile's logits [num_classes, th, tw] (None = nothing valid) and its valid mask [th, tw]."""
+        g = self.grid
+        if tile.row < self._next_row:
+            raise RuntimeError(f"tile {tile.index} added after its rows were written")
+        band = self._band(tile.row)
+        if tile.col in band.seen:
+            raise RuntimeError(f"tile {tile.index} added twice")
+        band.seen.add(tile.col)
+        h = min(tile.height, g.height - tile.y0)
+        w = min(tile.width, g.width - tile.x0)
+        xs = slice(tile.x0, tile.x0 + w)
+        if logits is not None:
+            if g.overlap_x == 0 and g.overlap_y == 0:
+                band.acc[:, :h, xs] += logits[:, :h, :w]  # every weight is 1
+            else:
+                wy, wx = g.weights(tile)
+                band.acc[:, :h, xs] += logits[:, :h, :w] * (wy[:h, None] * wx[None, :w])
+        band.valid[:h, xs] |= valid[:h, :w]
+        band.remaining -= 1
+        while self._next_row in self._bands and self._bands[self._next_row].remaining == 0:
+            self._flush(self._next_row)
+            self._next_row += 1
+
+    def _flush(self, row: int) -> None:
+        g = self.grid
+        band = self._bands.pop(row)
+        y0, y1 = g.band_rows(row)
+        if self._carry is not None:
+            c_acc, c_valid = self._carry
+            n = c_acc.shape[1]
+            band.acc[:, :n] += c_acc
+            band.valid[:n] |= c_valid
+            self._carry = None
+        if row < g.n_rows - 1:
+            keep = y1 - g.ys[row + 1]  # rows the next band also covers
+        else:
+            keep = 0
+        done = (y1 - y0) - keep
+        if keep:
+            self._carry = (band.acc[:, done:].copy(), band.valid[done:].copy())
+        if done:
+            self.sink(y0, band.acc[:, :done], band.valid[:done])
+            self.rows_emitted += done
+
+    @property
+    def finished(self) -> bool:
+        return self._next_row == self.grid.n_rows

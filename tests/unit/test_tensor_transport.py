@@ -1,0 +1,458 @@
+"""Tensor transport against a fake tensor peer on 127.0.0.1 whose "model" is a per-pixel water rule.
+
+The rule (tests/fixtures/fake_tensor_peer.py) gives each pixel the same logits whatever tile carries it, so
+the flood map must equal the rule computed over the whole raster: a misplaced tile, a wrong weight, a lost
+or doubled row, a wrong band or scale all show up as disagreement.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.warp import transform as warp_transform
+
+from plugin.core.client import VllmClient
+from plugin.core.errors import Cancelled, InputError, OutputError, ServerError, TransportUnsupported
+from plugin.core.model_spec import ModelSpec
+from plugin.core.pipeline import MapFloodsRequest
+from plugin.core.scenes import generate_scene
+from plugin.core.tensor_transport import (
+    PayloadEncoder,
+    choose_encoding,
+    decode_logits,
+    npy_b64,
+    parse_version,
+    run_tensor,
+)
+from tests.fixtures.fake_http import FakeHttpServer, Reply, vllm_error
+from tests.fixtures.fake_tensor_peer import FakeTensorPeer, water_logits
+
+MEANS = (0.14, 0.138, 0.124, 0.309, 0.204, 0.119)
+STDS = (0.074, 0.074, 0.087, 0.118, 0.098, 0.077)
+SIX = [0, 1, 2, 3, 4, 5]
+
+
+def make_spec(tile=128, **kw):
+    base = dict(channels=6, tile_height=tile, tile_width=tile, num_classes=2, means=MEANS, stds=STDS)
+    base.update(kw)
+    return ModelSpec(**base)
+
+
+class Recorder:
+    """A Progress that records everything and can be told to cancel."""
+
+    def __init__(self, cancel_when=None):
+        self.percent: list[float] = []
+        self.infos: list[str] = []
+        self.warnings: list[str] = []
+        self.cancel_when = cancel_when
+        self.cancelled_at = None
+
+    def set_progress(self, p):
+        self.percent.append(p)
+
+    def info(self, m):
+        self.infos.append(m)
+
+    def warning(self, m):
+        self.warnings.append(m)
+
+    def is_canceled(self):
+        if self.cancelled_at is None and self.cancel_when is not None and self.cancel_when():
+            self.cancelled_at = time.monotonic()
+        return self.cancelled_at is not None
+
+
+def rule_mask(path, bands=(1, 3), scale=1e-4, offset=0.0):
+    """The rule applied to the whole raster (what a perfect stitch gives), 0/1."""
+    with rasterio.open(path) as src:
+        g = src.read(bands[0] + 1).astype(np.float64) * scale + offset
+        n = src.read(bands[1] + 1).astype(np.float64) * scale + offset
+    return water_logits(g, n).argmax(0).astype(np.uint8)
+
+
+def request(tmp_path, inp, peer, **kw):
+    return MapFloodsRequest(input_path=str(inp), output_path=str(tmp_path / "out.tif"), server_url=peer.url,
+                            model=peer.model, **kw)
+
+
+@pytest.fixture
+def peer():
+    with FakeTensorPeer(MEANS, STDS) as p:
+        yield p
+
+
+@pytest.fixture
+def client(peer):
+    with VllmClient(peer.url) as c:
+        yield c
+
+
+def leftovers(folder):
+    return [f for f in os.listdir(folder) if f.startswith(".") or ".part" in f or ".tmp" in f]
+
+
+# ----------------------------------------------------------------------------------- payload pieces
+def test_npy_payload_roundtrip_and_no_concatenation_copy():
+    x = np.random.default_rng(0).normal(size=(6, 64, 48)).astype(np.float16)
+    raw = base64.b64decode(npy_b64(x))
+    assert (np.load(io.BytesIO(raw)) == x).all()
+    header_len = raw.index(b"\n") + 1
+    assert header_len % 192 == 0  # base64 of header and of data can be joined
+
+
+def test_payload_is_the_vllm_tensor_request():
+    spec = make_spec(location_name="location_coords")
+    enc = PayloadEncoder("my/model", spec)
+    pix = np.zeros((6, 128, 128), np.float16)
+    loc = np.array([[15.0, 45.0]], np.float16)
+    doc = json.loads(enc.encode(pix, loc))
+    assert doc["model"] == "my/model" and doc["encoding_format"] == "base64"
+    content = doc["messages"][0]["content"][0]
+    assert doc["messages"][0]["role"] == "user" and content["type"] == "image_embeds"
+    got = np.load(io.BytesIO(base64.b64decode(content["image_embeds"]["location_coords"])))
+    assert got.dtype == np.float16 and got.tolist() == [[15.0, 45.0]]
+    with pytest.raises(TypeError, match="float32"):
+        enc.encode(pix.astype(np.float32), loc)  # never another dtype than the server runs
+    with pytest.raises(ValueError, match="location"):
+        enc.encode(pix, None)
+
+
+def test_decode_logits_checks_the_answer():
+    logits = np.arange(2 * 4 * 3, dtype=np.float32)
+    body = json.dumps({"data": [{"data": base64.b64encode(logits.tobytes()).decode()}]}).encode()
+    out = decode_logits(body, 2, 4, 3)
+    assert out.shape == (2, 4, 3) and out[1, 3, 2] == 23
+    with pytest.raises(ServerError, match="bytes of logits"):
+        decode_logits(body, 2, 4, 4)
+    with pytest.raises(ServerError, match="tensor-mode"):
+        decode_logits(b"<html>", 2, 4, 3)
+    with pytest.raises(ServerError, match="base64"):
+        decode_logits(json.dumps({"data": [{"data": [[0.0]]}]}).encode(), 2, 4, 3)
+
+
+def test_encoding_follows_the_server_version():
+    assert parse_version("0.32.0+cpu") == (0, 32)
+    assert choose_encoding("0.32.0+cpu") == "npy"
+    assert choose_encoding("0.19.0") == "npy"
+    assert choose_encoding("0.18.2") == "torch"
+    assert choose_encoding("") == "npy"
+
+
+# ------------------------------------------------------------------------------------- whole runs
+@pytest.mark.parametrize("width,height,crs", [
+    (700, 555, "EPSG:32633"),  # not a multiple of the tile
+    (100, 80, "EPSG:32633"),  # smaller than one tile
+    (300, 260, "EPSG:4326"),  # geographic
+])
+def test_map_equals_the_rule_on_the_exact_input_grid(tmp_path, peer, client, width, height, crs):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=5, width=width, height=height, crs=crs)
+    prog = Recorder()
+    stats = run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX, prog)
+    with rasterio.open(inp) as src, rasterio.open(tmp_path / "out.tif") as out:
+        assert (out.width, out.height, out.crs, out.transform) == (src.width, src.height, src.crs, src.transform)
+        assert out.dtypes[0] == "uint8" and out.nodata == 255
+        got = out.read(1)
+    expected = rule_mask(inp)
+    assert (got == expected).mean() >= 0.9999  # fp16 rounding may flip a pixel right on the rule's boundary
+    assert stats.valid_pixels == width * height
+    assert stats.water_pixels == int((got == 1).sum())
+    assert stats.water_area_km2 > 0
+    assert set(peer.dtypes) == {"float16"} and all(s == (6, 128, 128) for s in peer.shapes)
+    assert stats.requests == stats.tiles == peer.requests
+    assert prog.percent[-1] == 100.0 and prog.percent == sorted(prog.percent)
+    assert any("ETA" in m for m in prog.infos)
+    assert leftovers(tmp_path) == []
+
+
+def test_overlap_and_no_overlap_give_the_same_map_for_a_context_free_model(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=7, width=400, height=333)
+    run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        a = o.read(1)
+    n0 = peer.requests
+    run_tensor(request(tmp_path, inp, peer, overlap=0.25), client, make_spec(), SIX)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        b = o.read(1)
+    assert n0 == 4 * 3 and peer.requests - n0 > n0  # overlap means more tiles
+    assert (a == b).mean() >= 0.9999
+
+
+def test_overlap_blending_hides_tile_edge_errors(tmp_path):
+    """A model that is wrong within 6 px of every tile edge: seams without overlap, none with it."""
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=11, width=500, height=500)
+    expected = rule_mask(inp)
+    with FakeTensorPeer(MEANS, STDS, edge_bias=10.0, edge_px=6) as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p, overlap=0.0), c, make_spec(), SIX)
+        with rasterio.open(tmp_path / "out.tif") as o:
+            seams = o.read(1)
+        run_tensor(request(tmp_path, inp, p, overlap=0.25), c, make_spec(), SIX)
+        with rasterio.open(tmp_path / "out.tif") as o:
+            blended = o.read(1)
+    interior = np.zeros_like(expected, bool)
+    interior[6:-6, 6:-6] = True  # raster borders are tile edges in both runs
+    assert (seams != expected)[interior].mean() > 0.05
+    assert (blended != expected)[interior].mean() < 0.0005
+
+
+def test_nodata_is_255_and_does_not_disturb_neighbours(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    truth = generate_scene(inp, seed=2, width=300, height=200, nodata=0, nodata_border=13)
+    stats = run_tensor(request(tmp_path, inp, peer, probability_path=str(tmp_path / "p.tif")), client,
+                       make_spec(), SIX)
+    with rasterio.open(tmp_path / "out.tif") as o, rasterio.open(tmp_path / "p.tif") as pr:
+        got, prob = o.read(1), pr.read(1)
+        assert pr.dtypes[0] == "float32" and pr.nodata == -1.0
+    assert ((got == 255) == (truth == 255)).all()
+    valid = truth != 255
+    assert (got[valid] == rule_mask(inp)[valid]).mean() >= 0.9999
+    assert stats.valid_pixels == int(valid.sum())
+    assert (prob[~valid] == -1).all()
+    assert ((prob[valid] > 0.5) == (got[valid] == 1)).mean() >= 0.9999
+
+
+def test_all_nodata_tiles_send_no_request(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=2, width=400, height=300, nodata=0, nodata_border=130)  # only the middle is data
+    stats = run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX)
+    assert stats.tiles == 12 and peer.requests < 12
+
+
+def test_dtype_float32_model_gets_float32(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=1, width=200, height=150)
+    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p), c, make_spec(dtype="float32"), SIX)
+        assert set(p.dtypes) == {"float32"} and not p.dead
+
+
+def test_a_float16_server_never_sees_float32_even_with_a_wrong_scale(tmp_path, peer, client):
+    """Scale 1 on x10000 data gives normalised values far beyond fp16's range: clipped, never inf/NaN."""
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=1, width=150, height=150)
+    run_tensor(request(tmp_path, inp, peer, scale=1.0), client, make_spec(), SIX)
+    assert set(peer.dtypes) == {"float16"} and not peer.dead
+
+
+def test_scale_autodetect_and_explicit_offset(tmp_path, peer, client):
+    f32 = tmp_path / "f32.tif"
+    generate_scene(f32, seed=4, width=200, height=200, dtype="float32")
+    s = run_tensor(request(tmp_path, f32, peer), client, make_spec(), SIX)
+    assert s.scale == 1.0
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert (o.read(1) == rule_mask(f32, scale=1.0)).mean() >= 0.9999
+    # S2 L2A processing baseline 04.00: DN = reflectance * 10000 + 1000
+    off = tmp_path / "off.tif"
+    generate_scene(off, seed=4, width=200, height=200, offset=1000)
+    s = run_tensor(request(tmp_path, off, peer, scale=1e-4, offset=-0.1), client, make_spec(), SIX)
+    assert (s.scale, s.offset) == (1e-4, -0.1)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert (o.read(1) == rule_mask(off, offset=-0.1)).mean() >= 0.9999
+
+
+def test_band_selection_from_a_13_band_file(tmp_path, peer, client):
+    inp = tmp_path / "s2.tif"
+    generate_scene(inp, seed=6, width=200, height=180, bands="s2l1c")
+    sel = [1, 2, 3, 8, 11, 12]
+    run_tensor(request(tmp_path, inp, peer), client, make_spec(), sel)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert (o.read(1) == rule_mask(inp, bands=(2, 8))).mean() >= 0.9999
+    with pytest.raises(InputError, match="6 bands"):
+        run_tensor(request(tmp_path, inp, peer), client, make_spec(), [1, 2, 3])
+    with pytest.raises(InputError, match="do not exist"):
+        run_tensor(request(tmp_path, inp, peer), client, make_spec(), [1, 2, 3, 8, 11, 13])
+
+
+def test_location_coords_are_each_tile_centre(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=3, width=256, height=256, centre_lonlat=(12.0, 41.0))
+    spec = make_spec(location_name="location_coords")
+    with FakeTensorPeer(MEANS, STDS) as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p, overlap=0.0), c, spec, SIX)
+        locs = sorted(tuple(loc.ravel()) for loc in p.locations)
+    with rasterio.open(inp) as src:
+        centres = [src.transform * (x, y) for y in (64, 192) for x in (64, 192)]
+        lons, lats = warp_transform(src.crs, "EPSG:4326", [c[0] for c in centres], [c[1] for c in centres])
+    expected = sorted(zip(lons, lats))
+    assert len(locs) == 4
+    for (lon, lat), (elon, elat) in zip(locs, expected):
+        assert abs(lon - elon) < 0.02 and abs(lat - elat) < 0.02  # fp16 at 12-41 degrees: ~0.01-0.03
+
+
+def test_location_model_needs_a_crs(tmp_path, peer, client):
+    inp = tmp_path / "nocrs.tif"
+    with rasterio.open(inp, "w", driver="GTiff", width=64, height=64, count=6, dtype="uint16") as dst:
+        dst.write(np.full((6, 64, 64), 1000, np.uint16))
+    with pytest.raises(InputError, match="no CRS"):
+        run_tensor(request(tmp_path, inp, peer), client, make_spec(location_name="location_coords"), SIX)
+    assert peer.requests == 0
+
+
+def test_concurrency_is_bounded(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=500, height=500)
+    with FakeTensorPeer(MEANS, STDS, delay=0.15) as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p, overlap=0.0, concurrency=3), c, make_spec(), SIX)
+        assert p.requests == 16
+        assert p.max_in_flight == 3
+
+
+def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=500, height=500)
+    out = tmp_path / "out.tif"
+    with FakeTensorPeer(MEANS, STDS, delay=20.0) as p, VllmClient(p.url) as c:
+        prog = Recorder(cancel_when=lambda: p.requests >= 2)
+        t0 = time.monotonic()
+        with pytest.raises(Cancelled):
+            run_tensor(request(tmp_path, inp, p, concurrency=2), c, make_spec(), SIX, prog)
+        returned = time.monotonic()
+        assert prog.cancelled_at is not None
+        assert returned - prog.cancelled_at < 1.0
+        assert returned - t0 < 5.0
+        deadline = time.monotonic() + 2.0  # the peer notices both hang-ups: the requests were dropped
+        while p.disconnects < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert p.disconnects == 2 and p.completed == 0
+        assert p.requests == 2  # nothing sent after the cancel
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_server_error_midway_leaves_the_old_output_untouched(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=500, height=500)
+    out = tmp_path / "out.tif"
+    out.write_bytes(b"previous map")
+    with FakeTensorPeer(MEANS, STDS) as p, VllmClient(p.url, retries=0) as c:
+        p.fail_after = 5
+        with pytest.raises(ServerError, match="injected failure"):
+            run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
+    assert out.read_bytes() == b"previous map"
+    assert leftovers(tmp_path) == []
+
+
+def test_plugin_server_answers_tensor_requests_with_an_empty_500(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    with FakeHttpServer() as srv, VllmClient(srv.url, retries=0) as c:
+        srv.on("GET", "/version", Reply(200, {"version": "0.32.0"}))
+        srv.on("POST", "/pooling", Reply(500, vllm_error("", 500, "InternalServerError")))
+        req = MapFloodsRequest(input_path=str(inp), output_path=str(tmp_path / "o.tif"), server_url=srv.url,
+                               model="m")
+        with pytest.raises(TransportUnsupported, match="IOProcessor"):
+            run_tensor(req, c, make_spec(), SIX)
+    assert leftovers(tmp_path) == []
+
+
+def test_wrong_logits_size_is_a_server_error(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    peer.num_classes = 3  # answers 3 x H x W where the spec says 2
+    with pytest.raises(ServerError, match="model spec"):
+        run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+
+
+def test_old_server_needs_torch(tmp_path):
+    pytest.importorskip("numpy")
+    try:
+        import torch  # noqa: F401
+
+        pytest.skip("torch is installed here; the torch.save path is exercised instead")
+    except ImportError:
+        pass
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    with FakeTensorPeer(MEANS, STDS, version="0.18.1") as p, VllmClient(p.url) as c:
+        with pytest.raises(TransportUnsupported, match="0.19"):
+            run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
+        assert p.requests == 0
+
+
+def test_output_must_not_be_the_input(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=64, height=64)
+    req = MapFloodsRequest(input_path=str(inp), output_path=str(inp), server_url=peer.url, model=peer.model)
+    with pytest.raises(OutputError, match="input"):
+        run_tensor(req, client, make_spec(), SIX)
+
+
+def test_progress_span_and_eta(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=9, width=300, height=300)
+    prog = Recorder()
+    run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX, prog, progress_span=(5, 95))
+    assert prog.percent[0] >= 5 and prog.percent[-1] == 95 and prog.percent == sorted(prog.percent)
+    assert len(prog.percent) >= 4  # one step per tile (9 tiles), at least every few
+    assert any("tiles/s" in m and "ETA" in m for m in prog.infos)
+
+
+def test_runs_from_a_worker_thread_like_a_qgis_task(tmp_path, peer, client):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=9, width=300, height=300)
+    box = {}
+    t = threading.Thread(target=lambda: box.update(s=run_tensor(request(tmp_path, inp, peer), client,
+                                                                make_spec(), SIX)))
+    t.start()
+    t.join(30)
+    assert box["s"].tiles > 1 and (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize("reply,error", [
+    (Reply(200, {"data": [{"data": "A" * 1000}]}, truncate=100), ServerError),  # torn body
+    (Reply(drop=True), Exception),  # hang-up without an answer
+])
+def test_broken_answers_are_mapped_and_leave_nothing(tmp_path, reply, error):
+    from plugin.core.errors import FloodMapperError
+
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    with FakeHttpServer() as srv, VllmClient(srv.url, retries=0) as c:
+        srv.on("GET", "/version", Reply(200, {"version": "0.32.0"}))
+        srv.on("POST", "/pooling", reply)
+        req = MapFloodsRequest(input_path=str(inp), output_path=str(tmp_path / "o.tif"), server_url=srv.url,
+                               model="m")
+        with pytest.raises(FloodMapperError) as info:
+            run_tensor(req, c, make_spec(), SIX)
+        assert isinstance(info.value, error)
+    assert leftovers(tmp_path) == [] and not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+def test_lookup_table_normalisation_equals_the_arithmetic(dtype):
+    from plugin.core.tensor_transport import Normaliser
+
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    raw = rng.integers(info.min, int(info.max) + 1, (6, 40, 40)).astype(dtype)
+    valid = rng.random((40, 40)) > 0.1
+    spec = make_spec()
+    lut = Normaliser(spec, 1e-4, -0.1, dtype)
+    assert lut.lut is not None
+    got = lut(raw, valid)
+    expected = (raw.astype(np.float64) * 1e-4 - 0.1 - np.array(MEANS)[:, None, None]) / np.array(STDS)[:, None, None]
+    expected = np.clip(expected, -65504, 65504).astype(np.float16)
+    expected[:, ~valid] = 0
+    assert got.dtype == np.float16
+    assert (got == expected).all()
+    arithmetic = Normaliser(spec, 1e-4, -0.1)(raw, valid)  # float32 path, one rounding more
+    assert np.allclose(arithmetic.astype(np.float32), got.astype(np.float32), rtol=2e-3, atol=1e-3)
+
+
+def test_int16_raster_runs_through_the_lookup_table(tmp_path, peer, client):
+    inp = tmp_path / "i16.tif"
+    generate_scene(inp, seed=12, width=150, height=140, dtype="int16")
+    run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        assert (o.read(1) == rule_mask(inp)).mean() >= 0.9999
