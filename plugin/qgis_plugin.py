@@ -30,8 +30,13 @@ class FloodMapperPlugin:
     # QGIS calls initProcessing for headless use (qgis_process) and initGui for the desktop.
     def initProcessing(self) -> None:
         if self.provider is None:
-            self.provider = FloodMapperProvider()
-            QgsApplication.processingRegistry().addProvider(self.provider)
+            provider = FloodMapperProvider()
+            # addProvider refuses (and deletes) a second provider with the same id
+            if QgsApplication.processingRegistry().addProvider(provider):
+                self.provider = provider
+            else:
+                qlog.log(tr("Another 'floodmapper' Processing provider is already registered; using it."),
+                         Qgis.MessageLevel.Warning)
 
     def initGui(self) -> None:
         qlog.install()

@@ -28,8 +28,6 @@ def main(argv: list[str]) -> int:
         link.symlink_to(ROOT, target_is_directory=True)
     sys.path.insert(0, str(plugins))
 
-    from floodmapper.plugin.core.raster import compute_stats
-    from floodmapper.plugin.processing.postprocessor import WATER_COLOR, style_flood_layer
     from qgis.core import (
         QgsApplication,
         QgsContrastEnhancement,
@@ -40,6 +38,9 @@ def main(argv: list[str]) -> int:
     )
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QColor, QFont, QPainter
+
+    from floodmapper.plugin.core.raster import compute_stats
+    from floodmapper.plugin.processing.postprocessor import WATER_COLOR, style_flood_layer
 
     app = QgsApplication([], False)
     app.initQgis()

@@ -439,6 +439,10 @@ class VllmClient:
         while worker.is_alive() and time.monotonic() < until:
             _abort_thread_connection(ident)
             worker.join(0.05)
+        if not worker.is_alive():
+            # the last mark may have landed after the worker forgot itself: clear it, or a later thread that
+            # reuses this ident would find its request "cancelled"
+            _forget_thread(ident)
 
     # ---------------------------------------------------------------------------------------- server kind
     def server_kind(self, model: str) -> str:

@@ -227,7 +227,8 @@ def run_tensor_hook(request: MapFloodsRequest, client, spec, bands: list[int], m
         )
     from . import tensor_transport
 
-    result = tensor_transport.run_tensor(request, client, spec, bands, progress, model=model)
+    result = tensor_transport.run_tensor(request, client, spec, bands, progress, model=model,
+                                         progress_span=(5.0, 99.0))
     return result.stats, list(getattr(result, "warnings", []) or [])
 
 

@@ -344,7 +344,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         import rasterio
 
         with rasterio.open(classes_path) as ds:
-            crs = QgsCoordinateReferenceSystem(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
+            crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
         fields = QgsFields()
         fields.append(QgsField("id", FIELD_INT))
         fields.append(QgsField("area_m2", FIELD_DOUBLE))
@@ -356,7 +356,10 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             return None
         measure = QgsDistanceArea()
         measure.setSourceCrs(crs, context.transformContext())
-        measure.setEllipsoid(context.ellipsoid() or "WGS84")
+        ellipsoid = context.ellipsoid()
+        if not ellipsoid or ellipsoid.upper() == "NONE":  # qgis_process and scripts have no project ellipsoid
+            ellipsoid = "EPSG:7030"  # WGS 84
+        measure.setEllipsoid(ellipsoid)
         min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
         kept = dropped = 0
         for polygon in water_polygons(classes_path):
@@ -393,7 +396,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         if backend == BACKEND_LOCAL:
             from ..core.engine import get_engine
 
-            engine = get_engine(settings, on_log=engine_log)
+            # one server, one transport: a forced tensor transport needs an engine without the IOProcessor
+            engine = get_engine(settings, on_log=engine_log, io_processor=transport != TRANSPORT_TENSOR)
             url = engine.ensure_running(progress, timeout=settings.startup_timeout)
             headers: dict[str, str] = {}
             server_reads_files = True

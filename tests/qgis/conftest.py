@@ -26,10 +26,17 @@ _link_plugin()
 
 
 @pytest.fixture
+def clean_registry(qgis_app, qgis_processing):
+    """No 'floodmapper' provider registered when the test starts."""
+    drop_registered_provider()
+
+
+@pytest.fixture
 def plugin(qgis_app, qgis_iface, qgis_processing):
     """The plugin loaded through classFactory + initGui, unloaded afterwards."""
     import floodmapper
 
+    drop_registered_provider()
     instance = floodmapper.classFactory(qgis_iface)
     instance.initGui()
     yield instance
@@ -38,6 +45,17 @@ def plugin(qgis_app, qgis_iface, qgis_processing):
 
 
 _KEEP: list = []
+
+
+def drop_registered_provider() -> None:
+    """Start a plugin test from a registry without a 'floodmapper' provider (another fixture may have one)."""
+    from qgis.core import QgsApplication
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("floodmapper")
+    if existing is not None:
+        registry.removeProvider(existing)
+    _KEEP.clear()
 
 
 @pytest.fixture

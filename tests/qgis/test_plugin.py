@@ -42,7 +42,7 @@ def test_toolbar_action_and_menu(plugin, qgis_iface):
     assert plugin.action.parent() is qgis_iface.mainWindow() or menu_calls is None
 
 
-def test_unload_removes_everything(qgis_app, qgis_iface, qgis_processing):
+def test_unload_removes_everything(qgis_app, qgis_iface, qgis_processing, clean_registry):
     import floodmapper
 
     instance = floodmapper.classFactory(qgis_iface)

@@ -417,7 +417,7 @@ def test_auto_on_tensor_server_goes_through_the_tensor_hook(world, monkeypatch):
                                 stds=(0.1,) * 6, bands=("SWIR_2", "RED", "GREEN", "BLUE", "NIR_NARROW", "SWIR_1"))
     calls = []
 
-    def fake_run(request, client, spec_, bands, progress, model=None):
+    def fake_run(request, client, spec_, bands, progress, model=None, progress_span=(0.0, 100.0)):
         calls.append((spec_, bands, model))
         return types.SimpleNamespace(stats=raster.Stats(3, 4, 0.75, 0.5), warnings=["from tensor"])
 
