@@ -414,7 +414,8 @@ class LocalEngine:
         try:
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=child_environment(extra), cwd=self._out_dir, start_new_session=True,
+                env=child_environment({**extra, "FLOODMAPPER_WATCH_PID": str(os.getpid())}),
+                cwd=self._out_dir, start_new_session=True,
                 bufsize=1, text=True, encoding="utf-8", errors="replace",
             )
         except OSError as exc:

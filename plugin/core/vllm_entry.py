@@ -94,9 +94,46 @@ def check() -> int:
     return 0
 
 
+def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
+    """End this engine's whole process group when the process that started it is gone.
+
+    The plugin starts the engine in a session of its own (so a Ctrl-C in a terminal or QGIS's own signals do
+    not reach it) and stops it on unload and at exit; but qgis_process never runs Python's exit hooks, and a
+    QGIS that crashes runs nothing at all. This daemon thread is what guarantees no orphan: it polls the
+    starter and, once it is gone, sends SIGTERM to the group (vLLM shuts its engine core and workers down)
+    and SIGKILL after `grace` seconds.
+    """
+    import signal
+    import threading
+    import time
+
+    def alive() -> bool:
+        # the engine is the starter's direct child: once the starter dies it is re-parented (to init or a
+        # subreaper), so comparing the parent pid is immune to pid reuse
+        return os.getppid() == pid
+
+    def run() -> None:
+        while alive():
+            time.sleep(interval)
+        try:  # stdout is usually a pipe to the starter, which is gone: writing may fail
+            print(f"[floodmapper] the process that started this engine ({pid}) is gone; stopping", flush=True)
+        except OSError:
+            pass
+        leader = os.getpgrp() == os.getpid()  # never signal a group we do not lead (e.g. a terminal's)
+        stop = (lambda sig: os.killpg(os.getpgrp(), sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
+        stop(signal.SIGTERM)
+        time.sleep(grace)
+        stop(signal.SIGKILL)
+
+    threading.Thread(target=run, name="floodmapper-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--check"]:
         return check()
+    watch = os.environ.pop("FLOODMAPPER_WATCH_PID", "")
+    if watch.isdigit():
+        watch_parent(int(watch))
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *argv]

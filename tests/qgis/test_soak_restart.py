@@ -1,0 +1,128 @@
+"""100 small rasters through map_floods, each in its own context, with the real server restarted in the middle:
+every raster is either mapped or reported, none silently lost, and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import requests
+
+from plugin.core.scenes import generate_scene
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+COUNT = 100
+RESTART_AT = 40
+
+
+def _start(port: int, log: Path, out_dir: Path) -> subprocess.Popen:
+    env = dict(os.environ, PORT=str(port), FLOODMAPPER_SERVE_OUT=str(out_dir))
+    with open(log, "ab") as fh:
+        return subprocess.Popen(["bash", str(ROOT / "scripts" / "serve-demo")], stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "vllm serve exited during start-up"
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise AssertionError("server not healthy in time")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys):
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    serve_out = tmp_path / "serve-out"
+    serve_out.mkdir()
+    inputs = tmp_path / "in"
+    outputs = tmp_path / "out"
+    inputs.mkdir()
+    outputs.mkdir()
+    for i in range(COUNT):
+        generate_scene(inputs / f"r{i:03d}.tif", seed=70000 + i, width=64, height=64)
+    temp_before = {p.name for p in Path(tempfile.gettempdir()).glob("floodmapper-*")}
+
+    alg = QgsApplication.processingRegistry().algorithmById("floodmapper:map_floods")
+    mapped, reported = [], []
+    servers = [_start(port, log, serve_out)]
+    try:
+        _wait_healthy(url, servers[0])
+        t0 = time.monotonic()
+        for i in range(COUNT):
+            if i == RESTART_AT:  # the server goes away and comes back on the same port while rasters keep coming
+                _stop(servers[-1])
+                servers.append(_start(port, log, serve_out))
+            src, out = inputs / f"r{i:03d}.tif", outputs / f"r{i:03d}-flood.tif"
+            context, feedback = QgsProcessingContext(), QgsProcessingFeedback()
+            params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": url, "OUTPUT": str(out)}
+            try:
+                result, ok = alg.run(params, context, feedback, {}, False)
+                assert ok
+                mapped.append(i)
+                with rasterio.open(out) as ds:
+                    assert (ds.width, ds.height) == (64, 64)
+                    assert set(np.unique(ds.read(1))) <= {0, 1, 255}
+                assert result["VALID_PIXELS"] == 64 * 64
+            except QgsProcessingException as err:
+                reported.append((i, str(err)))
+                assert not out.exists(), f"raster {i} failed but left {out}"
+        elapsed = time.monotonic() - t0
+    finally:
+        for proc in servers:
+            _stop(proc)
+
+    with capsys.disabled():
+        print(f"\nsoak: {len(mapped)} mapped, {len(reported)} reported, in {elapsed:.0f} s; "
+              f"first failure: {reported[0][1][:160] if reported else '-'}")
+    assert len(mapped) + len(reported) == COUNT
+    assert mapped and mapped[-1] > RESTART_AT, "nothing was mapped after the restart"
+    assert all(0 <= i < COUNT for i, _ in reported)
+    for _, message in reported:  # the outage is explained, never a bare traceback
+        assert "127.0.0.1" in message or "server" in message.lower(), message
+    assert sorted(p.name for p in outputs.iterdir() if p.suffix == ".tif") == [
+        f"r{i:03d}-flood.tif" for i in mapped]
+    assert [p.name for p in outputs.iterdir() if p.name.startswith(".")] == []
+    leftover = {p.name for p in Path(tempfile.gettempdir()).glob("floodmapper-*")} - temp_before
+    assert leftover == set()
+    assert all(_group_gone(p.pid) for p in servers)
