@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import traceback
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -305,11 +306,18 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
         progress = FeedbackProgress(feedback)
+        failure = ""
         try:
             result = self._run(parameters, context, progress)
         except FloodMapperError as err:
-            qlog.log(f"Map floods failed on '{self._input_name}': {err}", Qgis.MessageLevel.Critical)
-            raise QgsProcessingException(str(err)) from err
+            failure = str(err)
+            # The traceback's frames hold the feedback adapter, the request and HTTP internals in reference
+            # cycles; clearing them lets QGIS's objects be freed now rather than by a late garbage
+            # collection (after QGIS has shut down, in scripts and qgis_process, that segfaults).
+            traceback.clear_frames(err.__traceback__)
+        if failure:
+            qlog.log(f"Map floods failed on '{self._input_name}': {failure}", Qgis.MessageLevel.Critical)
+            raise QgsProcessingException(failure)
         summary = summary_text(self._input_name, result)
         feedback.pushInfo(summary)
         qlog.log(summary)
