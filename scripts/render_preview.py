@@ -28,8 +28,19 @@ def main(argv: list[str]) -> int:
         link.symlink_to(ROOT, target_is_directory=True)
     sys.path.insert(0, str(plugins))
 
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    try:
+        # every QGIS object lives inside render(): freed when it returns, before exitQgis()
+        return render(args)
+    finally:
+        app.exitQgis()
+
+
+def render(args) -> int:
     from qgis.core import (
-        QgsApplication,
         QgsContrastEnhancement,
         QgsMapRendererParallelJob,
         QgsMapSettings,
@@ -42,8 +53,6 @@ def main(argv: list[str]) -> int:
     from floodmapper.plugin.core.raster import compute_stats
     from floodmapper.plugin.processing.postprocessor import WATER_COLOR, style_flood_layer
 
-    app = QgsApplication([], False)
-    app.initQgis()
     base = QgsRasterLayer(args.input, "input")
     flood = QgsRasterLayer(args.flood, "flood")
     if not (base.isValid() and flood.isValid()):
@@ -110,7 +119,6 @@ def main(argv: list[str]) -> int:
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     ok = image.save(args.png, "PNG")
     print(f"preview: {args.png} ({w}x{h}) water {s.water_area_km2:.3f} km²")
-    app.exitQgis()
     return 0 if ok else 1
 
 
