@@ -8,9 +8,7 @@ are marked `vllm`; `make test-quick` (-m "not vllm") runs everything else.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests import `plugin.core...` from the checkout
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy  # noqa: E402
 
 
 def free_port() -> int:
@@ -54,45 +54,12 @@ def _start_server(tmp: Path, extra: list[str], name: str) -> RunningServer:
     log = tmp / f"{name}.log"
     out_dir = tmp / f"{name}-out"
     out_dir.mkdir()
-    env = dict(os.environ, PORT=str(port), FLOODMAPPER_SERVE_OUT=str(out_dir))
     t0 = time.monotonic()
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            ["bash", str(ROOT / "scripts" / "serve-demo"), *extra],
-            stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
-        )
+    proc = start_serve_demo(port, log, out_dir, tuple(extra))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + float(os.environ.get("FLOODMAPPER_TEST_STARTUP_TIMEOUT", "600"))
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    else:
-        _stop(proc.pid)
-        raise RuntimeError(f"vllm serve not healthy in time:\n{log.read_text()[-4000:]}")
+    wait_healthy(url, proc, log)
     model = requests.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
     return RunningServer(url, port, proc.pid, log, model, out_dir, time.monotonic() - t0)
-
-
-def _stop(pid: int) -> None:
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    os.killpg(pgid, signal.SIGTERM)
-    for _ in range(150):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +67,7 @@ def vllm_server(tmp_path_factory):
     """A real vLLM server with the terratorch_segmentation IOProcessor (image-to-image)."""
     server = _start_server(tmp_path_factory.mktemp("vllm-image"), [], "image")
     yield server
-    _stop(server.pid)
+    stop_group(server.pid)
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +75,7 @@ def vllm_tensor_server(tmp_path_factory):
     """A real vLLM server without the IOProcessor plugin (tensor-to-tensor)."""
     server = _start_server(tmp_path_factory.mktemp("vllm-tensor"), ["--tensor"], "tensor")
     yield server
-    _stop(server.pid)
+    stop_group(server.pid)
 
 
 _EXIT_STATUS = {"code": None}

@@ -15,11 +15,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from rasterio.io import MemoryFile
 
 from plugin.core import scenes
 from plugin.core.settings import Settings
+from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm
 
@@ -134,19 +133,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        pgid = os.getpgid(proc.pid)
-    except ProcessLookupError:
-        return
-    os.killpg(pgid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(pgid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
 def test_prepared_folder_is_served_by_real_vllm(tmp_path):
     py = Settings().with_env().vllm_python
     if not Path(py).exists():
@@ -183,23 +169,10 @@ def test_prepared_folder_is_served_by_real_vllm(tmp_path):
     log = tmp_path / "serve.log"
     serve_out = tmp_path / "serve-out"
     serve_out.mkdir()
-    env = dict(os.environ, FLOODMAPPER_MODEL=str(out), PORT=str(port), FLOODMAPPER_SERVE_OUT=str(serve_out),
-               FLOODMAPPER_VLLM_PYTHON=py)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "serve-demo")], stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = start_serve_demo(port, log, serve_out, env={"FLOODMAPPER_MODEL": str(out), "FLOODMAPPER_VLLM_PYTHON": py})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + float(os.environ.get("FLOODMAPPER_TEST_STARTUP_TIMEOUT", "600"))
-        while True:
-            assert proc.poll() is None, f"vllm serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"vllm serve not healthy in time:\n{log.read_text()[-4000:]}"
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
+        wait_healthy(url, proc, log)
         model = requests.get(url + "/v1/models", timeout=10).json()["data"][0]["id"]
         r = requests.post(url + "/pooling", timeout=600, json={
             "model": model, "softmax": False,
@@ -213,4 +186,4 @@ def test_prepared_folder_is_served_by_real_vllm(tmp_path):
         print(f"\nserver vs local reference (fp16 vs fp32): {agreement:.4f} of pixels agree")
         assert agreement > 0.97, "the served model does not compute what the checkpoint holds"
     finally:
-        _stop(proc)
+        stop_group(proc.pid)

@@ -4,9 +4,7 @@ every raster is either mapped or reported, none silently lost, and nothing is le
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -14,55 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import requests
 
 from plugin.core.scenes import generate_scene
+from tests.fixtures.servers import group_gone, start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 COUNT = int(os.environ.get("FLOODMAPPER_SOAK_COUNT", "100"))
 RESTART_AT = int(os.environ.get("FLOODMAPPER_SOAK_RESTART_AT", "40"))
-
-
-def _start(port: int, log: Path, out_dir: Path) -> subprocess.Popen:
-    env = dict(os.environ, PORT=str(port), FLOODMAPPER_SERVE_OUT=str(out_dir))
-    with open(log, "ab") as fh:
-        return subprocess.Popen(["bash", str(ROOT / "scripts" / "serve-demo")], stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "vllm serve exited during start-up"
-        try:
-            if requests.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise AssertionError("server not healthy in time")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys):
@@ -94,14 +52,14 @@ def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys
 
     alg = QgsApplication.processingRegistry().algorithmById("floodmapper:map_floods")
     mapped, reported = [], []
-    servers = [_start(port, log, serve_out)]
+    servers = [start_serve_demo(port, log, serve_out)]
     try:
-        _wait_healthy(url, servers[0])
+        wait_healthy(url, servers[0], log)
         t0 = time.monotonic()
         for i in range(COUNT):
             if i == RESTART_AT:  # the server goes away and comes back on the same port while rasters keep coming
-                _stop(servers[-1])
-                servers.append(_start(port, log, serve_out))
+                stop_group(servers[-1].pid)
+                servers.append(start_serve_demo(port, log, serve_out))
             src, out = inputs / f"r{i:03d}.tif", outputs / f"r{i:03d}-flood.tif"
             context, feedback = QgsProcessingContext(), RecordingFeedback()
             params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": url, "OUTPUT": str(out)}
@@ -119,7 +77,7 @@ def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys
         elapsed = time.monotonic() - t0
     finally:
         for proc in servers:
-            _stop(proc)
+            stop_group(proc.pid)
 
     with capsys.disabled():
         print(f"\nsoak: {len(mapped)} mapped, {len(reported)} reported, in {elapsed:.0f} s; "
@@ -134,4 +92,4 @@ def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys
     assert [p.name for p in outputs.iterdir() if p.name.startswith(".")] == []
     leftover = {p.name for p in Path(tempfile.gettempdir()).glob("floodmapper-*")} - temp_before
     assert leftover == set()
-    assert all(_group_gone(p.pid) for p in servers)
+    assert all(group_gone(p.pid) for p in servers)
