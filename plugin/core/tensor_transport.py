@@ -285,67 +285,26 @@ def _timeouts(client: Any) -> Any:
 
 
 def post_pooling_bytes(client: Any, body: bytes, model: str = "") -> bytes:
-    """POST a pre-encoded JSON body to /pooling and return the raw answer body, errors mapped.
+    """POST a pre-encoded JSON body to /pooling from a tile worker thread; the client maps every error.
 
-    Runs in a tile worker thread on the client's pooled session (auth headers, TLS, connect retries), so a
-    cancel can shut this thread's socket down (client._abort_thread_connection). The error mapping is the
-    client's own (`_map_exception`, `_raise_for_status`) when it has it, so both transports say the same
-    things; `client.post_bytes(path, body, model=...)`, once the client has it, replaces all of this.
+    Runs on the client's pooled session (auth headers, TLS, connect retries), so a cancel can shut this
+    thread's socket down (`_abort_threads`).
     """
-    native = getattr(client, "post_bytes", None)
-    if callable(native):
-        return native("/pooling", body, model=model)
-    import requests
-    import urllib3
-
-    url = client.base_url.rstrip("/") + "/pooling"
-    try:
-        # stream=True + one raw read: requests' .content would join the 3 MB answer from 10 kB chunks.
-        resp = client.session.post(url, data=body, headers={"Content-Type": "application/json"},
-                                   timeout=_timeouts(client), stream=True)
-        if resp.status_code == 200:
-            return resp.raw.read(decode_content=True)  # fully read: urllib3 returns the connection to the pool
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        mapper = getattr(client, "_map_exception", None)
-        if callable(mapper):
-            raise mapper(exc, "/pooling") from None
-        raise ConnectionFailed(f"The request to {client.base_url}/pooling failed: {exc}.",
-                               "Check that the server is running (GET /health).") from exc
-    raiser = getattr(client, "_raise_for_status", None)
-    if callable(raiser):
-        raiser(resp, "/pooling", tensor_request=True, model=model)
-    message = ""
-    try:
-        err = resp.json().get("error", {})
-        message = err.get("message", "") if isinstance(err, dict) else str(err)
-    except ValueError:
-        message = resp.text[:300]
-    if resp.status_code == 500 and not message.strip():
-        raise TransportUnsupported(
-            "The server answered a tensor request with HTTP 500 and no message: it was started with the "
-            "IOProcessor plugin (image-to-image), which serves only image requests.",
-            "Use the image-to-image transport with this server, or start one without "
-            "--io-processor-plugin for tensor mode.")
-    raise ServerError(f"The server rejected a tile: HTTP {resp.status_code} {message}".strip(),
-                      "See the server log.", status=resp.status_code)
+    return client.post_bytes("/pooling", body, model=model, tensor_request=True)
 
 
 def _abort_threads(idents: list[int]) -> None:
     """Shut down the sockets these worker threads are blocked on, so vLLM drops their requests."""
-    from . import client as client_module
+    from .client import _abort_thread_connection
 
-    abort = getattr(client_module, "_abort_thread_connection", None)
-    if callable(abort):
-        for ident in idents:
-            abort(ident)
+    for ident in idents:
+        _abort_thread_connection(ident)
 
 
 def _forget_thread() -> None:
-    from . import client as client_module
+    from .client import _forget_thread as forget
 
-    forget = getattr(client_module, "_forget_thread", None)
-    if callable(forget):
-        forget(threading.get_ident())
+    forget(threading.get_ident())
 
 
 # ----------------------------------------------------------------------------------------------
