@@ -4,7 +4,9 @@ What it measures, all against a zero-latency peer on 127.0.0.1 that returns cann
 model time is out of the picture and only the client's work and the HTTP round trip remain):
 
 1. ours, transport   512x512x6 uint16 tiles already in memory: normalise (LUT) -> float16 -> .npy ->
-                     base64 -> pre-encoded JSON bytes -> POST -> find and decode the float32 logits.
+                     base64 -> pre-encoded JSON bytes -> POST -> logits. What the plugin asks of vLLM >= 0.12:
+                     a binary answer (`encoding_format: "bytes"`, float16 for a float16 model), read in
+                     place; and, for comparison, the base64 float32 JSON answer older servers give.
 2. seed 001 way      the documented client (torch.full/randn float16 tensor -> torch.save -> base64 ->
                      requests.post(json=...) -> response.json() -> b64decode -> np.frombuffer), sequential,
                      starting from ready float16 tensors (no normalisation: it is favoured). Needs torch,
@@ -107,10 +109,11 @@ def spec():
                      stds=(0.0741, 0.0737, 0.0869, 0.1180, 0.0977, 0.0766))
 
 
-def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = False) -> float:
+def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = False,
+                   answer: str = "bytes") -> float:
     from plugin.core import tensor_transport
     from plugin.core.client import VllmClient
-    from plugin.core.tensor_transport import Normaliser, PayloadEncoder, decode_logits, post_pooling_bytes
+    from plugin.core.tensor_transport import Normaliser, PayloadEncoder, post_tile
 
     saved = tensor_transport._fast_b64
     if stdlib_base64:
@@ -118,15 +121,16 @@ def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = Fa
 
     s = spec()
     norm = Normaliser(s, 1e-4, 0.0, "uint16")
-    enc = PayloadEncoder("m", s)
+    enc = PayloadEncoder("m", s, answer=answer)
     rng = np.random.default_rng(0)
     tiles = [rng.integers(100, 4000, (CHANNELS, TILE, TILE)).astype(np.uint16) for _ in range(4)]
     valid = np.ones((TILE, TILE), bool)
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         def one(i: int) -> float:
             body = enc.encode(norm(tiles[i % 4], valid))
-            logits = decode_logits(post_pooling_bytes(client, body, "m"), 2, TILE, TILE)
-            return float(logits[0, 0, 0])
+            logits = post_tile(client, body, enc, s)
+            assert logits.shape == (2, TILE, TILE)
+            return float(logits[1, 0, 0])
 
         try:
             one(0)
@@ -142,10 +146,12 @@ def transport_all(port: int, n: int, concurrency: int) -> dict:
     """Our transport on 1 and N threads, with the stdlib's base64 and (when importable) pybase64."""
     from plugin.core.tensor_transport import base64_backend
 
-    out = {"stdlib_1": ours_transport(port, n, 1, True), "stdlib_n": ours_transport(port, n, concurrency, True)}
+    out = {"stdlib_1": ours_transport(port, n, 1, True), "stdlib_n": ours_transport(port, n, concurrency, True),
+           "stdlib_1_json": ours_transport(port, n, 1, True, "base64")}
     if base64_backend() == "pybase64":
         out["pybase64_1"] = ours_transport(port, n, 1)
         out["pybase64_n"] = ours_transport(port, n, concurrency)
+        out["pybase64_1_json"] = ours_transport(port, n, 1, False, "base64")
     return out
 
 
@@ -233,14 +239,16 @@ def main() -> int:
                     where = "the vLLM env's python"
             seed = seed_client(port, max(20, args.tiles // 4), args.vllm_python)
             n = args.concurrency
-            print(f"ours, transport, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
-            print(f"ours, transport, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
+            print(f"ours, binary answer, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
+            print(f"ours, binary answer, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
+            print(f"ours, base64 answer, stdlib base64, 1 thread:    {ours['stdlib_1_json']:7.1f} tiles/s")
             if "pybase64_1" in ours:
-                print(f"ours, transport, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
-                print(f"ours, transport, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
+                print(f"ours, binary answer, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
+                print(f"ours, binary answer, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
+                print(f"ours, base64 answer, pybase64, 1 thread:         {ours['pybase64_1_json']:7.1f} tiles/s")
             if seed:
                 print(f"seed 001 client (torch.save + json, 1 thread): {seed:7.1f} tiles/s")
-                for key in ("stdlib_1", "stdlib_n", "pybase64_1", "pybase64_n"):
+                for key in ("stdlib_1", "stdlib_n", "stdlib_1_json", "pybase64_1", "pybase64_n", "pybase64_1_json"):
                     if key in ours:
                         print(f"ratio ours ({key}) / seed: {ours[key] / seed:.1f}x")
             else:

@@ -23,14 +23,15 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Optional, Union
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Callable, NamedTuple, Optional, Union
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
+    HTTPError,
     IncompleteRead,
     NameResolutionError,
     NewConnectionError,
@@ -89,11 +90,19 @@ def _secrets_of(headers: dict[str, str], proxies: Optional[dict[str, str]]) -> l
     for url in (proxies or {}).values():
         userinfo = urlsplit(url).netloc.rpartition("@")[0]
         if userinfo:
-            secrets.extend([userinfo, *userinfo.split(":", 1)])
+            parts = userinfo.split(":", 1)
+            secrets.extend([userinfo, *parts, *(unquote(part) for part in parts)])
     return secrets
 
 
 # -------------------------------------------------------------------------- cancellable connection tracking
+class RawReply(NamedTuple):
+    """A 200 answer's body, read whole, and its headers (case-insensitive)."""
+
+    content: bytes
+    headers: Any
+
+
 class _Aborted(Exception):
     """Raised inside a worker thread whose request was cancelled, so urllib3 makes no further attempt."""
 
@@ -158,8 +167,37 @@ class _TrackingAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        manager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+        if proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = _tracked_socks_pools()
+        else:
+            manager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
         return manager
+
+
+def _tracked_socks_pools() -> dict[str, type]:
+    """SOCKS pools that record their connections too (PySocks is imported only for a SOCKS proxy)."""
+    from urllib3.contrib.socks import SOCKSHTTPConnectionPool, SOCKSHTTPSConnectionPool
+
+    class TrackedSocksHTTP(_TrackedPoolMixin, SOCKSHTTPConnectionPool):
+        pass
+
+    class TrackedSocksHTTPS(_TrackedPoolMixin, SOCKSHTTPSConnectionPool):
+        pass
+
+    return {"http": TrackedSocksHTTP, "https": TrackedSocksHTTPS}
+
+
+class _Session(requests.Session):
+    """A Session whose own proxies (QGIS's proxy settings) win over the HTTP(S)_PROXY environment variables.
+
+    requests lets the environment override `Session.proxies` (psf/requests#2018); QGIS's settings, and a
+    "no proxy" ("" = direct) decision made from them, must not be overridden that way.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        merged = dict(self.proxies)
+        merged.update(proxies or {})
+        return super().merge_environment_settings(url, merged, stream, verify, cert)
 
 
 class _Retry(Retry):
@@ -232,7 +270,7 @@ class VllmClient:
             respect_retry_after_header=True,
         )
         adapter = _TrackingAdapter(max_retries=retry, pool_connections=2, pool_maxsize=max(1, pool_size))
-        session = requests.Session()
+        session = _Session()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
@@ -300,6 +338,12 @@ class VllmClient:
             )
         self._model_roots = {str(m["id"]): str(m.get("root") or "") for m in data}
         return [str(m["id"]) for m in data]
+
+    def model_root(self, name: str) -> str:
+        """The `root` /v1/models gives for a served model (the folder or hub id vLLM loaded), "" if unknown."""
+        if name not in self._model_roots:
+            self.models()
+        return self._model_roots.get(name, "")
 
     def resolve_model(self, name: str = "") -> str:
         """The served model name to put in requests: `name` checked against the server, or its only model."""
@@ -404,29 +448,62 @@ class VllmClient:
         return answer
 
     def post_bytes(self, path: str, body: bytes, model: str = "", tensor_request: bool = True) -> bytes:
-        """POST a pre-encoded JSON body in the calling thread and return the raw answer body.
+        """POST a pre-encoded JSON body in the calling thread and return the raw answer body."""
+        return self.post_raw(path, body, model=model, tensor_request=tensor_request).content
+
+    def post_raw(self, path: str, body: bytes, model: str = "", tensor_request: bool = True) -> RawReply:
+        """POST a pre-encoded JSON body in the calling thread; the 200 answer's body and headers.
 
         For transports that run many requests from their own worker threads (tensor tiles): the session,
         retries, TLS and error mapping are the same as pooling()'s, and a cancel from another thread works
         through `_abort_thread_connection(thread id)`; the caller calls `_forget_thread(thread id)` after
-        each request so that a pooled thread can be reused.
+        each request so that a pooled thread can be reused. The headers matter for vLLM's binary answers
+        (`encoding_format: "bytes"`), whose shape and dtype come in a `metadata` header. The body is read in
+        one call rather than in requests' 10 kB chunks (~100 Python-level reads per megabyte otherwise).
         """
+        # The read timeout bounds each wait for bytes, not the whole answer: a server (or proxy) trickling a
+        # byte now and then would hold the job forever. Past the same wall-clock budget as pooling()'s, a
+        # timer shuts this thread's socket down.
+        budget = self._total_budget()
+        ident = threading.get_ident()
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            _abort_thread_connection(ident)
+
+        timer = threading.Timer(budget, expire)
+        timer.daemon = True
+        timer.start()
         try:
             response = self.session.post(
                 self._url(path), data=body, headers={"Content-Type": "application/json"},
-                timeout=(self.connect_timeout, self.read_timeout), verify=self.verify,
+                timeout=(self.connect_timeout, self.read_timeout), verify=self.verify, stream=True,
             )
-        except _Aborted:
-            raise Cancelled() from None
-        except requests.RequestException as exc:
+            if response.status_code != 200:
+                with response:
+                    _ = response.content  # the (small) error body, read here where errors are mapped
+                self._raise_for_status(response, path, tensor_request=tensor_request, model=model)
+            # fully read -> urllib3 puts the connection back into the pool
+            content = response.raw.read(decode_content=True)
+        except (_Aborted, requests.RequestException, HTTPError, OSError) as exc:
+            timer.cancel()
+            if expired.is_set():
+                _forget_thread(ident)
+                raise ConnectionFailed(
+                    f"{self._where()} did not finish its answer to {path} within {budget:g} s (it kept the "
+                    "connection open, sending next to nothing).",
+                    "The server or a proxy in front of it is stuck: check the server's log and its /health, "
+                    "or lower the read timeout in the Flood Mapper options.",
+                ) from None
             with _ACTIVE_LOCK:
                 aborted = threading.get_ident() in _ABORTED_THREADS
-            if aborted:  # our own shutdown() made the socket fail
+            if aborted or isinstance(exc, _Aborted):  # our own shutdown() made the socket fail
                 raise Cancelled() from None
             raise self._map_exception(exc, path) from None
-        if response.status_code != 200:
-            self._raise_for_status(response, path, tensor_request=tensor_request, model=model)
-        return response.content
+        finally:
+            timer.cancel()
+        return RawReply(content, response.headers)
 
     def _total_budget(self) -> float:
         """A wall-clock cap on one /pooling call, so that nothing ever waits forever (e.g. a trickling body)."""

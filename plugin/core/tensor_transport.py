@@ -71,6 +71,13 @@ DEFAULT_CONCURRENCY = 4
 NPY_MIN_VERSION = (0, 19)  # vLLM accepts raw .npy bytes for image_embeds from this version on
 ENCODING_NPY = "npy"
 ENCODING_TORCH = "torch"
+# How the logits come back. vLLM >= 0.11.1 answers `encoding_format: "bytes"` with the raw tensor as the body
+# and its shape/dtype in a `metadata` header (vllm-project/vllm#27066): no base64 to decode, no JSON to scan,
+# and `embed_dtype` float16 halves it for a float16 model (whose logits are float16 numbers anyway). Before
+# that, "base64" (float32) is the only format a 3-D output passes.
+ANSWER_BYTES = "bytes"
+ANSWER_BASE64 = "base64"
+BYTES_MIN_VERSION = (0, 12)
 PROBABILITY_NODATA = -1.0
 GDAL_CACHE_BYTES = 128 * 1024 * 1024  # a row of input blocks is re-read rather than cached
 _INFO_EVERY_S = 5.0
@@ -99,6 +106,7 @@ class TensorRunStats:
     offset: float
     probability_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    answer: str = ANSWER_BASE64
 
     @property
     def stats(self) -> raster.Stats:
@@ -150,21 +158,26 @@ def torch_b64(arr: np.ndarray) -> bytes:
 class PayloadEncoder:
     """Builds the /pooling JSON body as bytes around the base64 tensors (no json.dumps of megabytes)."""
 
-    def __init__(self, model: str, spec: ModelSpec, encoding: str = ENCODING_NPY) -> None:
+    def __init__(self, model: str, spec: ModelSpec, encoding: str = ENCODING_NPY,
+                 answer: str = ANSWER_BASE64) -> None:
         if encoding not in (ENCODING_NPY, ENCODING_TORCH):
             raise ValueError(f"unknown tensor encoding {encoding!r}")
+        if answer not in (ANSWER_BYTES, ANSWER_BASE64):
+            raise ValueError(f"unknown answer format {answer!r}")
         self.encoding = encoding
+        self.answer = answer
         self.model = model
         self.dtype = np.dtype(spec.dtype)
+        # logits as float16 only from a float16 model (nothing is lost); float32 otherwise
+        self.logits_dtype = "float16" if self.dtype == np.float16 else "float32"
         self._encode = npy_b64 if encoding == ENCODING_NPY else torch_b64
         self.names = [spec.input_name] + ([spec.location_name] if spec.location_name else [])
         marks = {name: f"@@floodmapper:{i}@@" for i, name in enumerate(self.names)}
-        template = json.dumps({
-            "model": model,
-            "encoding_format": "base64",
-            "messages": [{"role": "user", "content": [
-                {"type": "image_embeds", "image_embeds": marks}]}],
-        }, separators=(",", ":")).encode()
+        doc: dict[str, Any] = {"model": model, "encoding_format": answer}
+        if answer == ANSWER_BYTES:
+            doc.update(embed_dtype=self.logits_dtype, endianness="little")
+        doc["messages"] = [{"role": "user", "content": [{"type": "image_embeds", "image_embeds": marks}]}]
+        template = json.dumps(doc, separators=(",", ":")).encode()
         self._parts: list[bytes] = []
         rest = template
         for name in self.names:
@@ -209,8 +222,48 @@ def _logits_b64(content: bytes) -> Any:
     return doc["data"][0]["data"]
 
 
-def decode_logits(content: bytes, num_classes: int, height: int, width: int) -> np.ndarray:
-    """The float32 logits [num_classes, height, width] of a /pooling response body (no copy after base64)."""
+def _binary_logits(content: bytes, metadata: str, num_classes: int, height: int, width: int,
+                   dtype: str) -> np.ndarray:
+    """The logits of a binary (`encoding_format: "bytes"`) answer: the body is the tensor itself."""
+    endian = "<"
+    if metadata:
+        try:
+            item = json.loads(metadata)["data"][0]
+            dtype = str(item.get("embed_dtype") or dtype)
+            endian = {"big": ">", "little": "<"}.get(str(item.get("endianness")), "=")
+            shape = tuple(int(n) for n in item.get("shape") or ())
+            start, end = int(item.get("start", 0)), int(item.get("end", len(content)))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ServerError(f"The server's binary answer has unreadable metadata ({exc}).",
+                              "See the server log; is this a vLLM server?") from exc
+        if shape and shape != (num_classes, height, width):
+            raise ServerError(
+                f"The server returned logits of shape {list(shape)}; this tile needs "
+                f"[{num_classes}, {height}, {width}].",
+                "The model spec (num_classes, tile size) does not match the served model; give its config.json.")
+        content = memoryview(content)[start:end]
+    if dtype not in ("float16", "float32"):
+        raise ServerError(f"The server returned {dtype} logits; float16 or float32 was asked for.",
+                          "Upgrade vLLM or report this with the server's version.")
+    np_dtype = np.dtype(endian + ("f2" if dtype == "float16" else "f4"))
+    expected = num_classes * height * width * np_dtype.itemsize
+    if len(content) != expected:
+        raise ServerError(
+            f"The server returned {len(content)} bytes of logits; a {num_classes}x{height}x{width} {dtype} "
+            f"output is {expected}.",
+            "The model spec (num_classes, tile size) does not match the served model; give its config.json.")
+    return np.frombuffer(content, dtype=np_dtype).reshape(num_classes, height, width)
+
+
+def decode_logits(content: bytes, num_classes: int, height: int, width: int, content_type: str = "",
+                  metadata: str = "", dtype: str = "float32") -> np.ndarray:
+    """The logits [num_classes, height, width] of a /pooling response body, without extra copies.
+
+    A binary answer (Content-Type application/octet-stream) is read in place; a JSON one holds base64
+    float32. `dtype` is what was asked for (the binary answer's metadata, when sent, has the last word).
+    """
+    if content_type.split(";")[0].strip().lower() == "application/octet-stream":
+        return _binary_logits(content, metadata, num_classes, height, width, dtype)
     try:
         b64 = _logits_b64(content)
     except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -270,6 +323,13 @@ def server_version(client: Any) -> str:
         return ""
 
 
+def choose_answer(version: str) -> str:
+    """The logits format to ask for: raw bytes from vLLM >= 0.12, base64 before (or when unknown)."""
+    if version and parse_version(version) >= BYTES_MIN_VERSION:
+        return ANSWER_BYTES
+    return ANSWER_BASE64
+
+
 def choose_encoding(version: str) -> str:
     """npy for vLLM >= 0.19 (no torch needed here), torch.save bytes before. Unknown -> npy."""
     if not version:
@@ -291,6 +351,14 @@ def post_pooling_bytes(client: Any, body: bytes, model: str = "") -> bytes:
     thread's socket down (`_abort_threads`).
     """
     return client.post_bytes("/pooling", body, model=model, tensor_request=True)
+
+
+def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec) -> np.ndarray:
+    """POST one tile's body and decode the logits, whichever format the server answered in."""
+    reply = client.post_raw("/pooling", body, model=encoder.model, tensor_request=True)
+    headers = reply.headers
+    return decode_logits(reply.content, spec.num_classes, spec.tile_height, spec.tile_width,
+                         headers.get("Content-Type", ""), headers.get("metadata", ""), encoder.logits_dtype)
 
 
 def _abort_threads(idents: list[int]) -> None:
@@ -591,7 +659,7 @@ def _fmt_eta(seconds: float) -> str:
 
 def run_tensor(request: Any, client: Any, spec: ModelSpec, band_indices: list[int],
                progress: Optional[Progress] = None, *, model: Optional[str] = None,
-               encoding: Optional[str] = None, location_mode: str = "tile",
+               encoding: Optional[str] = None, answer: Optional[str] = None, location_mode: str = "tile",
                progress_span: tuple[float, float] = (0.0, 100.0)) -> TensorRunStats:
     """Map floods on `request.input_path` through a tensor-mode vLLM server, writing `request.output_path`.
 
@@ -648,16 +716,19 @@ def run_tensor(request: Any, client: Any, spec: ModelSpec, band_indices: list[in
             grid = TileGrid.build(src.width, src.height, spec.tile_width, spec.tile_height, ov, ov)
             locations = (tile_locations(src, grid, spec.location_shape, spec.dtype, location_mode)
                          if spec.has_location else {})
+            version = server_version(client) if encoding is None or answer is None else ""
             if encoding is None:
-                encoding = choose_encoding(server_version(client))
-            encoder = PayloadEncoder(model, spec, encoding)
+                encoding = choose_encoding(version)
+            if answer is None:
+                answer = choose_answer(version)
+            encoder = PayloadEncoder(model, spec, encoding, answer)
             normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
             mask_read = _mask_needs_read(src, bands)
             outputs = _Outputs(src, out_path, prob_path, spec)
             progress.info(
                 f"Tensor transport: {src.width}x{src.height} px in {len(grid)} tiles of "
                 f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px), {concurrency} in flight, "
-                f"{encoding} tensors in {spec.dtype}")
+                f"{encoding} tensors in {spec.dtype}, {answer} logits")
             try:
                 n_requests = _run_tiles(in_path, grid, bands, mask_read, normalise, encoder, locations,
                                         client, spec, outputs, concurrency, progress, progress_span)
@@ -675,7 +746,7 @@ def run_tensor(request: Any, client: Any, spec: ModelSpec, band_indices: list[in
         water_fraction=st.water_fraction, water_area_km2=st.water_area_km2, total_pixels=total,
         tiles=len(grid), requests=n_requests, seconds=seconds,
         encoding=encoding, tile_size=spec.tile_size, overlap=ov, concurrency=concurrency, scale=scale,
-        offset=offset, probability_path=prob_path,
+        offset=offset, probability_path=prob_path, answer=answer,
     )
 
 
@@ -699,7 +770,6 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
     stop = threading.Event()
     datasets = _ThreadDatasets(in_path)
     stitcher = RowBandStitcher(grid, spec.num_classes, outputs.sink)
-    th, tw = spec.tile_height, spec.tile_width
     sent = [0]
     lock = threading.Lock()
     on_wire: set[int] = set()  # worker threads with a request outstanding
@@ -723,7 +793,7 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
             sent[0] += 1
             on_wire.add(ident)
         try:
-            content = post_pooling_bytes(client, body, encoder.model)
+            logits = post_tile(client, body, encoder, spec)
         finally:
             # Under the lock that the cancel path aborts under: a thread is aborted only while it is on the
             # wire, and its abort mark is cleared before its ident can be reused by another thread.
@@ -733,7 +803,7 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
         del body
         if stop.is_set():
             return None
-        return tile, decode_logits(content, spec.num_classes, th, tw), valid
+        return tile, logits, valid
 
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="floodmapper-tile")
     tiles = iter(grid)
@@ -799,5 +869,5 @@ def _close_later(executor: ThreadPoolExecutor, datasets: _ThreadDatasets) -> Non
 
 __all__ = [
     "DEFAULT_CONCURRENCY", "DEFAULT_OVERLAP", "PayloadEncoder", "TensorRunStats", "decode_logits",
-    "base64_backend", "choose_encoding", "npy_b64", "post_pooling_bytes", "run_tensor",
+    "base64_backend", "choose_answer", "choose_encoding", "post_tile", "npy_b64", "post_pooling_bytes", "run_tensor",
 ]

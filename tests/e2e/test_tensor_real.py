@@ -68,6 +68,7 @@ def test_tensor_agrees_with_image_to_image_without_overlap(vllm_server, vllm_ten
     assert agree >= 0.999
     assert 0 < stats.water_pixels < stats.valid_pixels  # a real map, not one class everywhere
     assert stats.encoding == "npy"  # vLLM 0.32 takes raw .npy bytes: no torch on the client
+    assert stats.answer == "bytes"  # and answers raw float16 logits (no base64, half the size)
     assert requests.get(vllm_tensor_server.url + "/health", timeout=10).status_code == 200
 
 

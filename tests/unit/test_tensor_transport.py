@@ -26,6 +26,7 @@ from plugin.core.pipeline import MapFloodsRequest
 from plugin.core.scenes import generate_scene
 from plugin.core.tensor_transport import (
     PayloadEncoder,
+    choose_answer,
     choose_encoding,
     decode_logits,
     npy_b64,
@@ -33,7 +34,7 @@ from plugin.core.tensor_transport import (
     run_tensor,
 )
 from tests.fixtures.fake_http import FakeHttpServer, Reply, vllm_error
-from tests.fixtures.fake_tensor_peer import FakeTensorPeer, water_logits
+from tests.fixtures.fake_tensor_peer import FakeTensorPeer, binary_answer, water_logits
 
 MEANS = (0.14, 0.138, 0.124, 0.309, 0.204, 0.119)
 STDS = (0.074, 0.074, 0.087, 0.118, 0.098, 0.077)
@@ -137,6 +138,53 @@ def test_decode_logits_checks_the_answer():
         decode_logits(b"<html>", 2, 4, 3)
     with pytest.raises(ServerError, match="base64"):
         decode_logits(json.dumps({"data": [{"data": [[0.0]]}]}).encode(), 2, 4, 3)
+
+
+def test_binary_answers_are_read_in_place_and_checked():
+    logits = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
+    for dtype, endian in (("float32", "little"), ("float16", "little"), ("float32", "big")):
+        _, data, headers = binary_answer(logits, dtype, endian, True)
+        out = decode_logits(data, 2, 4, 3, headers["Content-Type"], headers["metadata"], dtype)
+        assert out.dtype.itemsize == (2 if dtype == "float16" else 4)
+        assert (out.astype(np.float32) == logits).all()
+    _, data, headers = binary_answer(logits, "float16", "little", False)  # "bytes_only": no metadata
+    assert "metadata" not in headers
+    assert (decode_logits(data, 2, 4, 3, "application/octet-stream", "", "float16") == logits).all()
+    _, data, headers = binary_answer(logits, "float32", "little", True)
+    with pytest.raises(ServerError, match=r"shape \[2, 4, 3\].*needs \[2, 4, 4\].*config.json"):
+        decode_logits(data, 2, 4, 4, headers["Content-Type"], headers["metadata"])
+    with pytest.raises(ServerError, match="bytes of logits"):
+        decode_logits(data[:-4], 2, 4, 3, "application/octet-stream", "", "float32")
+    with pytest.raises(ServerError, match="unreadable metadata"):
+        decode_logits(data, 2, 4, 3, "application/octet-stream", "{not json")
+    meta = json.loads(headers["metadata"])
+    meta["data"][0]["embed_dtype"] = "fp8_e4m3"
+    with pytest.raises(ServerError, match="fp8_e4m3 logits"):
+        decode_logits(data, 2, 4, 3, "application/octet-stream", json.dumps(meta))
+
+
+def test_payload_asks_for_binary_logits_in_the_model_dtype():
+    doc = json.loads(PayloadEncoder("m", make_spec(), answer="bytes").encode(np.zeros((6, 128, 128), np.float16)))
+    assert (doc["encoding_format"], doc["embed_dtype"], doc["endianness"]) == ("bytes", "float16", "little")
+    doc = json.loads(PayloadEncoder("m", make_spec(dtype="float32"), answer="bytes").encode(
+        np.zeros((6, 128, 128), np.float32)))
+    assert doc["embed_dtype"] == "float32"
+    doc = json.loads(PayloadEncoder("m", make_spec()).encode(np.zeros((6, 128, 128), np.float16)))
+    assert doc["encoding_format"] == "base64" and "embed_dtype" not in doc  # what every vLLM >= 0.19 takes
+
+
+@pytest.mark.parametrize("version,answer", [("0.32.0", "bytes"), ("0.11.0", "base64"), ("", "base64")])
+def test_logits_format_follows_the_server_version(tmp_path, version, answer):
+    assert choose_answer(version) == answer
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=7, width=200, height=150)
+    with FakeTensorPeer(MEANS, STDS, version=version or "0.32.0") as p, VllmClient(p.url) as c:
+        stats = run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX, encoding="npy",
+                           answer=None if version else "base64")
+        assert stats.answer == answer and set(p.answers) == {answer}
+        with rasterio.open(tmp_path / "out.tif") as out:
+            got = out.read(1)
+    assert (got == rule_mask(inp)).mean() >= 0.9999
 
 
 def test_encoding_follows_the_server_version():
