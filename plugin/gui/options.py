@@ -28,10 +28,12 @@ def describe_server(settings: Settings) -> str:
     """What a remote server is: version, models, which transport it serves (runs in a task)."""
     from ..core.client import VllmClient
     from ..toolbelt.auth import headers_for
+    from ..toolbelt.proxy import proxies_for
 
     client = VllmClient(
         settings.server_url, headers=headers_for(settings.authcfg), connect_timeout=settings.connect_timeout,
         read_timeout=min(settings.read_timeout, 60.0), verify=settings.ca_bundle or settings.verify_tls,
+        proxies=proxies_for(settings.server_url),
     )
     try:
         models = client.models()

@@ -391,6 +391,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         from ..core.client import VllmClient
         from ..core.pipeline import map_floods
         from ..toolbelt.auth import headers_for
+        from ..toolbelt.proxy import proxies_for
 
         if self._source_error is not None:
             raise self._source_error
@@ -418,7 +419,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         verify: bool | str = settings.ca_bundle or settings.verify_tls
         client = VllmClient(
             url, headers=headers, connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout, verify=verify,
+            read_timeout=settings.read_timeout, verify=verify, proxies=proxies_for(url),
         )
         request = MapFloodsRequest(
             input_path=self._source,
