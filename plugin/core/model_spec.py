@@ -340,5 +340,5 @@ def resolve_model_spec(source: str, model_name: str = "", *, session: Any = None
         return PRESETS[preset]()
     raise ModelSpecError(
         f"The tensor transport needs the model's config.json and none was given for model {model_name!r}.",
-        "Set the model spec (the served model's config.json folder, file or URL, or a preset: "
+        "Set the model spec (MODEL_SPEC parameter: the served model's config.json folder, file, URL or a preset: "
         + ", ".join(PRESETS) + "), or use the image-to-image transport.")

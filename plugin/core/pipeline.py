@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
 from . import image_transport, raster
 from .errors import Cancelled, InputError, TransportUnsupported
 from .progress import NullProgress, Progress, check_cancel
+from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS
 
 log = logging.getLogger("floodmapper.pipeline")
 
@@ -37,6 +39,7 @@ class MapFloodsRequest:
     bands: Optional[list[int]] = None  # 1-based input band numbers in the model's order; None = automatic
     path_map_local: str = ""  # local prefix ...
     path_map_server: str = ""  # ... seen by the server as this prefix
+    image_max_megapixels: float = DEFAULT_IMAGE_MAX_MEGAPIXELS  # larger rasters go to the tensor transport
     # tensor transport
     model_spec_source: str = ""  # config.json path/URL/preset; "" = ask the server side/preset
     overlap: Optional[float] = None  # fraction of the tile; None = default
@@ -86,6 +89,7 @@ def map_floods(request: MapFloodsRequest, client, progress: Progress | None = No
         raise InputError(f"Unknown transport '{request.transport}'.", "Use auto, image or tensor.")
     if transport == TRANSPORT_IMAGE:
         image_transport.server_source(request, info)  # a layer the server cannot reach: fail before any request
+        _check_image_size(request, info)
     # The band contract (the named model spec's, else Sen1Floods11's six bands), checked now so that too
     # few bands or an all-nodata input fail before any request to vLLM; redone below if the served model
     # turns out to be a preset with other bands.
@@ -171,12 +175,28 @@ def _model_spec(request: MapFloodsRequest, model: str, client, required: bool):
     from .model_spec import resolve_model_spec
 
     try:
-        return resolve_model_spec(request.model_spec_source, model, session=client.session)
+        source = request.model_spec_source or (_served_folder(client, model) if model else "")
+        return resolve_model_spec(source, model, session=client.session)
     except (ModelSpecError, OSError, ValueError) as exc:
         if required or request.model_spec_source:
             raise  # tensor needs it; and a spec the user named must not be silently ignored
         log.debug("no model spec for %s (%s); image transport keeps the default bands", model, exc)
         return None
+
+
+def _served_folder(client, model: str) -> str:
+    """The served model's own folder when it is on this computer (the local engine, a loopback server):
+    its config.json is the model spec. "" when the name is a preset or the folder is not here."""
+    from .model_spec import preset_for_model_name
+
+    if preset_for_model_name(model):
+        return ""
+    root = client.model_root(model) if hasattr(client, "model_root") else ""
+    if root and preset_for_model_name(root):
+        return preset_for_model_name(root) or ""
+    if root and os.path.isfile(os.path.join(root, "config.json")):
+        return root
+    return ""
 
 
 def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: str, transport: str) -> str:
@@ -189,6 +209,7 @@ def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: 
                 "Choose the tensor transport (or auto), or start the server with "
                 "'--io-processor-plugin terratorch_segmentation'.",
             )
+        _check_image_size(request, info)
         return TRANSPORT_IMAGE
     if transport == TRANSPORT_TENSOR:
         if kind == "image":
@@ -200,6 +221,15 @@ def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: 
             )
         return TRANSPORT_TENSOR
     if kind == "image":
+        if image_too_large(info.width, info.height, request.image_max_megapixels):
+            raise TransportUnsupported(
+                f"The raster is {_size(info)}, larger than image-to-image takes "
+                f"({request.image_max_megapixels:g} MP), and the server at {request.server_url} runs the "
+                "TerraTorch IOProcessor plugin, so it cannot take tiles (tensor transport) either.",
+                "Use a vLLM server started without '--io-processor-plugin' (the tensor transport tiles any "
+                "size, with progress and cancel), clip the raster to the area of interest, or raise the "
+                "image-mode limit in the Flood Mapper options.",
+            )
         try:
             image_transport.server_source(request, info)
         except TransportUnsupported as exc:
@@ -211,6 +241,28 @@ def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: 
             ) from None
         return TRANSPORT_IMAGE
     return TRANSPORT_TENSOR
+
+
+def image_too_large(width: int, height: int, max_megapixels: float) -> bool:
+    """True when a width x height raster is above the image-to-image limit (<= 0: no limit)."""
+    return max_megapixels > 0 and width * height > max_megapixels * 1e6
+
+
+def _size(info: raster.RasterInfo) -> str:
+    return f"{info.width}×{info.height} px ({info.width * info.height / 1e6:.1f} MP)"
+
+
+def _check_image_size(request: MapFloodsRequest, info: raster.RasterInfo) -> None:
+    """A forced image transport on a raster too large for it fails before any request."""
+    if image_too_large(info.width, info.height, request.image_max_megapixels):
+        raise InputError(
+            f"The raster is {_size(info)}, larger than image-to-image takes ({request.image_max_megapixels:g} "
+            "MP): it would go to the server as one request, read into its memory whole, with no progress "
+            "and no way to resume.",
+            "Use the tensor transport (TRANSPORT=tensor or auto, with a server started without "
+            "'--io-processor-plugin'; the local engine switches by itself), clip the raster to the area of "
+            "interest, or raise the image-mode limit in the Flood Mapper options.",
+        )
 
 
 def run_tensor_hook(request: MapFloodsRequest, client, spec, bands: list[int], model: str, progress: Progress):

@@ -18,6 +18,11 @@ from pathlib import Path
 PLUGIN_DIR = Path(__file__).resolve().parents[2]
 DEMO_MODEL_DIR = PLUGIN_DIR / "resources" / "demo_model"
 DEMO_MODEL_NAME = "floodmapper-demo"
+# Image-to-image sends the whole raster as one request: the server reads it into memory at once inside its
+# event loop (stalling every other request, /health included: CONTRACT.md), with no progress and no partial
+# result, against one read timeout. Above this size the tensor transport (tiles, progress, cancel, memory
+# bounded by the tile) is the one that works; 25 MP is ~5000x5000 px, some minutes on a CPU server.
+DEFAULT_IMAGE_MAX_MEGAPIXELS = 25.0
 
 
 def floodmapper_home() -> Path:
@@ -42,6 +47,7 @@ class Settings:
     ca_bundle: str = ""
     path_map_local: str = ""  # a local folder prefix the server sees as...
     path_map_server: str = ""  # ...this server-side prefix (image-to-image `path` to a remote server)
+    image_max_megapixels: float = DEFAULT_IMAGE_MAX_MEGAPIXELS  # larger rasters: tensor transport only
     # local engine
     vllm_python: str = field(default_factory=default_vllm_python)
     model: str = str(DEMO_MODEL_DIR)

@@ -85,6 +85,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
         self.gpu_memory_utilization.setValue(s.gpu_memory_utilization)
         self.extra_args.setText(s.extra_args)
         self.startup_timeout.setValue(s.startup_timeout)
+        self.image_max_megapixels.setValue(s.image_max_megapixels)
 
     def current(self) -> Settings:
         return replace(
@@ -105,6 +106,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
             gpu_memory_utilization=self.gpu_memory_utilization.value(),
             extra_args=self.extra_args.text().strip(),
             startup_timeout=self.startup_timeout.value(),
+            image_max_megapixels=self.image_max_megapixels.value(),
         )
 
     def apply(self) -> None:  # QgsOptionsPageWidget API: the user pressed OK

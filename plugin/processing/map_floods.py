@@ -41,6 +41,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError, InputError
+from ..core.model_spec import PRESETS
 from ..core.pipeline import (
     BACKEND_LOCAL,
     BACKEND_REMOTE,
@@ -143,6 +144,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
     BACKEND = "BACKEND"
     SERVER_URL = "SERVER_URL"
     MODEL = "MODEL"
+    MODEL_SPEC = "MODEL_SPEC"
     TRANSPORT = "TRANSPORT"
     BANDS = "BANDS"
     OVERLAP = "OVERLAP"
@@ -238,6 +240,10 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         p.setHelp(tr("E.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 L1C file; empty = from band descriptions."))
         self.addParameter(p)
         advanced = [
+            QgsProcessingParameterString(
+                self.MODEL_SPEC, tr("Model spec (tensor transport): config.json folder, file, URL or preset"),
+                defaultValue="", optional=True,
+            ),
             QgsProcessingParameterNumber(
                 self.OVERLAP, tr("Tile overlap (fraction of a tile, tensor transport)"),
                 type=QgsProcessingParameterNumber.Type.Double, minValue=0.0, maxValue=0.5, optional=True,
@@ -256,6 +262,10 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             ),
         ]
         helps = [
+            tr("Where the tensor transport learns the model's bands, means/stds, tile size and classes: the "
+               "served model's vLLM config.json (its folder, the file, or an http(s) URL) or a preset (" +
+               ", ".join(PRESETS) + "). Empty: the preset the served model's name stands for, or the "
+               "served folder when it is on this computer (the local engine)."),
             tr("Overlapping tiles are blended smoothly so no seam shows; empty = the default (1/8 of a tile)."),
             tr("How many tile requests are sent at once; empty = the default."),
             tr("Multiplier from stored values to reflectance 0–1; empty detects ×10000 integer reflectance."),
@@ -405,8 +415,11 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         if backend == BACKEND_LOCAL:
             from ..core.engine import get_engine
 
-            # one server, one transport: a forced tensor transport needs an engine without the IOProcessor
-            engine = get_engine(settings, on_log=engine_log, io_processor=transport != TRANSPORT_TENSOR)
+            # one server, one transport: a forced tensor transport needs an engine without the IOProcessor,
+            # and so does auto on a raster too large for image-to-image
+            tensor = transport == TRANSPORT_TENSOR or (
+                transport == TRANSPORT_AUTO and self._too_large_for_image(settings, progress))
+            engine = get_engine(settings, on_log=engine_log, io_processor=not tensor)
             url = engine.ensure_running(progress, timeout=settings.startup_timeout)
             headers: dict[str, str] = {}
             server_reads_files = True
@@ -427,10 +440,12 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             server_url=url,
             server_can_read_local_files=server_reads_files,
             model=self.parameterAsString(parameters, self.MODEL, context).strip(),
+            model_spec_source=self.parameterAsString(parameters, self.MODEL_SPEC, context).strip(),
             transport=transport,
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
             path_map_local=settings.path_map_local if backend == BACKEND_REMOTE else "",
             path_map_server=settings.path_map_server if backend == BACKEND_REMOTE else "",
+            image_max_megapixels=settings.image_max_megapixels,
             overlap=self._optional_number(parameters, self.OVERLAP, context),
             concurrency=self._optional_int(parameters, self.CONCURRENCY, context),
             scale=self._optional_number(parameters, self.SCALE, context),
@@ -441,6 +456,22 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             return map_floods(request, client, progress)
         finally:
             client.close()
+
+    def _too_large_for_image(self, settings, progress: FeedbackProgress) -> bool:
+        """Whether the input is above the image-to-image limit (then the local engine runs in tensor mode)."""
+        from ..core.pipeline import image_too_large
+        from ..core.raster import inspect
+
+        try:
+            info = inspect(self._source)
+        except FloodMapperError:
+            return False  # the job reports it, with its fix, before any request
+        if not image_too_large(info.width, info.height, settings.image_max_megapixels):
+            return False
+        progress.info(tr("The raster is {w}×{h} px, above the image-to-image limit of {mp:g} MP: the local "
+                         "engine runs without the IOProcessor plugin and the raster goes in tiles (tensor "
+                         "transport).").format(w=info.width, h=info.height, mp=settings.image_max_megapixels))
+        return True
 
     def _optional_number(self, parameters, name, context) -> float | None:
         value = parameters.get(name)

@@ -122,6 +122,11 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
     if configured:
         env["FLOODMAPPER_VLLM_PYTHON"] = default_vllm_python()
         env["FLOODMAPPER_MODEL"] = str(DEMO_MODEL_DIR)
+        # and an image-to-image limit below this raster's 0.066 MP: the engine must start in tensor mode
+        ini = tmp_path / "qgis" / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+        ini.parent.mkdir(parents=True)
+        ini.write_text("[PythonPlugins]\nfloodmapper=true\nprocessing=true\n\n"
+                       "[floodmapper]\nimage_max_megapixels=0.05\n")
     before = engine_pids()
     proc = subprocess.run(
         ["bash", "-c", f'"{ROOT}/scripts/qgis-process" run floodmapper:map_floods -- '
@@ -129,6 +134,9 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         capture_output=True, text=True, env=env, timeout=900, start_new_session=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if configured:  # steered to tiles: the engine ran without the IOProcessor plugin
+        assert "above the image-to-image limit of 0.05 MP" in proc.stdout, proc.stdout[-3000:]
+        assert "Tensor transport:" in proc.stdout, proc.stdout[-3000:]
     with rasterio.open(out) as ds:
         classes = ds.read(1)
     assert set(np.unique(classes)) <= {0, 1, 255}

@@ -203,3 +203,33 @@ def test_water_polygons_area_matches_raster_geographic(provider_loaded, vllm_ser
         MIN_AREA=biggest / 2))
     big = QgsVectorLayer(str(filtered["WATER_POLYGONS"]), "big", "ogr")
     assert 1 <= big.featureCount() < layer.featureCount()
+
+
+def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_server, tmp_path):
+    """TRANSPORT=tensor with MODEL_SPEC = the model folder, against a server without the IOProcessor plugin:
+    the same styled map and figures, plus the water probability raster."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9111, width=400, height=300, crs="EPSG:4326")
+    out, prob = tmp_path / "flood.tif", tmp_path / "water-probability.tif"
+    logs: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (Qt API)
+            logs.append(info)
+            super().pushInfo(info)
+
+    result = processing.run("floodmapper:map_floods", _params(
+        src, out, vllm_tensor_server, TRANSPORT=2, MODEL_SPEC=str(ROOT / "resources" / "demo_model"),
+        PROBABILITY=str(prob)), context=QgsProcessingContext(), feedback=Feedback())
+    assert _grid(out) == _grid(src) and _grid(prob) == _grid(src)
+    classes, nodata = _classes(out)
+    assert nodata == 255 and iou(classes, truth) >= MIN_IOU
+    assert result["WATER_PIXELS"] == int((classes == 1).sum())
+    with rasterio.open(prob) as ds:
+        p = ds.read(1)
+    assert ((p > 0.5) == (classes == 1)).mean() > 0.999  # the probability agrees with the classes
+    text = "\n".join(logs)
+    assert "Tensor transport:" in text and "bytes logits" in text, text[-2000:]

@@ -301,6 +301,32 @@ def test_forced_tensor_on_image_server(world):
     _fails(world, TransportUnsupported, "runs the TerraTorch IOProcessor plugin", world.request(transport="tensor"))
 
 
+def test_forced_image_on_a_raster_too_large_for_it_fails_before_any_request(world):
+    # 64x80 = 5120 px against a 0.005 MP (5000 px) limit
+    err = _fails(world, InputError, "larger than image-to-image takes",
+                 world.request(transport="image", image_max_megapixels=0.005), requests_made=0)
+    assert "80×64 px" in err.message and "TRANSPORT=tensor" in err.hint and "clip" in err.hint
+
+
+def test_auto_on_an_image_server_with_a_raster_too_large_steers_to_a_tensor_server(world):
+    err = _fails(world, TransportUnsupported, "larger than image-to-image takes",
+                 world.request(image_max_megapixels=0.005))
+    assert "without '--io-processor-plugin'" in err.hint and "image-mode limit" in err.hint
+    assert world.jobs() == []  # only the cheap kind probe, never the raster
+
+
+def test_image_size_limit_at_the_edge_and_off():
+    from plugin.core.pipeline import image_too_large
+
+    assert not image_too_large(5000, 5000, 25.0) and image_too_large(5000, 5001, 25.0)
+    assert not image_too_large(100_000, 100_000, 0)  # 0 = no limit
+
+
+def test_a_raster_under_the_limit_still_goes_image_to_image(world):
+    result = map_floods(world.request(image_max_megapixels=0.006), world.client())
+    assert result.transport == "image" and len(world.jobs()) == 1
+
+
 def test_unknown_transport(world):
     _fails(world, InputError, "Unknown transport", world.request(transport="carrier-pigeon"), requests_made=0)
 
@@ -427,6 +453,27 @@ def test_auto_on_tensor_server_goes_through_the_tensor_hook(world, monkeypatch):
     assert calls == [(spec, [5, 2, 1, 0, 3, 4], MODEL)]  # bands picked in the spec's order
     assert result.transport == "tensor" and result.water_pixels == 3 and "from tensor" in result.warnings
     assert world.jobs() == []  # only the probe went to /pooling
+
+
+def test_tensor_spec_from_the_served_folder_when_it_is_on_this_computer(world, monkeypatch):
+    """The local engine serves a folder: its config.json is the spec, with nothing to set."""
+    import types
+
+    from plugin.core import raster, tensor_transport
+    from plugin.core.settings import DEMO_MODEL_DIR
+
+    world.kind = "tensor"
+    world.srv.on("GET", "/v1/models", Reply(200, {"object": "list", "data": [
+        {"id": "my-model", "object": "model", "root": str(DEMO_MODEL_DIR)}]}))
+    seen = []
+
+    def fake_run(request, client, spec_, bands, progress, model=None, progress_span=(0.0, 100.0)):
+        seen.append(spec_)
+        return types.SimpleNamespace(stats=raster.Stats(1, 2, 0.5, 0.1), warnings=[])
+
+    monkeypatch.setattr(tensor_transport, "run_tensor", fake_run)
+    map_floods(world.request(model="my-model"), world.client())
+    assert seen and seen[0].source.endswith("demo_model/config.json") and seen[0].tile_height == 256
 
 
 def test_auto_on_tensor_server_without_model_spec(world):
