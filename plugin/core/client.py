@@ -491,10 +491,9 @@ class VllmClient:
             if expired.is_set():
                 _forget_thread(ident)
                 raise ConnectionFailed(
-                    f"{self._where()} did not finish its answer to {path} within {budget:g} s (it kept the "
-                    "connection open, sending next to nothing).",
-                    "The server or a proxy in front of it is stuck: check the server's log and its /health, "
-                    "or lower the read timeout in the Flood Mapper options.",
+                    f"{self._where()} gave no complete answer in {budget:.0f} s.",
+                    "The server may be overloaded or the network stalled; raise the read timeout in the "
+                    "Flood Mapper options, or try a smaller raster.",
                 ) from None
             with _ACTIVE_LOCK:
                 aborted = threading.get_ident() in _ABORTED_THREADS
@@ -548,7 +547,7 @@ class VllmClient:
             kind = KIND_IMAGE
         elif response.status_code in (400, 422, 500):
             raise ServerError(
-                f"Could not tell whether {self._where()} runs the TerraTorch IOProcessor plugin: "
+                f"Could not tell whether {self._server()} runs the TerraTorch IOProcessor plugin: "
                 f"it answered the probe with HTTP {response.status_code}: {self.redact(message) or '(empty)'}.",
                 "Start the server with '--io-processor-plugin terratorch_segmentation' for image-to-image, "
                 "or without it (and with --enable-mm-embeds) for tensor-to-tensor.",
@@ -730,7 +729,7 @@ class VllmClient:
         if status in RETRY_STATUSES:
             raise ServerError(
                 f"{where} is unavailable (HTTP {status}{': ' + message if message else ''}), "
-                f"still after {self.retries} retries.",
+                f"still after {self.retries} {'retry' if self.retries == 1 else 'retries'}.",
                 "The server is starting, overloaded, or its engine died (check /health and the log); "
                 "a 502/504 comes from a proxy in front of it.",
                 status=status,

@@ -105,7 +105,7 @@ def inspect(path: str) -> RasterInfo:
             )
     except RasterioError as exc:
         raise InputError(
-            f"Cannot open the raster '{path}': {exc}.",
+            f"Cannot open the raster '{path}': {str(exc).rstrip('.')}.",
             "Choose a raster GDAL can read (GeoTIFF, JP2, VRT, ...); for a URL check that it is reachable.",
         ) from None
 

@@ -599,8 +599,45 @@ class _Outputs:
             self.discard()
             raise OutputError(f"Writing the flood map failed: {exc}.", "Check free disk space.") from None
         self.files = []
-        for tmp, final in zip(self.temps, self.final):
-            os.replace(tmp, final)
+        # All outputs or none: with a probability raster too, an older file at a target is set aside first
+        # and put back if a later rename fails (the output folder removed meanwhile, say).
+        backups: dict[str, str] = {}
+        renamed: list[str] = []
+        try:
+            for tmp, final in zip(self.temps, self.final):
+                if len(self.final) > 1 and os.path.lexists(final):
+                    backup = raster.temp_beside(final)
+                    try:
+                        os.replace(final, backup)
+                    except OSError:
+                        os.remove(backup)
+                        raise
+                    backups[final] = backup
+                os.replace(tmp, final)
+                renamed.append(final)
+        except (OSError, OutputError) as exc:
+            for path in renamed:
+                try:
+                    os.remove(path)
+                except OSError as undo:
+                    log.warning("could not remove %s: %s", path, undo)
+            for final, backup in backups.items():
+                try:
+                    os.replace(backup, final)
+                except OSError as undo:
+                    log.warning("could not put back the older %s (it is %s): %s", final, backup, undo)
+            self.discard()
+            failed = self.final[len(renamed)]
+            detail = exc.message if isinstance(exc, OutputError) else (exc.strerror or str(exc))
+            raise OutputError(
+                f"Moving the finished map into place as '{failed}' failed: {detail}.",
+                "Check that the output folder still exists and that you can write to it, then run again.",
+            ) from None
+        for backup in backups.values():
+            try:
+                os.remove(backup)
+            except OSError as exc:
+                log.warning("could not remove the older output set aside as %s: %s", backup, exc)
         self.temps = []
 
     def discard(self) -> None:
@@ -803,6 +840,11 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
         del body
         if stop.is_set():
             return None
+        if np.isnan(logits).any():  # NaN would silently read as "not water" everywhere it lands
+            raise ServerError(
+                f"The model returned NaN logits for the tile at pixel ({tile.x0}, {tile.y0}).",
+                "The input is probably outside the range the model expects (an overflow in float16): check "
+                "SCALE/OFFSET (reflectance 0-1) and BANDS, or serve the model in float32.")
         return tile, logits, valid
 
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="floodmapper-tile")
