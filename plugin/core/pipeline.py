@@ -153,8 +153,12 @@ def map_floods(request: MapFloodsRequest, client, progress: Progress | None = No
 
 def _select(info: raster.RasterInfo, request: MapFloodsRequest, spec) -> tuple[list[int], list[str]]:
     if spec is None:
-        return raster.select_bands(info, request.bands)
-    return raster.select_bands(info, request.bands, spec.channels, tuple(spec.bands) if spec.bands else ())
+        bands, warnings = raster.select_bands(info, request.bands)
+    else:
+        bands, warnings = raster.select_bands(info, request.bands, spec.channels,
+                                              tuple(spec.bands) if spec.bands else ())
+    raster.check_band_types(info, bands)
+    return bands, warnings
 
 
 def _require_valid_pixels(request: MapFloodsRequest, bands: list[int], progress: Progress) -> None:

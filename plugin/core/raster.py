@@ -140,6 +140,18 @@ def _band_canonical(description: Optional[str], names: tuple[str, ...]) -> Optio
     return None
 
 
+def check_band_types(info: RasterInfo, bands: list[int]) -> None:
+    """Complex bands (radar SLC) cannot be reflectance: say so before any request."""
+    bad = [b for b in bands if np.dtype(info.dtypes[b]).kind == "c"]
+    if bad:
+        raise InputError(
+            f"Band(s) {', '.join(str(b + 1) for b in bad)} of '{info.path}' hold complex numbers "
+            f"({info.dtypes[bad[0]]}): a radar (SLC) product, not multispectral reflectance.",
+            "Use a multispectral raster (e.g. Sentinel-2 or HLS reflectance); for radar, derive intensity "
+            "first (Raster calculator) and use a model trained on it.",
+        )
+
+
 def select_bands(
     info: RasterInfo,
     bands: Optional[list[int]] = None,

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import raster
 from .errors import (
+    Cancelled,
     ConnectionFailed,
     FloodMapperError,
     InputError,
@@ -868,7 +869,14 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
             finished, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
             check_cancel(progress)
             for fut in finished:
-                result = fut.result()
+                try:
+                    result = fut.result()
+                except FloodMapperError as exc:
+                    if not isinstance(exc, Cancelled) and done_count:
+                        # what was done, so the user can judge a retry (nothing of it is kept)
+                        exc.message += (f" The run stopped after {done_count} of {total} tiles; no output "
+                                        "was written.")
+                    raise
                 if result is None:  # only after stop, which only a raise sets
                     continue
                 stitcher.add(*result)

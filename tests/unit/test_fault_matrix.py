@@ -57,24 +57,25 @@ must go.
 | 37 | tensor-no-model-spec | no model spec, the model is no preset | ModelSpecError: needs config.json / set it |
 | 38 | input-missing | the input path does not exist | InputError: cannot open, no such file / GDAL |
 | 39 | input-not-raster | the input is a text file | InputError: cannot open, not recognized / GDAL |
-| 40 | output-is-input | the output path is the input path | OutputError: is the input raster / another file |
-| 41 | output-folder-missing | the output folder does not exist | OutputError: does not exist / create it |
-| 42 | output-folder-not-writable | os.access: the folder is not writable | OutputError: not writable / another folder |
-| 43 | output-folder-removed-image | the output folder is deleted while waiting | OutputError: folder does not exist |
-| 44 | output-folder-removed-tensor | the output folder is deleted mid-run | OutputError: folder |
-| 45 | probability-folder-removed | the probability's folder is deleted mid-run | OutputError: no flood.tif |
-| 46 | too-few-bands | a 3-band raster for a 6-band model | InputError: has 3 band(s), needs 6 / stack them |
-| 47 | all-nodata | every pixel is the nodata value | InputError: every pixel is nodata / nodata value |
-| 48 | nan-inf-everywhere | float32 NaN, +Inf, -Inf, no nodata value | InputError: every pixel is nodata |
-| 49 | single-pixel-image | a 1x1 raster, image transport | success: a 1x1 map, 1 valid pixel |
-| 50 | single-pixel-tensor | a 1x1 raster, tensor transport | success: 1x1 map and probability, 1 tile |
-| 51 | unknown-transport | transport 'carrier-pigeon' | InputError: unknown transport / auto, image, tensor |
-| 52 | forced-image-unreachable-file | image, remote server, no path mapping | TransportUnsupported: path mapping |
-| 53 | forced-image-on-tensor-server | image, the server has no IOProcessor | TransportUnsupported: use tensor |
-| 54 | forced-tensor-on-image-server | tensor, the server has the IOProcessor | TransportUnsupported: use image |
-| 55 | cancel-before-start | cancelled before the job starts | Cancelled: no output was written |
-| 56 | cancel-mid-request | cancel while the image job waits | Cancelled: no output; peer sees the hang-up |
-| 57 | cancel-mid-run-tensor | cancel with 2 tiles stitched, 2 in flight | Cancelled: no output; peer sees 2 hang-ups |
+| 40 | input-complex | complex64 bands (a radar SLC product) | InputError: complex numbers / multispectral |
+| 41 | output-is-input | the output path is the input path | OutputError: is the input raster / another file |
+| 42 | output-folder-missing | the output folder does not exist | OutputError: does not exist / create it |
+| 43 | output-folder-not-writable | os.access: the folder is not writable | OutputError: not writable / another folder |
+| 44 | output-folder-removed-image | the output folder is deleted while waiting | OutputError: folder does not exist |
+| 45 | output-folder-removed-tensor | the output folder is deleted mid-run | OutputError: folder |
+| 46 | probability-folder-removed | the probability's folder is deleted mid-run | OutputError: no flood.tif |
+| 47 | too-few-bands | a 3-band raster for a 6-band model | InputError: has 3 band(s), needs 6 / stack them |
+| 48 | all-nodata | every pixel is the nodata value | InputError: every pixel is nodata / nodata value |
+| 49 | nan-inf-everywhere | float32 NaN, +Inf, -Inf, no nodata value | InputError: every pixel is nodata |
+| 50 | single-pixel-image | a 1x1 raster, image transport | success: a 1x1 map, 1 valid pixel |
+| 51 | single-pixel-tensor | a 1x1 raster, tensor transport | success: 1x1 map and probability, 1 tile |
+| 52 | unknown-transport | transport 'carrier-pigeon' | InputError: unknown transport / auto, image, tensor |
+| 53 | forced-image-unreachable-file | image, remote server, no path mapping | TransportUnsupported: path mapping |
+| 54 | forced-image-on-tensor-server | image, the server has no IOProcessor | TransportUnsupported: use tensor |
+| 55 | forced-tensor-on-image-server | tensor, the server has the IOProcessor | TransportUnsupported: use image |
+| 56 | cancel-before-start | cancelled before the job starts | Cancelled: no output was written |
+| 57 | cancel-mid-request | cancel while the image job waits | Cancelled: no output; peer sees the hang-up |
+| 58 | cancel-mid-run-tensor | cancel with 2 tiles stitched, 2 in flight | Cancelled: no output; peer sees 2 hang-ups |
 """
 
 from __future__ import annotations
@@ -549,6 +550,12 @@ def setup_input_text(world: World) -> Scenario:
     return Scenario(request={"input_path": str(text)}, requests=0)
 
 
+def setup_input_complex(world: World) -> Scenario:
+    data = (np.full((6, 64, 80), 1000, np.float32) + 1j * 50).astype(np.complex64)
+    path = write_scene(world.tmp / "in" / "slc.tif", fill=data, dtype="complex64", nodata=None)
+    return Scenario(request={"input_path": path}, requests=0)
+
+
 def setup_nan_inf(world: World) -> Scenario:
     data = np.full((6, 64, 80), np.nan, np.float32)
     data[:, ::3] = np.inf
@@ -724,7 +731,8 @@ CASES: list[Case] = [
     Case("tensor-nan-logits", "every tile answer's logits are NaN", setup_tensor_nan, ServerError, r"(?i)\bnan\b",
          r".", kind="tensor"),
     Case("tensor-server-dies-midrun", "500 EngineCore died from the 3rd tile on", setup_tensor_dies, ServerError,
-         r"failed while processing /pooling \(HTTP 500\): EngineCore died unexpectedly", r"See the server's log",
+         r"failed while processing /pooling \(HTTP 500\): EngineCore died unexpectedly.* The run stopped after "
+         r"\d+ of 9 tiles; no output was written\.", r"See the server's log",
          kind="tensor"),
     Case("tensor-sockets-closed-midrun", "connections closed from the 3rd tile on",
          setup_tensor_sockets_closed, ConnectionFailed, _CLOSED, _CRASHED, kind="tensor"),
@@ -737,6 +745,9 @@ CASES: list[Case] = [
          r"Cannot open the raster '.*nope\.tif': .*No such file", r"Choose a raster GDAL can read"),
     Case("input-not-raster", "the input is a text file", setup_input_text, InputError,
          r"Cannot open the raster '.*notes\.tif': .*not recognized", r"Choose a raster GDAL can read"),
+    Case("input-complex", "complex64 bands (a radar SLC product)", setup_input_complex, InputError,
+         r"Band\(s\) 1, 2, 3, 4, 5, 6 of '.*slc\.tif' hold complex numbers \(complex64\)",
+         r"Use a multispectral raster"),
     Case("output-is-input", "the output path is the input path",
          lambda w: Scenario(request={"output_path": w.input}, requests=0), OutputError,
          r"The output '.*scene\.tif' is the input raster\.", r"Choose another output file"),
