@@ -25,7 +25,7 @@ from plugin.core.errors import (
     ServerError,
     TransportUnsupported,
 )
-from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, vllm_error
+from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
 
 TOKEN = "s3cr3t-T0ken-value"
 TENSOR_PAYLOAD = {"model": "m", "encoding_format": "base64", "messages": [{"role": "user", "content": []}]}
@@ -150,20 +150,7 @@ def test_dns_failure(monkeypatch):
 
 
 def test_connect_timeout():
-    # A listening socket whose backlog is full drops further SYNs: a real connect timeout on loopback.
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(0)
-    port = s.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
+    port, held = unaccepting_port()
     try:
         c = make(f"http://127.0.0.1:{port}", connect_timeout=0.5)
         t0 = time.monotonic()
@@ -172,9 +159,8 @@ def test_connect_timeout():
         assert time.monotonic() - t0 < 5
         assert "timed out" in ei.value.message and "connect timeout" in ei.value.hint
     finally:
-        for f in fillers:
-            f.close()
-        s.close()
+        for s in held:
+            s.close()
 
 
 def test_read_timeout_not_retried(srv):

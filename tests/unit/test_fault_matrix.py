@@ -89,7 +89,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -115,7 +114,7 @@ from plugin.core.errors import (
     TransportUnsupported,
 )
 from plugin.core.pipeline import MapFloodsRequest, map_floods
-from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, vllm_error
+from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
 from tests.fixtures.fake_tensor_peer import decode_tensor, water_logits
 
 MODEL = "test-model"
@@ -377,21 +376,8 @@ def setup_tls_self_signed(world: World) -> Scenario:
 
 
 def setup_connect_timeout(world: World) -> Scenario:
-    # A listening socket whose accept backlog is full drops further SYNs: a real connect timeout on loopback.
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        try:
-            f.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
-        fillers.append(f)
-    world.cleanups.append(lambda: [s.close() for s in (*fillers, listener)])
+    port, held = unaccepting_port()
+    world.cleanups.append(lambda: [s.close() for s in held])
     return Scenario(url=f"http://127.0.0.1:{port}", client={"connect_timeout": 0.3}, requests=0,
                     check=waited(0.25, 3.0))
 
