@@ -195,12 +195,10 @@ def _served_folder(client, model: str) -> str:
 
     if preset_for_model_name(model):
         return ""
-    root = client.model_root(model) if hasattr(client, "model_root") else ""
-    if root and preset_for_model_name(root):
-        return preset_for_model_name(root) or ""
-    if root and os.path.isfile(os.path.join(root, "config.json")):
-        return root
-    return ""
+    root = client.model_root(model)
+    if not root:
+        return ""
+    return preset_for_model_name(root) or (root if os.path.isfile(os.path.join(root, "config.json")) else "")
 
 
 def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: str, transport: str) -> str:
@@ -213,8 +211,7 @@ def _choose_transport(request: MapFloodsRequest, info: raster.RasterInfo, kind: 
                 "Choose the tensor transport (or auto), or start the server with "
                 "'--io-processor-plugin terratorch_segmentation'.",
             )
-        _check_image_size(request, info)
-        return TRANSPORT_IMAGE
+        return TRANSPORT_IMAGE  # its size was checked before any request
     if transport == TRANSPORT_TENSOR:
         if kind == "image":
             raise TransportUnsupported(

@@ -345,15 +345,6 @@ def _timeouts(client: Any) -> Any:
     return (float(getattr(client, "connect_timeout", 10.0)), float(getattr(client, "read_timeout", 600.0)))
 
 
-def post_pooling_bytes(client: Any, body: bytes, model: str = "") -> bytes:
-    """POST a pre-encoded JSON body to /pooling from a tile worker thread; the client maps every error.
-
-    Runs on the client's pooled session (auth headers, TLS, connect retries), so a cancel can shut this
-    thread's socket down (`_abort_threads`).
-    """
-    return client.post_bytes("/pooling", body, model=model, tensor_request=True)
-
-
 def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec) -> np.ndarray:
     """POST one tile's body and decode the logits, whichever format the server answered in."""
     reply = client.post_raw("/pooling", body, model=encoder.model, tensor_request=True)
@@ -919,5 +910,5 @@ def _close_later(executor: ThreadPoolExecutor, datasets: _ThreadDatasets) -> Non
 
 __all__ = [
     "DEFAULT_CONCURRENCY", "DEFAULT_OVERLAP", "PayloadEncoder", "TensorRunStats", "decode_logits",
-    "base64_backend", "choose_answer", "choose_encoding", "post_tile", "npy_b64", "post_pooling_bytes", "run_tensor",
+    "base64_backend", "choose_answer", "choose_encoding", "post_tile", "npy_b64", "run_tensor",
 ]
