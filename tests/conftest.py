@@ -3,13 +3,20 @@
 `vllm_server` / `vllm_tensor_server` start a real `vllm serve` on the demo model (scripts/serve-demo,
 loopback only) once per test session and stop it by its process group afterwards. Tests that use them
 are marked `vllm`; `make test-quick` (-m "not vllm") runs everything else.
+
+FLOODMAPPER_TEST_SERVE_DIR=DIR reuses servers that outlive the session instead: the first session starts
+them (in their own process groups, logs and outputs under DIR) and leaves them running; later sessions find
+them through DIR/<name>.json and use them while /health answers. For working on one test at a time, where a
+60-90 s start-up per run would dominate; `tests/fixtures/servers.py stop DIR` ends them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,8 @@ sys.path.insert(0, str(ROOT))  # tests import `plugin.core...` from the checkout
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy  # noqa: E402
+
+KEEP_DIR = os.environ.get("FLOODMAPPER_TEST_SERVE_DIR", "")
 
 
 def free_port() -> int:
@@ -62,20 +71,45 @@ def _start_server(tmp: Path, extra: list[str], name: str) -> RunningServer:
     return RunningServer(url, port, proc.pid, log, model, out_dir, time.monotonic() - t0)
 
 
+def _kept_server(name: str, extra: list[str]) -> RunningServer:
+    """A server kept running under KEEP_DIR between sessions: reused while healthy, else started anew."""
+    folder = Path(KEEP_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / f"{name}.json"
+    if record.exists():
+        known = json.loads(record.read_text())
+        server = RunningServer(**{**known, "log": Path(known["log"]), "out_dir": Path(known["out_dir"])})
+        try:
+            if server.alive() and requests.get(server.url + "/health", timeout=5).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        stop_group(server.pid)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=folder))
+    server = _start_server(run_dir, extra, name)
+    record.write_text(json.dumps({**server.__dict__, "log": str(server.log), "out_dir": str(server.out_dir)}))
+    return server
+
+
+def _session_server(tmp_path_factory, name: str, extra: list[str]):
+    if KEEP_DIR:
+        yield _kept_server(name, extra)
+        return
+    server = _start_server(tmp_path_factory.mktemp(f"vllm-{name}"), extra, name)
+    yield server
+    stop_group(server.pid)
+
+
 @pytest.fixture(scope="session")
 def vllm_server(tmp_path_factory):
     """A real vLLM server with the terratorch_segmentation IOProcessor (image-to-image)."""
-    server = _start_server(tmp_path_factory.mktemp("vllm-image"), [], "image")
-    yield server
-    stop_group(server.pid)
+    yield from _session_server(tmp_path_factory, "image", [])
 
 
 @pytest.fixture(scope="session")
 def vllm_tensor_server(tmp_path_factory):
     """A real vLLM server without the IOProcessor plugin (tensor-to-tensor)."""
-    server = _start_server(tmp_path_factory.mktemp("vllm-tensor"), ["--tensor"], "tensor")
-    yield server
-    stop_group(server.pid)
+    yield from _session_server(tmp_path_factory, "tensor", ["--tensor"])
 
 
 _EXIT_STATUS = {"code": None}
