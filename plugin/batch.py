@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import raster, vllm_entry
+from .core.cpu import vllm_cpu_binding
 from .core.errors import FloodMapperError, InputError, ServerError
 from .core.settings import DEMO_MODEL_DIR
 
@@ -101,10 +102,7 @@ def validate(job: Job, indices: list[int]) -> None:
 def engine_environment() -> None:
     """Defaults for the in-process engine (the caller's values win)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if len(cpus) <= 4:  # vLLM keeps one CPU for its scheduler: on a small machine that halves the speed
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus)))
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.update(vllm_cpu_binding())
 
 
 def build_llm(model: str, max_num_seqs: int, work_dir: str):

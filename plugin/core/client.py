@@ -41,7 +41,15 @@ from urllib3.exceptions import (
 from urllib3.util.retry import Retry
 from urllib3.util.util import reraise
 
-from .errors import Cancelled, ConnectionFailed, FloodMapperError, InputError, ServerError, TransportUnsupported
+from .errors import (
+    Cancelled,
+    ConnectionFailed,
+    EngineDied,
+    FloodMapperError,
+    InputError,
+    ServerError,
+    TransportUnsupported,
+)
 
 log = logging.getLogger("floodmapper.client")
 
@@ -57,6 +65,10 @@ POLL_INTERVAL = 0.1  # seconds between cancel checks while a request runs
 # the second), and what a pydantic validation error of the TerraTorch plugin's RequestData looks like.
 _NO_PLUGIN_MARKERS = ("invalid plugin request type", "no ioprocessor plugin")
 _PLUGIN_VALIDATION_MARKERS = ("data_format", "input should be", "validation error")
+# What vLLM answers to the request its engine died on (v1 engine: EngineDeadError; the older engine's
+# AsyncEngineDeadError says the background loop has errored).
+_ENGINE_DEAD_MARKERS = ("enginecore encountered", "enginedeaderror", "engine loop is not running",
+                        "background loop has errored", "engine core is dead")
 
 _SENSITIVE_QUERY = re.compile(r"(?i)([?&](?:[a-z_-]*(?:token|key|secret|password|sig|auth)[a-z_-]*)=)[^&#\s]+")
 _BEARER = re.compile(r"(?i)(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{4,}")
@@ -710,6 +722,15 @@ class VllmClient:
                 f"{where} rejected the request: {message or '(no message)'}.",
                 "This is usually a parameter the server cannot use (bands, paths, model); the message "
                 "above is the server's own.",
+                status=status,
+            )
+        if status in (500, 503) and any(m in message.lower() for m in _ENGINE_DEAD_MARKERS):
+            raise EngineDied(
+                f"The engine of {self._server()} stopped while it processed {path} and must be restarted "
+                f"(HTTP {status}: {message}).",
+                "Until it is restarted every request fails, for everyone using it. The usual cause is a request "
+                "the model cannot take: tensors in another dtype than the server's --dtype, or tiles of another "
+                "shape than the model's input. The server's log has the traceback.",
                 status=status,
             )
         if status == 500 and tensor_request and message.strip() in ("", "Internal Server Error"):

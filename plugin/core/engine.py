@@ -32,13 +32,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import requests
 
-from .errors import Cancelled, EngineError
+from .cpu import DtypeChoice, fastest_dtype, vllm_cpu_binding
+from .errors import Cancelled, EngineError, ModelSpecError
+from .model_spec import normalise_dtype
 from .progress import NullProgress, Progress
 from .settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings, floodmapper_home
 
@@ -209,18 +211,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpu_binding() -> dict[str, str]:
-    """On a small machine vLLM keeps one CPU for its scheduler and runs torch on 1 thread; use them all."""
-    if hasattr(os, "sched_getaffinity"):
-        cpus = sorted(os.sched_getaffinity(0))
-    else:
-        cpus = list(range(os.cpu_count() or 1))
-    if len(cpus) > 4:
-        return {}
-    return {
-        "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") or ",".join(map(str, cpus)),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU") or "0",
-    }
+@dataclass(frozen=True)
+class EnginePlan:
+    """How the local engine runs for one job: its --dtype, and whether it loads the IOProcessor plugin."""
+
+    dtype: str
+    io_processor: bool
+    reason: str
+
+
+IMAGE_DTYPE_REASON = "the TerraTorch IOProcessor (image-to-image) sends float16 tiles"
+
+
+def engine_dtype(settings: Settings, device: str) -> DtypeChoice:
+    """The dtype the engine runs in when nothing forces float16: the setting, or the fastest for the device."""
+    requested = (settings.dtype or "auto").strip().lower()
+    if requested != "auto":
+        try:
+            return DtypeChoice(normalise_dtype(requested), "the engine's dtype setting")
+        except ModelSpecError as exc:
+            raise EngineError(f"The engine's dtype setting '{settings.dtype}' is not a dtype.",
+                              "Choose auto, float16, float32 or bfloat16 in the Flood Mapper options.") from exc
+    if device == "gpu":
+        return DtypeChoice("float16", "float16 is what GPUs run fastest")
+    return fastest_dtype()
+
+
+def plan_local_engine(settings: Settings, transport: str, too_large_for_image: bool,
+                      device: str) -> EnginePlan:
+    """The engine's dtype and transport for a job: image-to-image only in float16 (the IOProcessor sends
+    nothing else), so a CPU that runs float16 slowly gets the tensor transport in its fastest dtype."""
+    if transport == "image":
+        if (settings.dtype or "auto").lower() not in ("auto", "float16", "half", "fp16"):
+            raise EngineError(
+                f"Image-to-image needs the engine in float16 ({IMAGE_DTYPE_REASON}), and its dtype is set to "
+                f"{settings.dtype}.",
+                "Use the tensor transport (or auto), or set the engine's dtype to auto or float16 in the "
+                "Flood Mapper options.")
+        return EnginePlan("float16", True, IMAGE_DTYPE_REASON)
+    choice = engine_dtype(settings, device)
+    if transport == "tensor":
+        return EnginePlan(choice.dtype, False, f"tensor transport as asked; {choice.dtype}: {choice.reason}")
+    if choice.dtype != "float16":
+        return EnginePlan(choice.dtype, False, f"{choice.dtype} ({choice.reason}), which only the tensor "
+                          "transport can send (the IOProcessor sends float16)")
+    if too_large_for_image:
+        return EnginePlan("float16", False, "float16; the raster is above the image-to-image limit, so it goes "
+                          "in tiles (tensor transport)")
+    return EnginePlan("float16", True, f"float16 ({choice.reason}), image-to-image")
 
 
 class LocalEngine:
@@ -248,6 +286,7 @@ class LocalEngine:
         self.url = ""
         self.port = 0
         self.model_id = ""
+        self.dtype = ""  # the --dtype it runs (set when it starts)
         self.command: list[str] = []
         self.log_path = self.log_dir / f"vllm-engine-{engine_key_hash(settings, io_processor)}.log"
         self._proc: subprocess.Popen | None = None
@@ -352,12 +391,13 @@ class LocalEngine:
                 "Set the device to 'auto' or 'gpu', or build a CPU environment with FLOODMAPPER_DEVICE=cpu "
                 "scripts/setup-vllm-env DIR and point the 'vLLM Python' setting at DIR/bin/python.",
             )
-        dtype = s.dtype or "float16"
-        if self.io_processor and dtype not in ("float16", "half"):
+        if self.io_processor:
             # TerraTorch's IOProcessor always sends float16 tiles; any other model dtype kills the engine
             # on the first request ("Input type (c10::Half) and bias type (float) should be the same").
-            self._emit(f"[floodmapper] dtype {dtype} is not usable with the IOProcessor plugin; using float16")
-            dtype = "float16"
+            dtype = plan_local_engine(s, "image", False, device).dtype
+        else:
+            dtype = engine_dtype(s, device).dtype
+        self.dtype = dtype
         cmd = [info.python, str(self.entry), "serve", s.model, "--host", HOST, "--port", str(port)]
         if is_demo_model(s.model):
             cmd += ["--served-model-name", DEMO_MODEL_NAME]
@@ -399,7 +439,7 @@ class LocalEngine:
         }
         if info.device == "cpu":
             extra["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"
-            extra.update(_cpu_binding())
+            extra.update(vllm_cpu_binding())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.log_path.exists():
             os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
@@ -656,9 +696,15 @@ def stop_all() -> None:
         engine.stop()
 
 
-def engine_status(settings: Settings, *, io_processor: bool = True, start: bool = False,
+def engine_status(settings: Settings, *, io_processor: bool | None = None, start: bool = False,
                   progress: Progress | None = None, entry: str | Path = ENTRY_SCRIPT) -> EngineStatus:
-    """The "Test" button: what the vLLM environment has and, if running (or `start`), what it serves."""
+    """The "Test" button: what the vLLM environment has and, if running (or `start`), what it serves.
+
+    Without `io_processor`, the engine is the one a job on a small raster would start (plan_local_engine)."""
+    if io_processor is None:
+        device = check_environment(settings.vllm_python, entry).device
+        plan = plan_local_engine(settings, "auto", False, device)
+        settings, io_processor = replace(settings, dtype=plan.dtype), plan.io_processor
     engine = get_engine(settings, io_processor=io_processor, exclusive=start, entry=entry)
     if start:
         engine.ensure_running(progress)

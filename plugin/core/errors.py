@@ -34,6 +34,10 @@ class ServerError(FloodMapperError):
         self.status = status
 
 
+class EngineDied(ServerError):
+    """The server answered that its engine stopped: every later request fails until it is restarted."""
+
+
 class ConnectionFailed(FloodMapperError):
     """The server could not be reached (refused, DNS, TLS, timeout)."""
 

@@ -18,7 +18,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Optional
 
-from .errors import InputError, ServerError, TransportUnsupported
+from .errors import EngineDied, InputError, ServerError, TransportUnsupported
 from .progress import Progress, check_cancel
 from .raster import RasterInfo, Stats, finalize_classes
 
@@ -166,6 +166,10 @@ def run_image(
         t0 = time.monotonic()
         try:
             answer = client.pooling(payload, cancel=progress.is_canceled, on_wait=on_wait)
+        except EngineDied as exc:
+            exc.hint += (" The TerraTorch IOProcessor sends float16 tiles, so an image-to-image server must run "
+                         "--dtype float16.")
+            raise
         except ServerError as exc:
             if info.crs is None and "infer dtype" in exc.message:
                 raise InputError(

@@ -33,7 +33,7 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import numpy as np
 
@@ -533,16 +533,17 @@ class _TorchUnpickler(pickle.Unpickler):
         return self.storages[key]
 
 
-def _read_torch_zip(path: Path) -> Any:
+def _read_torch_zip(path: Union[Path, IO[bytes]]) -> Any:
+    name = getattr(path, "name", "the tensor")
     if not zipfile.is_zipfile(path):
         raise ModelSpecError(
-            f"{path.name} is not a torch zip checkpoint (it may use torch's pre-1.6 format).",
+            f"{name} is not a torch zip checkpoint (it may use torch's pre-1.6 format).",
             "Re-save it with a recent torch: torch.save(torch.load(old), new).",
         )
     with zipfile.ZipFile(path) as zf:
         pkl = [n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if not pkl:
-            raise ModelSpecError(f"{path.name} has no data.pkl; it is not a torch.save() file.",
+            raise ModelSpecError(f"{name} has no data.pkl; it is not a torch.save() file.",
                                  "Pass the Lightning .ckpt or a torch.save()d state dict.")
         prefix = pkl[0][: -len("data.pkl")]
         with zf.open(pkl[0]) as fh:

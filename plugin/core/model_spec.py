@@ -66,6 +66,7 @@ class ModelSpec:
     stds: tuple[float, ...]
     bands: tuple[str, ...] = ()
     dtype: str = "float16"  # what the server runs; the client casts every tensor to it
+    dtype_reason: str = ""  # where `dtype` came from, for the log
     input_name: str = PIXEL_VALUES
     location_name: Optional[str] = None  # "location_coords" when the model takes it
     location_shape: tuple[int, ...] = (1, 2)
@@ -83,9 +84,9 @@ class ModelSpec:
     def has_location(self) -> bool:
         return self.location_name is not None
 
-    def with_dtype(self, dtype: str) -> ModelSpec:
+    def with_dtype(self, dtype: str, reason: str = "") -> ModelSpec:
         """The same spec for a server started with another `--dtype`."""
-        return replace(self, dtype=_normalise_dtype(dtype, "dtype"))
+        return replace(self, dtype=normalise_dtype(dtype, "dtype"), dtype_reason=reason)
 
     def validate_for_tensor(self) -> ModelSpec:
         """Raise ModelSpecError naming the first thing tensor mode would need and does not have."""
@@ -113,10 +114,6 @@ class ModelSpec:
             raise ModelSpecError(
                 f"The spec names {len(self.bands)} bands for a {self.channels}-channel input.",
                 "Make the band list (model_args.backbone_bands or data.init_args.bands) match pixel_values.")
-        if self.dtype == "bfloat16":
-            raise ModelSpecError(
-                "The model runs in bfloat16, which the tensor transport cannot encode (numpy has no bfloat16).",
-                "Start the server with --dtype float16 (or float32) and use that dtype in the model spec.")
         if self.extra_inputs:
             names = ", ".join(sorted(self.extra_inputs))
             raise ModelSpecError(
@@ -126,11 +123,21 @@ class ModelSpec:
         return self
 
 
-def _normalise_dtype(value: Any, key: str) -> str:
+def normalise_dtype(value: Any, key: str = "dtype") -> str:
     norm = _DTYPES.get(str(value).strip().lower())
     if norm is None:
         raise ModelSpecError(f"Unknown dtype {value!r} in {key}.", "Use float16, float32 or bfloat16.")
     return norm
+
+
+def vllm_auto_dtype(declared: Optional[str]) -> str:
+    """The dtype `vllm serve --dtype auto` runs a TerraTorch (pooling) model in, from config.json's torch_dtype.
+
+    vLLM prefers float16 for pooling models and casts a float32 (or undeclared) model down to it; a bfloat16
+    model stays bfloat16. A server started with an explicit `--dtype` runs that instead, and no client can ask
+    a server which it runs: hence SERVER_DTYPE, and `--dtype` in every serve command this project shows.
+    """
+    return "bfloat16" if declared == "bfloat16" else "float16"
 
 
 def _dig(cfg: Any, path: str) -> Any:
@@ -237,12 +244,14 @@ def spec_from_config(cfg: dict[str, Any], source: str = "", name: str = "") -> M
         stds = tuple(table_stds[b] for b in use)
         bands = tuple(use)
 
-    dtype_raw = cfg.get("torch_dtype") or cfg.get("dtype") or "float16"
-    dtype = _normalise_dtype(dtype_raw, "config.json torch_dtype")
+    declared = cfg.get("torch_dtype") or cfg.get("dtype")
+    dtype = vllm_auto_dtype(normalise_dtype(declared, "config.json torch_dtype") if declared else None)
+    reason = (f"what `vllm serve --dtype auto` runs for config.json's torch_dtype {declared}" if declared
+              else "what `vllm serve --dtype auto` runs for a config.json without torch_dtype")
 
     spec = ModelSpec(
         channels=int(channels), tile_height=height, tile_width=width, num_classes=num_classes,
-        means=means, stds=stds, bands=bands, dtype=dtype, input_name=target,
+        means=means, stds=stds, bands=bands, dtype=dtype, dtype_reason=reason, input_name=target,
         location_name=location_name, location_shape=location_shape,
         water_class=int(cfg.get("floodmapper_water_class", 1)),
         name=name, source=source, extra_inputs=extra,
@@ -256,6 +265,7 @@ def _prithvi_sen1floods11() -> ModelSpec:
         means=(0.1413, 0.1380, 0.1235, 0.3090, 0.2045, 0.1191),
         stds=(0.0741, 0.0737, 0.0869, 0.1180, 0.0977, 0.0766),
         bands=SEN1FLOODS11_BANDS, dtype="float16", location_name=LOCATION_COORDS,
+        dtype_reason="what `vllm serve --dtype auto` runs for this model's published config",
         name=PRESET_PRITHVI_SEN1FLOODS11, source=f"preset:{PRESET_PRITHVI_SEN1FLOODS11}",
     )
 

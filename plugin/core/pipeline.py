@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from . import image_transport, raster
-from .errors import Cancelled, InputError, TransportUnsupported
+from .errors import Cancelled, FloodMapperError, InputError, TransportUnsupported
 from .progress import NullProgress, Progress, check_cancel
 from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS
 
@@ -47,6 +47,9 @@ class MapFloodsRequest:
     scale: Optional[float] = None  # reflectance = value * scale + offset; None = auto-detect
     offset: Optional[float] = None
     probability_path: str = ""  # optional water-probability GeoTIFF
+    # the server's --dtype: "auto" = what `vllm serve --dtype auto` runs for the model's config.json (or preset)
+    server_dtype: str = "auto"
+    server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
 
 
 @dataclass
@@ -119,6 +122,12 @@ def map_floods(request: MapFloodsRequest, client, progress: Progress | None = No
         if spec is not None:
             bands, band_warnings = _select(info, request, spec)
             _require_valid_pixels(request, bands, progress)
+    if spec is not None:
+        spec = _with_server_dtype(spec, request)
+    if chosen == TRANSPORT_IMAGE:
+        _check_image_dtype(request)
+    else:
+        progress.info(f"Tensors in {spec.dtype}: {spec.dtype_reason or 'the model spec'}")
     for message in band_warnings:
         warn(message)
     progress.info(f"Input: {info.width}×{info.height} px, {info.count} bands; the model gets input bands "
@@ -186,6 +195,33 @@ def _model_spec(request: MapFloodsRequest, model: str, client, required: bool):
             raise  # tensor needs it; and a spec the user named must not be silently ignored
         log.debug("no model spec for %s (%s); image transport keeps the default bands", model, exc)
         return None
+
+
+def _with_server_dtype(spec, request: MapFloodsRequest):
+    """The spec with the dtype the server runs: a tensor in any other dtype stops the server's engine."""
+    dtype = (request.server_dtype or "auto").strip().lower()
+    if dtype == "auto":
+        return spec
+    from .model_spec import normalise_dtype
+
+    try:
+        dtype = normalise_dtype(dtype, "SERVER_DTYPE")
+    except FloodMapperError as exc:
+        raise InputError(f"SERVER_DTYPE '{request.server_dtype}' is not a dtype.",
+                         "Use auto, float16, float32 or bfloat16: the server's --dtype.") from exc
+    return spec.with_dtype(dtype, request.server_dtype_reason or "the server's --dtype, as given (SERVER_DTYPE)")
+
+
+def _check_image_dtype(request: MapFloodsRequest) -> None:
+    """The IOProcessor sends float16 tiles: to a server that runs another dtype they stop its engine."""
+    dtype = (request.server_dtype or "auto").strip().lower()
+    if dtype not in ("auto", "float16", "half", "fp16"):
+        raise TransportUnsupported(
+            f"The server runs {request.server_dtype} (SERVER_DTYPE), and image-to-image sends float16 tiles (the "
+            "TerraTorch IOProcessor casts every tile to float16): the first tile would stop the server's engine.",
+            "Use a server started with --dtype float16 for image-to-image, or the tensor transport (a server "
+            "without '--io-processor-plugin'), or set SERVER_DTYPE to what the server really runs.",
+        )
 
 
 def _served_folder(client, model: str) -> str:

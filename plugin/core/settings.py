@@ -5,6 +5,7 @@ override both, so `qgis_process`, CI and scripts work with no profile:
 
     FLOODMAPPER_VLLM_PYTHON   the vLLM environment's python (or a `vllm` command)
     FLOODMAPPER_MODEL         model for the local engine (local folder or Hugging Face id)
+    FLOODMAPPER_DTYPE         the local engine's dtype (auto, float16, float32, bfloat16)
     FLOODMAPPER_SERVER_URL    default remote server URL
     FLOODMAPPER_HOME          where set-up puts the vLLM environment (default ~/.local/share/floodmapper)
 """
@@ -48,11 +49,12 @@ class Settings:
     path_map_local: str = ""  # a local folder prefix the server sees as...
     path_map_server: str = ""  # ...this server-side prefix (image-to-image `path` to a remote server)
     image_max_megapixels: float = DEFAULT_IMAGE_MAX_MEGAPIXELS  # larger rasters: tensor transport only
+    server_dtype: str = "auto"  # the remote server's --dtype (auto: what vLLM's auto runs for the model)
     # local engine
     vllm_python: str = field(default_factory=default_vllm_python)
     model: str = str(DEMO_MODEL_DIR)
     device: str = "auto"  # auto | gpu | cpu
-    dtype: str = "float16"
+    dtype: str = "auto"  # auto: float16 on a GPU, on a CPU the fastest its instruction set runs (core.cpu)
     max_num_seqs: int = 8
     gpu_memory_utilization: float = 0.9
     extra_args: str = ""
@@ -66,6 +68,8 @@ class Settings:
             changes["vllm_python"] = env["FLOODMAPPER_VLLM_PYTHON"]
         if env.get("FLOODMAPPER_MODEL"):
             changes["model"] = env["FLOODMAPPER_MODEL"]
+        if env.get("FLOODMAPPER_DTYPE"):
+            changes["dtype"] = env["FLOODMAPPER_DTYPE"]
         if env.get("FLOODMAPPER_SERVER_URL"):
             changes["server_url"] = env["FLOODMAPPER_SERVER_URL"]
         return replace(self, **changes)

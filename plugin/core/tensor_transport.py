@@ -29,15 +29,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import raster
+from . import raster, torch_save
 from .errors import (
     Cancelled,
     ConnectionFailed,
+    EngineDied,
     FloodMapperError,
     InputError,
     OutputError,
     ServerError,
-    TransportUnsupported,
 )
 from .model_spec import ModelSpec
 from .progress import NullProgress, Progress, check_cancel
@@ -139,21 +139,21 @@ def npy_b64(arr: np.ndarray) -> bytes:
     return _b64encode(_npy_header(arr.shape, arr.dtype)) + _b64encode(memoryview(arr).cast("B"))
 
 
-def torch_b64(arr: np.ndarray) -> bytes:
-    """base64 of torch.save(tensor): what vLLM < 0.19 accepts. torch is imported only here."""
-    try:
-        import io
+def torch_b64(arr: np.ndarray, dtype: str) -> bytes:
+    """base64 of torch.save(tensor): what vLLM < 0.19 accepts, and the only way to send bfloat16."""
+    return _b64encode(torch_save.save_bytes(arr, dtype))
 
-        import torch
-    except ImportError as exc:
-        raise TransportUnsupported(
-            "This vLLM server is older than 0.19 and only takes torch.save() tensors, and torch is not "
-            "installed in this Python.",
-            "Upgrade the server to vLLM >= 0.19 (raw .npy tensors), install torch here, or use the "
-            "image-to-image transport.") from exc
-    buf = io.BytesIO()
-    torch.save(torch.from_numpy(np.ascontiguousarray(arr)), buf)
-    return base64.b64encode(buf.getvalue())
+
+def carrier_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype that holds a tensor of the server's dtype (bfloat16: its uint16 bit patterns)."""
+    return np.dtype(np.uint16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def to_server_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Float values as the server's dtype (in its carrier: see carrier_dtype)."""
+    if dtype == "bfloat16":
+        return torch_save.to_bfloat16(values)
+    return np.asarray(values).astype(dtype, copy=False)
 
 
 class PayloadEncoder:
@@ -165,13 +165,15 @@ class PayloadEncoder:
             raise ValueError(f"unknown tensor encoding {encoding!r}")
         if answer not in (ANSWER_BYTES, ANSWER_BASE64):
             raise ValueError(f"unknown answer format {answer!r}")
+        if spec.dtype == "bfloat16":
+            encoding = ENCODING_TORCH  # .npy has no bfloat16
         self.encoding = encoding
         self.answer = answer
         self.model = model
-        self.dtype = np.dtype(spec.dtype)
+        self.server_dtype = spec.dtype
+        self.dtype = carrier_dtype(spec.dtype)
         # logits as float16 only from a float16 model (nothing is lost); float32 otherwise
-        self.logits_dtype = "float16" if self.dtype == np.float16 else "float32"
-        self._encode = npy_b64 if encoding == ENCODING_NPY else torch_b64
+        self.logits_dtype = "float16" if spec.dtype == "float16" else "float32"
         self.names = [spec.input_name] + ([spec.location_name] if spec.location_name else [])
         marks = {name: f"@@floodmapper:{i}@@" for i, name in enumerate(self.names)}
         doc: dict[str, Any] = {"model": model, "encoding_format": answer}
@@ -189,14 +191,16 @@ class PayloadEncoder:
     def encode(self, pixels: np.ndarray, location: Optional[np.ndarray] = None) -> bytes:
         if pixels.dtype != self.dtype:
             # Never let another dtype through: a float32 tensor to a float16 server kills it.
-            raise TypeError(f"pixel tensor is {pixels.dtype}, the server runs {self.dtype}")
-        tensors = [pixels] + ([location] if len(self.names) > 1 else [])
-        if len(self.names) > 1 and location is None:
-            raise ValueError("the model takes location_coords and none was given")
+            raise TypeError(f"pixel tensor is {pixels.dtype}, the server runs {self.server_dtype}")
+        tensors = [pixels]
+        if len(self.names) > 1:
+            if location is None:
+                raise ValueError("the model takes location_coords and none was given")
+            tensors.append(to_server_dtype(np.asarray(location, np.float32), self.server_dtype))
         out: list[bytes] = []
         for part, tensor in zip(self._parts, tensors):
             out.append(part)
-            out.append(self._encode(tensor.astype(self.dtype, copy=False)))
+            out.append(npy_b64(tensor) if self.encoding == ENCODING_NPY else torch_b64(tensor, self.server_dtype))
         out.append(self._parts[-1])
         return b"".join(out)
 
@@ -467,8 +471,10 @@ class Normaliser:
     def __init__(self, spec: ModelSpec, scale: float, offset: float, src_dtype: Any = None) -> None:
         means = np.asarray(spec.means, np.float64)[:, None]
         stds = np.asarray(spec.stds, np.float64)[:, None]
-        self.dtype = np.dtype(spec.dtype)
-        self.limit = float(np.finfo(self.dtype).max)
+        self.server_dtype = spec.dtype
+        self.dtype = carrier_dtype(spec.dtype)
+        # float16 overflows at 65504; float32 and bfloat16 share float32's range
+        self.limit = float(np.finfo(np.float16 if spec.dtype == "float16" else np.float32).max)
         self.a = (scale / stds[:, 0]).astype(np.float32)[:, None, None]
         self.b = ((offset - means[:, 0]) / stds[:, 0]).astype(np.float32)[:, None, None]
         self.lut: Optional[np.ndarray] = None
@@ -477,8 +483,8 @@ class Normaliser:
             n = 1 << (8 * src.itemsize)
             unsigned = np.dtype(f"u{src.itemsize}")
             values = np.arange(n, dtype=np.int64).astype(unsigned).view(src).astype(np.float64)[None, :]
-            lut = (values * scale + offset - means) / stds
-            self.lut = np.clip(lut, -self.limit, self.limit).astype(self.dtype)
+            lut = np.clip((values * scale + offset - means) / stds, -self.limit, self.limit)
+            self.lut = to_server_dtype(lut if spec.dtype == "float16" else lut.astype(np.float32), spec.dtype)
             self.unsigned = unsigned
 
     def __call__(self, raw: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -490,21 +496,22 @@ class Normaliser:
         else:
             x = np.multiply(raw, self.a, dtype=np.float32)
             x += self.b
-            if self.dtype != np.float32:
+            if self.server_dtype != "float32":
                 if not valid.all():
                     x[:, ~valid] = 0.0  # NaN/inf nodata must not decide the range check
                 lo, hi = float(x.min()), float(x.max())
                 if lo < -self.limit or hi > self.limit:
                     np.clip(x, -self.limit, self.limit, out=x)
-            out = x.astype(self.dtype, copy=False)
+            out = to_server_dtype(x, self.server_dtype)
         if not valid.all():
             out[:, ~valid] = 0
         return out
 
 
-def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...], dtype: str,
+def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...],
                    mode: str = "tile") -> dict[tuple[int, int], np.ndarray]:
-    """location_coords (lon, lat) per tile: the tile centre, or the raster centre as the IOProcessor does."""
+    """location_coords (lon, lat) per tile, in float32: the tile centre, or the raster centre as the
+    IOProcessor does. The payload encoder casts them to the server's dtype."""
     from rasterio.warp import transform as warp_transform
 
     if ds.crs is None:
@@ -526,7 +533,7 @@ def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...], dty
         xs.append(x)
         ys.append(y)
     lons, lats = warp_transform(ds.crs, "EPSG:4326", xs, ys)
-    return {t.index: np.array([lon, lat], dtype=dtype).reshape(location_shape)
+    return {t.index: np.array([lon, lat], dtype=np.float32).reshape(location_shape)
             for t, lon, lat in zip(tiles, lons, lats)}
 
 
@@ -743,7 +750,7 @@ def run_tensor(request: Any, client: Any, spec: ModelSpec, band_indices: list[in
             scale = float(scale)
             ov = overlap_pixels(min(spec.tile_height, spec.tile_width), frac)
             grid = TileGrid.build(src.width, src.height, spec.tile_width, spec.tile_height, ov, ov)
-            locations = (tile_locations(src, grid, spec.location_shape, spec.dtype, location_mode)
+            locations = (tile_locations(src, grid, spec.location_shape, location_mode)
                          if spec.has_location else {})
             version = server_version(client) if encoding is None or answer is None else ""
             if encoding is None:
@@ -751,6 +758,7 @@ def run_tensor(request: Any, client: Any, spec: ModelSpec, band_indices: list[in
             if answer is None:
                 answer = choose_answer(version)
             encoder = PayloadEncoder(model, spec, encoding, answer)
+            encoding = encoder.encoding  # bfloat16 travels only as torch.save bytes
             normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
             mask_read = _mask_needs_read(src, bands)
             outputs = _Outputs(src, out_path, prob_path, spec)
@@ -863,6 +871,13 @@ def _run_tiles(in_path: str, grid: TileGrid, bands: list[int], mask_read: bool, 
                 try:
                     result = fut.result()
                 except FloodMapperError as exc:
+                    if isinstance(exc, EngineDied):
+                        exc.message += (
+                            f" This run sent {spec.dtype} tensors of shape [{spec.channels}, {spec.tile_height}, "
+                            f"{spec.tile_width}] (dtype: {spec.dtype_reason or 'from the model spec'}).")
+                        exc.hint += (" Restart the server with an explicit --dtype and give Flood Mapper the same "
+                                     "one (SERVER_DTYPE), and give the served model's config.json as MODEL_SPEC "
+                                     "so the tiles have the model's shape.")
                     if not isinstance(exc, Cancelled) and done_count:
                         # what was done, so the user can judge a retry (nothing of it is kept)
                         exc.message += (f" The run stopped after {done_count} of {total} tiles; no output "

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORM_CLASS, _ = uic.loadUiType(str(ROOT / "ui" / "options.ui"))
 ICON = ROOT / "resources" / "icons" / "floodmapper.svg"
 DEVICES = ["auto", "gpu", "cpu"]
-DTYPES = ["float16", "bfloat16", "float32", "auto"]
+DTYPES = ["auto", "float16", "float32", "bfloat16"]
 
 
 def describe_server(settings: Settings) -> str:
@@ -62,6 +62,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
         self.setObjectName("floodmapperOptions")
         self.device.addItems(DEVICES)
         self.dtype.addItems(DTYPES)
+        self.server_dtype.addItems(DTYPES)
         self._task: QgsTask | None = None
         self.load(stored_settings.load(apply_env=False))
         self.testConnectionButton.clicked.connect(self.test_connection)
@@ -81,6 +82,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
         self.model.setText(s.model)
         self.device.setCurrentIndex(max(0, DEVICES.index(s.device) if s.device in DEVICES else 0))
         self.dtype.setCurrentIndex(max(0, DTYPES.index(s.dtype) if s.dtype in DTYPES else 0))
+        self.server_dtype.setCurrentIndex(max(0, DTYPES.index(s.server_dtype) if s.server_dtype in DTYPES else 0))
         self.max_num_seqs.setValue(s.max_num_seqs)
         self.gpu_memory_utilization.setValue(s.gpu_memory_utilization)
         self.extra_args.setText(s.extra_args)
@@ -107,6 +109,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
             extra_args=self.extra_args.text().strip(),
             startup_timeout=self.startup_timeout.value(),
             image_max_megapixels=self.image_max_megapixels.value(),
+            server_dtype=self.server_dtype.currentText(),
         )
 
     def apply(self) -> None:  # QgsOptionsPageWidget API: the user pressed OK

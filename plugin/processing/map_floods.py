@@ -64,6 +64,7 @@ HELP_URL = "https://example.org/floodmapper#map-floods"
 
 BACKENDS = [BACKEND_REMOTE, BACKEND_LOCAL]
 TRANSPORTS = [TRANSPORT_AUTO, TRANSPORT_IMAGE, TRANSPORT_TENSOR]
+SERVER_DTYPES = ["auto", "float16", "float32", "bfloat16"]
 
 
 def parse_bands(text: str) -> list[int] | None:
@@ -146,6 +147,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
     MODEL = "MODEL"
     MODEL_SPEC = "MODEL_SPEC"
     TRANSPORT = "TRANSPORT"
+    SERVER_DTYPE = "SERVER_DTYPE"
     BANDS = "BANDS"
     OVERLAP = "OVERLAP"
     CONCURRENCY = "CONCURRENCY"
@@ -232,6 +234,14 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             defaultValue=0,
         )
         p.setHelp(tr("Auto picks what the server supports and what can reach the raster."))
+        self.addParameter(p)
+        p = QgsProcessingParameterEnum(
+            self.SERVER_DTYPE, tr("Server dtype (remote tensor server)"), options=SERVER_DTYPES,
+            defaultValue=SERVER_DTYPES.index(settings.server_dtype) if settings.server_dtype in SERVER_DTYPES else 0,
+        )
+        p.setHelp(tr("The --dtype the remote server was started with: tensors in any other dtype stop its engine. "
+                     "auto = what 'vllm serve --dtype auto' runs for the model's config.json (float16, or "
+                     "bfloat16 for a bfloat16 model). The local engine always gets its own dtype."))
         self.addParameter(p)
         p = QgsProcessingParameterString(
             self.BANDS, tr("Input bands in the model's order (1-based, comma-separated)"),
@@ -412,17 +422,24 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         settings = stored_settings.load()
         stored_settings.set_value("last_backend", BACKENDS.index(backend))
 
+        server_dtype = SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)]
+        dtype_reason = ""
         if backend == BACKEND_LOCAL:
-            from ..core.engine import get_engine
+            from dataclasses import replace
 
-            # one server, one transport: a forced tensor transport needs an engine without the IOProcessor,
-            # and so does auto on a raster too large for image-to-image
-            tensor = transport == TRANSPORT_TENSOR or (
-                transport == TRANSPORT_AUTO and self._too_large_for_image(settings, progress))
-            engine = get_engine(settings, on_log=engine_log, io_processor=not tensor)
+            from ..core.engine import check_environment, get_engine, plan_local_engine
+
+            # one server, one transport: the engine loads the IOProcessor only for float16 image-to-image
+            device = check_environment(settings.vllm_python).device
+            plan = plan_local_engine(settings, transport, transport == TRANSPORT_AUTO
+                                     and self._too_large_for_image(settings, progress), device)
+            progress.info(tr("Local engine: {reason}").format(reason=plan.reason))
+            engine = get_engine(replace(settings, dtype=plan.dtype), on_log=engine_log,
+                                io_processor=plan.io_processor)
             url = engine.ensure_running(progress, timeout=settings.startup_timeout)
             headers: dict[str, str] = {}
             server_reads_files = True
+            server_dtype, dtype_reason = plan.dtype, f"the local engine runs {plan.dtype}"
         else:
             url = (self.parameterAsString(parameters, self.SERVER_URL, context) or settings.server_url).strip()
             if not url:
@@ -451,6 +468,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             scale=self._optional_number(parameters, self.SCALE, context),
             offset=self._optional_number(parameters, self.OFFSET, context),
             probability_path=probability,
+            server_dtype=server_dtype,
+            server_dtype_reason=dtype_reason,
         )
         try:
             return map_floods(request, client, progress)

@@ -122,6 +122,7 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
     if configured:
         env["FLOODMAPPER_VLLM_PYTHON"] = default_vllm_python()
         env["FLOODMAPPER_MODEL"] = str(DEMO_MODEL_DIR)
+        env["FLOODMAPPER_DTYPE"] = "float32"
         # and an image-to-image limit below this raster's 0.066 MP: the engine must start in tensor mode
         ini = tmp_path / "qgis" / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
         ini.parent.mkdir(parents=True)
@@ -134,9 +135,9 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         capture_output=True, text=True, env=env, timeout=900, start_new_session=True,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    if configured:  # steered to tiles: the engine ran without the IOProcessor plugin
-        assert "above the image-to-image limit of 0.05 MP" in proc.stdout, proc.stdout[-3000:]
+    if configured:  # float32 goes in tiles: the engine ran without the IOProcessor plugin, in float32
         assert "Tensor transport:" in proc.stdout, proc.stdout[-3000:]
+        assert "Tensors in float32: the local engine runs float32" in proc.stdout, proc.stdout[-3000:]
     with rasterio.open(out) as ds:
         classes = ds.read(1)
     assert set(np.unique(classes)) <= {0, 1, 255}

@@ -162,13 +162,69 @@ def test_flags_follow_vllm_version_and_device(settings, tmp_path):
     assert demo[demo.index("--served-model-name") + 1] == DEMO_MODEL_NAME
 
 
-def test_float32_is_replaced_with_float16_for_the_io_processor(settings, tmp_path):
+def test_the_io_processor_engine_runs_float16_and_refuses_another_dtype(settings, tmp_path):
     info = eng.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0", "cpu", ("terratorch_segmentation",))
-    cmd = make(replace(settings, dtype="float32"), tmp_path).build_command(info, 1)
-    assert cmd[cmd.index("--dtype") + 1] == "float16"
+    for dtype in ("auto", "float16"):
+        engine = make(replace(settings, dtype=dtype), tmp_path)
+        cmd = engine.build_command(info, 1)
+        assert cmd[cmd.index("--dtype") + 1] == "float16" and engine.dtype == "float16"
+    with pytest.raises(EngineError, match="Image-to-image needs the engine in float16"):
+        make(replace(settings, dtype="float32"), tmp_path).build_command(info, 1)
     tensor = eng.LocalEngine(replace(settings, dtype="float32"), tmp_path, io_processor=False, entry=FAKE)
     cmd = tensor.build_command(info, 1)
     assert cmd[cmd.index("--dtype") + 1] == "float32"  # tensor mode: the client casts to the model dtype
+
+
+AVX2 = frozenset({"fma", "avx", "f16c", "avx2"})
+SAPPHIRE_RAPIDS = AVX2 | {"avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"}
+
+
+@pytest.mark.parametrize("flags, environ, expected", [
+    (AVX2, {}, "float32"),
+    (SAPPHIRE_RAPIDS, {}, "bfloat16"),
+    (AVX2 | {"avx512f", "avx512_fp16"}, {}, "float16"),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),  # oneDNN held to AVX2: its fast kernels are off
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"}, "bfloat16"),  # avx512_bf16 is below that level
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "float32"),
+    (frozenset(), {}, "float32"),  # flags unknown: the safe choice
+])
+def test_the_cpu_dtype_follows_the_instruction_set(flags, environ, expected):
+    from plugin.core.cpu import fastest_dtype
+
+    choice = fastest_dtype(flags, environ)
+    assert choice.dtype == expected and choice.reason
+
+
+def test_bfloat16_is_not_chosen_for_a_model_whose_masks_it_changes():
+    from plugin.core.cpu import fastest_dtype
+
+    assert fastest_dtype(SAPPHIRE_RAPIDS, {}, bfloat16_ok=False).dtype == "float16"
+
+
+@pytest.mark.parametrize("dtype, transport, too_large, device, expected", [
+    ("auto", "auto", False, "gpu", ("float16", True)),
+    ("auto", "auto", True, "gpu", ("float16", False)),  # too large for one image request: tiles
+    ("auto", "tensor", False, "gpu", ("float16", False)),
+    ("float32", "auto", False, "gpu", ("float32", False)),  # only the tensor transport sends float32
+    ("auto", "image", False, "gpu", ("float16", True)),
+    ("bfloat16", "tensor", False, "cpu", ("bfloat16", False)),
+])
+def test_the_local_engine_plan(settings, monkeypatch, dtype, transport, too_large, device, expected):
+    plan = eng.plan_local_engine(replace(settings, dtype=dtype), transport, too_large, device)
+    assert (plan.dtype, plan.io_processor) == expected and plan.reason
+
+
+def test_the_local_engine_on_a_plain_cpu_goes_tensor_in_float32(settings, monkeypatch):
+    from plugin.core import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda *a: AVX2)
+    plan = eng.plan_local_engine(replace(settings, dtype="auto"), "auto", False, "cpu")
+    assert (plan.dtype, plan.io_processor) == ("float32", False)
+    assert "float16 and bfloat16 run one to two orders of magnitude slower" in plan.reason
+    with pytest.raises(EngineError, match="needs the engine in float16"):
+        eng.plan_local_engine(replace(settings, dtype="float32"), "image", False, "cpu")
+    with pytest.raises(EngineError, match="not a dtype"):
+        eng.plan_local_engine(replace(settings, dtype="float64"), "tensor", False, "cpu")
 
 
 def test_device_mismatch_and_bad_extra_args(settings, tmp_path):

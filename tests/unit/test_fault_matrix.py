@@ -76,6 +76,9 @@ must go.
 | 56 | cancel-before-start | cancelled before the job starts | Cancelled: no output was written |
 | 57 | cancel-mid-request | cancel while the image job waits | Cancelled: no output; peer sees the hang-up |
 | 58 | cancel-mid-run-tensor | cancel with 2 tiles stitched, 2 in flight | Cancelled: no output; peer sees 2 hang-ups |
+| 59 | tensor-engine-died | a tile answered with vLLM's EngineDeadError 500 | EngineDied: sent float16 [6, 32, 32] |
+| 60 | image-engine-died | the job is answered with vLLM's EngineDeadError 500 | EngineDied: restart / --dtype float16 |
+| 61 | image-server-dtype-float32 | image, SERVER_DTYPE float32 | TransportUnsupported: sends float16 / no job |
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ from plugin.core.client import VllmClient
 from plugin.core.errors import (
     Cancelled,
     ConnectionFailed,
+    EngineDied,
     FloodMapperError,
     InputError,
     ModelSpecError,
@@ -176,7 +180,7 @@ def image_answer(body: dict, shape=None) -> Reply:
 def tensor_answer(body: dict, extra_classes: int = 0) -> Reply:
     """What a tensor-mode vLLM answers: base64 float32 logits [classes, H, W], no shape sent."""
     embeds = body["messages"][0]["content"][0]["image_embeds"]
-    pix = decode_tensor(embeds["pixel_values"]).astype(np.float32)
+    pix = decode_tensor(embeds["pixel_values"])[0].astype(np.float32)
     logits = water_logits(pix[1], pix[3])
     if extra_classes:
         logits = np.concatenate([logits, np.zeros((extra_classes, *logits.shape[1:]), np.float32)])
@@ -504,6 +508,14 @@ def setup_tensor_dies(world: World) -> Scenario:
     return Scenario(sentinel=True, check=_at_least_jobs(3))
 
 
+ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+def setup_engine_died(world: World) -> Scenario:
+    world.fault = from_job(1, lambda body: Reply(500, vllm_error(ENGINE_DEAD, 500, "InternalServerError")))
+    return Scenario(sentinel=True, check=_at_least_jobs(1))
+
+
 def setup_tensor_sockets_closed(world: World) -> Scenario:
     world.fault = from_job(3, lambda body: Reply(drop=True))
     return Scenario(sentinel=True, check=_at_least_jobs(4))  # the 3rd tile is re-sent once
@@ -780,6 +792,17 @@ CASES: list[Case] = [
          Cancelled, _CANCELLED, r"^$"),
     Case("cancel-mid-run-tensor", "cancel with 2 tiles stitched, 2 in flight",
          setup_cancel_mid_run_tensor, Cancelled, _CANCELLED, r"^$", kind="tensor"),
+    Case("tensor-engine-died", "a tile answered with vLLM's EngineDeadError 500", setup_engine_died, EngineDied,
+         r"The engine of the vLLM server at \S+ stopped while it processed /pooling and must be restarted "
+         r"\(HTTP 500: EngineCore encountered an issue.*This run sent float16 tensors of shape \[6, 32, 32\]",
+         r"--dtype.*SERVER_DTYPE", kind="tensor"),
+    Case("image-engine-died", "the job is answered with vLLM's EngineDeadError 500", setup_engine_died, EngineDied,
+         r"The engine of the vLLM server at \S+ stopped while it processed /pooling and must be restarted",
+         r"another dtype than the server's --dtype.*image-to-image server must run --dtype float16"),
+    Case("image-server-dtype-float32", "image, SERVER_DTYPE float32",
+         lambda w: Scenario(request={"transport": "image", "server_dtype": "float32"}, jobs=0),
+         TransportUnsupported, r"runs float32 \(SERVER_DTYPE\), and image-to-image sends float16 tiles",
+         r"--dtype float16"),
 ]
 
 

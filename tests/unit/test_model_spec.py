@@ -138,19 +138,20 @@ def test_extra_input_is_refused_by_name():
         spec_from_config(c)
 
 
-@pytest.mark.parametrize("value,expected", [("float32", "float32"), ("float16", "float16"), ("half", "float16")])
-def test_dtype_from_config(value, expected):
+# vLLM's --dtype auto runs a pooling model in float16 unless its config says bfloat16 (float32 is cast down)
+@pytest.mark.parametrize("value,expected", [("float32", "float16"), ("float16", "float16"), ("half", "float16"),
+                                            ("bfloat16", "bfloat16"), (None, "float16")])
+def test_dtype_from_config_is_what_vllm_auto_runs(value, expected):
     c = cfg(torch_dtype=value)
-    assert spec_from_config(c).dtype == expected
+    spec = spec_from_config(c)
+    assert spec.dtype == expected and "--dtype auto" in spec.dtype_reason
 
 
-def test_bfloat16_cannot_be_sent_and_unknown_dtype():
-    with pytest.raises(ModelSpecError, match="bfloat16"):
-        spec_from_config(cfg(torch_dtype="bfloat16"))
+def test_unknown_dtype_and_an_explicit_server_dtype():
     with pytest.raises(ModelSpecError, match="dtype"):
         spec_from_config(cfg(torch_dtype="int8"))
-    spec = spec_from_config(SEED_003)
-    assert spec.with_dtype("float32").dtype == "float32"
+    spec = spec_from_config(SEED_003).with_dtype("fp32", "the server's --dtype")
+    assert spec.dtype == "float32" and spec.dtype_reason == "the server's --dtype"
 
 
 def test_tiled_inference_crop_sets_the_tile():
@@ -204,7 +205,7 @@ def test_demo_preset_reads_the_demo_folder(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps(c))
     monkeypatch.setattr(settings, "DEMO_MODEL_DIR", tmp_path)
     spec = load_model_spec("floodmapper-demo")
-    assert spec.name == "floodmapper-demo" and spec.dtype == "float32" and not spec.has_location
+    assert spec.name == "floodmapper-demo" and spec.dtype == "float16" and not spec.has_location
 
 
 def test_shipped_demo_model_config_is_usable():

@@ -20,7 +20,7 @@ import rasterio
 from rasterio.warp import transform as warp_transform
 
 from plugin.core.client import VllmClient
-from plugin.core.errors import Cancelled, InputError, OutputError, ServerError, TransportUnsupported
+from plugin.core.errors import Cancelled, EngineDied, InputError, OutputError, ServerError, TransportUnsupported
 from plugin.core.model_spec import ModelSpec
 from plugin.core.pipeline import MapFloodsRequest
 from plugin.core.scenes import generate_scene
@@ -412,20 +412,42 @@ def test_wrong_logits_size_is_a_server_error(tmp_path, peer, client):
         run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
 
 
-def test_old_server_needs_torch(tmp_path):
-    pytest.importorskip("numpy")
-    try:
-        import torch  # noqa: F401
-
-        pytest.skip("torch is installed here; the torch.save path is exercised instead")
-    except ImportError:
-        pass
+def test_old_server_gets_torch_save_tensors_without_torch(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=100, height=100)
     with FakeTensorPeer(MEANS, STDS, version="0.18.1") as p, VllmClient(p.url) as c:
-        with pytest.raises(TransportUnsupported, match="0.19"):
-            run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
-        assert p.requests == 0
+        stats = run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
+        assert stats.encoding == "torch" and p.requests > 0 and set(p.dtypes) == {"float16"} and not p.dead
+
+
+def test_bfloat16_server_gets_bfloat16_tensors(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    with FakeTensorPeer(MEANS, STDS, expect_dtype="bfloat16") as p, VllmClient(p.url) as c:
+        stats = run_tensor(request(tmp_path, inp, p), c, make_spec(dtype="bfloat16"), SIX)
+        assert stats.encoding == "torch" and set(p.dtypes) == {"bfloat16"} and not p.dead
+        # the rule's answer through bfloat16 equals the float32 rule on all but the closest calls
+        with rasterio.open(stats.output_path) as ds:
+            got = ds.read(1)
+    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
+        out32 = tmp_path / "f32.tif"
+        run_tensor(MapFloodsRequest(input_path=str(inp), output_path=str(out32), server_url=p.url, model=p.model),
+                   c, make_spec(dtype="float32"), SIX)
+        with rasterio.open(out32) as ds:
+            ref = ds.read(1)
+    assert (got == ref).mean() > 0.99
+
+
+def test_a_wrong_dtype_is_reported_as_the_server_engine_dying(tmp_path):
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=100, height=100)
+    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url, retries=0) as c:
+        with pytest.raises(EngineDied) as err:
+            run_tensor(request(tmp_path, inp, p), c, make_spec(tile=64, dtype="float16"), SIX)
+    assert "The engine of the vLLM server" in err.value.message and "must be restarted" in err.value.message
+    assert "sent float16 tensors of shape [6, 64, 64]" in err.value.message
+    assert "--dtype" in err.value.hint and "SERVER_DTYPE" in err.value.hint
+    assert not list(tmp_path.glob("*.part*")) and not (tmp_path / "out.tif").exists()
 
 
 def test_output_must_not_be_the_input(tmp_path, peer, client):
