@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8000
 
-.PHONY: setup demo test test-quick lint qt6-check package serve-demo clean
+.PHONY: setup demo test test-quick coverage lint qt6-check package serve-demo clean
 
 setup:
 	bash scripts/setup
@@ -15,6 +15,9 @@ test: setup
 	@t0=$$(date +%s); .venv/bin/ruff check . && bash scripts/qt6-check && \
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest --durations=15; rc=$$?; \
 	echo "tests: $$(( $$(date +%s) - t0 )) s"; exit $$rc
+
+coverage: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m coverage run -m pytest; rc=$$?; $(PY) -m coverage report; exit $$rc
 
 test-quick:
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not vllm"

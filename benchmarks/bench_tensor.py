@@ -1,4 +1,4 @@
-"""Client-side cost of the tensor transport, next to the seed 001 client's way, in one run (not a test).
+"""Client-side cost of the tensor transport, next to the way vLLM's documented client does it, in one run (not a test).
 
 What it measures, all against a zero-latency peer on 127.0.0.1 that returns canned logits (so the server's
 model time is out of the picture and only the client's work and the HTTP round trip remain):
@@ -7,7 +7,7 @@ model time is out of the picture and only the client's work and the HTTP round t
                      base64 -> pre-encoded JSON bytes -> POST -> logits. What the plugin asks of vLLM >= 0.12:
                      a binary answer (`encoding_format: "bytes"`, float16 for a float16 model), read in
                      place; and, for comparison, the base64 float32 JSON answer older servers give.
-2. seed 001 way      the documented client (torch.full/randn float16 tensor -> torch.save -> base64 ->
+2. documented way   vLLM's documented client (torch.full/randn float16 tensor -> torch.save -> base64 ->
                      requests.post(json=...) -> response.json() -> b64decode -> np.frombuffer), sequential,
                      starting from ready float16 tensors (no normalisation: it is favoured). Needs torch,
                      so it runs in the vLLM environment's Python (--vllm-python, FLOODMAPPER_VLLM_PYTHON).
@@ -16,7 +16,7 @@ model time is out of the picture and only the client's work and the HTTP round t
 4. peak RSS          run_tensor() on a 20000x20000x6 uint16 GeoTIFF (sparse: mostly unwritten blocks, so it
                      is small on disk), in a fresh process, ru_maxrss reported. Target: < 1 GB.
 
-Targets from the issue: >= 100 tiles/s, >= 5x the seed client, peak RSS < 1 GB. Usage and results:
+Targets: >= 100 tiles/s, >= 5x the documented client, peak RSS < 1 GB. Usage and results:
 benchmarks/README.md.
 """
 
@@ -111,13 +111,15 @@ def spec():
 
 def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = False,
                    answer: str = "bytes") -> float:
-    from plugin.core import tensor_transport
-    from plugin.core.client import VllmClient
-    from plugin.core.tensor_transport import Normaliser, PayloadEncoder, post_tile
+    from plugin.core.tensor import codec
+    from plugin.core.tensor.codec import PayloadEncoder
+    from plugin.core.tensor.inputs import Normaliser
+    from plugin.core.tensor.runner import post_tile
+    from plugin.core.vllm_api import VllmClient
 
-    saved = tensor_transport._fast_b64
+    saved = codec._fast_b64
     if stdlib_base64:
-        tensor_transport._fast_b64 = None
+        codec._fast_b64 = None
 
     s = spec()
     norm = Normaliser(s, 1e-4, 0.0, "uint16")
@@ -139,12 +141,12 @@ def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = Fa
                 list(ex.map(one, range(n)))
             return n / (time.perf_counter() - t0)
         finally:
-            tensor_transport._fast_b64 = saved
+            codec._fast_b64 = saved
 
 
 def transport_all(port: int, n: int, concurrency: int) -> dict:
     """Our transport on 1 and N threads, with the stdlib's base64 and (when importable) pybase64."""
-    from plugin.core.tensor_transport import base64_backend
+    from plugin.core.tensor.codec import base64_backend
 
     out = {"stdlib_1": ours_transport(port, n, 1, True), "stdlib_n": ours_transport(port, n, concurrency, True),
            "stdlib_1_json": ours_transport(port, n, 1, True, "base64")}
@@ -155,13 +157,13 @@ def transport_all(port: int, n: int, concurrency: int) -> dict:
     return out
 
 
-def seed_client(port: int, n: int, python: str) -> float | None:
+def documented_client(port: int, n: int, python: str) -> float | None:
     if not python or not os.path.exists(python):
         return None
     out = subprocess.run([python, "-c", SEED_CLIENT, str(port), str(n)], capture_output=True, text=True,
                          timeout=1800)
     if out.returncode != 0:
-        print("seed client failed:", out.stderr[-2000:], file=sys.stderr)
+        print("documented client failed:", out.stderr[-2000:], file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])["tiles_per_s"]
 
@@ -188,9 +190,9 @@ def make_raster(path: Path, size: int, sparse: bool) -> None:
 
 
 def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
-    from plugin.core.client import VllmClient
-    from plugin.core.pipeline import MapFloodsRequest
-    from plugin.core.tensor_transport import run_tensor
+    from plugin.core.jobs import MapFloodsRequest
+    from plugin.core.vllm_api import VllmClient
+    from tests.fixtures.jobs import run_tensor
 
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
@@ -237,7 +239,7 @@ def main() -> int:
                     extra = json.loads(other.stdout.strip().splitlines()[-1])
                     ours.update({k: v for k, v in extra.items() if k.startswith("pybase64")})
                     where = "the vLLM env's python"
-            seed = seed_client(port, max(20, args.tiles // 4), args.vllm_python)
+            documented = documented_client(port, max(20, args.tiles // 4), args.vllm_python)
             n = args.concurrency
             print(f"ours, binary answer, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
             print(f"ours, binary answer, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
@@ -246,14 +248,14 @@ def main() -> int:
                 print(f"ours, binary answer, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
                 print(f"ours, binary answer, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
                 print(f"ours, base64 answer, pybase64, 1 thread:         {ours['pybase64_1_json']:7.1f} tiles/s")
-            if seed:
-                print(f"seed 001 client (torch.save + json, 1 thread): {seed:7.1f} tiles/s")
+            if documented:
+                print(f"documented client (torch.save + json, 1 thread): {documented:7.1f} tiles/s")
                 for key in ("stdlib_1", "stdlib_n", "stdlib_1_json", "pybase64_1", "pybase64_n", "pybase64_1_json"):
                     if key in ours:
-                        print(f"ratio ours ({key}) / seed: {ours[key] / seed:.1f}x")
+                        print(f"ratio ours ({key}) / documented: {ours[key] / documented:.1f}x")
             else:
-                print(f"seed 001 client: skipped (no torch-capable python at {args.vllm_python})")
-            results.update(ours=ours, seed=seed)
+                print(f"documented client: skipped (no torch-capable python at {args.vllm_python})")
+            results.update(ours=ours, documented=documented)
             mid = tmp_path / "mid.tif"
             make_raster(mid, 4096, sparse=False)
             pipe = pipeline(port, mid, tmp_path / "mid-out.tif", None)

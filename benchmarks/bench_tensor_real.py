@@ -1,6 +1,6 @@
 """Tensor transport against the REAL vLLM server: tiles/s by concurrency (not a test).
 
-This is the measurement behind tensor_transport.DEFAULT_CONCURRENCY. It starts `scripts/serve-demo --tensor`
+This is the measurement behind jobs.DEFAULT_CONCURRENCY. It starts `scripts/serve-demo --tensor`
 (the demo model, float16) on a free loopback port in its own process group, maps one synthetic scene with
 concurrency 1, 2, 4 (overlap 0, so every run sends the same tiles), prints tiles/s, and stops the server.
 
@@ -32,11 +32,11 @@ def free_port() -> int:
 
 
 def main() -> int:
-    from plugin.core.client import VllmClient
+    from plugin.core.jobs import MapFloodsRequest
     from plugin.core.model_spec import load_model_spec, resolve_model_spec
-    from plugin.core.pipeline import MapFloodsRequest
-    from plugin.core.scenes import generate_scene
-    from plugin.core.tensor_transport import run_tensor
+    from plugin.core.vllm_api import VllmClient
+    from scripts.scenes import generate_scene
+    from tests.fixtures.jobs import run_tensor
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=1024)

@@ -6,10 +6,10 @@ Run with the vLLM environment's Python from the checkout root:
         [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5]
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
-IOProcessor (upstream example "prithvi_geospatial_mae_io_processor", seed 004) skips HTTP and the server's
+IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
 start-up per run; the engine is built once and fed raster after raster.
 
-Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/raster.py): uint8
+Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/classes.py): uint8
 class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data; same CRS,
 transform and size as the input; written to a temp file and moved into place. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
@@ -32,6 +32,9 @@ from typing import Optional
 from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
 from .core.errors import FloodMapperError, InputError, ServerError
+from .core.jobs import Stats
+from .core.output import check_output_path
+from .core.server_map import finalize_classes
 from .core.settings import DEMO_MODEL_DIR
 
 IO_PROCESSOR = "terratorch_segmentation"
@@ -46,7 +49,7 @@ class Job:
     output_path: str
     error: Optional[str] = None
     seconds: float = 0.0
-    stats: Optional[raster.Stats] = None
+    stats: Optional[Stats] = None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,7 +99,7 @@ def validate(job: Job, indices: list[int]) -> None:
             f"'{job.input_path}' has {info.count} band(s); --indices asks for band index {max(indices)}.",
             "Pass --indices with the 0-based bands in the model's order (e.g. 1,2,3,8,11,12 for Sentinel-2 L1C).",
         )
-    raster.check_output_path(job.output_path, job.input_path)
+    check_output_path(job.output_path, job.input_path)
 
 
 def engine_environment() -> None:
@@ -124,7 +127,7 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
     )
 
 
-def run_one(llm, job: Job, indices: list[int], work_dir: str) -> raster.Stats:
+def run_one(llm, job: Job, indices: list[int], work_dir: str) -> Stats:
     # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
     folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
     prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
@@ -137,7 +140,7 @@ def run_one(llm, job: Job, indices: list[int], work_dir: str) -> raster.Stats:
     if not isinstance(produced, str) or not os.path.isfile(produced):
         raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
     try:
-        return raster.finalize_classes(produced, job.input_path, indices, job.output_path)
+        return finalize_classes(produced, job.input_path, indices, job.output_path)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

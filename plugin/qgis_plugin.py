@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer
-from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .processing.provider import FloodMapperProvider
 from .toolbelt import log as qlog
+from .toolbelt import resources
 from .toolbelt import settings as stored_settings
 from .toolbelt.i18n import tr
 
-ICON = Path(__file__).resolve().parents[1] / "resources" / "icons" / "floodmapper.svg"
 MENU = "&Flood Mapper"
 ALGORITHM_ID = "floodmapper:map_floods"
 
@@ -41,7 +38,7 @@ class FloodMapperPlugin:
     def initGui(self) -> None:
         qlog.install()
         self.initProcessing()
-        self.action = QAction(QIcon(str(ICON)), tr("Map floods on the active layer"), self.iface.mainWindow())
+        self.action = QAction(resources.icon(), tr("Map floods on the active layer"), self.iface.mainWindow())
         self.action.setObjectName("floodmapper_map_floods")
         self.action.setToolTip(tr("Map floods: open the Map floods dialog for the active raster layer"))
         self.action.triggered.connect(self.run_on_active_layer)
@@ -76,7 +73,7 @@ class FloodMapperPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        from .core.engine import stop_all
+        from .core.engines import stop_all
 
         stop_all()
         qlog.uninstall()

@@ -50,7 +50,7 @@ def render(args) -> int:
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QColor, QFont, QPainter
 
-    from floodmapper.plugin.core.raster import compute_stats
+    from floodmapper.plugin.core.stats import compute_stats
     from floodmapper.plugin.processing.postprocessor import WATER_COLOR, style_flood_layer
 
     base = QgsRasterLayer(args.input, "input")

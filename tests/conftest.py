@@ -12,6 +12,7 @@ them through DIR/<name>.json and use them while /health answers. For working on 
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests import `plugin.core...` from the checkout
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+faulthandler.enable()  # a crash names its frame, in the tests and in the session's teardown
 
 from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy  # noqa: E402
 
@@ -112,25 +114,27 @@ def vllm_tensor_server(tmp_path_factory):
     yield from _session_server(tmp_path_factory, "tensor", ["--tensor"])
 
 
-_EXIT_STATUS = {"code": None}
+@pytest.fixture(scope="session", autouse=True)
+def _qgis_objects_freed_before_qgis_exits(qgis_app):
+    """Free the Python side's QGIS objects while QGIS still runs.
 
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS["code"] = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave with the session's status once pytest has reported everything.
-
-    After a long QGIS session (the 100-raster soak test), pytest's final garbage collection frees PyQGIS
-    objects after pytest-qgis has shut QGIS down, and the process segfaults (exit 139) although every test
-    passed and the summary is printed. Objects the plugin creates are not involved (their tracebacks are
-    cleared); the crash is in the bindings' teardown order, which QGIS itself and qgis_process never reach
-    this way. Ending here keeps the exit status pytest decided.
+    pytest-qgis calls exitQgis() when its session fixture ends; a PyQGIS object freed after that (by a late
+    garbage collection, or at interpreter exit from a module-level list) touches a QGIS that is gone and
+    crashes the process after every test passed. This fixture depends on qgis_app, so it ends first: the
+    objects the tests and the plugin keep alive on purpose (registered providers, post-processors) are
+    released here and collected.
     """
-    code = _EXIT_STATUS["code"]
-    if code is not None and os.environ.get("FLOODMAPPER_PYTEST_HARD_EXIT", "1") == "1":
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    yield
+    import gc
+
+    from qgis.core import QgsApplication, QgsProject
+
+    QgsProject.instance().clear()
+    registry = QgsApplication.processingRegistry()
+    for provider in list(registry.providers()):
+        if provider.id() == "floodmapper":
+            registry.removeProvider(provider)
+    post = sys.modules.get("floodmapper.plugin.processing.postprocessor")
+    if post is not None:
+        post.FloodLayerPostProcessor._KEEP.clear()
+    gc.collect()

@@ -19,60 +19,34 @@ Lifecycle rules, and why:
 
 from __future__ import annotations
 
-import atexit
 import collections
 import hashlib
 import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import requests
 
-from .cpu import DtypeChoice, fastest_dtype, vllm_cpu_binding
-from .errors import Cancelled, EngineError, ModelSpecError
-from .model_spec import normalise_dtype
+from .cpu import vllm_cpu_binding
+from .engine_env import ENTRY_SCRIPT, HOST, SETUP_HINT, EngineInfo, check_environment, child_environment
+from .errors import Cancelled, EngineError
+from .process_group import kill_group
 from .progress import NullProgress, Progress
 from .settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings, floodmapper_home
+from .transport_choice import engine_dtype, plan_local_engine
 
-ENTRY_SCRIPT = Path(__file__).resolve().with_name("vllm_entry.py")
-HOST = "127.0.0.1"
 IO_PROCESSOR = "terratorch_segmentation"
-CHECK_TIMEOUT = 300.0  # importing vLLM + TerraTorch takes ~20 s on 2 idle cores, much more when busy
 STOP_GRACE = 15.0  # vLLM shuts its engine core down within a few seconds of SIGTERM
 LOG_TAIL = 40  # log lines quoted in an error
-
-SETUP_HINT = (
-    "Build the vLLM environment with scripts/setup-vllm-env (see README), or point the plugin's "
-    "'vLLM Python' setting (or FLOODMAPPER_VLLM_PYTHON) at the python of an environment with vLLM and TerraTorch."
-)
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    """What `vllm_entry.py --check` found in the vLLM environment."""
-
-    python: str
-    vllm: str
-    terratorch: str
-    torch: str
-    device: str  # gpu | cpu
-    io_processor_plugins: tuple[str, ...] = ()
-    raw: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def vllm_tuple(self) -> tuple[int, ...]:
-        return version_tuple(self.vllm)
-
 
 @dataclass
 class EngineStatus:
@@ -98,167 +72,21 @@ class EngineStatus:
         )
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    """'0.11.1rc2+cpu' -> (0, 11, 1): enough to compare feature thresholds."""
-    parts: list[int] = []
-    for piece in text.split("+")[0].split("."):
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        parts.append(int(digits))
-        if len(digits) != len(piece):
-            break
-    return tuple(parts)
-
-
-def resolve_python(vllm_python: str) -> str:
-    """The interpreter to run vllm_entry.py with.
-
-    The setting may name the environment's python or its `vllm` console script; for the latter the
-    script's shebang names the python (the vllm-cpu console script itself is broken, see vllm_entry.py).
-    """
-    path = shutil.which(vllm_python) or vllm_python
-    if not os.path.isfile(path):
-        raise EngineError(f"The vLLM environment's Python was not found at {vllm_python}.", SETUP_HINT)
-    if "python" not in os.path.basename(path).lower():
-        with open(path, "rb") as fh:
-            first = fh.readline(512).decode("utf-8", "replace").strip()
-        if first.startswith("#!"):
-            interpreter = first[2:].strip().split()[0]
-            if "python" in os.path.basename(interpreter) and os.path.isfile(interpreter):
-                return interpreter
-        raise EngineError(
-            f"{vllm_python} is neither a Python interpreter nor a `vllm` script whose first line names one.",
-            SETUP_HINT,
-        )
-    return path
-
-
-def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for the vLLM process: ours minus what would make it import QGIS's Python.
-
-    QGIS sets PYTHONPATH/PYTHONHOME to its own interpreter's folders; inherited, they put QGIS's numpy and
-    site-packages in front of the vLLM environment's.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONUNBUFFERED"] = "1"  # log lines arrive as they are written, not at exit
-    env.setdefault("VLLM_HOST_IP", HOST)
-    env.setdefault("NO_PROXY", "127.0.0.1,localhost")
-    if extra:
-        env.update(extra)
-    return env
-
-
-_CHECK_CACHE: dict[tuple[str, str], EngineInfo] = {}
-_CHECK_LOCK = threading.Lock()
-
-
-def check_environment(vllm_python: str, entry: str | Path = ENTRY_SCRIPT, timeout: float = CHECK_TIMEOUT,
-                      refresh: bool = False) -> EngineInfo:
-    """Ask the vLLM environment what it has (once per interpreter; it takes ~20 s)."""
-    python = resolve_python(vllm_python)
-    key = (os.path.realpath(python) if os.path.exists(python) else python, str(entry))
-    with _CHECK_LOCK:
-        if not refresh and key in _CHECK_CACHE:
-            return _CHECK_CACHE[key]
-        try:
-            proc = subprocess.run(
-                [python, str(entry), "--check"], capture_output=True, text=True, timeout=timeout,
-                env=child_environment(), stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise EngineError(
-                f"The vLLM environment at {python} did not answer its import check in {timeout:.0f} s.",
-                "The machine may be very busy; try again, or rebuild the environment with scripts/setup-vllm-env.",
-            ) from exc
-        except OSError as exc:
-            raise EngineError(f"Cannot run the vLLM environment's Python {python}: {exc}.", SETUP_HINT) from exc
-        data: dict = {}
-        for line in reversed(proc.stdout.splitlines()):
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    data = json.loads(line)
-                except ValueError:
-                    continue
-                break
-        if proc.returncode != 0 or not data or data.get("error"):
-            detail = data.get("error") or (proc.stderr or proc.stdout).strip()[-1500:]
-            raise EngineError(
-                f"The vLLM environment at {python} cannot serve models: {detail}",
-                SETUP_HINT,
-            )
-        info = EngineInfo(
-            python=python,
-            vllm=str(data.get("vllm", "")),
-            terratorch=str(data.get("terratorch", "")),
-            torch=str(data.get("torch", "")),
-            device=str(data.get("device", "cpu")),
-            io_processor_plugins=tuple(data.get("io_processor_plugins") or ()),
-            raw=data,
-        )
-        _CHECK_CACHE[key] = info
-        return info
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
-@dataclass(frozen=True)
-class EnginePlan:
-    """How the local engine runs for one job: its --dtype, and whether it loads the IOProcessor plugin."""
-
-    dtype: str
-    io_processor: bool
-    reason: str
+# Every engine with a process, made through the registry (engines.py) or not: the exit hook stops them all.
+# Lock order: an engine's own lock, then this one; never an engine's lock while holding this one.
+_LIVE: set[LocalEngine] = set()
+_LIVE_LOCK = threading.RLock()
 
 
-IMAGE_DTYPE_REASON = "the TerraTorch IOProcessor (image-to-image) sends float16 tiles"
-
-
-def engine_dtype(settings: Settings, device: str) -> DtypeChoice:
-    """The dtype the engine runs in when nothing forces float16: the setting, or the fastest for the device."""
-    requested = (settings.dtype or "auto").strip().lower()
-    if requested != "auto":
-        try:
-            return DtypeChoice(normalise_dtype(requested), "the engine's dtype setting")
-        except ModelSpecError as exc:
-            raise EngineError(f"The engine's dtype setting '{settings.dtype}' is not a dtype.",
-                              "Choose auto, float16, float32 or bfloat16 in the Flood Mapper options.") from exc
-    if device == "gpu":
-        return DtypeChoice("float16", "float16 is what GPUs run fastest")
-    return fastest_dtype()
-
-
-def plan_local_engine(settings: Settings, transport: str, too_large_for_image: bool,
-                      device: str) -> EnginePlan:
-    """The engine's dtype and transport for a job: image-to-image only in float16 (the IOProcessor sends
-    nothing else), so a CPU that runs float16 slowly gets the tensor transport in its fastest dtype."""
-    if transport == "image":
-        if (settings.dtype or "auto").lower() not in ("auto", "float16", "half", "fp16"):
-            raise EngineError(
-                f"Image-to-image needs the engine in float16 ({IMAGE_DTYPE_REASON}), and its dtype is set to "
-                f"{settings.dtype}.",
-                "Use the tensor transport (or auto), or set the engine's dtype to auto or float16 in the "
-                "Flood Mapper options.")
-        return EnginePlan("float16", True, IMAGE_DTYPE_REASON)
-    choice = engine_dtype(settings, device)
-    if transport == "tensor":
-        return EnginePlan(choice.dtype, False, f"tensor transport as asked; {choice.dtype}: {choice.reason}")
-    if choice.dtype != "float16":
-        return EnginePlan(choice.dtype, False, f"{choice.dtype} ({choice.reason}), which only the tensor "
-                          "transport can send (the IOProcessor sends float16)")
-    if too_large_for_image:
-        return EnginePlan("float16", False, "float16; the raster is above the image-to-image limit, so it goes "
-                          "in tiles (tensor transport)")
-    return EnginePlan("float16", True, f"float16 ({choice.reason}), image-to-image")
+def live_engines() -> list[LocalEngine]:
+    with _LIVE_LOCK:
+        return list(_LIVE)
 
 
 class LocalEngine:
@@ -394,7 +222,7 @@ class LocalEngine:
         if self.io_processor:
             # TerraTorch's IOProcessor always sends float16 tiles; any other model dtype kills the engine
             # on the first request ("Input type (c10::Half) and bias type (float) should be the same").
-            dtype = plan_local_engine(s, "image", False, device).dtype
+            dtype = plan_local_engine(s, "image", None, 0, device).dtype
         else:
             dtype = engine_dtype(s, device).dtype
         self.dtype = dtype
@@ -461,7 +289,7 @@ class LocalEngine:
         except OSError as exc:
             self._cleanup_files()
             raise EngineError(f"Cannot start the vLLM engine ({cmd[0]}): {exc}.", SETUP_HINT) from exc
-        with _REGISTRY_LOCK:
+        with _LIVE_LOCK:
             _LIVE.add(self)  # stop_all()/atexit reach it even if it was made outside get_engine()
         self._reader = threading.Thread(target=self._read_output, args=(self._proc,), daemon=True,
                                         name="floodmapper-engine-log")
@@ -561,7 +389,7 @@ class LocalEngine:
     def _terminate(self) -> None:
         proc = self._proc
         if proc is not None:
-            _kill_group(proc, STOP_GRACE)
+            kill_group(proc, STOP_GRACE)
             if self._reader is not None:
                 self._reader.join(timeout=5)
             self._emit(f"[floodmapper] engine stopped (exit code {proc.returncode})")
@@ -570,7 +398,7 @@ class LocalEngine:
         self._healthy_once = False
         self.url = ""
         self._cleanup_files()
-        with _REGISTRY_LOCK:
+        with _LIVE_LOCK:
             _LIVE.discard(self)
 
     def _cleanup_files(self) -> None:
@@ -580,53 +408,6 @@ class LocalEngine:
         if self._out_dir:
             shutil.rmtree(self._out_dir, ignore_errors=True)
             self._out_dir = None
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _kill_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group led by `proc`, SIGKILL what is left after `grace`, reap the leader."""
-    if os.name != "posix":
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return
-    pgid = proc.pid  # start_new_session: the leader's pid is the group id
-    if _group_alive(pgid):
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, or its zombie keeps the group "alive"
-        if not _group_alive(pgid):
-            break
-        time.sleep(0.1)
-    else:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed processes always end
-        pass
-    for _ in range(50):  # orphans are reaped by init; wait for them briefly
-        if not _group_alive(pgid):
-            break
-        time.sleep(0.1)
 
 
 def is_demo_model(model: str) -> bool:
@@ -646,74 +427,4 @@ def engine_key_hash(settings: Settings, io_processor: bool = True) -> str:
     return hashlib.sha256(repr(engine_key(settings, io_processor)).encode()).hexdigest()[:10]
 
 
-_ENGINES: dict[tuple, LocalEngine] = {}
-_LIVE: set[LocalEngine] = set()  # every engine with a process, registered or not
-# Lock order: an engine's own lock, then this one; never an engine's lock while holding this one.
-_REGISTRY_LOCK = threading.RLock()
-
-
-def get_engine(
-    settings: Settings,
-    *,
-    io_processor: bool = True,
-    log_dir: str | Path | None = None,
-    on_log: Callable[[str], None] | None = None,
-    exclusive: bool = True,
-    entry: str | Path = ENTRY_SCRIPT,
-) -> LocalEngine:
-    """The engine for these settings, reused across runs; with `exclusive`, other engines are stopped.
-
-    `on_log` replaces the log callback of a reused engine (each run has its own feedback).
-    """
-    key = engine_key(settings, io_processor)
-    others: list[LocalEngine] = []
-    with _REGISTRY_LOCK:
-        engine = _ENGINES.get(key)
-        if exclusive:
-            others = [_ENGINES.pop(k) for k in list(_ENGINES) if k != key]
-            others += [e for e in _LIVE if e is not engine and e not in others]
-        if engine is None:
-            engine = LocalEngine(settings, log_dir, on_log, io_processor=io_processor, entry=entry)
-            _ENGINES[key] = engine
-        else:
-            engine.on_log = on_log
-    for other in others:  # outside the registry lock: stop() takes the engine's own lock
-        other.stop()
-    return engine
-
-
-def running_engines() -> list[LocalEngine]:
-    with _REGISTRY_LOCK:
-        return [e for e in _LIVE if e.is_alive()]
-
-
-def stop_all() -> None:
-    """Stop every engine this process started (plugin unload, QGIS exit)."""
-    with _REGISTRY_LOCK:
-        engines = list(_ENGINES.values()) + [e for e in _LIVE if e not in _ENGINES.values()]
-        _ENGINES.clear()
-    for engine in engines:
-        engine.stop()
-
-
-def engine_status(settings: Settings, *, io_processor: bool | None = None, start: bool = False,
-                  progress: Progress | None = None, entry: str | Path = ENTRY_SCRIPT) -> EngineStatus:
-    """The "Test" button: what the vLLM environment has and, if running (or `start`), what it serves.
-
-    Without `io_processor`, the engine is the one a job on a small raster would start (plan_local_engine)."""
-    if io_processor is None:
-        device = check_environment(settings.vllm_python, entry).device
-        plan = plan_local_engine(settings, "auto", False, device)
-        settings, io_processor = replace(settings, dtype=plan.dtype), plan.io_processor
-    engine = get_engine(settings, io_processor=io_processor, exclusive=start, entry=entry)
-    if start:
-        engine.ensure_running(progress)
-    return engine.status()
-
-
-atexit.register(stop_all)
-
-__all__ = [
-    "EngineInfo", "EngineStatus", "LocalEngine", "check_environment", "engine_status", "get_engine",
-    "running_engines", "stop_all", "version_tuple",
-]
+__all__ = ["EngineStatus", "LocalEngine", "engine_key", "live_engines"]

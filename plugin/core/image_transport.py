@@ -1,9 +1,7 @@
 """Image-to-image transport: the server's `terratorch_segmentation` IOProcessor reads the raster itself.
 
-The plugin can only read a raster by server-side path or by URL (TerraTorch 1.2.4+ rejects inline
-base64 uploads), so this transport works when the server can reach the file: a local engine or a loopback
-server, a shared folder with a path mapping, or an http(s) URL. Everything else goes through the tensor
-transport. The answer is a base64 GeoTIFF of class × 255, turned into a 0/1/255 map by raster.py.
+One /pooling request names the raster (a path the server sees, or a URL: image_source.py); the answer is a
+base64 GeoTIFF of class × 255, made into the 0/1/255 flood map by server_map.py.
 """
 
 from __future__ import annotations
@@ -12,37 +10,29 @@ import base64
 import binascii
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
-from typing import TYPE_CHECKING, Optional
 
-from .errors import EngineDied, InputError, ServerError, TransportUnsupported
-from .progress import Progress, check_cancel
-from .raster import RasterInfo, Stats, finalize_classes
+from .errors import EngineDied, InputError, ServerError
+from .jobs import ImageJob, Stats
+from .progress import Progress, ProgressSpan, check_cancel
+from .server_map import finalize_classes
+from .versions import version_tuple
 
-if TYPE_CHECKING:
-    from .pipeline import MapFloodsRequest
-
-VSICURL = "/vsicurl/"
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    numbers = re.findall(r"\d+", version.split("+")[0])[:3]
-    return tuple(int(n) for n in numbers)
+SECONDS_PER_TILE = 2.0  # a rough guess of a CPU server's time per 512² tile, to move the progress bar
 
 
 def version_quirks(version: str) -> tuple[dict, list[str]]:
-    """Extra top-level payload fields and warnings for a vLLM version (CONTRACT.md, "Version churn").
+    """Extra top-level payload fields and warnings for a vLLM version.
 
     vLLM 0.10.2/0.11.0 softmax the plugin's output along the wrong axis unless `"softmax": false`; later
     versions ignore the field (unknown top-level fields are dropped), so it is always sent.
     """
     extra: dict = {"softmax": False}
     warnings: list[str] = []
-    v = _version_tuple(version)
+    v = version_tuple(version)
     if v and v < (0, 10, 2):
         warnings.append(
             f"vLLM {version} predates IOProcessor plugins (0.10.2); image-to-image will not work with it."
@@ -50,52 +40,6 @@ def version_quirks(version: str) -> tuple[dict, list[str]]:
     elif v[:2] == (0, 15):
         warnings.append(f"vLLM {version} is known to be broken for TerraTorch models; use another version.")
     return extra, warnings
-
-
-def server_source(request: MapFloodsRequest, info: Optional[RasterInfo] = None) -> tuple[str, str]:
-    """(data, data_format) through which the server can read the input, or TransportUnsupported."""
-    source = request.input_path
-    if source.startswith(VSICURL):
-        source = source[len(VSICURL):]
-    if re.match(r"(?i)https?://", source):
-        return source, "url"
-    way_out = (
-        "Use the tensor transport (a server started without the IOProcessor plugin), set a path mapping "
-        "(a local folder the server sees under another path), or export the layer to a GeoTIFF in a folder "
-        "the server can read or at an http(s) URL."
-    )
-    if source.startswith("/vsi"):
-        raise TransportUnsupported(
-            f"The image transport cannot send '{request.input_path}': the server reads rasters only by file "
-            "path or http(s) URL.",
-            way_out,
-        )
-    if not os.path.isfile(source):
-        raise TransportUnsupported(
-            f"The layer '{request.input_path}' is not a file (a database, web service or in-memory layer), "
-            "so the server cannot read it.",
-            way_out,
-        )
-    if (info is not None and info.driver == "VRT") or source.lower().endswith(".vrt"):
-        raise TransportUnsupported(
-            f"'{request.input_path}' is a virtual raster (VRT); the server reads the file's bytes and cannot "
-            "follow the files a VRT refers to.",
-            "Export it to a GeoTIFF first (Raster > Conversion > Translate), or use the tensor transport.",
-        )
-    local = os.path.abspath(source)
-    if request.path_map_local and request.path_map_server:
-        prefix = os.path.abspath(request.path_map_local)
-        if local == prefix or local.startswith(prefix.rstrip(os.sep) + os.sep):
-            rel = os.path.relpath(local, prefix).replace(os.sep, "/")
-            server_prefix = request.path_map_server.rstrip("/")
-            return (server_prefix if rel == "." else f"{server_prefix}/{rel}"), "path"
-    if request.server_can_read_local_files:
-        return local, "path"
-    raise TransportUnsupported(
-        f"The server at {request.server_url} cannot read the local file '{request.input_path}' "
-        "(it runs on another machine and the file is not under a mapped folder).",
-        way_out,
-    )
 
 
 def build_payload(model: str, data: str, data_format: str, indices: list[int], version: str = "") -> dict:
@@ -131,36 +75,29 @@ def decode_response(answer: dict) -> bytes:
     return raw
 
 
-def run_image(
-    request: MapFloodsRequest,
-    client,
-    info: RasterInfo,
-    band_indices: list[int],
-    model: str,
-    progress: Progress,
-    version: str = "",
-    expected_seconds: float = 30.0,
-) -> Stats:
+def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan) -> Stats:
     """Send one /pooling request, wait (cancellable), write the map; returns its statistics.
 
     The decoded server GeoTIFF goes to a private temp folder (removed whatever happens) rather than staying
     in memory next to its base64 text, which halves the peak memory for large scenes.
     """
-    data, data_format = server_source(request, info)
-    payload = build_payload(model, data, data_format, band_indices, version)
-    workdir = tempfile.mkdtemp(prefix="floodmapper-")
+    payload = build_payload(job.model, job.data, job.data_format, job.bands, job.version)
+    info = job.input
+    expected = 3.0 + SECONDS_PER_TILE * info.width * info.height / (512 * 512)
+    waiting, writing = span.split(0.9)
     last_note = [0.0]
 
     def on_wait(elapsed: float) -> None:
-        progress.set_progress(10.0 + 78.0 * (1.0 - math.exp(-elapsed / max(expected_seconds, 1.0))))
+        progress.set_progress(waiting.at(1.0 - math.exp(-elapsed / expected)))
         if elapsed - last_note[0] >= 15.0:
             last_note[0] = elapsed
             progress.info(f"Still waiting for the server ({elapsed:.0f} s)")
 
+    workdir = tempfile.mkdtemp(prefix="floodmapper-")
     try:
-        progress.set_progress(10)
+        progress.set_progress(waiting.at(0))
         progress.info(
-            f"Request sent ({data_format} {client.redact(data)}, bands {[b + 1 for b in band_indices]}); "
+            f"Request sent ({job.data_format} {client.redact(job.data)}, bands {[b + 1 for b in job.bands]}); "
             "waiting for the server..."
         )
         t0 = time.monotonic()
@@ -183,12 +120,11 @@ def run_image(
             fh.write(decode_response(answer))
         del answer
         check_cancel(progress)
-        progress.set_progress(90)
-        progress.info(f"Writing the flood map to {request.output_path}")
+        progress.set_progress(writing.at(0))
+        progress.info(f"Writing the flood map to {job.output_path}")
         return finalize_classes(
-            server_tiff, info.path, band_indices, request.output_path,
-            cancel=progress.is_canceled,
-            on_progress=lambda fraction: progress.set_progress(90.0 + 9.0 * fraction),
+            server_tiff, info.path, job.bands, job.output_path, cancel=progress.is_canceled,
+            on_progress=lambda fraction: progress.set_progress(writing.at(fraction)),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -3,7 +3,7 @@
 In tensor-to-tensor mode the server does no pre-processing: the client selects the bands, scales to
 reflectance, normalises with the training means/stds, cuts tiles of the size the model was profiled with,
 and casts to the dtype the server runs (a float32 tensor sent to a float16 server kills the server). All of
-that lives in the model folder's `config.json` (seed 003 layout: `pretrained_cfg.input/model/data`), so a
+that lives in the model folder's `config.json` (vLLM's TerraTorch layout: `pretrained_cfg.input/model/data`), so a
 `ModelSpec` is read from there: a local folder or file, a URL, or a built-in preset for models whose config
 lacks something (e.g. means/stds kept in the datamodule class rather than in the config).
 """
@@ -165,7 +165,7 @@ def spec_from_config(cfg: dict[str, Any], source: str = "", name: str = "") -> M
     pcfg = cfg.get("pretrained_cfg")
     if not isinstance(pcfg, dict):
         raise ModelSpecError(f"The model config from {source or 'the given source'} has no pretrained_cfg.",
-                             "A vLLM TerraTorch config.json needs pretrained_cfg.input/model/data (seed 003).")
+                             "A vLLM TerraTorch config.json needs pretrained_cfg.input, .model and .data.")
     inputs = _dig(pcfg, "input.data")
     if not isinstance(inputs, dict) or not inputs:
         raise ModelSpecError("The model config has no pretrained_cfg.input.data.",
@@ -291,6 +291,15 @@ def preset_for_model_name(model: str) -> Optional[str]:
     if PRESET_PRITHVI_SEN1FLOODS11 in last:
         return PRESET_PRITHVI_SEN1FLOODS11
     return None
+
+
+def served_spec_source(model: str, root: str) -> str:
+    """Where a served model's spec is, from its name and the `root` /v1/models gives: "" when its name is a
+    preset (resolve_model_spec finds it by name), else the preset its folder stands for, or that folder when
+    it is on this computer (the local engine, a loopback server)."""
+    if preset_for_model_name(model) or not root:
+        return ""
+    return preset_for_model_name(root) or (root if os.path.isfile(os.path.join(root, "config.json")) else "")
 
 
 def load_model_spec(source: str, *, session: Any = None, timeout: float = 30.0) -> ModelSpec:

@@ -20,8 +20,8 @@ class WaterPolygon:
     pixels: int
 
 
-def water_polygons(path: str, min_pixels: int = 0, connectivity: int = 4) -> Iterator[WaterPolygon]:
-    """Yield one polygon per connected water area of at least `min_pixels` pixels."""
+def water_polygons(path: str, connectivity: int = 4) -> Iterator[WaterPolygon]:
+    """Yield one polygon per connected water area."""
     import rasterio
     from rasterio import features
 
@@ -36,9 +36,7 @@ def water_polygons(path: str, min_pixels: int = 0, connectivity: int = 4) -> Ite
             continue
         rings = [[(float(x), float(y)) for x, y in ring] for ring in geom["coordinates"]]
         area = _ring_area(rings[0]) - sum(_ring_area(r) for r in rings[1:])
-        pixels = int(round(area / pixel_area)) if pixel_area else 0
-        if pixels >= min_pixels:
-            yield WaterPolygon(rings, pixels)
+        yield WaterPolygon(rings, int(round(area / pixel_area)) if pixel_area else 0)
 
 
 def _ring_area(ring: list[tuple[float, float]]) -> float:

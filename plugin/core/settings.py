@@ -20,7 +20,7 @@ PLUGIN_DIR = Path(__file__).resolve().parents[2]
 DEMO_MODEL_DIR = PLUGIN_DIR / "resources" / "demo_model"
 DEMO_MODEL_NAME = "floodmapper-demo"
 # Image-to-image sends the whole raster as one request: the server reads it into memory at once inside its
-# event loop (stalling every other request, /health included: CONTRACT.md), with no progress and no partial
+# event loop (stalling every other request, /health included), with no progress and no partial
 # result, against one read timeout. Above this size the tensor transport (tiles, progress, cancel, memory
 # bounded by the tile) is the one that works; 25 MP is ~5000x5000 px, some minutes on a CPU server.
 DEFAULT_IMAGE_MAX_MEGAPIXELS = 25.0

@@ -14,27 +14,21 @@ from qgis.PyQt import uic
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.settings import Settings
+from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
 from ..toolbelt.i18n import tr
 
 ROOT = Path(__file__).resolve().parents[2]
 FORM_CLASS, _ = uic.loadUiType(str(ROOT / "ui" / "options.ui"))
-ICON = ROOT / "resources" / "icons" / "floodmapper.svg"
 DEVICES = ["auto", "gpu", "cpu"]
 DTYPES = ["auto", "float16", "float32", "bfloat16"]
 
 
 def describe_server(settings: Settings) -> str:
     """What a remote server is: version, models, which transport it serves (runs in a task)."""
-    from ..core.client import VllmClient
-    from ..toolbelt.auth import headers_for
-    from ..toolbelt.proxy import proxies_for
+    from ..toolbelt.server import remote_client
 
-    client = VllmClient(
-        settings.server_url, headers=headers_for(settings.authcfg), connect_timeout=settings.connect_timeout,
-        read_timeout=min(settings.read_timeout, 60.0), verify=settings.ca_bundle or settings.verify_tls,
-        proxies=proxies_for(settings.server_url),
-    )
+    client = remote_client(settings, settings.server_url, read_timeout=min(settings.read_timeout, 60.0))
     try:
         models = client.models()
         lines = [f"Server {settings.server_url}: vLLM {client.version()}", f"Models: {', '.join(models)}"]
@@ -50,7 +44,7 @@ def describe_server(settings: Settings) -> str:
 
 
 def describe_engine(settings: Settings) -> str:
-    from ..core.engine import engine_status
+    from ..core.engines import engine_status
 
     return engine_status(settings, start=True).summary()
 
@@ -145,7 +139,7 @@ class FloodMapperOptionsFactory(QgsOptionsWidgetFactory):
         self.setTitle(tr("Flood Mapper"))
 
     def icon(self) -> QIcon:
-        return QIcon(str(ICON))
+        return resources.icon()
 
     def createWidget(self, parent):  # noqa: N802 (QGIS API)
         return FloodMapperOptionsWidget(parent)

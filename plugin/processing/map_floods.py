@@ -7,23 +7,10 @@ algorithm runs in a background thread, in the batch dialog (one context per row)
 
 from __future__ import annotations
 
-import ipaddress
-import logging
-import os
 import traceback
-from pathlib import Path
-from urllib.parse import urlparse
 
 from qgis.core import (
     Qgis,
-    QgsCoordinateReferenceSystem,
-    QgsDistanceArea,
-    QgsFeature,
-    QgsFeatureSink,
-    QgsField,
-    QgsFields,
-    QgsGeometry,
-    QgsPointXY,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -41,92 +28,22 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError, InputError
+from ..core.jobs import TRANSPORT_AUTO, TRANSPORT_IMAGE, TRANSPORT_TENSOR, MapFloodsRequest, MapFloodsResult
 from ..core.model_spec import PRESETS
-from ..core.pipeline import (
-    BACKEND_LOCAL,
-    BACKEND_REMOTE,
-    TRANSPORT_AUTO,
-    TRANSPORT_IMAGE,
-    TRANSPORT_TENSOR,
-    MapFloodsRequest,
-    MapFloodsResult,
-)
 from ..toolbelt import log as qlog
+from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
-from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, WKB_POLYGON
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
-from .postprocessor import FloodLayerPostProcessor
+from .layer_inputs import layer_source, parse_bands
+from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
+from .water_polygons import write_water_polygons
 
-LOG = logging.getLogger("floodmapper")
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "floodmapper.svg"
 HELP_URL = "https://example.org/floodmapper#map-floods"
 
-BACKENDS = [BACKEND_REMOTE, BACKEND_LOCAL]
+BACKEND_REMOTE, BACKEND_LOCAL = 0, 1
 TRANSPORTS = [TRANSPORT_AUTO, TRANSPORT_IMAGE, TRANSPORT_TENSOR]
 SERVER_DTYPES = ["auto", "float16", "float32", "bfloat16"]
-
-
-def parse_bands(text: str) -> list[int] | None:
-    """'2,3,4, 9 12;13' -> [2, 3, 4, 9, 12, 13]; '' -> None (automatic)."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    try:
-        bands = [int(p) for p in parts]
-    except ValueError:
-        raise InputError(
-            f"BANDS '{text}' is not a list of band numbers.",
-            "Give 1-based band numbers in the model's band order, e.g. 2,3,4,9,12,13, or leave it empty.",
-        ) from None
-    if any(b < 1 for b in bands):
-        raise InputError(f"BANDS '{text}' has a band number below 1.", "Band numbers start at 1.")
-    return bands
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def layer_source(layer) -> str:
-    """The GDAL source the server or the client can read, or an InputError naming the way out."""
-    if layer.providerType() != "gdal":
-        raise InputError(
-            f"Layer '{layer.name()}' is a {layer.providerType()} layer, not a raster file.",
-            "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…) and map floods on the export.",
-        )
-    source = layer.source().split("|")[0]
-    if source.startswith(("/vsicurl/", "http://", "https://")) or os.path.exists(source):
-        return source
-    raise InputError(
-        f"Layer '{layer.name()}' is not a readable file or URL ({source}).",
-        "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…).",
-    )
-
-
-STYLE = Path(__file__).resolve().parents[2] / "resources" / "styles" / "flood.qml"
-
-
-def write_style_sidecar(output: str) -> None:
-    """Put flood.qml beside the GeoTIFF: QGIS applies it whenever the file is opened (qgis_process, batch)."""
-    import shutil
-
-    sidecar = Path(output).with_suffix(".qml")
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    shutil.copyfile(STYLE, tmp)
-    os.replace(tmp, sidecar)
-
-
-def engine_log(line: str) -> None:
-    """The local engine's log lines go to the QGIS log panel (tab "Flood Mapper")."""
-    qlog.log(f"[engine] {line}")
 
 
 def summary_text(input_name: str, result: MapFloodsResult) -> str:
@@ -182,7 +99,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return tr("Segment water in a multispectral raster with a model served by vLLM")
 
     def icon(self) -> QIcon:
-        return QIcon(str(ICON))
+        return resources.icon()
 
     def tags(self) -> list[str]:
         return ["flood", "water", "segmentation", "prithvi", "terratorch", "vllm", "sentinel-2", "ai"]
@@ -358,139 +275,50 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         }
         if result.probability_path:
             outputs[self.PROBABILITY] = result.probability_path
-        polygons_id = self._write_polygons(parameters, context, feedback, output)
+        polygons_id = write_water_polygons(self, parameters, self.WATER_POLYGONS,
+                                           self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                                           context, feedback, output)
         if polygons_id:
             outputs[self.WATER_POLYGONS] = polygons_id
         return outputs
 
-    def _write_polygons(self, parameters, context, feedback, classes_path: str) -> str | None:
-        """Trace water areas into the optional WATER_POLYGONS sink, with ellipsoidal areas in m²."""
-        from ..core.polygons import water_polygons
-
-        if not parameters.get(self.WATER_POLYGONS):
-            return None
-        import rasterio
-
-        with rasterio.open(classes_path) as ds:
-            crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
-        fields = QgsFields()
-        fields.append(QgsField("id", FIELD_INT))
-        fields.append(QgsField("area_m2", FIELD_DOUBLE))
-        fields.append(QgsField("pixels", FIELD_INT))
-        sink, dest_id = self.parameterAsSink(
-            parameters, self.WATER_POLYGONS, context, fields, WKB_POLYGON, crs,
-        )
-        if sink is None:
-            return None
-        measure = QgsDistanceArea()
-        measure.setSourceCrs(crs, context.transformContext())
-        ellipsoid = context.ellipsoid()
-        if not ellipsoid or ellipsoid.upper() == "NONE":  # qgis_process and scripts have no project ellipsoid
-            ellipsoid = "EPSG:7030"  # WGS 84
-        measure.setEllipsoid(ellipsoid)
-        min_area = self.parameterAsDouble(parameters, self.MIN_AREA, context)
-        kept = dropped = 0
-        for polygon in water_polygons(classes_path):
-            if feedback.isCanceled():
-                break
-            geometry = QgsGeometry.fromPolygonXY([[QgsPointXY(x, y) for x, y in ring] for ring in polygon.rings])
-            area = measure.measureArea(geometry)
-            if area < min_area:
-                dropped += 1
-                continue
-            kept += 1
-            feature = QgsFeature(fields)
-            feature.setGeometry(geometry)
-            feature.setAttributes([kept, area, polygon.pixels])
-            sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
-        feedback.pushInfo(tr("Water polygons: {kept} kept, {dropped} smaller than {min} m² left out.").format(
-            kept=kept, dropped=dropped, min=min_area))
-        return dest_id
-
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:
-        from ..core.client import VllmClient
+        from ..core.backends import LocalBackend, RemoteBackend
         from ..core.pipeline import map_floods
-        from ..toolbelt.auth import headers_for
-        from ..toolbelt.proxy import proxies_for
+        from ..core.urls import is_loopback_url
+        from ..toolbelt.server import remote_client
 
         if self._source_error is not None:
             raise self._source_error
-        backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
-        transport = TRANSPORTS[self.parameterAsEnum(parameters, self.TRANSPORT, context)]
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or ""
+        backend_index = self.parameterAsEnum(parameters, self.BACKEND, context)
         settings = stored_settings.load()
-        stored_settings.set_value("last_backend", BACKENDS.index(backend))
-
-        server_dtype = SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)]
-        dtype_reason = ""
-        if backend == BACKEND_LOCAL:
-            from dataclasses import replace
-
-            from ..core.engine import check_environment, get_engine, plan_local_engine
-
-            # one server, one transport: the engine loads the IOProcessor only for float16 image-to-image
-            device = check_environment(settings.vllm_python).device
-            plan = plan_local_engine(settings, transport, transport == TRANSPORT_AUTO
-                                     and self._too_large_for_image(settings, progress), device)
-            progress.info(tr("Local engine: {reason}").format(reason=plan.reason))
-            engine = get_engine(replace(settings, dtype=plan.dtype), on_log=engine_log,
-                                io_processor=plan.io_processor)
-            url = engine.ensure_running(progress, timeout=settings.startup_timeout)
-            headers: dict[str, str] = {}
-            server_reads_files = True
-            server_dtype, dtype_reason = plan.dtype, f"the local engine runs {plan.dtype}"
-        else:
-            url = (self.parameterAsString(parameters, self.SERVER_URL, context) or settings.server_url).strip()
-            if not url:
-                raise InputError("No server URL.", "Set SERVER_URL, or the server URL in Flood Mapper's options.")
-            headers = headers_for(settings.authcfg)
-            server_reads_files = is_loopback_url(url) or bool(settings.path_map_local)
-        verify: bool | str = settings.ca_bundle or settings.verify_tls
-        client = VllmClient(
-            url, headers=headers, connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout, verify=verify, proxies=proxies_for(url),
-        )
+        stored_settings.set_value("last_backend", backend_index)
         request = MapFloodsRequest(
             input_path=self._source,
-            output_path=output,
-            server_url=url,
-            server_can_read_local_files=server_reads_files,
+            output_path=self.parameterAsOutputLayer(parameters, self.OUTPUT, context),
+            server_url="",
             model=self.parameterAsString(parameters, self.MODEL, context).strip(),
             model_spec_source=self.parameterAsString(parameters, self.MODEL_SPEC, context).strip(),
-            transport=transport,
+            transport=TRANSPORTS[self.parameterAsEnum(parameters, self.TRANSPORT, context)],
             bands=parse_bands(self.parameterAsString(parameters, self.BANDS, context)),
-            path_map_local=settings.path_map_local if backend == BACKEND_REMOTE else "",
-            path_map_server=settings.path_map_server if backend == BACKEND_REMOTE else "",
             image_max_megapixels=settings.image_max_megapixels,
             overlap=self._optional_number(parameters, self.OVERLAP, context),
             concurrency=self._optional_int(parameters, self.CONCURRENCY, context),
             scale=self._optional_number(parameters, self.SCALE, context),
             offset=self._optional_number(parameters, self.OFFSET, context),
-            probability_path=probability,
-            server_dtype=server_dtype,
-            server_dtype_reason=dtype_reason,
+            probability_path=self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or "",
+            server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
         )
-        try:
-            return map_floods(request, client, progress)
-        finally:
-            client.close()
-
-    def _too_large_for_image(self, settings, progress: FeedbackProgress) -> bool:
-        """Whether the input is above the image-to-image limit (then the local engine runs in tensor mode)."""
-        from ..core.pipeline import image_too_large
-        from ..core.raster import inspect
-
-        try:
-            info = inspect(self._source)
-        except FloodMapperError:
-            return False  # the job reports it, with its fix, before any request
-        if not image_too_large(info.width, info.height, settings.image_max_megapixels):
-            return False
-        progress.info(tr("The raster is {w}×{h} px, above the image-to-image limit of {mp:g} MP: the local "
-                         "engine runs without the IOProcessor plugin and the raster goes in tiles (tensor "
-                         "transport).").format(w=info.width, h=info.height, mp=settings.image_max_megapixels))
-        return True
+        if backend_index == BACKEND_LOCAL:
+            return map_floods(request, LocalBackend(settings, on_log=qlog.engine_log), progress)
+        url = (self.parameterAsString(parameters, self.SERVER_URL, context) or settings.server_url).strip()
+        if not url:
+            raise InputError("No server URL.", "Set SERVER_URL, or the server URL in Flood Mapper's options.")
+        request.server_url = url
+        request.server_can_read_local_files = is_loopback_url(url) or bool(settings.path_map_local)
+        request.path_map_local, request.path_map_server = settings.path_map_local, settings.path_map_server
+        with remote_client(settings, url) as client:
+            return map_floods(request, RemoteBackend(client), progress)
 
     def _optional_number(self, parameters, name, context) -> float | None:
         value = parameters.get(name)

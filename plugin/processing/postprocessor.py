@@ -17,6 +17,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QColor
 
 from ..toolbelt.i18n import tr
+from ..toolbelt.resources import FLOOD_STYLE
 
 WATER_COLOR = QColor(31, 120, 209)  # a clear blue, readable over imagery and basemaps
 NOT_WATER_COLOR = QColor(0, 0, 0, 0)  # transparent: the flood layer only adds water to the map
@@ -60,3 +61,15 @@ class FloodLayerPostProcessor(QgsProcessingLayerPostProcessorInterface):
     ) -> None:
         if isinstance(layer, QgsRasterLayer) and layer.isValid():
             style_flood_layer(layer, self.summary)
+
+
+def write_style_sidecar(output: str) -> None:
+    """Put the flood style (.qml) beside the GeoTIFF: QGIS applies it whenever the file is opened."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    sidecar = Path(output).with_suffix(".qml")
+    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
+    shutil.copyfile(FLOOD_STYLE, tmp)
+    os.replace(tmp, sidecar)

@@ -7,8 +7,6 @@ Touches no project or iface, so it runs in the background, in batch mode and in 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import (
     Qgis,
     QgsProcessingAlgorithm,
@@ -25,10 +23,10 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError
 from ..core.model_config import ModelPreparationFailed, detect_terratorch_version, prepare_model
+from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
 from ..toolbelt.i18n import tr
 
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "floodmapper.svg"
 # QGIS 3.36 moved the file-parameter behaviour enum into Qgis; 3.22 only has the class-scoped one.
 FILE_BEHAVIOR = getattr(Qgis, "ProcessingFileParameterBehavior", None) or QgsProcessingParameterFile.Behavior
 
@@ -55,7 +53,7 @@ class PrepareModelAlgorithm(QgsProcessingAlgorithm):
         return tr("Write a vLLM-ready model folder from a TerraTorch config and checkpoint")
 
     def icon(self) -> QIcon:
-        return QIcon(str(ICON))
+        return resources.icon()
 
     def tags(self) -> list[str]:
         return ["terratorch", "vllm", "model", "checkpoint", "config", "prithvi"]

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..toolbelt import resources
 from ..toolbelt.i18n import tr
-
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "floodmapper.svg"
 
 
 class FloodMapperProvider(QgsProcessingProvider):
@@ -23,10 +20,10 @@ class FloodMapperProvider(QgsProcessingProvider):
         return tr("Flood Mapper: flood maps with geospatial foundation models served by vLLM")
 
     def icon(self) -> QIcon:
-        return QIcon(str(ICON))
+        return resources.icon()
 
     def svgIconPath(self) -> str:
-        return str(ICON)
+        return str(resources.ICON_PATH)
 
     def loadAlgorithms(self) -> None:
         from .map_floods import MapFloodsAlgorithm

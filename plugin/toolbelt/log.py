@@ -49,3 +49,8 @@ def uninstall() -> None:
 
 def log(message: str, level: Qgis.MessageLevel = Qgis.MessageLevel.Info) -> None:
     QgsMessageLog.logMessage(message, TAG, level, notifyUser=False)
+
+
+def engine_log(line: str) -> None:
+    """The local engine's log lines go to the QGIS log panel too."""
+    log(f"[engine] {line}")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core import scenes
 from plugin.core.engine import is_demo_model
 from plugin.core.settings import DEMO_MODEL_DIR, Settings
+from scripts import scenes
 
 ROOT = Path(__file__).resolve().parents[2]
 

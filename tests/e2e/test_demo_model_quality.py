@@ -1,4 +1,4 @@
-"""The demo model's water IoU and speed through the REAL vLLM server and its IOProcessor (issue 4).
+"""The demo model's water IoU and speed through the REAL vLLM server and its IOProcessor.
 
 Five generated scenes the model never saw (seeds outside the training range 1000-1063, other sizes
 than the 256 training crops, several CRSs) are posted to /pooling exactly as the plugin's image
@@ -20,7 +20,7 @@ import rasterio
 import requests
 from rasterio.io import MemoryFile
 
-from plugin.core import scenes
+from scripts import scenes
 
 pytestmark = pytest.mark.vllm
 

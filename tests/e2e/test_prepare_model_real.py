@@ -26,8 +26,8 @@ import requests
 import yaml
 from rasterio.io import MemoryFile
 
-from plugin.core import scenes
 from plugin.core.settings import Settings
+from scripts import scenes
 from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm

@@ -1,6 +1,6 @@
 """scripts/serve-demo starts a real vLLM that turns a GeoTIFF into a flood-map GeoTIFF (image-to-image).
 
-The request is the one CONTRACT.md documents for TerraTorch's terratorch_segmentation IOProcessor; the
+The request is the one TerraTorch's terratorch_segmentation IOProcessor documents; the
 answer must sit on the input's grid and hold TerraTorch's class × 255 codes.
 """
 
@@ -17,9 +17,9 @@ import rasterio
 import requests
 from rasterio.io import MemoryFile
 
-from plugin.core import scenes
 from plugin.core.engine import is_demo_model
 from plugin.core.settings import DEMO_MODEL_DIR
+from scripts import scenes
 
 pytestmark = pytest.mark.vllm
 

@@ -15,10 +15,11 @@ import pytest
 import rasterio
 import requests
 
-from plugin.core.client import VllmClient
 from plugin.core.errors import EngineDied
-from plugin.core.pipeline import MapFloodsRequest, map_floods
-from plugin.core.scenes import generate_scene, iou
+from plugin.core.jobs import MapFloodsRequest
+from plugin.core.pipeline import map_floods
+from plugin.core.vllm_api import VllmClient
+from scripts.scenes import generate_scene, iou
 from tests.conftest import free_port
 from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy
 
@@ -74,7 +75,7 @@ def test_torch_reads_the_tensors_written_without_torch(tmp_path):
     """bfloat16 (and old servers' tensors) go as torch.save bytes written here without torch: the vLLM
     environment's torch.load(weights_only=True), which is what vLLM calls, reads them back exactly."""
     from plugin.core.settings import default_vllm_python
-    from plugin.core.torch_save import save_bytes, to_bfloat16
+    from plugin.core.tensor.torch_save import save_bytes, to_bfloat16
 
     values = np.linspace(-70000, 70000, 6 * 8 * 8, dtype=np.float32).reshape(6, 8, 8)
     cases = {"bfloat16": to_bfloat16(values), "float16": values.clip(-65504, 65504).astype(np.float16),
@@ -96,6 +97,6 @@ def test_torch_reads_the_tensors_written_without_torch(tmp_path):
 
 
 def from_carrier(array, dtype):
-    from plugin.core.torch_save import from_bfloat16
+    from plugin.core.tensor.torch_save import from_bfloat16
 
     return from_bfloat16(array) if dtype == "bfloat16" else array.astype(np.float32)

@@ -18,12 +18,12 @@ import rasterio
 import requests
 from rasterio.io import MemoryFile
 
-from plugin.core.client import VllmClient
 from plugin.core.errors import Cancelled
+from plugin.core.jobs import MapFloodsRequest
 from plugin.core.model_spec import load_model_spec, resolve_model_spec
-from plugin.core.pipeline import MapFloodsRequest
-from plugin.core.scenes import generate_scene
-from plugin.core.tensor_transport import run_tensor
+from plugin.core.vllm_api import VllmClient
+from scripts.scenes import generate_scene
+from tests.fixtures.jobs import run_tensor
 
 pytestmark = pytest.mark.vllm
 

@@ -47,6 +47,13 @@ def plugin(qgis_app, qgis_iface, qgis_processing):
 _KEEP: list = []
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _release_kept_providers(qgis_app):
+    """The providers kept alive for the tests go while QGIS still runs (see tests/conftest.py)."""
+    yield
+    _KEEP.clear()
+
+
 def drop_registered_provider() -> None:
     """Start a plugin test from a registry without a 'floodmapper' provider (another fixture may have one)."""
     from qgis.core import QgsApplication

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin.core.scenes import generate_scene
+from scripts.scenes import generate_scene
 
 TOKEN = "s3cr3t-T0KEN-for-floodmapper-tests"  # noqa: S105 (a test secret)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core.scenes import generate_scene, iou
+from scripts.scenes import generate_scene, iou
 
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
@@ -58,7 +58,7 @@ def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processi
     from qgis.core import QgsApplication
 
     import floodmapper
-    from floodmapper.plugin.core import engine as engine_mod
+    from floodmapper.plugin.core import engines as engine_mod
 
     before = engine_pids()
     plugin = floodmapper.classFactory(qgis_iface)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core.scenes import generate_scene, iou
+from scripts.scenes import generate_scene, iou
 
 pytestmark = pytest.mark.vllm
 

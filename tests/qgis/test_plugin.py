@@ -32,14 +32,21 @@ def test_provider_and_algorithm_registered(plugin):
     assert alg.shortHelpString()
 
 
-def test_toolbar_action_and_menu(plugin, qgis_iface):
-    assert plugin.action is not None
-    assert plugin.action in plugin.toolbar.actions()
-    assert plugin.action.objectName() == "floodmapper_map_floods"
-    menu_calls = [c.args for c in qgis_iface.addPluginToMenu.call_args_list] if hasattr(
-        qgis_iface.addPluginToMenu, "call_args_list") else None
-    # the mock iface implements addPluginToMenu as a no-op; the action is at least parented to the main window
-    assert plugin.action.parent() is qgis_iface.mainWindow() or menu_calls is None
+def test_toolbar_action_and_menu(qgis_app, qgis_iface, qgis_processing, clean_registry, monkeypatch):
+    import floodmapper
+
+    menu: list[tuple[str, str]] = []
+    monkeypatch.setattr(qgis_iface, "addPluginToMenu", lambda name, action: menu.append((name, action.objectName())),
+                        raising=False)
+    instance = floodmapper.classFactory(qgis_iface)
+    instance.initGui()
+    try:
+        assert instance.action in instance.toolbar.actions()
+        assert instance.action.objectName() == "floodmapper_map_floods"
+        assert instance.action.parent() is qgis_iface.mainWindow()
+        assert menu == [("&Flood Mapper", "floodmapper_map_floods"), ("&Flood Mapper", "floodmapper_options")]
+    finally:
+        instance.unload()
 
 
 def test_unload_removes_everything(qgis_app, qgis_iface, qgis_processing, clean_registry):

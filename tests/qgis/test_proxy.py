@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from requests.utils import get_auth_from_url
 
-from plugin.core.scenes import generate_scene
+from scripts.scenes import generate_scene
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, vllm_error
 
 PEER_HOST = "vllm-peer.test"
@@ -431,7 +431,7 @@ def test_connection_test_goes_through_qgis_proxy(qgis_app, qgis_proxy, peer):
 
 # ------------------------------------------------------------- QGIS's proxy against the environment's one
 def test_qgis_proxy_beats_environment_proxy(qgis_app, qgis_proxy, peer, monkeypatch):
-    from floodmapper.plugin.core.client import VllmClient
+    from floodmapper.plugin.core.vllm_api import VllmClient
     from floodmapper.plugin.toolbelt.proxy import proxies_for
 
     server_url = f"http://{PEER_HOST}:{peer.port}"
@@ -443,7 +443,7 @@ def test_qgis_proxy_beats_environment_proxy(qgis_app, qgis_proxy, peer, monkeypa
 
 
 def test_direct_beats_environment_proxy(qgis_app, qgis_proxy, peer, monkeypatch):
-    from floodmapper.plugin.core.client import VllmClient
+    from floodmapper.plugin.core.vllm_api import VllmClient
     from floodmapper.plugin.toolbelt.proxy import proxies_for
 
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{closed_port()}")  # a dead proxy

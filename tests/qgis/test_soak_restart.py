@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core.scenes import generate_scene
+from scripts.scenes import generate_scene
 from tests.fixtures.servers import group_gone, start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm

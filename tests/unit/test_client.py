@@ -15,8 +15,7 @@ import time
 import pytest
 import requests
 
-from plugin.core import client as client_module
-from plugin.core.client import KIND_IMAGE, KIND_TENSOR, VllmClient
+from plugin.core import http as http_module
 from plugin.core.errors import (
     Cancelled,
     ConnectionFailed,
@@ -25,6 +24,8 @@ from plugin.core.errors import (
     ServerError,
     TransportUnsupported,
 )
+from plugin.core.http import CancelToken
+from plugin.core.vllm_api import KIND_IMAGE, KIND_TENSOR, VllmClient
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
 
 TOKEN = "s3cr3t-T0ken-value"
@@ -290,7 +291,7 @@ def test_502_exhausts_retries(srv):
 
 
 def test_retry_after_is_honoured_but_capped(srv, monkeypatch):
-    monkeypatch.setattr(client_module, "MAX_RETRY_AFTER", 0.3)
+    monkeypatch.setattr(http_module, "MAX_RETRY_AFTER", 0.3)
     srv.on("GET", "/v1/models", Reply(503, headers={"Retry-After": "3600"}), Reply(200, models_body("m")))
     t0 = time.monotonic()
     assert make(srv.url, retries=1).models() == ["m"]
@@ -355,7 +356,7 @@ def test_json_that_is_not_an_object(srv):
 def test_trickling_body_hits_total_budget(srv, monkeypatch):
     srv.on("POST", "/pooling", Reply(200, {"data": "x" * 200}, trickle=0.05))
     c = make(srv.url, read_timeout=1)
-    monkeypatch.setattr(c, "_total_budget", lambda: 1.0)
+    monkeypatch.setattr(VllmClient, "total_budget", property(lambda self: 1.0))
     t0 = time.monotonic()
     with pytest.raises(ConnectionFailed) as ei:
         c.pooling(IMAGE_PAYLOAD)
@@ -388,36 +389,50 @@ def test_on_wait_reports_elapsed(srv):
     assert seen and seen == sorted(seen) and seen[-1] > 0.2
 
 
-def test_post_bytes_abort_from_other_thread(srv):
+def test_a_tensor_request_is_cancelled_by_its_token_from_another_thread(srv):
     srv.on("POST", "/pooling", Reply(200, b"\x00" * 8, delay=20, content_type="application/octet-stream"))
     c = make(srv.url, read_timeout=60)
+    token = CancelToken()
     out: dict = {}
 
     def work():
-        out["ident"] = threading.get_ident()
         try:
-            c.post_bytes("/pooling", b"{}")
+            c.post_tensor(b"{}", "m", token)
         except FloodMapperError as exc:
             out["error"] = exc
-        finally:
-            client_module._forget_thread(threading.get_ident())
 
     t = threading.Thread(target=work)
     t.start()
     time.sleep(0.3)
-    client_module._abort_thread_connection(out["ident"])
+    t0 = time.monotonic()
+    token.cancel()
     t.join(2)
-    assert not t.is_alive()
+    assert not t.is_alive() and time.monotonic() - t0 < 1.0
     assert isinstance(out["error"], Cancelled)
+    deadline = time.monotonic() + 1.5
+    while not srv.disconnects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert srv.disconnects == ["/pooling"]  # the server saw the hang-up
+    srv.on("GET", "/v1/models", Reply(200, models_body("m")))
+    assert c.models() == ["m"]  # the pool is fine afterwards
 
 
-def test_post_bytes_returns_raw_and_maps_errors(srv):
+def test_a_token_cancelled_before_the_request_sends_nothing(srv):
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        make(srv.url).post_tensor(b"{}", "m", token)
+    assert srv.calls("POST", "/pooling") == []
+
+
+def test_post_tensor_returns_raw_and_maps_errors(srv):
     srv.on("POST", "/pooling", Reply(200, b"\x01\x02", content_type="application/octet-stream"),
            Reply(500, vllm_error("", 500)))
     c = make(srv.url)
-    assert c.post_bytes("/pooling", b"{}") == b"\x01\x02"
+    reply = c.post_tensor(b"{}", "m")
+    assert reply.content == b"\x01\x02" and reply.headers["Content-Type"] == "application/octet-stream"
     with pytest.raises(TransportUnsupported):
-        c.post_bytes("/pooling", b"{}")
+        c.post_tensor(b"{}", "m")
 
 
 # ----------------------------------------------------------------------------------- server kind

@@ -18,22 +18,24 @@ import pytest
 import requests
 
 from plugin.core import engine as eng
+from plugin.core import engine_env, engines
 from plugin.core.errors import Cancelled, EngineError
 from plugin.core.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings
+from tests.fixtures.progress import Recorder
 
 FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_vllm_entry.py"
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch):
-    eng._CHECK_CACHE.clear()
+    engine_env._CHECK_CACHE.clear()
     for name in list(os.environ):
         if name.startswith("FAKE_VLLM_"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("FAKE_VLLM_DELAY", "0.2")
     yield
-    eng.stop_all()
-    eng._CHECK_CACHE.clear()
+    engines.stop_all()
+    engine_env._CHECK_CACHE.clear()
 
 
 @pytest.fixture
@@ -68,27 +70,6 @@ def wait_gone(pid: int, seconds: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return gone(pid)
-
-
-class Recorder:
-    def __init__(self, cancel_after: int | None = None) -> None:
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-        self.calls = 0
-        self.cancel_after = cancel_after
-
-    def set_progress(self, percent: float) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        self.infos.append(message)
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def is_canceled(self) -> bool:
-        self.calls += 1
-        return self.cancel_after is not None and self.calls > self.cancel_after
 
 
 def test_start_reuse_and_stop(settings, tmp_path):
@@ -143,16 +124,16 @@ def test_command_line_and_environment(settings, tmp_path, monkeypatch):
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
     assert env["HF_HUB_OFFLINE"] == "1"  # a local model folder
-    info = eng.check_environment(sys.executable, FAKE)
+    info = engine_env.check_environment(sys.executable, FAKE)
     assert info.raw["pythonpath"] is None
 
 
 def test_flags_follow_vllm_version_and_device(settings, tmp_path):
     engine = make(settings, tmp_path)
-    old = eng.EngineInfo(sys.executable, "0.10.2", "1.1", "2.8.0", "cpu", ("terratorch_segmentation",))
+    old = engine_env.EngineInfo(sys.executable, "0.10.2", "1.1", "2.8.0", "cpu", ("terratorch_segmentation",))
     cmd = engine.build_command(old, 1234)
     assert "--enable-mm-embeds" not in cmd
-    gpu = eng.EngineInfo(sys.executable, "0.11.1rc1", "1.2.13", "2.13.0", "gpu", ("terratorch_segmentation",))
+    gpu = engine_env.EngineInfo(sys.executable, "0.11.1rc1", "1.2.13", "2.13.0", "gpu", ("terratorch_segmentation",))
     cmd = make(replace(settings, gpu_memory_utilization=0.5), tmp_path).build_command(gpu, 1234)
     assert "--enable-mm-embeds" in cmd
     assert cmd[cmd.index("--gpu-memory-utilization") + 1] == "0.5"
@@ -163,7 +144,7 @@ def test_flags_follow_vllm_version_and_device(settings, tmp_path):
 
 
 def test_the_io_processor_engine_runs_float16_and_refuses_another_dtype(settings, tmp_path):
-    info = eng.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0", "cpu", ("terratorch_segmentation",))
+    info = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0", "cpu", ("terratorch_segmentation",))
     for dtype in ("auto", "float16"):
         engine = make(replace(settings, dtype=dtype), tmp_path)
         cmd = engine.build_command(info, 1)
@@ -175,60 +156,8 @@ def test_the_io_processor_engine_runs_float16_and_refuses_another_dtype(settings
     assert cmd[cmd.index("--dtype") + 1] == "float32"  # tensor mode: the client casts to the model dtype
 
 
-AVX2 = frozenset({"fma", "avx", "f16c", "avx2"})
-SAPPHIRE_RAPIDS = AVX2 | {"avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"}
-
-
-@pytest.mark.parametrize("flags, environ, expected", [
-    (AVX2, {}, "float32"),
-    (SAPPHIRE_RAPIDS, {}, "bfloat16"),
-    (AVX2 | {"avx512f", "avx512_fp16"}, {}, "float16"),
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),  # oneDNN held to AVX2: its fast kernels are off
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"}, "bfloat16"),  # avx512_bf16 is below that level
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "float32"),
-    (frozenset(), {}, "float32"),  # flags unknown: the safe choice
-])
-def test_the_cpu_dtype_follows_the_instruction_set(flags, environ, expected):
-    from plugin.core.cpu import fastest_dtype
-
-    choice = fastest_dtype(flags, environ)
-    assert choice.dtype == expected and choice.reason
-
-
-def test_bfloat16_is_not_chosen_for_a_model_whose_masks_it_changes():
-    from plugin.core.cpu import fastest_dtype
-
-    assert fastest_dtype(SAPPHIRE_RAPIDS, {}, bfloat16_ok=False).dtype == "float16"
-
-
-@pytest.mark.parametrize("dtype, transport, too_large, device, expected", [
-    ("auto", "auto", False, "gpu", ("float16", True)),
-    ("auto", "auto", True, "gpu", ("float16", False)),  # too large for one image request: tiles
-    ("auto", "tensor", False, "gpu", ("float16", False)),
-    ("float32", "auto", False, "gpu", ("float32", False)),  # only the tensor transport sends float32
-    ("auto", "image", False, "gpu", ("float16", True)),
-    ("bfloat16", "tensor", False, "cpu", ("bfloat16", False)),
-])
-def test_the_local_engine_plan(settings, monkeypatch, dtype, transport, too_large, device, expected):
-    plan = eng.plan_local_engine(replace(settings, dtype=dtype), transport, too_large, device)
-    assert (plan.dtype, plan.io_processor) == expected and plan.reason
-
-
-def test_the_local_engine_on_a_plain_cpu_goes_tensor_in_float32(settings, monkeypatch):
-    from plugin.core import cpu
-
-    monkeypatch.setattr(cpu, "cpu_flags", lambda *a: AVX2)
-    plan = eng.plan_local_engine(replace(settings, dtype="auto"), "auto", False, "cpu")
-    assert (plan.dtype, plan.io_processor) == ("float32", False)
-    assert "float16 and bfloat16 run one to two orders of magnitude slower" in plan.reason
-    with pytest.raises(EngineError, match="needs the engine in float16"):
-        eng.plan_local_engine(replace(settings, dtype="float32"), "image", False, "cpu")
-    with pytest.raises(EngineError, match="not a dtype"):
-        eng.plan_local_engine(replace(settings, dtype="float64"), "tensor", False, "cpu")
-
-
 def test_device_mismatch_and_bad_extra_args(settings, tmp_path):
-    cpu = eng.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",))
+    cpu = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",))
     with pytest.raises(EngineError, match="no usable GPU"):
         make(replace(settings, device="gpu"), tmp_path).build_command(cpu, 1)
     gpu = replace(cpu, device="gpu")
@@ -308,7 +237,7 @@ def test_cancel_while_starting_stops_the_engine(settings, tmp_path, monkeypatch)
     monkeypatch.setenv("FAKE_VLLM_DELAY", "30")
     engine = make(settings, tmp_path)
     pids: list[int] = []
-    progress = Recorder(cancel_after=3)
+    progress = Recorder.cancelling_at_call(3)
     original = engine._probe
 
     def probe() -> str:
@@ -344,33 +273,33 @@ def test_check_failure_and_missing_python(settings, tmp_path, monkeypatch):
 def test_vllm_console_script_resolves_to_its_python(tmp_path):
     script = tmp_path / "vllm"
     script.write_text(f"#!{sys.executable}\nimport sys\n")
-    assert eng.resolve_python(str(script)) == sys.executable
+    assert engine_env.resolve_python(str(script)) == sys.executable
     bad = tmp_path / "vllm-bad"
     bad.write_text("#!/bin/sh\necho\n")
     with pytest.raises(EngineError, match="neither"):
-        eng.resolve_python(str(bad))
+        engine_env.resolve_python(str(bad))
 
 
 def test_registry_reuses_and_stops(settings, tmp_path):
-    a = eng.get_engine(settings, entry=FAKE, log_dir=tmp_path)
-    assert eng.get_engine(settings, entry=FAKE, log_dir=tmp_path) is a
+    a = engines.get_engine(settings, entry=FAKE, log_dir=tmp_path)
+    assert engines.get_engine(settings, entry=FAKE, log_dir=tmp_path) is a
     a.ensure_running()
     first = a.pid
-    other = eng.get_engine(replace(settings, max_num_seqs=2), entry=FAKE, log_dir=tmp_path)
+    other = engines.get_engine(replace(settings, max_num_seqs=2), entry=FAKE, log_dir=tmp_path)
     assert other is not a
     assert wait_gone(first), "an engine for other settings is stopped (one engine at a time)"
     other.ensure_running()
-    assert eng.running_engines() == [other]
+    assert engines.running_engines() == [other]
     pid = other.pid
-    eng.stop_all()
+    engines.stop_all()
     assert wait_gone(pid)
-    assert eng.running_engines() == []
+    assert engines.running_engines() == []
 
 
 def test_engine_status(settings, tmp_path):
-    status = eng.engine_status(settings, entry=FAKE)
+    status = engines.engine_status(settings, entry=FAKE)
     assert not status.running and status.vllm_version == "0.32.0" and status.device == "cpu"
-    status = eng.engine_status(settings, entry=FAKE, start=True)
+    status = engines.engine_status(settings, entry=FAKE, start=True)
     assert status.running and status.models == [settings.model]
     assert status.url.startswith("http://127.0.0.1:")
     assert "vLLM 0.32.0 on CPU" in status.summary()
@@ -386,21 +315,14 @@ def test_broken_log_callback_is_detached(settings, tmp_path):
     assert "log callback failed" in engine.log_tail(400)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("0.32.0", (0, 32, 0)), ("0.11.1rc2+cpu", (0, 11, 1)), ("0.10.2.dev5", (0, 10, 2)), ("", ()),
-])
-def test_version_tuple(text, expected):
-    assert eng.version_tuple(text) == expected
-
-
 def test_stop_all_reaches_engines_made_outside_the_registry(settings, tmp_path):
     engine = make(settings, tmp_path)  # not through get_engine()
     engine.ensure_running()
     pid = engine.pid
-    assert engine in eng.running_engines()
-    eng.stop_all()  # what the atexit hook runs
+    assert engine in engines.running_engines()
+    engines.stop_all()  # what the atexit hook runs
     assert wait_gone(pid)
-    assert eng.running_engines() == []
+    assert engines.running_engines() == []
 
 
 def test_stop_from_another_thread_interrupts_a_start(settings, tmp_path, monkeypatch):

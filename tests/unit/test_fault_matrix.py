@@ -1,4 +1,4 @@
-"""The fault-injection matrix of issue 8 ("Reliability"): every fault a job can meet, through map_floods().
+"""The fault-injection matrix: every fault a job can meet, through map_floods().
 
 Each row runs the whole job, `plugin.core.pipeline.map_floods(request, client, progress)`, against the
 programmable HTTP peer of tests/fixtures/fake_http.py on 127.0.0.1 (answering like an IOProcessor server
@@ -9,12 +9,12 @@ or like a tensor-mode server), or against a socket that misbehaves below HTTP, a
   path, that file byte for byte unchanged), and no temp file anywhere: the whole test folder, which holds
   the private `tempfile.tempdir`, `TMPDIR`, `CPL_TMPDIR`, the working directory and the output folder, is
   compared file by file before and after the job (the input is in it, so it is also proven untouched);
-- for faults in the input or the parameters, that the peer received no request at all;
+- for faults in the input or the parameters, that the peer received no request at all, or, where the fault
+  shows only against the model's bands (which the served model decides), no /pooling job;
 - where the fault is on the server, how many /pooling jobs the peer saw (retries, re-sends).
 
-The two single-pixel rows are not faults: they pin what a 1×1 raster does (a valid 1×1 map). A row marked
-"(xfail)" shows a bug in the plugin: it is a strict xfail, so it turns red once the bug is fixed and the mark
-must go.
+The two single-pixel rows are not faults: they pin what a 1×1 raster does (a valid 1×1 map). Whatever the
+outcome, the job's worker threads are gone when it returns.
 
 | # | case | fault injected | expected message |
 |---|---|---|---|
@@ -87,7 +87,6 @@ import base64
 import datetime
 import hashlib
 import ipaddress
-import itertools
 import json
 import os
 import re
@@ -102,10 +101,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
 
-from plugin.core import client as client_module
-from plugin.core.client import VllmClient
+from plugin.core import http as http_module
 from plugin.core.errors import (
     Cancelled,
     ConnectionFailed,
@@ -117,155 +114,13 @@ from plugin.core.errors import (
     ServerError,
     TransportUnsupported,
 )
-from plugin.core.pipeline import MapFloodsRequest, map_floods
+from plugin.core.pipeline import map_floods
+from plugin.core.vllm_api import VllmClient
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
-from tests.fixtures.fake_tensor_peer import decode_tensor, water_logits
-
-MODEL = "test-model"
-BANDS = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
-MEANS = (0.14, 0.138, 0.124, 0.309, 0.204, 0.119)
-STDS = (0.074, 0.074, 0.087, 0.118, 0.098, 0.077)
-TILE = 32  # the tensor rows' model tile: a 80x64 scene is 9 tiles with the default overlap
-PLUGIN_400 = vllm_error("1 validation error for RequestData\ndata_format\n  Input should be 'path' or 'url'")
-TENSOR_400 = vllm_error("Invalid plugin request type")
+from tests.fixtures.progress import Recorder
+from tests.fixtures.world import MODEL, TILE, World, image_answer, model_config, tensor_answer, write_scene
 
 pytestmark = pytest.mark.timeout(60)  # a row that hangs is a failure, not a stuck suite
-
-
-# ------------------------------------------------------------------------------------------- the scene
-def write_scene(path, h=64, w=80, crs="EPSG:32633", nodata=0, count=6, fill=None, dtype="uint16"):
-    rng = np.random.default_rng(3)
-    data = rng.integers(1500, 4000, (count, h, w)).astype(dtype)
-    if count > 3:
-        data[3, : h // 2, :] = 300  # NIR low in the top half: "water" for the fake models
-    if fill is not None:
-        data = fill.astype(dtype) if isinstance(fill, np.ndarray) else np.full((count, h, w), fill, dtype)
-    kwargs = {"crs": crs} if crs else {}
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count, dtype=dtype,
-                       transform=from_origin(500000, 5000000, 20, 20), nodata=nodata, **kwargs) as dst:
-        dst.write(data)
-        dst.descriptions = BANDS[:count]
-    return str(path)
-
-
-def model_config(tile=TILE, num_classes=2) -> dict:
-    """A vLLM TerraTorch config.json (what the tensor transport reads its contract from)."""
-    return {"architectures": ["Terratorch"], "num_classes": 0, "pretrained_cfg": {
-        "input": {"target": "pixel_values", "data": {"pixel_values": {"type": "torch.Tensor",
-                                                                     "shape": [6, tile, tile]}}},
-        "model": {"init_args": {"model_args": {"num_classes": num_classes, "backbone_bands": list(BANDS)}}},
-        "data": {"init_args": {"means": list(MEANS), "stds": list(STDS)}},
-    }}
-
-
-# ---------------------------------------------------------------------------------------- the answers
-def image_answer(body: dict, shape=None) -> Reply:
-    """What terratorch_segmentation answers: a base64 GeoTIFF of class x 255 on the input's grid."""
-    d = body["data"]
-    with rasterio.open(d["data"]) as src:
-        nir = src.read(d["indices"][3] + 1)
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="uint8",
-                       crs=src.crs, transform=src.transform, nodata=0)
-    if shape:
-        profile.update(height=shape[0], width=shape[1])
-        nir = np.resize(nir, shape)
-    with rasterio.MemoryFile() as mem:
-        with mem.open(**profile) as dst:
-            dst.write((nir < 1000).astype(np.uint8) * 255, 1)
-        tiff = mem.read()
-    return Reply(200, {"request_id": "pooling-1", "created_at": 0,
-                       "data": {"data_format": "b64_json", "data": base64.b64encode(tiff).decode()}})
-
-
-def tensor_answer(body: dict, extra_classes: int = 0) -> Reply:
-    """What a tensor-mode vLLM answers: base64 float32 logits [classes, H, W], no shape sent."""
-    embeds = body["messages"][0]["content"][0]["image_embeds"]
-    pix = decode_tensor(embeds["pixel_values"])[0].astype(np.float32)
-    logits = water_logits(pix[1], pix[3])
-    if extra_classes:
-        logits = np.concatenate([logits, np.zeros((extra_classes, *logits.shape[1:]), np.float32)])
-    return Reply(200, {"id": "pool-1", "object": "list", "data": [
-        {"index": 0, "object": "pooling", "data": base64.b64encode(logits.tobytes()).decode()}]})
-
-
-# ------------------------------------------------------------------------------------------ the world
-class Recorder:
-    def __init__(self, cancel_when: Optional[Callable[[], bool]] = None) -> None:
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-        self.cancel_when = cancel_when
-        self.cancelled_at: Optional[float] = None
-
-    def set_progress(self, percent: float) -> None:
-        pass
-
-    def info(self, message: str) -> None:
-        self.infos.append(message)
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def is_canceled(self) -> bool:
-        if self.cancelled_at is None and self.cancel_when is not None and self.cancel_when():
-            self.cancelled_at = time.monotonic()
-        return self.cancelled_at is not None
-
-
-class World:
-    """The fake server, the scene, the output folder and the model config of one row."""
-
-    def __init__(self, tmp: Path, kind: str) -> None:
-        self.tmp = tmp
-        self.kind = kind  # what the transport probe finds: "image" (IOProcessor plugin) or "tensor"
-        self.probe_reply: Optional[Reply] = None  # answer to the probe instead of the normal one
-        self.fault: Optional[Callable[[int, dict], Optional[Reply]]] = None  # (job number, body) -> Reply
-        self.cleanups: list[Callable[[], None]] = []
-        self._numbers = itertools.count(1)
-        self.srv = FakeHttpServer().start()
-        self.srv.on("GET", "/v1/models", Reply(200, models_body(MODEL)))
-        self.srv.on("GET", "/version", Reply(200, {"version": "0.32.0+cpu"}))
-        self.srv.on("POST", "/pooling", self._pooling)
-        (tmp / "in").mkdir()
-        self.input = write_scene(tmp / "in" / "scene.tif")
-        self.out_dir = tmp / "out"
-        self.out_dir.mkdir()
-        self.output = str(self.out_dir / "flood.tif")
-        self.probability = str(self.out_dir / "flood-probability.tif")
-        (tmp / "model").mkdir()
-        self.spec = str(tmp / "model" / "config.json")
-        Path(self.spec).write_text(json.dumps(model_config()))
-
-    def _pooling(self, rec) -> Reply:
-        body = rec.json()
-        if body.get("data", {}).get("data_format") == "floodmapper-probe":
-            if self.probe_reply is not None:
-                return self.probe_reply
-            return Reply(400, PLUGIN_400 if self.kind == "image" else TENSOR_400)
-        number = next(self._numbers)
-        reply = self.fault(number, body) if self.fault is not None else None
-        if reply is not None:
-            return reply
-        return tensor_answer(body) if "messages" in body else image_answer(body)
-
-    def jobs(self) -> list:
-        """The /pooling requests that were jobs (not the transport probe)."""
-        return [r for r in self.srv.calls("POST", "/pooling") if b"floodmapper-probe" not in r.body]
-
-    def request(self, **kw) -> MapFloodsRequest:
-        kw.setdefault("model", MODEL)
-        if self.kind == "tensor":
-            kw.setdefault("model_spec_source", self.spec)
-            kw.setdefault("probability_path", self.probability)
-            kw.setdefault("concurrency", 2)
-        else:
-            kw.setdefault("server_can_read_local_files", True)
-        return MapFloodsRequest(input_path=kw.pop("input_path", self.input),
-                                output_path=kw.pop("output_path", self.output), server_url=self.srv.url, **kw)
-
-    def close(self) -> None:
-        for cleanup in reversed(self.cleanups):
-            cleanup()
-        self.srv.stop()
 
 
 @dataclass
@@ -293,7 +148,6 @@ class Case:
     message: str  # regex searched in the error's message
     hint: str  # regex searched in the error's hint
     kind: str = "image"  # what the fake server is: "image" (IOProcessor plugin) or "tensor"
-    xfail: str = ""  # a bug this row shows (strict xfail, reported to the lead)
 
 
 # ------------------------------------------------------------------------------------ setup helpers
@@ -394,7 +248,7 @@ def setup_read_timeout(world: World) -> Scenario:
 def _budget_1_2_s(world: World) -> None:
     # budget = attempts * (connect + read timeout) + attempts * MAX_RETRY_AFTER = 1 * (0.5 + 0.5) + 0.2
     patch = pytest.MonkeyPatch()
-    patch.setattr(client_module, "MAX_RETRY_AFTER", 0.2)
+    patch.setattr(http_module, "MAX_RETRY_AFTER", 0.2)
     world.cleanups.append(patch.undo)
 
 
@@ -462,7 +316,7 @@ def setup_retry_after(seconds: str, cap: Optional[float], low: float, high: floa
     def setup(world: World) -> Scenario:
         if cap is not None:
             patch = pytest.MonkeyPatch()
-            patch.setattr(client_module, "MAX_RETRY_AFTER", cap)
+            patch.setattr(http_module, "MAX_RETRY_AFTER", cap)
             world.cleanups.append(patch.undo)
         world.fault = lambda n, body: Reply(503, vllm_error("starting", 503), headers={"Retry-After": seconds})
         return Scenario(client={"retries": 1}, jobs=2, check=waited(low, high))
@@ -533,7 +387,7 @@ def setup_tensor_no_spec(world: World) -> Scenario:
 def setup_input(**scene: Any) -> Callable[[World], Scenario]:
     def setup(world: World) -> Scenario:
         path = write_scene(world.tmp / "in" / "bad.tif", **scene)
-        return Scenario(request={"input_path": path}, requests=0)
+        return Scenario(request={"input_path": path}, jobs=0)
 
     return setup
 
@@ -551,7 +405,7 @@ def setup_input_text(world: World) -> Scenario:
 def setup_input_complex(world: World) -> Scenario:
     data = (np.full((6, 64, 80), 1000, np.float32) + 1j * 50).astype(np.complex64)
     path = write_scene(world.tmp / "in" / "slc.tif", fill=data, dtype="complex64", nodata=None)
-    return Scenario(request={"input_path": path}, requests=0)
+    return Scenario(request={"input_path": path}, jobs=0)
 
 
 def setup_nan_inf(world: World) -> Scenario:
@@ -559,7 +413,7 @@ def setup_nan_inf(world: World) -> Scenario:
     data[:, ::3] = np.inf
     data[:, 1::3] = -np.inf
     path = write_scene(world.tmp / "in" / "nan.tif", fill=data, dtype="float32", nodata=None)
-    return Scenario(request={"input_path": path}, requests=0)
+    return Scenario(request={"input_path": path}, jobs=0)
 
 
 def setup_not_writable(world: World) -> Scenario:
@@ -612,7 +466,7 @@ def setup_cancel_mid_request(world: World) -> Scenario:
     def check(world: World, err: Any, seconds: float) -> None:
         assert _wait_for(lambda: world.srv.disconnects == ["/pooling"]), world.srv.disconnects
 
-    progress = Recorder(cancel_when=lambda: len(world.jobs()) >= 1)
+    progress = Recorder(lambda r: len(world.jobs()) >= 1)
     return Scenario(progress=progress, client={"read_timeout": 60}, jobs=1, sentinel=True, check=check,
                     seconds=3.0)
 
@@ -625,7 +479,7 @@ def setup_cancel_mid_run_tensor(world: World) -> Scenario:
         assert _wait_for(lambda: len(world.srv.disconnects) == 2), world.srv.disconnects
         assert len(world.jobs()) == 4  # tiles 3 and 4 in flight, nothing sent after the cancel
 
-    progress = Recorder(cancel_when=lambda: len(world.jobs()) >= 4)
+    progress = Recorder(lambda r: len(world.jobs()) >= 4)
     return Scenario(progress=progress, client={"read_timeout": 60}, sentinel=True, check=check, seconds=4.0)
 
 
@@ -727,7 +581,7 @@ CASES: list[Case] = [
     Case("tensor-base64-garbage", "a tile answer's data is not base64", setup_tensor_garbage, ServerError,
          r"The server's logits are not valid base64", r"server log", kind="tensor"),
     Case("tensor-nan-logits", "every tile answer's logits are NaN", setup_tensor_nan, ServerError, r"(?i)\bnan\b",
-         r".", kind="tensor"),
+         r"check SCALE/OFFSET .* or serve the model in float32", kind="tensor"),
     Case("tensor-server-dies-midrun", "500 EngineCore died from the 3rd tile on", setup_tensor_dies, ServerError,
          r"failed while processing /pooling \(HTTP 500\): EngineCore died unexpectedly.* The run stopped after "
          r"\d+ of 9 tiles; no output was written\.", r"See the server's log",
@@ -787,7 +641,7 @@ CASES: list[Case] = [
          r"runs the TerraTorch IOProcessor plugin, so it cannot answer tensor-to-tensor requests",
          r"Choose the image transport"),
     Case("cancel-before-start", "cancelled before the job starts",
-         lambda w: Scenario(progress=Recorder(cancel_when=lambda: True), requests=0), Cancelled, _CANCELLED, r"^$"),
+         lambda w: Scenario(progress=Recorder(lambda r: True), requests=0), Cancelled, _CANCELLED, r"^$"),
     Case("cancel-mid-request", "cancel while the image job waits", setup_cancel_mid_request,
          Cancelled, _CANCELLED, r"^$"),
     Case("cancel-mid-run-tensor", "cancel with 2 tiles stitched, 2 in flight",
@@ -834,12 +688,7 @@ def sandbox(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _param(case: Case):
-    marks = [pytest.mark.xfail(strict=True, reason=case.xfail)] if case.xfail else []
-    return pytest.param(case, id=case.id, marks=marks)
-
-
-@pytest.mark.parametrize("case", [_param(c) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_fault(case: Case, sandbox: Path) -> None:
     world = World(sandbox, case.kind)
     try:
@@ -896,20 +745,18 @@ def _run_case(case: Case, world: World, root: Path) -> None:
         scenario.check(world, outcome, seconds)
     assert seconds < scenario.seconds, seconds
     leaked = [t.name for t in threading.enumerate() if t.name.startswith("floodmapper-tile") and t.is_alive()]
-    assert _wait_for(lambda: not [t for t in threading.enumerate()
-                                  if t.name.startswith("floodmapper-tile") and t.is_alive()]), leaked
+    assert not leaked, leaked  # a job returns only once its worker threads are done
 
 
 _ROW = re.compile(r"^\| (\d+) \| ([a-z0-9-]+) \| (.+?) \| (\w+): (.+) \|$")
 
 
 def test_table_and_cases_agree() -> None:
-    """The docstring's table is the list of cases in the issue note: it must be exactly CASES, in order."""
+    """The docstring's table is the list of cases: it must be exactly CASES, in order."""
     rows = [_ROW.match(line) for line in (__doc__ or "").splitlines() if re.match(r"^\| \d+ \|", line)]
     assert all(rows), [line for line in (__doc__ or "").splitlines() if re.match(r"^\| \d+ \|", line)]
     assert [int(r.group(1)) for r in rows] == list(range(1, len(rows) + 1))
     assert [r.group(2) for r in rows] == [c.id for c in CASES]
     assert [r.group(3) for r in rows] == [c.fault for c in CASES]
     assert [r.group(4) for r in rows] == [c.exc.__name__ if c.exc else "success" for c in CASES]
-    assert [r.group(5).endswith("(xfail)") for r in rows] == [bool(c.xfail) for c in CASES]
     assert len({c.id for c in CASES}) == len(CASES) >= 30

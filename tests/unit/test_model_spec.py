@@ -1,4 +1,4 @@
-"""ModelSpec from a vLLM TerraTorch config.json (seed 003 layout), a URL and the presets."""
+"""ModelSpec from a vLLM TerraTorch config.json, a URL and the presets."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from plugin.core.errors import ModelSpecError
 from plugin.core.model_spec import ModelSpec, load_model_spec, resolve_model_spec, spec_from_config
 from tests.fixtures.fake_http import FakeHttpServer, Reply
 
-# The seed 003 example (Prithvi 300M TL, Sen1Floods11), plus the advised `data` section.
-SEED_003 = {
+# The published Prithvi-EO-2.0-300M-TL Sen1Floods11 config, plus the advised `data` section.
+PUBLISHED_CONFIG = {
     "architectures": ["Terratorch"],
     "num_classes": 0,
     "pretrained_cfg": {
@@ -50,7 +50,7 @@ SEED_003 = {
 
 
 def cfg(**changes):
-    c = copy.deepcopy(SEED_003)
+    c = copy.deepcopy(PUBLISHED_CONFIG)
     for path, value in changes.items():
         cur = c
         keys = path.split("__")
@@ -64,7 +64,7 @@ def cfg(**changes):
 
 
 def test_seed_003_config_reads_everything():
-    spec = spec_from_config(SEED_003, source="x")
+    spec = spec_from_config(PUBLISHED_CONFIG, source="x")
     assert (spec.channels, spec.tile_height, spec.tile_width, spec.num_classes) == (6, 512, 512, 2)
     assert spec.means == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
     assert spec.stds[-1] == 0.06
@@ -150,7 +150,7 @@ def test_dtype_from_config_is_what_vllm_auto_runs(value, expected):
 def test_unknown_dtype_and_an_explicit_server_dtype():
     with pytest.raises(ModelSpecError, match="dtype"):
         spec_from_config(cfg(torch_dtype="int8"))
-    spec = spec_from_config(SEED_003).with_dtype("fp32", "the server's --dtype")
+    spec = spec_from_config(PUBLISHED_CONFIG).with_dtype("fp32", "the server's --dtype")
     assert spec.dtype == "float32" and spec.dtype_reason == "the server's --dtype"
 
 
@@ -163,7 +163,7 @@ def test_tiled_inference_crop_sets_the_tile():
 
 
 def test_load_from_folder_file_and_errors(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(SEED_003))
+    (tmp_path / "config.json").write_text(json.dumps(PUBLISHED_CONFIG))
     assert load_model_spec(str(tmp_path)).channels == 6
     assert load_model_spec(str(tmp_path / "config.json")).name == tmp_path.name
     with pytest.raises(ModelSpecError, match="does not exist"):
@@ -178,7 +178,7 @@ def test_load_from_folder_file_and_errors(tmp_path):
 
 def test_load_from_url():
     with FakeHttpServer() as srv:
-        srv.on("GET", "/m/config.json", Reply(200, SEED_003))
+        srv.on("GET", "/m/config.json", Reply(200, PUBLISHED_CONFIG))
         srv.on("GET", "/gone/config.json", Reply(404, {"detail": "Not Found"}))
         srv.on("GET", "/html/config.json", Reply(200, "<html>login</html>", content_type="text/html"))
         spec = load_model_spec(srv.url + "/m/config.json")
@@ -219,7 +219,7 @@ def test_shipped_demo_model_config_is_usable():
 
 def test_resolve_by_served_model_name(tmp_path):
     assert resolve_model_spec("", "ibm-nasa-geospatial/Prithvi-EO-2.0-300M-TL-Sen1Floods11").tile_size == 512
-    (tmp_path / "config.json").write_text(json.dumps(SEED_003))
+    (tmp_path / "config.json").write_text(json.dumps(PUBLISHED_CONFIG))
     assert resolve_model_spec(str(tmp_path), "whatever").channels == 6  # explicit source wins
     with pytest.raises(ModelSpecError, match="config.json"):
         resolve_model_spec("", "some-other-model")

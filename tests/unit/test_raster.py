@@ -1,4 +1,5 @@
-"""raster.py: band selection, remap + nodata, atomic write, same grid, statistics and equal-area sums."""
+"""The raster modules: band selection (bands.py), the server's map made ours (server_map.py: remap, nodata, same
+grid), atomic outputs (output.py), valid pixels (raster.py) and equal-area statistics (stats.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from plugin.core import raster
+from plugin.core import output, raster, server_map
+from plugin.core.bands import select_bands
 from plugin.core.errors import Cancelled, InputError, OutputError, ServerError
-from plugin.core.raster import RasterInfo, compute_stats, finalize_classes, inspect, select_bands
+from plugin.core.raster import RasterInfo, inspect
+from plugin.core.server_map import finalize_classes
+from plugin.core.stats import compute_stats
 
 S1F11 = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
 S2 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -153,7 +157,7 @@ def test_inspect_unreadable(tmp_path):
 
 # ----------------------------------------------------------------------------------------- remap
 def test_decode_classes():
-    assert raster.decode_classes(np.array([0, 255, 254], np.uint8)).tolist() == [0, 1, 2]
+    assert server_map.decode_classes(np.array([0, 255, 254], np.uint8)).tolist() == [0, 1, 2]
 
 
 def test_finalize_remaps_masks_and_keeps_grid(tmp_path):
@@ -252,21 +256,21 @@ def test_output_equal_to_input_refused(tmp_path):
     assert open(inp, "rb").read() == before
     # the same file through another spelling of the path
     with pytest.raises(OutputError):
-        raster.check_output_path(str(tmp_path / "." / "in.tif"), inp)
+        output.check_output_path(str(tmp_path / "." / "in.tif"), inp)
 
 
 def test_output_folder_problems(tmp_path, monkeypatch):
     inp = write(tmp_path / "in.tif", np.ones((6, 4, 4), np.uint16))
     with pytest.raises(OutputError) as ei:
-        raster.check_output_path(str(tmp_path / "missing" / "o.tif"), inp)
+        output.check_output_path(str(tmp_path / "missing" / "o.tif"), inp)
     assert "does not exist" in ei.value.message
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access
     # root can write anywhere, so the permission is taken away at the os.access level
-    monkeypatch.setattr(raster.os, "access", lambda p, m: False if str(p) == str(ro) else real_access(p, m))
+    monkeypatch.setattr(output.os, "access", lambda p, m: False if str(p) == str(ro) else real_access(p, m))
     with pytest.raises(OutputError) as ei:
-        raster.check_output_path(str(ro / "o.tif"), inp)
+        output.check_output_path(str(ro / "o.tif"), inp)
     assert "not writable" in ei.value.message
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin.core import scenes
+from scripts import scenes
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):

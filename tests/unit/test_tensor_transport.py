@@ -19,22 +19,18 @@ import pytest
 import rasterio
 from rasterio.warp import transform as warp_transform
 
-from plugin.core.client import VllmClient
 from plugin.core.errors import Cancelled, EngineDied, InputError, OutputError, ServerError, TransportUnsupported
+from plugin.core.jobs import MapFloodsRequest
 from plugin.core.model_spec import ModelSpec
-from plugin.core.pipeline import MapFloodsRequest
-from plugin.core.scenes import generate_scene
-from plugin.core.tensor_transport import (
-    PayloadEncoder,
-    choose_answer,
-    choose_encoding,
-    decode_logits,
-    npy_b64,
-    parse_version,
-    run_tensor,
-)
+from plugin.core.progress import ProgressSpan
+from plugin.core.tensor.codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, npy_b64
+from plugin.core.tensor.inputs import Normaliser
+from plugin.core.vllm_api import VllmClient
+from scripts.scenes import generate_scene
 from tests.fixtures.fake_http import FakeHttpServer, Reply, vllm_error
 from tests.fixtures.fake_tensor_peer import FakeTensorPeer, binary_answer, water_logits
+from tests.fixtures.jobs import run_tensor
+from tests.fixtures.progress import Recorder
 
 MEANS = (0.14, 0.138, 0.124, 0.309, 0.204, 0.119)
 STDS = (0.074, 0.074, 0.087, 0.118, 0.098, 0.077)
@@ -45,31 +41,6 @@ def make_spec(tile=128, **kw):
     base = dict(channels=6, tile_height=tile, tile_width=tile, num_classes=2, means=MEANS, stds=STDS)
     base.update(kw)
     return ModelSpec(**base)
-
-
-class Recorder:
-    """A Progress that records everything and can be told to cancel."""
-
-    def __init__(self, cancel_when=None):
-        self.percent: list[float] = []
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-        self.cancel_when = cancel_when
-        self.cancelled_at = None
-
-    def set_progress(self, p):
-        self.percent.append(p)
-
-    def info(self, m):
-        self.infos.append(m)
-
-    def warning(self, m):
-        self.warnings.append(m)
-
-    def is_canceled(self):
-        if self.cancelled_at is None and self.cancel_when is not None and self.cancel_when():
-            self.cancelled_at = time.monotonic()
-        return self.cancelled_at is not None
 
 
 def rule_mask(path, bands=(1, 3), scale=1e-4, offset=0.0):
@@ -188,7 +159,10 @@ def test_logits_format_follows_the_server_version(tmp_path, version, answer):
 
 
 def test_encoding_follows_the_server_version():
-    assert parse_version("0.32.0+cpu") == (0, 32)
+    from plugin.core.versions import version_tuple
+
+    assert version_tuple("0.32.0+cpu") == (0, 32, 0) and version_tuple("v0.11.1rc2") == (0, 11, 1)
+    assert version_tuple("") == () and version_tuple("dev") == ()
     assert choose_encoding("0.32.0+cpu") == "npy"
     assert choose_encoding("0.19.0") == "npy"
     assert choose_encoding("0.18.2") == "torch"
@@ -361,7 +335,7 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
     generate_scene(inp, seed=8, width=500, height=500)
     out = tmp_path / "out.tif"
     with FakeTensorPeer(MEANS, STDS, delay=20.0) as p, VllmClient(p.url) as c:
-        prog = Recorder(cancel_when=lambda: p.requests >= 2)
+        prog = Recorder(lambda r: p.requests >= 2)
         t0 = time.monotonic()
         with pytest.raises(Cancelled):
             run_tensor(request(tmp_path, inp, p, concurrency=2), c, make_spec(), SIX, prog)
@@ -462,7 +436,7 @@ def test_progress_span_and_eta(tmp_path, peer, client):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=9, width=300, height=300)
     prog = Recorder()
-    run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX, prog, progress_span=(5, 95))
+    run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX, prog, ProgressSpan(5, 95))
     assert prog.percent[0] >= 5 and prog.percent[-1] == 95 and prog.percent == sorted(prog.percent)
     assert len(prog.percent) >= 4  # one step per tile (9 tiles), at least every few
     assert any("tiles/s" in m and "ETA" in m for m in prog.infos)
@@ -501,8 +475,6 @@ def test_broken_answers_are_mapped_and_leave_nothing(tmp_path, reply, error):
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
 def test_lookup_table_normalisation_equals_the_arithmetic(dtype):
-    from plugin.core.tensor_transport import Normaliser
-
     info = np.iinfo(dtype)
     rng = np.random.default_rng(0)
     raw = rng.integers(info.min, int(info.max) + 1, (6, 40, 40)).astype(dtype)

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from plugin.core.tiling import (
+from plugin.core.tensor.tiling import (
     RowBandStitcher,
     TileGrid,
     axis_origins,

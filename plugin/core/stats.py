@@ -1,0 +1,113 @@
+"""Water statistics of a class map: pixel counts, and the water area from each pixel's area in m²."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Optional, Union
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from .classes import CLASS_WATER, NODATA
+from .jobs import Stats
+from .raster import iter_windows
+
+_ELLIPSOID = re.compile(r'(?:SPHEROID|ELLIPSOID)\["[^"]*",\s*([0-9.eE+-]+),\s*([0-9.eE+-]+)')
+WGS84 = (6378137.0, 298.257223563)
+
+
+def _ellipsoid(crs: CRS) -> tuple[float, float]:
+    """(semi-major axis in metres, eccentricity) of the CRS's ellipsoid; WGS84 if the WKT does not say."""
+    match = _ELLIPSOID.search(crs.to_wkt())
+    a, inv_f = (float(match.group(1)), float(match.group(2))) if match else WGS84
+    f = 1.0 / inv_f if inv_f else 0.0
+    return a, math.sqrt(max(f * (2.0 - f), 0.0))
+
+
+def _authalic_q(phi: np.ndarray, e: float) -> np.ndarray:
+    """q(φ) of the authalic latitude: the area from the equator to φ per radian of longitude is a²·q/2."""
+    s = np.sin(phi)
+    if e < 1e-12:
+        return 2.0 * s
+    es = e * s
+    return (1.0 - e * e) * (s / (1.0 - es * es) - np.log((1.0 - es) / (1.0 + es)) / (2.0 * e))
+
+
+class PixelArea:
+    """Area in m² of the pixels of a window: exact on the ellipsoid for geographic CRSs, not degrees²."""
+
+    def __init__(self, crs_wkt: Optional[str], transform: Affine) -> None:
+        self.transform = transform
+        self.known = bool(crs_wkt)
+        self.constant: Optional[float] = None
+        if not crs_wkt:
+            return
+        crs = CRS.from_wkt(crs_wkt)
+        self.geographic = crs.is_geographic
+        if not self.geographic:
+            _, factor = crs.linear_units_factor
+            self.constant = abs(transform.determinant) * factor * factor
+            return
+        _, to_radians = crs.units_factor
+        self.to_rad = float(to_radians) if to_radians else math.pi / 180.0
+        self.a, self.e = _ellipsoid(crs)
+        self.north_up = transform.b == 0 and transform.d == 0
+
+    def rows(self, window: Window) -> Union[float, np.ndarray]:
+        """Pixel area for the window: a scalar, a (rows, 1) column (north-up geographic) or a full array."""
+        if not self.known:
+            return float("nan")
+        if self.constant is not None:
+            return self.constant
+        t = self.transform
+        r0, c0 = int(window.row_off), int(window.col_off)
+        h, w = int(window.height), int(window.width)
+        if self.north_up:
+            edges = (t.f + t.e * np.arange(r0, r0 + h + 1, dtype="float64")) * self.to_rad
+            edges = np.clip(edges, -math.pi / 2, math.pi / 2)
+            q = _authalic_q(edges, self.e)
+            dlon = abs(t.a) * self.to_rad
+            return (0.5 * self.a * self.a * dlon * np.abs(np.diff(q)))[:, None]
+        # Rotated grid (rare): local ellipsoid scale at each pixel centre times the pixel's angular area.
+        rows, cols = np.mgrid[r0 : r0 + h, c0 : c0 + w] + 0.5
+        lat = (t.d * cols + t.e * rows + t.f) * self.to_rad
+        s2 = np.sin(lat) ** 2
+        e2 = self.e * self.e
+        meridional = self.a * (1 - e2) / (1 - e2 * s2) ** 1.5
+        normal = self.a / np.sqrt(1 - e2 * s2)
+        return abs(t.determinant) * self.to_rad**2 * meridional * normal * np.cos(lat)
+
+
+class StatsAccumulator:
+    def __init__(self, crs_wkt: Optional[str], transform: Affine) -> None:
+        self.area = PixelArea(crs_wkt, transform)
+        self.water = 0
+        self.valid = 0
+        self.water_m2 = 0.0
+
+    def add(self, window: Window, classes: np.ndarray, valid: np.ndarray) -> None:
+        water = valid & (classes == CLASS_WATER)
+        self.water += int(water.sum())
+        self.valid += int(valid.sum())
+        cell = self.area.rows(window)
+        self.water_m2 += float((water * cell).sum()) if not np.isscalar(cell) else int(water.sum()) * float(cell)
+
+    def result(self) -> Stats:
+        fraction = self.water / self.valid if self.valid else 0.0
+        area = self.water_m2 / 1e6 if self.area.known else float("nan")
+        return Stats(self.water, self.valid, fraction, area)
+
+
+def compute_stats(path: str) -> Stats:
+    """Water/valid pixel counts and water area of a class raster (0/1, nodata 255) already on disk."""
+    with rasterio.open(path) as src:
+        acc = StatsAccumulator(src.crs.to_wkt() if src.crs else None, src.transform)
+        nodata = NODATA if src.nodata is None else src.nodata
+        for window in iter_windows(src.width, src.height):
+            data = src.read(1, window=window)
+            acc.add(window, data, data != nodata)
+    return acc.result()

@@ -1,0 +1,127 @@
+"""Tiles of the input raster: each read in one window (reflect-padded past the edges) with its nodata mask,
+and the reflectance scale the whole raster uses.
+
+A GDAL dataset handle must not be shared between threads: each worker thread opens its own.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from .tiling import Tile, read_plan
+
+
+def band_numbers(band_indices: list[int], count: int, channels: int) -> list[int]:
+    """1-based rasterio band numbers from 0-based indices (the IOProcessor's `indices` convention)."""
+    if len(band_indices) != channels:
+        raise InputError(f"The model takes {channels} bands and {len(band_indices)} were selected.",
+                         f"Select exactly {channels} input bands in the model's order.")
+    bad = [i for i in band_indices if not 0 <= int(i) < count]
+    if bad:
+        raise InputError(f"Band index(es) {bad} do not exist in a {count}-band raster.",
+                         "Band indices are 0-based here; check the band selection.")
+    return [int(i) + 1 for i in band_indices]
+
+
+def mask_needs_read(ds: Any, bands: list[int]) -> bool:
+    from rasterio.enums import MaskFlags
+
+    for b in bands:
+        flags = ds.mask_flag_enums[b - 1]
+        if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:
+            return True
+    return False
+
+
+def _nodata_in(nodata: Optional[float], dtype: np.dtype) -> Any:
+    """The nodata value as a scalar of the data's dtype; None when no pixel can hold it (or it is NaN,
+    which the finiteness check covers)."""
+    if nodata is None or math.isnan(nodata):
+        return None
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if nodata != int(nodata) or not info.min <= nodata <= info.max:
+            return None
+        return dtype.type(int(nodata))
+    return dtype.type(nodata)
+
+
+def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(data [C, th, tw] in the file's dtype, valid [th, tw]) for a tile, reflect-padded past the edges."""
+    from rasterio.windows import Window
+
+    x_first, x_count, gx = read_plan(tile.x0, tile.width, ds.width)
+    y_first, y_count, gy = read_plan(tile.y0, tile.height, ds.height)
+    window = Window(x_first, y_first, x_count, y_count)
+    data = ds.read(bands, window=window)
+    invalid = np.zeros(data.shape[1:], dtype=bool)
+    for i, b in enumerate(bands):
+        nd = _nodata_in(ds.nodatavals[b - 1], data.dtype)
+        if nd is not None:
+            invalid |= data[i] == nd
+    if data.dtype.kind == "f":
+        invalid |= ~np.isfinite(data).all(axis=0)
+    if mask_read:
+        invalid |= (ds.read_masks(bands, window=window) == 0).any(axis=0)
+    if gy is not None:
+        data, invalid = data[:, gy], invalid[gy]
+    if gx is not None:
+        data, invalid = data[:, :, gx], invalid[:, gx]
+    return data, ~invalid
+
+
+def detect_scale(ds: Any, bands: list[int]) -> float:
+    """Reflectance factor the IOProcessor would use: 1e-4 when the image mean is > 1, else 1.
+
+    Estimated from up to 9 windows spread over the raster (nodata excluded), so a 20k x 20k file is not
+    read twice.
+    """
+    side = 256
+    xs = [0] if ds.width <= 3 * side else [0, (ds.width - side) // 2, ds.width - side]
+    ys = [0] if ds.height <= 3 * side else [0, (ds.height - side) // 2, ds.height - side]
+    w = ds.width if len(xs) == 1 else side
+    h = ds.height if len(ys) == 1 else side
+    total, count = 0.0, 0
+    for y in ys:
+        for x in xs:
+            tile = Tile(0, 0, x, y, w, h)
+            data, valid = read_tile(ds, bands, tile)
+            if valid.any():
+                vals = data[:, valid].astype(np.float64)
+                total += float(vals.sum())
+                count += vals.size
+    if count == 0:
+        return 1e-4 if np.dtype(ds.dtypes[bands[0] - 1]).kind in "iu" else 1.0
+    return 1e-4 if total / count > 1.0 else 1.0
+
+
+class ThreadDatasets:
+    """One rasterio dataset per worker thread (a GDAL handle must not be shared between threads)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.opened: list[Any] = []
+
+    def get(self) -> Any:
+        ds = getattr(self.local, "ds", None)
+        if ds is None:
+            import rasterio
+
+            ds = rasterio.open(self.path)
+            self.local.ds = ds
+            with self.lock:
+                self.opened.append(ds)
+        return ds
+
+    def close_all(self) -> None:
+        with self.lock:
+            for ds in self.opened:
+                ds.close()
+            self.opened.clear()

@@ -1,0 +1,247 @@
+"""Runs a tensor job: tiles read, sent and stitched with at most `concurrency` requests in flight.
+
+    windowed read (per worker thread) -> band selection -> reflectance scale/offset -> nodata mask
+    -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
+    -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
+
+Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles in flight; the
+whole raster is never held. A run, finished, failed or cancelled, returns only once its worker threads and
+their datasets are done: nothing of it outlives the call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
+from ..http import CancelToken
+from ..jobs import TensorJob, TensorRunStats
+from ..model_spec import ModelSpec
+from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
+from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits
+from .inputs import Normaliser, tile_locations
+from .reader import ThreadDatasets, band_numbers, detect_scale, mask_needs_read, read_tile
+from .tiling import RowBandStitcher, Tile, TileGrid, overlap_pixels
+from .writer import MapWriter
+
+GDAL_CACHE_BYTES = 128 * 1024 * 1024  # a row of input blocks is re-read rather than cached
+INFO_EVERY_S = 5.0
+POLL_S = 0.1  # how often the main loop looks at the cancel flag
+
+
+def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
+               span: Optional[ProgressSpan] = None, *, encoding: Optional[str] = None,
+               answer: Optional[str] = None) -> TensorRunStats:
+    """Map floods on `job.input` through a tensor-mode vLLM server, writing `job.output_path`.
+
+    Raises Cancelled (nothing left behind) when `progress.is_canceled()` turns true. `encoding` and `answer`
+    force the tensor and logits formats (tests, benchmarks); by default the server's version decides.
+    """
+    import rasterio
+
+    progress = progress or NullProgress()
+    span = span or ProgressSpan()
+    t_start = time.monotonic()
+    spec = job.spec.validate_for_tensor()
+    info = job.input
+    cache = min(GDAL_CACHE_BYTES, _current_cache_bytes())
+    with rasterio.Env(GDAL_CACHEMAX=cache):
+        try:
+            src = rasterio.open(info.path)
+        except rasterio.errors.RasterioError as exc:
+            raise InputError(f"Cannot open the input raster {info.path}: {exc}.",
+                             "Check the path (or URL) and that GDAL can read the format.") from exc
+        with src:
+            bands = band_numbers(job.bands, src.count, spec.channels)
+            offset = 0.0 if job.offset is None else float(job.offset)
+            scale = job.scale
+            if scale is None:
+                scale = detect_scale(src, bands)
+                progress.info(f"Reflectance scale auto-detected: x{scale:g}"
+                              + (f", offset {offset:g}" if offset else ""))
+            scale = float(scale)
+            ov = overlap_pixels(min(spec.tile_height, spec.tile_width), job.overlap)
+            grid = TileGrid.build(src.width, src.height, spec.tile_width, spec.tile_height, ov, ov)
+            locations = (tile_locations(src, grid, spec.location_shape, job.location_mode)
+                         if spec.has_location else {})
+            encoder = PayloadEncoder(job.model, spec, encoding or choose_encoding(job.version),
+                                     answer or choose_answer(job.version))
+            normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
+            writer = MapWriter(src, job.output_path, job.probability_path, spec)
+            progress.info(
+                f"Tensor transport: {src.width}x{src.height} px in {len(grid)} tiles of "
+                f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px), {job.concurrency} in flight, "
+                f"{encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
+            try:
+                tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
+                               locations, client, spec, writer)
+                n_requests = tiles.run(job.concurrency, progress, span)
+                writer.commit()
+            except BaseException:
+                writer.discard()
+                raise
+            seconds = time.monotonic() - t_start
+            total = src.width * src.height
+    progress.set_progress(span.end)
+    progress.info(f"Tensor transport done: {len(grid)} tiles, {n_requests} requests in {seconds:.1f} s")
+    return TensorRunStats(
+        stats=writer.stats.result(), output_path=job.output_path, total_pixels=total, tiles=len(grid),
+        requests=n_requests, seconds=seconds, encoding=encoder.encoding, answer=encoder.answer,
+        tile_size=spec.tile_size, overlap=ov, concurrency=job.concurrency, scale=scale, offset=offset,
+        probability_path=job.probability_path,
+    )
+
+
+def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec,
+              token: Optional[CancelToken] = None) -> np.ndarray:
+    """POST one tile's body and decode the logits, whichever format the server answered in."""
+    reply = client.post_tensor(body, encoder.model, token)
+    headers = reply.headers
+    return decode_logits(reply.content, spec.num_classes, spec.tile_height, spec.tile_width,
+                         headers.get("Content-Type", ""), headers.get("metadata", ""), encoder.logits_dtype)
+
+
+def fmt_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _current_cache_bytes() -> int:
+    from rasterio._env import get_gdal_config
+
+    value = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        value = int(value)
+    except (TypeError, ValueError):
+        return GDAL_CACHE_BYTES
+    return value * 1024 * 1024 if value < 100000 else value  # GDAL reads small values as MB
+
+
+class _Tiles:
+    """The tiles of one run: each read, normalised and sent in a worker thread, stitched in the caller's."""
+
+    def __init__(self, path: str, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
+                 encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter) -> None:
+        self.grid = grid
+        self.bands = bands
+        self.mask_read = mask_read
+        self.normalise = normalise
+        self.encoder = encoder
+        self.locations = locations
+        self.client = client
+        self.spec = spec
+        self.datasets = ThreadDatasets(path)
+        self.stitcher = RowBandStitcher(grid, spec.num_classes, writer.sink)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.tokens: set[CancelToken] = set()  # the requests on the wire
+        self.sent = 0
+
+    def work(self, tile: Tile) -> Optional[tuple[Tile, Optional[np.ndarray], np.ndarray]]:
+        from rasterio.errors import RasterioError
+
+        if self.stop.is_set():
+            return None
+        try:
+            raw, valid = read_tile(self.datasets.get(), self.bands, tile, self.mask_read)
+        except RasterioError as exc:
+            raise InputError(f"Reading the input raster failed at pixel ({tile.x0}, {tile.y0}): {exc}.",
+                             "Check that the file is complete and readable (gdalinfo -checksum).") from None
+        if not valid.any():
+            return tile, None, valid  # nothing to ask the model about
+        body = self.encoder.encode(self.normalise(raw, valid), self.locations.get(tile.index))
+        del raw
+        token = CancelToken()
+        with self.lock:
+            if self.stop.is_set():
+                return None
+            self.sent += 1
+            self.tokens.add(token)
+        try:
+            logits = post_tile(self.client, body, self.encoder, self.spec, token)
+        finally:
+            with self.lock:
+                self.tokens.discard(token)
+        del body
+        if self.stop.is_set():
+            return None
+        if np.isnan(logits).any():  # NaN would silently read as "not water" everywhere it lands
+            raise ServerError(
+                f"The model returned NaN logits for the tile at pixel ({tile.x0}, {tile.y0}).",
+                "The input is probably outside the range the model expects (an overflow in float16): check "
+                "SCALE/OFFSET (reflectance 0-1) and BANDS, or serve the model in float32.")
+        return tile, logits, valid
+
+    def run(self, concurrency: int, progress: Progress, span: ProgressSpan) -> int:
+        """Send every tile; returns the number of requests. Threads and datasets are done when it returns."""
+        executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="floodmapper-tile")
+        tiles = iter(self.grid)
+        pending: set[Future] = set()
+        total = len(self.grid)
+        done = 0
+        t0 = last_info = time.monotonic()
+        try:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < concurrency:
+                    tile = next(tiles, None)
+                    if tile is None:
+                        exhausted = True
+                        break
+                    pending.add(executor.submit(self.work, tile))
+                if not pending:
+                    break
+                finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                check_cancel(progress)
+                for fut in finished:
+                    try:
+                        result = fut.result()
+                    except FloodMapperError as exc:
+                        self._explain(exc, done, total)
+                        raise
+                    if result is None:  # only after stop, which only a raise sets
+                        continue
+                    self.stitcher.add(*result)
+                    done += 1
+                if finished:
+                    now = time.monotonic()
+                    progress.set_progress(span.at(done / total))
+                    if now - last_info >= INFO_EVERY_S or done == total:
+                        rate = done / max(now - t0, 1e-9)
+                        progress.info(f"Tile {done}/{total}, {rate:.2f} tiles/s, "
+                                      f"ETA {fmt_eta((total - done) / rate if rate else 0)}")
+                        last_info = now
+            if not self.stitcher.finished:
+                raise FloodMapperError("Internal error: some raster rows were never written.",
+                                       "Please report this with the raster size and tile size.")
+            return self.sent
+        finally:
+            with self.lock:
+                self.stop.set()
+                tokens = list(self.tokens)
+            for token in tokens:  # vLLM sees the hang-up and drops those requests
+                token.cancel()
+            for fut in pending:
+                fut.cancel()
+            executor.shutdown(wait=True)  # the cancelled requests end within a tick
+            self.datasets.close_all()
+
+    def _explain(self, exc: FloodMapperError, done: int, total: int) -> None:
+        """Add what the run sent and how far it got to a tile's error."""
+        spec = self.spec
+        if isinstance(exc, EngineDied):
+            exc.message += (
+                f" This run sent {spec.dtype} tensors of shape [{spec.channels}, {spec.tile_height}, "
+                f"{spec.tile_width}] (dtype: {spec.dtype_reason or 'from the model spec'}).")
+            exc.hint += (" Restart the server with an explicit --dtype and give Flood Mapper the same "
+                         "one (SERVER_DTYPE), and give the served model's config.json as MODEL_SPEC "
+                         "so the tiles have the model's shape.")
+        if not isinstance(exc, Cancelled) and done:
+            # what was done, so the user can judge a retry (nothing of it is kept)
+            exc.message += f" The run stopped after {done} of {total} tiles; no output was written."

@@ -1,0 +1,90 @@
+"""The tensor transport's outputs: the stitched logits of each row band written as class-map rows (and
+optional water-probability rows) into temporary GeoTIFFs, moved into place together at the end."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..classes import NODATA
+from ..errors import OutputError
+from ..model_spec import ModelSpec
+from ..output import AtomicOutputs, output_profile
+from ..stats import StatsAccumulator
+
+log = logging.getLogger("floodmapper.tensor")
+
+PROBABILITY_NODATA = -1.0
+
+
+class MapWriter:
+    """Class (and probability) rows into temporary files beside the targets; commit() or discard()."""
+
+    def __init__(self, ds: Any, output_path: str, probability_path: str, spec: ModelSpec) -> None:
+        import rasterio
+        from rasterio.errors import RasterioError
+
+        self.spec = spec
+        self.stats = StatsAccumulator(ds.crs.to_wkt() if ds.crs else None, ds.transform)
+        self.outputs = AtomicOutputs([output_path] + ([probability_path] if probability_path else []),
+                                     keep=ds.name)
+        self.files: list[Any] = []
+        try:
+            self.files.append(rasterio.open(self.outputs.temps[0], "w", **output_profile(ds)))
+            if probability_path:
+                self.files.append(rasterio.open(self.outputs.temps[1], "w", **output_profile(
+                    ds, dtype="float32", nodata=PROBABILITY_NODATA)))
+        except RasterioError as exc:
+            self.discard()
+            raise OutputError(f"Cannot create the output next to {output_path}: {exc}.",
+                              "Choose a folder you can write to, with free space.") from None
+
+    def sink(self, row0: int, logits: np.ndarray, valid: np.ndarray) -> None:
+        """Rows row0.. of the map from their blended logits [classes, rows, width] and validity."""
+        from rasterio.windows import Window
+
+        spec = self.spec
+        h, w = valid.shape
+        window = Window(0, row0, w, h)
+        if spec.num_classes == 2:  # argmax of two, ties to class 0, without the index array
+            other = logits[1 - spec.water_class]
+            mine = logits[spec.water_class]
+            water = mine > other if spec.water_class == 1 else mine >= other
+        else:
+            water = np.argmax(logits, axis=0) == spec.water_class
+        classes = water.astype(np.uint8)  # CLASS_WATER = 1, CLASS_NOT_WATER = 0
+        self.stats.add(window, classes, valid)
+        classes[~valid] = NODATA
+        self.files[0].write(classes, 1, window=window)
+        if len(self.files) > 1:
+            top = logits.max(axis=0)
+            expsum = np.exp(logits - top).sum(axis=0)
+            prob = (np.exp(logits[spec.water_class] - top) / expsum).astype(np.float32)
+            prob[~valid] = PROBABILITY_NODATA
+            self.files[1].write(prob, 1, window=window)
+
+    def commit(self) -> None:
+        from rasterio.errors import RasterioError
+
+        try:
+            for f in self.files:
+                f.close()
+        except RasterioError as exc:
+            self.discard()
+            raise OutputError(f"Writing the flood map failed: {exc}.", "Check free disk space.") from None
+        self.files = []
+        self.outputs.commit()
+
+    def discard(self) -> None:
+        """Remove the temporary files. Closing first may fail on a full disk; the files go either way."""
+        from rasterio.errors import RasterioError
+
+        for f in self.files:
+            try:
+                f.close()
+            except (RasterioError, OSError) as exc:  # the error being raised already says what failed
+                log.debug("closing a discarded output failed: %s", exc)
+        self.files = []
+        self.outputs.discard()

@@ -1,0 +1,41 @@
+"""The algorithms' inputs as the core takes them: a raster layer's GDAL source, and a BANDS list."""
+
+from __future__ import annotations
+
+import os
+
+from ..core.errors import InputError
+
+
+def parse_bands(text: str) -> list[int] | None:
+    """'2,3,4, 9 12;13' -> [2, 3, 4, 9, 12, 13]; '' -> None (automatic)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        bands = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(
+            f"BANDS '{text}' is not a list of band numbers.",
+            "Give 1-based band numbers in the model's band order, e.g. 2,3,4,9,12,13, or leave it empty.",
+        ) from None
+    if any(b < 1 for b in bands):
+        raise InputError(f"BANDS '{text}' has a band number below 1.", "Band numbers start at 1.")
+    return bands
+
+
+def layer_source(layer) -> str:
+    """The GDAL source the server or the client can read, or an InputError naming the way out."""
+    if layer.providerType() != "gdal":
+        raise InputError(
+            f"Layer '{layer.name()}' is a {layer.providerType()} layer, not a raster file.",
+            "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…) and map floods on the export.",
+        )
+    source = layer.source().split("|")[0]
+    if source.startswith(("/vsicurl/", "http://", "https://")) or os.path.exists(source):
+        return source
+    raise InputError(
+        f"Layer '{layer.name()}' is not a readable file or URL ({source}).",
+        "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…).",
+    )
