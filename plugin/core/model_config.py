@@ -38,6 +38,7 @@ from typing import IO, Any, Optional, Union
 import numpy as np
 
 from .errors import ModelSpecError
+from .versions import version_tuple
 
 PathLike = Union[str, Path]
 ERROR = "ERROR"
@@ -148,15 +149,6 @@ def load_input_spec(spec: Union[str, PathLike, dict]) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # TerraTorch version of the serving environment
-
-
-def parse_version(text: str) -> tuple[int, ...]:
-    nums = []
-    for part in re.split(r"[.+-]", text):
-        if not part.isdigit():
-            break
-        nums.append(int(part))
-    return tuple(nums)
 
 
 def detect_terratorch_version(vllm_python: Optional[str] = None) -> Optional[str]:
@@ -318,7 +310,7 @@ def check_model_section(model: Any, problems: list[Problem], terratorch_version:
             problems.append(Problem(ERROR, f"{ma}.necks", "must be a list of {name: ..., <args>} entries, "
                                     "e.g. [{name: SelectIndices, indices: [5, 11, 17, 23]}, "
                                     "{name: ReshapeTokensToImage}]"))
-    installed = parse_version(terratorch_version) if terratorch_version else None
+    installed = version_tuple(terratorch_version) if terratorch_version else None
     for arg, (dropped_in, why) in REMOVED_MODEL_ARGS.items():
         if arg not in model_args:
             continue
@@ -680,7 +672,7 @@ def build_config(ttconfig: dict, input_spec: Optional[dict], terratorch_version:
     model_args = init_args["model_args"]
     if model_args.get("backbone_pretrained") is True:
         model_args["backbone_pretrained"] = False
-    installed = parse_version(terratorch_version) if terratorch_version else None
+    installed = version_tuple(terratorch_version) if terratorch_version else None
     for arg, (dropped_in, _why) in REMOVED_MODEL_ARGS.items():
         if arg in model_args and installed is not None and installed >= dropped_in:
             value = model_args.pop(arg)
