@@ -19,6 +19,7 @@ import yaml
 
 from plugin.core import model_config as mc
 from plugin.core.model_config import ERROR, WARNING, Problem
+from plugin.core.model_prep import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
@@ -84,7 +85,7 @@ def tensors(num_classes: int = 2, in_chans: int = 6, scale_modules: bool = False
 
 def write_st(path: Path, arrays: dict) -> Path:
     kinds = {np.dtype(np.float32): "F32", np.dtype(np.int64): "I64", np.dtype(np.float16): "F16"}
-    mc.write_safetensors(path, {k: mc.Tensor(kinds[v.dtype], v) for k, v in arrays.items()})
+    checkpoint.write_safetensors(path, {k: checkpoint.Tensor(kinds[v.dtype], v) for k, v in arrays.items()})
     return path
 
 
@@ -131,7 +132,7 @@ def test_valid_run_writes_config_and_weights(run, tmp_path):
     assert pc["model"]["init_args"]["tiled_inference_parameters"] == {"h_crop": 256, "w_crop": 256}
     assert pc["data"]["init_args"]["means"] == [0.1, 0.1, 0.1, 0.3, 0.2, 0.1]
     assert pc["data"]["init_args"]["output_bands"] == BANDS
-    got = mc.read_weights(out / "model.safetensors")
+    got = checkpoint.read_weights(out / "model.safetensors")
     assert "encoder.pos_embed" not in got  # recomputed at build, as vLLM's Lightning path skips it
     assert got["decoder.bottleneck.norm.num_batches_tracked"].dtype == "I64"
     assert np.array_equal(got["head.head.1.weight"].array, tensors()["head.head.1.weight"])
@@ -140,7 +141,7 @@ def test_valid_run_writes_config_and_weights(run, tmp_path):
 
 def test_fp16_halves_float_tensors_and_keeps_integers(run, tmp_path):
     res = run(fp16=True)
-    got = mc.read_weights(res.weights)
+    got = checkpoint.read_weights(res.weights)
     assert got["head.head.1.weight"].dtype == "F16"
     assert got["decoder.bottleneck.norm.num_batches_tracked"].dtype == "I64"
     assert np.allclose(got["head.head.1.weight"].array, tensors()["head.head.1.weight"], atol=1e-2)
@@ -336,7 +337,7 @@ def test_decoder_scale_modules_on_1_2_13_is_rewritten_with_a_warning(run, tmp_pa
     margs = res.config["pretrained_cfg"]["model"]["init_args"]["model_args"]
     assert "decoder_scale_modules" not in margs
     assert margs["necks"][-1] == {"name": "LearnedInterpolateToPyramidal"}
-    got = mc.read_weights(res.weights)
+    got = checkpoint.read_weights(res.weights)
     assert "neck.2.fpn1.0.weight" in got and "neck.2.fpn2.0.bias" in got
     assert not any(k.startswith("decoder.fpn") for k in got)
 
@@ -572,7 +573,7 @@ def test_lightning_ckpt_is_read_without_torch(tmp_path, monkeypatch):
                        "optimizer_states": [{"state": {0: {"exp_avg": np.zeros(3, np.float32)}}}]}, fake)
     monkeypatch.delitem(sys.modules, "torch")  # reading must not need it
     monkeypatch.delitem(sys.modules, "lightning_fake")
-    got = mc.read_weights(ckpt)
+    got = checkpoint.read_weights(ckpt)
     assert sorted(got) == sorted(k for k in arrays if "pos_embed" not in k)
     for k, t in got.items():
         assert np.array_equal(t.array, arrays[k]), k
@@ -584,15 +585,15 @@ def test_flat_pt_state_dict(tmp_path, monkeypatch):
     arrays = tensors()
     pt = tmp_path / "w.pt"
     _torch_save(pt, OrderedDict(arrays), _fake_torch(monkeypatch))
-    got = mc.read_weights(pt)
+    got = checkpoint.read_weights(pt)
     assert np.array_equal(got["head.head.1.weight"].array, arrays["head.head.1.weight"])
 
 
 def test_non_contiguous_tensor_is_rebuilt_from_strides(tmp_path, monkeypatch):
     base = np.arange(12, dtype=np.float32).reshape(3, 4)
-    storage = mc._rebuild_tensor(("F32", base.ravel()), 1, (2, 2), (4, 1))
+    storage = checkpoint._rebuild_tensor(("F32", base.ravel()), 1, (2, 2), (4, 1))
     assert np.array_equal(storage.array, base[:2, 1:3])
-    transposed = mc._rebuild_tensor(("F32", base.ravel()), 0, (4, 3), (1, 4))
+    transposed = checkpoint._rebuild_tensor(("F32", base.ravel()), 0, (4, 3), (1, 4))
     assert np.array_equal(transposed.array, base.T)
 
 
@@ -601,7 +602,7 @@ def test_unpickler_never_imports(tmp_path):
     payload = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00echoq\x00\x85q\x01Rq\x02."
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("archive/data.pkl", payload)
-    got = mc.read_weights(evil)  # os.system is replaced by an inert placeholder
+    got = checkpoint.read_weights(evil)  # os.system is replaced by an inert placeholder
     assert got == {}
 
 

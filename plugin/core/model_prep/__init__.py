@@ -1,0 +1,1 @@
+"""Model preparation: a TerraTorch training run turned into a folder vLLM can serve."""
