@@ -1,4 +1,4 @@
-"""Checkpoint tensors read without torch; safetensors written with numpy alone.
+"""Model weights in and out without torch (Lightning .ckpt, torch .pt, safetensors).
 
 The QGIS Python has no torch, so a Lightning `.ckpt`, a `.pt`/`.pth` (torch zip format) or a
 `.safetensors` file is read here with numpy only, and without executing pickled code: a restricted
