@@ -20,7 +20,6 @@ QGIS-free; PyYAML is imported only when a YAML file is read.
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import os
 import pickle
@@ -34,6 +33,7 @@ from typing import Any, Optional, Union
 
 from .errors import ModelSpecError
 from .model_prep.checkpoint import WEIGHT_SUFFIXES, Tensor, read_weights, write_safetensors
+from .model_prep.inputs import load_input_spec, load_ttconfig
 from .model_prep.rules import (
     ERROR,
     REMOVED_MODEL_ARGS,
@@ -44,6 +44,7 @@ from .model_prep.rules import (
     check_model_section,
     check_weights,
 )
+from .model_prep.serving_env import detect_terratorch_version
 from .versions import version_tuple
 
 PathLike = Union[str, Path]
@@ -76,94 +77,6 @@ class PreparedModel:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.level == WARNING]
-
-
-# ----------------------------------------------------------------------------------------------
-# reading the inputs
-
-
-def load_ttconfig(path: PathLike) -> dict:
-    """Read a LightningCLI YAML; raises ModelSpecError naming the file on any problem."""
-    try:
-        import yaml
-    except ImportError as exc:  # pragma: no cover - depends on the interpreter
-        raise ModelSpecError(
-            "PyYAML is not installed in this Python, so the TerraTorch YAML cannot be read.",
-            "Install it (Debian: apt install python3-yaml; pip: pip install pyyaml).",
-        ) from exc
-    p = Path(path)
-    if not p.is_file():
-        raise ModelSpecError(f"TerraTorch config {p} does not exist.", "Pass the YAML used for training.")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ModelSpecError(f"TerraTorch config {p} is not valid YAML: {exc}", "Fix the YAML syntax.") from exc
-    if not isinstance(data, dict):
-        raise ModelSpecError(
-            f"TerraTorch config {p} is not a mapping with `model` and `data` sections.",
-            "Pass the LightningCLI YAML used for training (the one with `model:` and `data:`).",
-        )
-    return data
-
-
-def load_input_spec(spec: Union[str, PathLike, dict]) -> dict:
-    """The input specification from JSON text, a JSON file path, or an already parsed dict."""
-    if isinstance(spec, dict):
-        return spec
-    text = str(spec).strip()
-    if not text.startswith("{"):
-        p = Path(text).expanduser()
-        if not p.is_file():
-            raise ModelSpecError(
-                f"Input spec {text!r} is neither JSON text nor an existing file.",
-                'Pass JSON such as {"target": "pixel_values", "data": {"pixel_values": '
-                '{"type": "torch.Tensor", "shape": [6, 512, 512]}}} or the path of a file holding it.',
-            )
-        text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"Input spec is not valid JSON: {exc}", "Fix the JSON syntax.") from exc
-    if not isinstance(data, dict):
-        raise ModelSpecError("Input spec must be a JSON object with a `data` entry.",
-                             'Wrap it as {"data": {...}, "target": "..."}.')
-    return data
-
-
-# ----------------------------------------------------------------------------------------------
-# TerraTorch version of the serving environment
-
-
-def detect_terratorch_version(vllm_python: Optional[str] = None) -> Optional[str]:
-    """TerraTorch version in the environment that will serve the model, read from its dist-info.
-
-    Looks at the vLLM environment's site-packages (no import: that takes 20 s), then at this
-    interpreter. None when it cannot be found.
-    """
-    candidates = []
-    if vllm_python:
-        candidates.append(vllm_python)
-    if os.environ.get("FLOODMAPPER_VLLM_PYTHON"):
-        candidates.append(os.environ["FLOODMAPPER_VLLM_PYTHON"])
-    try:
-        from .settings import default_vllm_python
-
-        candidates.append(default_vllm_python())
-    except ImportError:  # pragma: no cover
-        pass
-    for py in candidates:
-        prefix = Path(py).expanduser().parent.parent
-        hits = sorted(glob.glob(str(prefix / "lib" / "python3*" / "site-packages" / "terratorch-*.dist-info")))
-        for hit in hits:
-            m = re.match(r"terratorch-([^-]+)\.dist-info", Path(hit).name)
-            if m:
-                return m.group(1)
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("terratorch")
-    except PackageNotFoundError:
-        return None
 
 
 # ----------------------------------------------------------------------------------------------
