@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import yaml
 
-from plugin.core import model_config as mc
-from plugin.core.model_config import ERROR, WARNING, Problem
+from plugin.core.model_prep import builder as mc
 from plugin.core.model_prep import checkpoint
+from plugin.core.model_prep.rules import ERROR, WARNING, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]

@@ -1,20 +1,12 @@
-"""Turn a TerraTorch training run (LightningCLI YAML + checkpoint) into a folder vLLM can serve.
+"""Build the folder vLLM serves from a TerraTorch training run (LightningCLI YAML + checkpoint).
 
 vLLM's TerraTorch loader needs a `config.json` (`architectures: ["Terratorch"]`, `num_classes: 0`,
-`pretrained_cfg` = {input, model, data}) and the weights beside it. Writing that by hand is where
-models fail to serve: a band list that disagrees with the datamodule, a shape that is not a list of
-ints, an argument the installed TerraTorch no longer accepts, a missing `data` section (the
-segmentation IOProcessor refuses to start without it). Each such mistake otherwise shows up a
-minute later as a stack trace in a server log; here every one is reported at once, as a
-`Problem(level, key, message)` naming the key and the fix, and nothing is written if any is an error.
+`pretrained_cfg` = {input, model, data}) and the weights beside it. `prepare_model` reads the inputs,
+runs every rule (rules.py), rewrites what the serving TerraTorch needs rewritten, and writes
+`config.json` + `model.safetensors` atomically; if any problem is an error it writes nothing.
 
-Weights are converted to one flat `model.safetensors` (keys relative to the TerraTorch model, the form
-vLLM's loader prefixes with `inference_runner.model.`), optionally in float16, with numpy only: the
-QGIS Python has no torch. Lightning `.ckpt`, `.pt`/`.pth` (torch zip format) and `.safetensors` are
-read without torch and without executing pickled code (a restricted unpickler that only rebuilds
-tensors and plain containers).
-
-QGIS-free; PyYAML is imported only when a YAML file is read.
+Weights are written as one flat `model.safetensors` (keys relative to the TerraTorch model, the form
+vLLM's loader prefixes with `inference_runner.model.`), optionally in float16.
 """
 
 from __future__ import annotations
@@ -25,16 +17,16 @@ import os
 import pickle
 import re
 import shutil
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .errors import ModelSpecError
-from .model_prep.checkpoint import WEIGHT_SUFFIXES, Tensor, read_weights, write_safetensors
-from .model_prep.inputs import load_input_spec, load_ttconfig
-from .model_prep.rules import (
+from ..errors import ModelSpecError
+from ..versions import version_tuple
+from .checkpoint import WEIGHT_SUFFIXES, Tensor, read_weights, write_safetensors
+from .inputs import load_input_spec, load_ttconfig
+from .rules import (
     ERROR,
     REMOVED_MODEL_ARGS,
     WARNING,
@@ -44,8 +36,7 @@ from .model_prep.rules import (
     check_model_section,
     check_weights,
 )
-from .model_prep.serving_env import detect_terratorch_version
-from .versions import version_tuple
+from .serving_env import detect_terratorch_version
 
 PathLike = Union[str, Path]
 WEIGHTS_NAME = "model.safetensors"
@@ -243,37 +234,3 @@ def prepare_model(
         raise
     shutil.rmtree(old, ignore_errors=True)
     return PreparedModel(out, config, out / WEIGHTS_NAME, problems, tensors=len(tensors), weights_bytes=size)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """CLI: exit 0 written, 2 validation errors, 1 other failure."""
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="prepare-model",
-        description="Write a vLLM-ready TerraTorch model folder (config.json + model.safetensors), "
-                    "after checking the config, input spec and checkpoint agree.")
-    ap.add_argument("--ttconfig", required=True, help="TerraTorch LightningCLI YAML (model + data sections)")
-    ap.add_argument("-i", "--input", required=True, help="input spec: JSON text or a JSON file")
-    ap.add_argument("--weights", required=True, help="checkpoint: .ckpt, .pt/.pth or .safetensors")
-    ap.add_argument("--out", required=True, help="output folder (written atomically)")
-    ap.add_argument("--fp16", action="store_true", help="store float weights as float16 (half the size)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    ap.add_argument("--terratorch-version", default="detect",
-                    help="TerraTorch version vLLM runs (default: read from the vLLM environment)")
-    a = ap.parse_args(argv)
-    try:
-        res = prepare_model(a.ttconfig, a.input, a.weights, a.out, fp16=a.fp16, overwrite=a.overwrite,
-                            terratorch_version=a.terratorch_version)
-    except ModelPreparationFailed as exc:
-        for p in exc.problems:
-            print(p, file=sys.stderr)
-        print("Nothing was written.", file=sys.stderr)
-        return 2
-    except (ModelSpecError, OSError) as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        return 1
-    for p in res.warnings:
-        print(p, file=sys.stderr)
-    print(f"wrote {res.out_dir} ({res.tensors} tensors, {res.weights_bytes / 1e6:.1f} MB of weights)")
-    return 0
