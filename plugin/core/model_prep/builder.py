@@ -70,10 +70,6 @@ class PreparedModel:
         return [p for p in self.problems if p.level == WARNING]
 
 
-# ----------------------------------------------------------------------------------------------
-# the generator
-
-
 def build_config(ttconfig: dict, input_spec: Optional[dict], terratorch_version: Optional[str] = None) -> tuple:
     """(config.json dict, problems) from a parsed LightningCLI config and input spec. Writes nothing.
 
@@ -116,12 +112,42 @@ def build_config(ttconfig: dict, input_spec: Optional[dict], terratorch_version:
     return config, problems
 
 
-def _scale_modules_moved(original_args: dict, config: dict) -> Optional[int]:
-    """Index of the neck that received the old UperNet scale modules, if build_config appended one."""
+def _read_checked_weights(path: Path, problems: list[Problem]) -> dict[str, Tensor]:
+    """The checkpoint's model tensors, or {} with the reason appended to `problems`."""
+    if not path.is_file():
+        problems.append(Problem(ERROR, "weights", f"{path} does not exist; pass the checkpoint (.ckpt, .pt or "
+                                ".safetensors) saved by training"))
+        return {}
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        problems.append(Problem(ERROR, "weights", f"{path.name} has an unknown extension; pass a Lightning "
+                                ".ckpt, a torch .pt/.pth or a .safetensors file"))
+        return {}
+    try:
+        tensors = read_weights(path)
+    except (ModelSpecError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, EOFError,
+            json.JSONDecodeError, OSError) as exc:
+        problems.append(Problem(ERROR, "weights", f"{path.name} could not be read ({exc}); pass the "
+                                "checkpoint written by TerraTorch/Lightning training or torch.save()"))
+        return {}
+    if not tensors:
+        problems.append(Problem(ERROR, "weights", f"{path.name} holds no model tensors (no state_dict "
+                                "with model.* entries, no flat tensor dict); pass the training checkpoint"))
+    return tensors
+
+
+def _move_scale_module_weights(tensors: dict[str, Tensor], original_args: dict, config: dict) -> dict[str, Tensor]:
+    """The old UperNet scale modules' weights (`decoder.fpnN.*`) renamed into the neck build_config appended."""
+    if not (original_args.get("decoder_scale_modules") and config):
+        return tensors
     new_args = config["pretrained_cfg"]["model"]["init_args"]["model_args"]
-    if original_args.get("decoder_scale_modules") and "decoder_scale_modules" not in new_args:
-        return len(new_args["necks"]) - 1
-    return None
+    if "decoder_scale_modules" in new_args:  # kept: the serving TerraTorch still takes it
+        return tensors
+    idx = len(new_args["necks"]) - 1
+    moved = {}
+    for k, v in tensors.items():
+        m = re.match(r"decoder\.(fpn[1-4]\..*)", k)
+        moved[f"neck.{idx}.{m.group(1)}" if m else k] = v
+    return moved
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -130,6 +156,51 @@ def _inside(child: Path, parent: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_output(out: Path, inputs: list[Path], overwrite: bool, problems: list[Problem]) -> None:
+    """The output folder may be written: new or empty (or `overwrite`), holding no input, in an existing parent."""
+    if out.exists() and not out.is_dir():
+        problems.append(Problem(ERROR, "out", f"{out} exists and is not a folder; choose a folder path"))
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        problems.append(Problem(ERROR, "out", f"{out} exists and is not empty; choose a new folder or allow "
+                                "overwriting (--overwrite)"))
+    for p in inputs:
+        if out.exists() and _inside(p, out):
+            problems.append(Problem(ERROR, "out", f"{out} holds the input {p.name}; writing there would "
+                                    "replace it. Choose another output folder"))
+    if not out.parent.exists():
+        problems.append(Problem(ERROR, "out", f"parent folder {out.parent} does not exist; create it first"))
+
+
+def _write_folder(out: Path, tensors: dict[str, Tensor], config: dict, fp16: bool,
+                  extra_files: dict[str, str]) -> int:
+    """Fill a temporary sibling folder, then swap it in for `out` by renames; returns the weights' size.
+
+    On any failure the temporary folder is removed and a previous `out` is put back: there is never a
+    half-written folder at `out`.
+    """
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        size = write_safetensors(tmp / WEIGHTS_NAME, tensors, fp16=fp16)
+        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
+            json.dump(config, fh, indent=2)
+            fh.write("\n")
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return size
 
 
 def prepare_model(
@@ -169,68 +240,14 @@ def prepare_model(
     if cfg is not None:
         config, more = build_config(cfg, spec, terratorch_version)
         problems.extend(more)
-    tensors: dict[str, Tensor] = {}
-    if not wpath.is_file():
-        problems.append(Problem(ERROR, "weights", f"{wpath} does not exist; pass the checkpoint (.ckpt, .pt or "
-                                ".safetensors) saved by training"))
-    elif wpath.suffix.lower() not in WEIGHT_SUFFIXES:
-        problems.append(Problem(ERROR, "weights", f"{wpath.name} has an unknown extension; pass a Lightning "
-                                ".ckpt, a torch .pt/.pth or a .safetensors file"))
-    else:
-        try:
-            tensors = read_weights(wpath)
-        except (ModelSpecError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError, EOFError,
-                json.JSONDecodeError, OSError) as exc:
-            problems.append(Problem(ERROR, "weights", f"{wpath.name} could not be read ({exc}); pass the "
-                                    "checkpoint written by TerraTorch/Lightning training or torch.save()"))
-        else:
-            if not tensors:
-                problems.append(Problem(ERROR, "weights", f"{wpath.name} holds no model tensors (no state_dict "
-                                        "with model.* entries, no flat tensor dict); pass the training checkpoint"))
+    tensors = _read_checked_weights(wpath, problems)
     if cfg is not None and isinstance(cfg.get("model"), dict) and tensors:
         margs = (cfg["model"].get("init_args") or {}).get("model_args") or {}
         if isinstance(margs, dict):
             check_weights(tensors, margs, problems)
-            if margs.get("decoder_scale_modules") and config:
-                idx = _scale_modules_moved(margs, config)
-                if idx is not None:
-                    moved = {}
-                    for k, v in tensors.items():
-                        m = re.match(r"decoder\.(fpn[1-4]\..*)", k)
-                        moved[f"neck.{idx}.{m.group(1)}" if m else k] = v
-                    tensors = moved
-    if out.exists() and not out.is_dir():
-        problems.append(Problem(ERROR, "out", f"{out} exists and is not a folder; choose a folder path"))
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        problems.append(Problem(ERROR, "out", f"{out} exists and is not empty; choose a new folder or allow "
-                                "overwriting (--overwrite)"))
-    for p in inputs:
-        if out.exists() and _inside(p, out):
-            problems.append(Problem(ERROR, "out", f"{out} holds the input {p.name}; writing there would "
-                                    "replace it. Choose another output folder"))
-    if not out.parent.exists():
-        problems.append(Problem(ERROR, "out", f"parent folder {out.parent} does not exist; create it first"))
+            tensors = _move_scale_module_weights(tensors, margs, config)
+    _check_output(out, inputs, overwrite, problems)
     if any(p.level == ERROR for p in problems):
         raise ModelPreparationFailed(problems)
-
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        size = write_safetensors(tmp / WEIGHTS_NAME, tensors, fp16=fp16)
-        with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
-            json.dump(config, fh, indent=2)
-            fh.write("\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    size = _write_folder(out, tensors, config, fp16, extra_files or {})
     return PreparedModel(out, config, out / WEIGHTS_NAME, problems, tensors=len(tensors), weights_bytes=size)
