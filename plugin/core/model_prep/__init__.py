@@ -1,7 +1,8 @@
 """Model preparation: a TerraTorch training run turned into a folder vLLM can serve.
 
-checkpoint.py reads weights without torch, rules.py holds the validation rules, builder.py writes the
-folder, cli.py is `scripts/prepare-model`. Callers import from here.
+inputs.py parses the YAML and the input spec, checkpoint.py reads and writes weights without torch,
+rules.py holds the validation rules, serving_env.py finds the serving TerraTorch version, builder.py
+writes the folder, cli.py is `scripts/prepare-model`. Callers import from here.
 """
 
 from .builder import ModelPreparationFailed, PreparedModel, prepare_model
