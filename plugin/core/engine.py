@@ -1,25 +1,15 @@
-"""The local engine: a real `vllm serve` that the plugin starts, reuses and stops (QGIS-free).
+"""The local engine: one real `vllm serve` process that the plugin starts, watches and stops (QGIS-free).
 
-Why a child process and not vLLM in QGIS's Python: vLLM, torch and TerraTorch live in their own
-environment (scripts/setup-vllm-env), which QGIS's Python must never import. The plugin only starts that
-environment's Python on plugin/core/vllm_entry.py and talks HTTP to it on 127.0.0.1.
-
-Lifecycle rules, and why:
-- one engine per settings key, kept in a module-level registry and reused across runs: start-up costs
-  1-2 minutes and ~3 GB, a request a few seconds;
-- at most one engine at a time by default (a new key stops the others): two would compete for the same
-  cores and memory;
-- the engine runs in a process group of its own (start_new_session), so `stop()` can end vLLM's API server,
-  engine core and workers together (SIGTERM, then SIGKILL) and nothing is orphaned; an atexit hook stops
-  every engine when QGIS exits;
-- a dead engine (process exited, or /health answering an error) is noticed by the next `ensure_running`,
-  which starts a new one; a /health that merely times out means "busy" (vLLM runs the IOProcessor's
-  pre-processing in its event loop), not "dead".
+Why a child process and not vLLM in QGIS's Python: vLLM, torch and TerraTorch live in their own environment
+(engine_env.py), which QGIS's Python must never import. The engine runs in a process group of its own
+(start_new_session), so `stop()` ends vLLM's API server, engine core and workers together and nothing is
+orphaned. A dead engine (process exited, or /health answering an error) is noticed by the next
+`ensure_running`, which starts a new one; a /health that merely times out means "busy" (vLLM runs the
+IOProcessor's pre-processing in its event loop), not "dead". Which engine serves which settings: engines.py.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import os
@@ -38,6 +28,7 @@ import requests
 
 from .cpu import vllm_cpu_binding
 from .engine_env import ENTRY_SCRIPT, HOST, SETUP_HINT, EngineInfo, check_environment, child_environment
+from .engine_log import LOG_TAIL, EngineLog
 from .errors import Cancelled, EngineError
 from .process_group import kill_group
 from .progress import NullProgress, Progress
@@ -46,7 +37,6 @@ from .transport_choice import engine_dtype, plan_local_engine
 
 IO_PROCESSOR = "terratorch_segmentation"
 STOP_GRACE = 15.0  # vLLM shuts its engine core down within a few seconds of SIGTERM
-LOG_TAIL = 40  # log lines quoted in an error
 
 @dataclass
 class EngineStatus:
@@ -109,7 +99,6 @@ class LocalEngine:
         self.io_processor = io_processor
         self.entry = Path(entry)
         self.log_dir = Path(log_dir) if log_dir else floodmapper_home() / "logs"
-        self.on_log = on_log
         self.info: EngineInfo | None = None
         self.url = ""
         self.port = 0
@@ -117,10 +106,9 @@ class LocalEngine:
         self.dtype = ""  # the --dtype it runs (set when it starts)
         self.command: list[str] = []
         self.log_path = self.log_dir / f"vllm-engine-{engine_key_hash(settings, io_processor)}.log"
+        self.log = EngineLog(self.log_path, on_log)
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
-        self._log_fh = None
-        self._tail: collections.deque[str] = collections.deque(maxlen=400)
         self._out_dir: str | None = None
         self._healthy_once = False
         self._lock = threading.RLock()
@@ -143,7 +131,15 @@ class LocalEngine:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = LOG_TAIL) -> str:
-        return "\n".join(list(self._tail)[-lines:])
+        return self.log.tail(lines)
+
+    @property
+    def on_log(self) -> Callable[[str], None] | None:
+        return self.log.on_log
+
+    @on_log.setter
+    def on_log(self, callback: Callable[[str], None] | None) -> None:
+        self.log.on_log = callback  # each run has its own feedback
 
     def ensure_running(self, progress: Progress | None = None, timeout: float | None = None) -> str:
         """Return the URL of a healthy engine, starting (or restarting) it when needed.
@@ -162,7 +158,7 @@ class LocalEngine:
                     code = self._proc.poll()
                     why = f"exited with code {code}" if code is not None else "reported itself unhealthy"
                     progress.warning(f"The local vLLM engine {why}; starting a new one.")
-                    self._emit(f"[floodmapper] engine {why}; restarting")
+                    self.log.emit(f"[floodmapper] engine {why}; restarting")
                     self._terminate()
             if self._proc is None:
                 self._start(progress)
@@ -192,7 +188,7 @@ class LocalEngine:
                 models = [m["id"] for m in self._http.get(self.url + "/v1/models", timeout=10).json()["data"]]
                 version = self._http.get(self.url + "/version", timeout=10).json().get("version", version)
             except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-                self._emit(f"[floodmapper] status query failed: {exc}")
+                self.log.emit(f"[floodmapper] status query failed: {exc}")
         return EngineStatus(
             running=running, url=self.url if running else "", vllm_version=str(version),
             terratorch_version=info.terratorch, torch_version=info.torch, device=info.device, models=models,
@@ -268,16 +264,12 @@ class LocalEngine:
         if info.device == "cpu":
             extra["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"
             extra.update(vllm_cpu_binding())
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists():
-            os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
-        self._log_fh = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _terminate
-        self._tail.clear()
+        self.log.open()
         self._healthy_once = False
         self.command = cmd
         self.port = port
         self.url = f"http://{HOST}:{port}"
-        self._emit("[floodmapper] starting: " + " ".join(shlex.quote(c) for c in cmd))
+        self.log.emit("[floodmapper] starting: " + " ".join(shlex.quote(c) for c in cmd))
         progress.info(f"Starting the local vLLM engine (vLLM {info.vllm}, {info.device.upper()}) on {self.url}")
         try:
             self._proc = subprocess.Popen(
@@ -291,9 +283,7 @@ class LocalEngine:
             raise EngineError(f"Cannot start the vLLM engine ({cmd[0]}): {exc}.", SETUP_HINT) from exc
         with _LIVE_LOCK:
             _LIVE.add(self)  # stop_all()/atexit reach it even if it was made outside get_engine()
-        self._reader = threading.Thread(target=self._read_output, args=(self._proc,), daemon=True,
-                                        name="floodmapper-engine-log")
-        self._reader.start()
+        self._reader = self.log.follow(self._proc)
 
     def _wait_healthy(self, progress: Progress, timeout: float) -> str:
         t0 = time.monotonic()
@@ -314,7 +304,7 @@ class LocalEngine:
                     "(dtype, extra arguments).",
                 )
             if progress.is_canceled():
-                self._emit("[floodmapper] start-up cancelled; stopping the engine")
+                self.log.emit("[floodmapper] start-up cancelled; stopping the engine")
                 self._terminate()
                 raise Cancelled("Cancelled while the local vLLM engine was starting; it was stopped.")
             if self._stop_requested.is_set():
@@ -360,31 +350,8 @@ class LocalEngine:
             data = self._http.get(self.url + "/v1/models", timeout=10).json()["data"]
             return str(data[0]["id"]) if data else ""
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError) as exc:
-            self._emit(f"[floodmapper] /v1/models failed: {exc}")
+            self.log.emit(f"[floodmapper] /v1/models failed: {exc}")
             return ""
-
-    def _read_output(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self._emit(line.rstrip("\n"))
-        proc.stdout.close()
-
-    def _emit(self, line: str) -> None:
-        self._tail.append(line)
-        fh = self._log_fh
-        if fh is not None and not fh.closed:
-            try:
-                fh.write(line + "\n")
-                fh.flush()
-            except ValueError:  # closed by stop() between the check and the write
-                pass
-        callback = self.on_log
-        if callback is not None:
-            try:
-                callback(line)
-            except Exception as exc:  # noqa: BLE001 - a broken log sink must not kill the reader thread
-                self.on_log = None
-                self._tail.append(f"[floodmapper] log callback failed and was detached: {exc!r}")
 
     def _terminate(self) -> None:
         proc = self._proc
@@ -392,7 +359,7 @@ class LocalEngine:
             kill_group(proc, STOP_GRACE)
             if self._reader is not None:
                 self._reader.join(timeout=5)
-            self._emit(f"[floodmapper] engine stopped (exit code {proc.returncode})")
+            self.log.emit(f"[floodmapper] engine stopped (exit code {proc.returncode})")
         self._proc = None
         self._reader = None
         self._healthy_once = False
@@ -402,9 +369,7 @@ class LocalEngine:
             _LIVE.discard(self)
 
     def _cleanup_files(self) -> None:
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
+        self.log.close()
         if self._out_dir:
             shutil.rmtree(self._out_dir, ignore_errors=True)
             self._out_dir = None

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import time
 from typing import Any
 
 from .errors import OutputError
@@ -15,6 +19,9 @@ from .errors import OutputError
 log = logging.getLogger("floodmapper.output")
 
 OUTPUT_TILE = 256  # GeoTIFF block size of the maps
+PART = ".part"  # every temporary output is named .<target>.<random>.part[.tif]
+STALE_AFTER_S = 3600.0  # a .part file this old belongs to a run that was killed (a run writes into its own)
+_OURS = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.tif)?$")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -55,19 +62,70 @@ def check_outputs(output_path: str, probability_path: str, input_path: str) -> N
                               "Give the probability raster its own file name.")
 
 
-def temp_beside(output_path: str) -> str:
-    """A fresh temporary file name in the output's folder (same file system, so os.replace is atomic)."""
-    folder = os.path.dirname(os.path.abspath(output_path))
-    base = os.path.basename(output_path)
-    if not os.path.isdir(folder):
-        raise OutputError(f"The output folder '{folder}' does not exist.",
-                          "Create it or choose another folder, then run again.")
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part.tif", dir=folder)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(output_path: str, folder: bool = False) -> str:
+    """A fresh temporary file (or folder) in the output's folder: same file system, so the final rename is
+    atomic. It gets the permissions a new file gets under the user's umask (0644 under the usual 022), not
+    mkstemp's 0600: a map server or a colleague must be able to read the output."""
+    parent = os.path.dirname(os.path.abspath(output_path))
+    base = os.path.basename(output_path)
+    if not os.path.isdir(parent):
+        raise OutputError(f"The output folder '{parent}' does not exist.",
+                          "Create it or choose another folder, then run again.")
+    remove_stale_parts(parent)
+    try:
+        if folder:
+            tmp = os.path.join(parent, f".{base}.{secrets.token_hex(4)}{PART}")
+            os.mkdir(tmp)  # mode 0777 & ~umask
+            return tmp
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f"{PART}.tif", dir=parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
     except OSError as exc:
-        raise OutputError(f"Cannot write in '{folder}': {exc.strerror}.", "Choose a folder you can write to.") from None
-    os.close(fd)
+        raise OutputError(f"Cannot write in '{parent}': {exc.strerror}.", "Choose a folder you can write to.") from None
     return tmp
+
+
+def remove_stale_parts(folder: str, older_than: float = STALE_AFTER_S) -> list[str]:
+    """Remove temporary outputs of earlier runs that were killed (QGIS crashed, kill -9): only names this
+    module makes, and only those untouched for `older_than` seconds (a running job's are fresh)."""
+    removed = []
+    now = time.time()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not _OURS.match(name.removesuffix(".aux.xml")):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if now - os.lstat(path).st_mtime < older_than:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+            removed.append(path)
+        except OSError as exc:
+            log.warning("could not remove the stale temporary output %s: %s", path, exc)
+    if removed:
+        log.info("removed %d temporary output(s) left by an earlier run that was stopped: %s", len(removed),
+                 ", ".join(os.path.basename(p) for p in removed))
+    return removed
 
 
 def output_profile(src: Any, **changes: Any) -> dict:
@@ -93,15 +151,17 @@ def output_profile(src: Any, **changes: Any) -> dict:
 
 
 class AtomicOutputs:
-    """Temporary files beside each target, moved into place all together by `commit()`, or removed.
+    """Temporary files (or folders) beside each target, moved into place all together by `commit()`, or
+    removed by `discard()`.
 
-    With several targets an older file at a target is set aside first and put back if a later rename fails
-    (the output folder removed meanwhile, say): all outputs or none.
+    An older output at a target is set aside first and put back if a later rename fails (the output folder
+    removed meanwhile, say): all outputs or none, and never a half-written one.
     """
 
-    def __init__(self, targets: list[str], keep: str = "") -> None:
+    def __init__(self, targets: list[str], keep: str = "", folders: bool = False) -> None:
         """`keep`: the input, which no target may be (checked here too, as the last guard)."""
         self.targets = list(targets)
+        self.folders = folders
         self.temps: list[str] = []
         for target in self.targets:
             if _same_file(target, keep):
@@ -109,7 +169,7 @@ class AtomicOutputs:
                                   "Choose another output file; the input is never overwritten.")
         try:
             for target in self.targets:
-                self.temps.append(temp_beside(target))
+                self.temps.append(temp_beside(target, folder=folders))
         except OutputError:
             self.discard()
             raise
@@ -119,12 +179,14 @@ class AtomicOutputs:
         renamed: list[str] = []
         try:
             for tmp, final in zip(self.temps, self.targets):
-                if len(self.targets) > 1 and os.path.lexists(final):
-                    backup = temp_beside(final)
+                if (len(self.targets) > 1 or self.folders) and os.path.lexists(final):
+                    backup = temp_beside(final, folder=self.folders)
                     try:
+                        if self.folders:
+                            os.rmdir(backup)  # a folder cannot be renamed over a folder: its name is enough
                         os.replace(final, backup)
                     except OSError:
-                        os.remove(backup)
+                        _remove(backup)
                         raise
                     backups[final] = backup
                 os.replace(tmp, final)
@@ -132,7 +194,7 @@ class AtomicOutputs:
         except (OSError, OutputError) as exc:
             for path in renamed:
                 try:
-                    os.remove(path)
+                    _remove(path)
                 except OSError as undo:
                     log.warning("could not remove %s: %s", path, undo)
             for final, backup in backups.items():
@@ -149,15 +211,22 @@ class AtomicOutputs:
             ) from None
         for backup in backups.values():
             try:
-                os.remove(backup)
+                _remove(backup)
             except OSError as exc:
                 log.warning("could not remove the older output set aside as %s: %s", backup, exc)
         self.temps = []
 
     def discard(self) -> None:
-        """Remove the temporary files (and GDAL's .aux.xml beside them)."""
+        """Remove the temporary files or folders (and GDAL's .aux.xml beside them)."""
         for tmp in self.temps:
             for path in (tmp, tmp + ".aux.xml"):
-                if os.path.exists(path):
-                    os.remove(path)
+                if os.path.lexists(path):
+                    _remove(path)
         self.temps = []
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)

@@ -1,20 +1,16 @@
-"""Version numbers as tuples, for feature thresholds ('0.11.1rc2+cpu' -> (0, 11, 1))."""
+"""Version numbers as tuples, for feature thresholds."""
 
 from __future__ import annotations
 
+import re
+
+_LEADING_NUMBERS = re.compile(r"v?(\d+(?:\.\d+)*)")
+
 
 def version_tuple(text: str) -> tuple[int, ...]:
-    """The leading numeric parts of a version; () when there are none (an unknown version)."""
-    parts: list[int] = []
-    for piece in (text or "").strip().lstrip("vV").split("+")[0].split("."):
-        digits = ""
-        for ch in piece:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        parts.append(int(digits))
-        if len(digits) != len(piece):
-            break
-    return tuple(parts)
+    """The leading dotted numbers of a version: '0.11.1rc2+cpu' -> (0, 11, 1); '' -> ().
+
+    Suffixes (pre-release, local build such as +cpu) are ignored, so a threshold compares releases.
+    """
+    m = _LEADING_NUMBERS.match(text.strip())
+    return tuple(int(n) for n in m.group(1).split(".")) if m else ()

@@ -1,6 +1,6 @@
 """Processing algorithm `floodmapper:prepare_model`: a TerraTorch training run in, a vLLM model folder out.
 
-Thin glue over core.model_config.prepare_model: every validation problem is collected there; errors
+Thin glue over core.model_prep.prepare_model: every validation problem is collected there; errors
 become one QgsProcessingException listing all of them (nothing is written), warnings go to the log.
 Touches no project or iface, so it runs in the background, in batch mode and in qgis_process.
 """
@@ -22,7 +22,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError
-from ..core.model_config import ModelPreparationFailed, detect_terratorch_version, prepare_model
+from ..core.model_prep import ModelPreparationFailed, detect_terratorch_version, prepare_model
 from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
 from ..toolbelt.i18n import tr

@@ -1,7 +1,7 @@
-"""prepare-model output served by the REAL vLLM (issue 7).
+"""prepare-model output served by the REAL vLLM.
 
-A YAML equivalent to seed 003's Prithvi Sen1Floods11 configuration (backbone_pretrained: true,
-decoder_scale_modules: true, no tiled_inference_parameters, 512 input), pointed at the tiny
+A YAML equivalent to the published Prithvi-EO-2.0-300M-TL Sen1Floods11 configuration (backbone_pretrained:
+true, decoder_scale_modules: true, no tiled_inference_parameters, 512 input), pointed at the tiny
 prithvi_eo_tiny backbone, and a Lightning-style checkpoint made by the vLLM environment's torch +
 TerraTorch in a subprocess. The checkpoint emulates one trained with TerraTorch <= 1.2.11, where the
 UperNet decoder held the scale modules (`decoder.fpn1..4`); the installed 1.2.13 rejects that argument,
@@ -34,10 +34,10 @@ pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
-MEANS = [0.1413, 0.1380, 0.1235, 0.3090, 0.2045, 0.1191]  # Sen1Floods11 (CONTRACT.md)
+MEANS = [0.1413, 0.1380, 0.1235, 0.3090, 0.2045, 0.1191]  # the Sen1Floods11 model's, reflectance 0-1
 STDS = [0.0741, 0.0737, 0.0869, 0.1180, 0.0977, 0.0766]
 
-SEED003_LIKE = {
+PUBLISHED_CONFIG = {
     "seed_everything": 0,
     "trainer": {"accelerator": "auto", "max_epochs": 100},
     "model": {
@@ -45,15 +45,15 @@ SEED003_LIKE = {
         "init_args": {
             "model_args": {
                 "backbone_pretrained": True,
-                "backbone": "prithvi_eo_tiny",  # seed 003: prithvi_eo_v2_300_tl (no download here)
+                "backbone": "prithvi_eo_tiny",  # published: prithvi_eo_v2_300_tl (no download here)
                 "decoder": "UperNetDecoder",
-                "decoder_channels": 16,  # seed 003: 256
+                "decoder_channels": 16,  # published: 256
                 "decoder_scale_modules": True,
                 "num_classes": 2,
                 "rescale": True,
                 "backbone_bands": BANDS,
                 "head_dropout": 0.1,
-                "necks": [{"name": "SelectIndices", "indices": [0, 1, 2, 3]},  # seed 003: 5, 11, 17, 23
+                "necks": [{"name": "SelectIndices", "indices": [0, 1, 2, 3]},  # published: 5, 11, 17, 23
                           {"name": "ReshapeTokensToImage"}],
             },
             "model_factory": "EncoderDecoderFactory",
@@ -140,7 +140,7 @@ def test_prepared_folder_is_served_by_real_vllm(tmp_path):
     scene = tmp_path / "scene.tif"
     scenes.generate_scene(scene, seed=31337, width=300, height=260, crs="EPSG:32633")
     cfg_json = tmp_path / "ckpt-cfg.json"
-    cfg_json.write_text(json.dumps({"model_args": SEED003_LIKE["model"]["init_args"]["model_args"],
+    cfg_json.write_text(json.dumps({"model_args": PUBLISHED_CONFIG["model"]["init_args"]["model_args"],
                                     "means": MEANS, "stds": STDS}))
     ckpt = tmp_path / "epoch=0-step=1.ckpt"
     expected = tmp_path / "expected.npy"
@@ -151,7 +151,7 @@ def test_prepared_folder_is_served_by_real_vllm(tmp_path):
     assert 0.05 < ref.mean() < 0.95, "the reference mask must hold both classes to prove anything"
 
     yml = tmp_path / "config.yaml"
-    yml.write_text(yaml.safe_dump(SEED003_LIKE, sort_keys=False))
+    yml.write_text(yaml.safe_dump(PUBLISHED_CONFIG, sort_keys=False))
     out = tmp_path / "served-model"
     prep = subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare-model"), "--ttconfig", str(yml),
                            "-i", json.dumps(INPUT_SPEC), "--weights", str(ckpt), "--out", str(out), "--fp16"],

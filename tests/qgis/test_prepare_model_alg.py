@@ -33,14 +33,14 @@ def _config() -> dict:
 
 @pytest.fixture
 def inputs(tmp_path):
-    from floodmapper.plugin.core import model_config as mc
+    from floodmapper.plugin.core.model_prep import Tensor, write_safetensors
 
     yml = tmp_path / "config.yaml"
     yml.write_text(yaml.safe_dump(_config()))
     w = tmp_path / "w.safetensors"
     head = np.ones((2, 16, 1, 1), np.float32)
-    mc.write_safetensors(w, {"head.head.1.weight": mc.Tensor("F32", head),
-                             "encoder.patch_embed.proj.weight": mc.Tensor("F32", np.ones((4, 6, 1, 2, 2), np.float32))})
+    write_safetensors(w, {"head.head.1.weight": Tensor("F32", head),
+                          "encoder.patch_embed.proj.weight": Tensor("F32", np.ones((4, 6, 1, 2, 2), np.float32))})
     return yml, w
 
 
