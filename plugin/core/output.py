@@ -150,6 +150,35 @@ def output_profile(src: Any, **changes: Any) -> dict:
     return profile
 
 
+def write_failed(target: str, exc: BaseException) -> OutputError:
+    """A write that failed (disk full, file size limit, folder made read-only): said plainly."""
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        return OutputError(f"The output folder '{folder}' went away while the flood map was written; nothing "
+                           "was written.",
+                           "Check that the output folder still exists and that you can write to it, then run again.")
+    return OutputError(
+        f"Writing the flood map '{target}' failed: {str(exc).strip() or type(exc).__name__}. Nothing was written; "
+        "an earlier map of that name is untouched.",
+        f"Check the free space in '{folder}' (and any file size limit or quota), and that the folder is still "
+        "writable; or choose another folder.",
+    )
+
+
+def verify_written(path: str, target: str) -> None:
+    """Read a just-written GeoTIFF back whole: GDAL reports a write that failed while it flushed its cache at
+    close (disk full, file size limit) only on stderr, and the file is then truncated. Raises write_failed."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            for _, window in ds.block_windows(1):
+                ds.read(window=window)
+    except (RasterioError, OSError) as exc:
+        raise write_failed(target, exc) from None
+
+
 class AtomicOutputs:
     """Temporary files (or folders) beside each target, moved into place all together by `commit()`, or
     removed by `discard()`.

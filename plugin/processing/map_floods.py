@@ -308,6 +308,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             offset=self._optional_number(parameters, self.OFFSET, context),
             probability_path=self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or "",
             server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
+            retry_wait=settings.retry_wait,
         )
         if backend_index == BACKEND_LOCAL:
             return map_floods(request, LocalBackend(settings, on_log=qlog.engine_log), progress)
