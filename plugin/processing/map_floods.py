@@ -12,6 +12,7 @@ import logging
 import os
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from qgis.core import (
@@ -42,28 +43,20 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError, InputError
 from ..core.model_spec import PRESETS
-from ..core.pipeline import (
-    BACKEND_LOCAL,
-    BACKEND_REMOTE,
-    TRANSPORT_AUTO,
-    TRANSPORT_IMAGE,
-    TRANSPORT_TENSOR,
-    MapFloodsRequest,
-    MapFloodsResult,
-)
 from ..toolbelt import log as qlog
 from ..toolbelt import settings as stored_settings
 from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, WKB_POLYGON
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .postprocessor import FloodLayerPostProcessor
 
+if TYPE_CHECKING:  # the pipeline imports numpy and rasterio: only when an algorithm runs
+    from ..core.pipeline import MapFloodsResult
+
 LOG = logging.getLogger("floodmapper")
 ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "floodmapper.svg"
 HELP_URL = "https://example.org/floodmapper#map-floods"
-
-BACKENDS = [BACKEND_REMOTE, BACKEND_LOCAL]
-TRANSPORTS = [TRANSPORT_AUTO, TRANSPORT_IMAGE, TRANSPORT_TENSOR]
 
 
 def parse_bands(text: str) -> list[int] | None:
@@ -315,6 +308,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
         progress = FeedbackProgress(feedback)
         failure = ""
         try:
@@ -399,18 +393,28 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
 
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:
         from ..core.client import VllmClient
-        from ..core.pipeline import map_floods
+        from ..core.pipeline import (
+            BACKEND_LOCAL,
+            BACKEND_REMOTE,
+            TRANSPORT_AUTO,
+            TRANSPORT_IMAGE,
+            TRANSPORT_TENSOR,
+            MapFloodsRequest,
+            map_floods,
+        )
         from ..toolbelt.auth import headers_for
         from ..toolbelt.proxy import proxies_for
 
+        backends = [BACKEND_REMOTE, BACKEND_LOCAL]  # the BACKEND and TRANSPORT options, in order
+        transports = [TRANSPORT_AUTO, TRANSPORT_IMAGE, TRANSPORT_TENSOR]
         if self._source_error is not None:
             raise self._source_error
-        backend = BACKENDS[self.parameterAsEnum(parameters, self.BACKEND, context)]
-        transport = TRANSPORTS[self.parameterAsEnum(parameters, self.TRANSPORT, context)]
+        backend = backends[self.parameterAsEnum(parameters, self.BACKEND, context)]
+        transport = transports[self.parameterAsEnum(parameters, self.TRANSPORT, context)]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probability = self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or ""
         settings = stored_settings.load()
-        stored_settings.set_value("last_backend", BACKENDS.index(backend))
+        stored_settings.set_value("last_backend", backends.index(backend))
 
         if backend == BACKEND_LOCAL:
             from ..core.engine import get_engine

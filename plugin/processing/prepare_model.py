@@ -24,8 +24,8 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError
-from ..core.model_config import ModelPreparationFailed, detect_terratorch_version, prepare_model
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 
 ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "floodmapper.svg"
@@ -96,6 +96,9 @@ class PrepareModelAlgorithm(QgsProcessingAlgorithm):
         # the folder destination parameter already provides the OUTPUT (folder) output
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
+        from ..core.model_config import ModelPreparationFailed, detect_terratorch_version, prepare_model
+
         feedback = feedback or QgsProcessingFeedback()
         ttconfig = self.parameterAsFile(parameters, self.TTCONFIG, context)
         spec = self.parameterAsString(parameters, self.INPUT_SPEC, context)

@@ -175,6 +175,7 @@ def test_make_package_zip_passes_the_upload_checks(built_zip):
     for dependency in ("numpy", "rasterio", "requests"):
         assert dependency in about, f"the about text does not name {dependency}"
     assert "separate Python environment" in about and "vLLM" in about
+    assert f"{PACKAGE}/requirements/plugin.txt" in zf_names(built_zip), "the pinned dependencies travel with it"
 
 
 def _rewritten(src: Path, drop: str = "", add: dict[str, bytes] | None = None,
@@ -207,3 +208,8 @@ def test_the_checks_refuse_a_damaged_zip(built_zip, change, expected):
 def test_size_limit_is_checked(built_zip):
     padded = built_zip.read_bytes() + bytes(MAX_UPLOAD_SIZE)  # trailing bytes: still a readable zip
     assert any(p.startswith("too big") for p in upload_problems(padded))
+
+
+def zf_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as zf:
+        return zf.namelist()
