@@ -288,6 +288,17 @@ def check(python: tuple[int, ...] = tuple(sys.version_info[:2]), pins: Optional[
     return plan
 
 
+def modules_of(pins: list[Pin]) -> list[str]:
+    """The import names of these distributions (those the plugin checks), once each, in NEEDS order."""
+    names = {pin.name for pin in pins}
+    modules: list[str] = []
+    for need in NEEDS:
+        for r in need.requirements:
+            if normalize(r.distribution) in names and r.module not in modules:
+                modules.append(r.module)
+    return modules
+
+
 def import_failures(modules: tuple[str, ...] = ("numpy", "rasterio", "requests", "urllib3")) -> dict[str, str]:
     """Really import each module: {module: why it failed} (empty when all import)."""
     failures: dict[str, str] = {}

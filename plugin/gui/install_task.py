@@ -61,7 +61,9 @@ class InstallDependenciesTask(QgsTask):
             self.installed = install(self.plan.install, self.folder, self.modules, python=self.python,
                                      progress=TaskProgress(self), on_line=lambda line: qlog.log(f"[pip] {line}"))
             activate(self.folder)
-            self.restart_for = imported_elsewhere(self.modules, self.folder)
+            # any module of what was installed that this session already holds from elsewhere (an old urllib3
+            # another plugin imported) keeps being used until QGIS restarts
+            self.restart_for = imported_elsewhere(dependencies.modules_of(self.plan.install), self.folder)
             if not self.restart_for:
                 self.failures = dependencies.import_failures(tuple(self.modules))
         except Cancelled as exc:

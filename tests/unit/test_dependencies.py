@@ -183,3 +183,8 @@ def test_imported_elsewhere_needs_a_restart(tmp_path):
     loaded = {"urllib3": types.SimpleNamespace(__file__="/usr/lib/python3/dist-packages/urllib3/__init__.py"),
               "rasterio": types.SimpleNamespace(__file__=str(tmp_path / "rasterio" / "__init__.py"))}
     assert imported_elsewhere(["urllib3", "rasterio", "requests"], tmp_path, loaded) == ["urllib3"]
+
+
+def test_modules_of_the_installed_pins():
+    plan = plan_for(requests="2.28.1", urllib3="1.26.12", affine="3.0.1")
+    assert deps.modules_of(plan.install) == ["affine", "requests", "urllib3"]
