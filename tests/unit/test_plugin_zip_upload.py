@@ -1,7 +1,7 @@
 """The zip `make package` builds passes the checks plugins.qgis.org runs on an upload.
 
-`upload_problems` reproduces the upload validation of QGIS-Django (the site behind plugins.qgis.org:
-qgis-app/plugins/validator.py, the form's version clean-up and the model's field limits), check by check,
+`upload_problems` reproduces the upload validation of QGIS-Django, the application behind plugins.qgis.org (its
+plugin package validator, the upload form's version clean-up and the database fields' limits), check by check,
 plus the site's publishing rule that a plugin carries no compiled binaries. What it cannot do offline is
 the site's HEAD request to the homepage, tracker and repository URLs (they must answer below 400); those
 are placeholders until the project is published, so only their form is checked here.
