@@ -92,7 +92,8 @@ def temp_beside(output_path: str, folder: bool = False) -> str:
             os.mkdir(tmp)  # mode 0777 & ~umask
             return tmp
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f"{PART}.tif", dir=parent)
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # POSIX permissions; Windows has ACLs (and no fchmod before Python 3.13)
+            os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"Cannot write in '{parent}': {exc.strerror}.", "Choose a folder you can write to.") from None

@@ -33,6 +33,7 @@ from ..core.model_spec import PRESETS
 from ..toolbelt import log as qlog
 from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source, parse_bands
@@ -242,6 +243,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
         progress = FeedbackProgress(feedback)
         failure = ""
         try:

@@ -27,10 +27,7 @@ class FloodMapperProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         from .map_floods import MapFloodsAlgorithm
+        from .prepare_model import PrepareModelAlgorithm
 
         self.addAlgorithm(MapFloodsAlgorithm())
-        try:
-            from .prepare_model import PrepareModelAlgorithm
-        except ImportError:  # lands with the model-preparation issue
-            return
         self.addAlgorithm(PrepareModelAlgorithm())
