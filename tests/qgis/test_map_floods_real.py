@@ -15,7 +15,8 @@ import rasterio
 
 from plugin.core.scenes import generate_scene, iou
 
-pytestmark = pytest.mark.vllm
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = [pytest.mark.vllm, pytest.mark.qgis_versions]
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_IOU = 0.85  # the demo model's quality gate (>= 0.9 on held-out scenes) lives in tests/e2e

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
+
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
 
 EXPECTED_PARAMS = {
     "INPUT", "BACKEND", "SERVER_URL", "MODEL", "TRANSPORT", "BANDS", "OVERLAP", "CONCURRENCY", "SCALE",
