@@ -14,6 +14,7 @@ from .toolbelt import settings as stored_settings
 from .toolbelt.i18n import tr
 
 ICON = Path(__file__).resolve().parents[1] / "resources" / "icons" / "floodmapper.svg"
+OUTLINE_MODEL = Path(__file__).resolve().parents[1] / "resources" / "models" / "flood_outline.model3"
 MENU = "&Flood Mapper"
 ALGORITHM_ID = "floodmapper:map_floods"
 
@@ -24,6 +25,7 @@ class FloodMapperPlugin:
         self.provider: FloodMapperProvider | None = None
         self.action: QAction | None = None
         self.options_action: QAction | None = None
+        self.model_action: QAction | None = None
         self.toolbar = None
         self.options_factory = None
 
@@ -53,6 +55,13 @@ class FloodMapperPlugin:
         self.options_action.setObjectName("floodmapper_options")
         self.options_action.triggered.connect(self.show_options)
         self.iface.addPluginToMenu(MENU, self.options_action)
+        self.model_action = QAction(QgsApplication.getThemeIcon("/processingModel.svg"),
+                                    tr("Flood outline model in the Model Designer…"), self.iface.mainWindow())
+        self.model_action.setObjectName("floodmapper_flood_outline_model")
+        self.model_action.setToolTip(tr("Open the shipped Flood outline model in the Model Designer, to adapt it "
+                                        "and save it as a model of your own"))
+        self.model_action.triggered.connect(self.open_outline_model)
+        self.iface.addPluginToMenu(MENU, self.model_action)
         try:
             from .gui.options import FloodMapperOptionsFactory
         except ImportError:
@@ -65,11 +74,11 @@ class FloodMapperPlugin:
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None
-        for action in (self.action, self.options_action):
+        for action in (self.action, self.options_action, self.model_action):
             if action is not None:
                 self.iface.removePluginMenu(MENU, action)
                 action.deleteLater()
-        self.action = self.options_action = None
+        self.action = self.options_action = self.model_action = None
         if self.toolbar is not None:
             self.toolbar.deleteLater()
             self.toolbar = None
@@ -100,6 +109,17 @@ class FloodMapperPlugin:
         import processing
 
         processing.execAlgorithmDialog(ALGORITHM_ID, self.dialog_parameters(layer))
+
+    def open_outline_model(self) -> None:
+        from .gui.model_designer import open_in_model_designer
+
+        if open_in_model_designer(OUTLINE_MODEL) is None:
+            self.iface.messageBar().pushMessage(
+                tr("Flood Mapper"),
+                tr("The model {path} could not be read; reinstall the plugin.").format(path=OUTLINE_MODEL),
+                Qgis.MessageLevel.Warning,
+                8,
+            )
 
     def show_options(self) -> None:
         self.iface.showOptionsDialog(self.iface.mainWindow(), currentPage="floodmapperOptions")
