@@ -53,12 +53,9 @@ def test_provider_lists_the_shipped_model(provider_loaded):
     assert all(instance.childAlgorithm(c).algorithm() is not None for c in instance.childAlgorithms())
 
 
-def test_plugin_menu_opens_a_copy_in_the_model_designer(plugin, qgis_iface, monkeypatch):
+def test_plugin_menu_opens_a_copy_in_the_model_designer(plugin, main_window_iface):
     from processing.modeler.ModelerDialog import ModelerDialog
-    from qgis.PyQt.QtCore import QSize
 
-    # QGIS's own iface.iconSize has dockedToolbar=False; the test iface lacks the default
-    monkeypatch.setattr(qgis_iface, "iconSize", lambda dockedToolbar=False: QSize(24, 24), raising=False)
     before = len(ModelerDialog.dlgs)
     plugin.model_action.trigger()
     assert len(ModelerDialog.dlgs) == before + 1
