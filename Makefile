@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8000
 
-.PHONY: setup demo test test-quick lint qt6-check package serve-demo clean
+.PHONY: setup demo test test-quick test-qgis-versions lint qt6-check package serve-demo clean
 
 setup:
 	bash scripts/setup
@@ -18,6 +18,13 @@ test: setup
 
 test-quick:
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not vllm"
+
+# The QGIS-facing tests on QGIS 3.40 LTR (Debian trixie) and the newest QGIS (Debian sid), each in a cached
+# debootstrap chroot (QGIS_CHROOTS, default ~/.local/share/floodmapper/chroots); QGIS_SUITES="host trixie sid"
+# adds this machine's QGIS as a row. As root. See scripts/test-qgis-versions.
+QGIS_SUITES ?= trixie sid
+test-qgis-versions: setup
+	bash scripts/test-qgis-versions $(QGIS_SUITES)
 
 lint:
 	.venv/bin/ruff check .
