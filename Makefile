@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PORT ?= 8000
 DIST ?= dist
 
-.PHONY: setup demo test test-quick coverage lint qt6-check package serve-demo clean
+.PHONY: setup demo test test-quick coverage test-qgis-versions lint qt6-check package serve-demo clean
 
 setup:
 	bash scripts/setup
@@ -22,6 +22,13 @@ coverage: setup
 
 test-quick:
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not vllm"
+
+# The QGIS-facing tests on QGIS 3.40 LTR (Debian trixie) and the newest QGIS (Debian sid), each in a cached
+# debootstrap chroot (QGIS_CHROOTS, default ~/.local/share/floodmapper/chroots); QGIS_SUITES="host trixie sid"
+# adds this machine's QGIS as a row. As root. See scripts/test-qgis-versions.
+QGIS_SUITES ?= trixie sid
+test-qgis-versions: setup
+	bash scripts/test-qgis-versions $(QGIS_SUITES)
 
 lint:
 	.venv/bin/ruff check .

@@ -7,6 +7,7 @@ its algorithms and says in the message bar what is missing (with an Install butt
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QAction
@@ -21,6 +22,7 @@ from .toolbelt import resources
 from .toolbelt import settings as stored_settings
 from .toolbelt.i18n import tr
 
+OUTLINE_MODEL = Path(__file__).resolve().parents[1] / "resources" / "models" / "flood_outline.model3"
 MENU = "&Flood Mapper"
 ALGORITHM_ID = "floodmapper:map_floods"
 
@@ -31,6 +33,7 @@ class FloodMapperPlugin:
         self.provider: FloodMapperProvider | None = None
         self.action: QAction | None = None
         self.options_action: QAction | None = None
+        self.model_action: QAction | None = None
         self.toolbar = None
         self.options_factory = None
         self.install_action: QAction | None = None
@@ -75,6 +78,13 @@ class FloodMapperPlugin:
         self.dependency_bar = DependencyBar(self.iface)
         if self.plan is not None and not self.plan.ok:
             self.dependency_bar.show(self.plan)
+        self.model_action = QAction(QgsApplication.getThemeIcon("/processingModel.svg"),
+                                    tr("Flood outline model in the Model Designer…"), self.iface.mainWindow())
+        self.model_action.setObjectName("floodmapper_flood_outline_model")
+        self.model_action.setToolTip(tr("Open the shipped Flood outline model in the Model Designer, to adapt it "
+                                        "and save it as a model of your own"))
+        self.model_action.triggered.connect(self.open_outline_model)
+        self.iface.addPluginToMenu(MENU, self.model_action)
 
     def unload(self) -> None:
         if self.dependency_bar is not None:
@@ -85,11 +95,11 @@ class FloodMapperPlugin:
         if self.options_factory is not None:
             self.iface.unregisterOptionsWidgetFactory(self.options_factory)
             self.options_factory = None
-        for action in (self.action, self.options_action, self.install_action):
+        for action in (self.action, self.options_action, self.install_action, self.model_action):
             if action is not None:
                 self.iface.removePluginMenu(MENU, action)
                 action.deleteLater()
-        self.action = self.options_action = self.install_action = None
+        self.action = self.options_action = self.install_action = self.model_action = None
         if self.toolbar is not None:
             self.toolbar.deleteLater()
             self.toolbar = None
@@ -130,6 +140,17 @@ class FloodMapperPlugin:
                 Qgis.MessageLevel.Success, 5)
         elif self.dependency_bar is not None:
             self.dependency_bar.show(self.plan)
+
+    def open_outline_model(self) -> None:
+        from .gui.model_designer import open_in_model_designer
+
+        if open_in_model_designer(OUTLINE_MODEL) is None:
+            self.iface.messageBar().pushMessage(
+                tr("Flood Mapper"),
+                tr("The model {path} could not be read; reinstall the plugin.").format(path=OUTLINE_MODEL),
+                Qgis.MessageLevel.Warning,
+                8,
+            )
 
     def show_options(self) -> None:
         self.iface.showOptionsDialog(self.iface.mainWindow(), currentPage="floodmapperOptions")

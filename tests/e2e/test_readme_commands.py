@@ -11,6 +11,7 @@ KNOWN, which says how it is checked:
 - suite    the test suite itself (this test is part of it): the Makefile target is checked;
 - gpu      needs another host (a GPU, a Hugging Face download): the pinned requirements file is checked;
 - host     changes the user's own QGIS Python: what it installs is pinned in requirements/qgis.txt instead;
+- release  run before every release, not in CI (QGIS versions in chroots): the script and its target are checked;
 - prose    names a program, with nothing to run.
 
 A command the README gains that KNOWN does not match fails test_every_readme_command_is_known.
@@ -46,6 +47,8 @@ REMOTE = (r"scripts/qgis-process run floodmapper:map_floods -- INPUT=scene\.tif 
           r"SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
 PREPARE = r"scripts/prepare-model --ttconfig CONFIG\.yaml -i INPUT_SPEC --weights CKPT --out DIR"
 LOCAL = r"scripts/qgis-process run floodmapper:map_floods -- INPUT=scene\.tif BACKEND=1 OUTPUT=flood\.tif"
+OUTLINE = (r"scripts/qgis-process run floodmapper:flood_outline -- input=scene\.tif backend=1 "
+           r"map_floods:flood_map=flood\.tif dissolve:flood_outline=outline\.gpkg")
 KNOWN = [  # (full-match pattern, kind, what checks it)
     (r"make demo", "run", "test_make_demo_and_batch_on_a_folder"),
     (r"make package", "run", "test_make_package"),
@@ -59,9 +62,13 @@ KNOWN = [  # (full-match pattern, kind, what checks it)
     (r"python3 -m venv --system-site-packages", "covered", "make setup (scripts/setup)"),
     (r"make test", "suite", "test"),
     (r"make test-quick", "suite", "test-quick"),
-    (r"vllm serve ibm-nasa-geospatial/Prithvi-EO-2\.0-300M-TL-Sen1Floods11 --model-impl terratorch "
+    (r"vllm serve ibm-nasa-geospatial/Prithvi-EO-2\.0-300M-TL-Sen1Floods11 --model-impl terratorch --dtype float16 "
      r"--io-processor-plugin terratorch_segmentation --skip-tokenizer-init --enforce-eager --enable-mm-embeds"
      r"(?: --host 0\.0\.0\.0 --port 8000)?", "gpu", "a GPU host with the 300M model from Hugging Face"),
+    (OUTLINE, "covered", "tests/qgis/test_flood_outline_model.py"),
+    (r"make test-qgis-versions", "release", "test-qgis-versions"),
+    (r"scripts/test-qgis-versions(?: --shell trixie)?", "release", "test-qgis-versions"),
+    (r"vllm serve --dtype auto", "prose", "vLLM's automatic dtype, named"),
     (r"pip install vllm terratorch", "gpu", "a GPU host's vLLM environment"),
     (r"pip install pybase64", "host", "pybase64"),
     (r"vllm serve", "prose", "vLLM's server command, named"),
@@ -178,6 +185,11 @@ def test_commands_not_run_here_are_checked_where_they_live():
             assert re.search(rf"^{re.escape(what)}:", makefile, re.M), f"no Makefile target {what}"
         if kind == "host":
             assert re.search(rf"^{what}==", (ROOT / "requirements" / "qgis.txt").read_text(), re.M)
+        if kind == "release":
+            assert re.search(rf"^{re.escape(what)}:", makefile, re.M), f"no Makefile target {what}"
+            assert "--shell" in (ROOT / "scripts" / "test-qgis-versions").read_text()
+        if kind == "covered" and what.startswith("tests/"):
+            assert "floodmapper:flood_outline" in (ROOT / what).read_text(), f"{what} no longer runs the model"
     assert re.search(r"^demo: setup$", makefile, re.M), "make demo no longer runs make setup"
     assert "-m venv --system-site-packages .venv" in (ROOT / "scripts" / "setup").read_text()
     gpu = (ROOT / "requirements" / "vllm-gpu.txt").read_text()
