@@ -26,9 +26,11 @@ class FloodMapperProvider(QgsProcessingProvider):
         return str(resources.ICON_PATH)
 
     def loadAlgorithms(self) -> None:
+        from .compare_water_maps import CompareWaterMapsAlgorithm
         from .map_floods import MapFloodsAlgorithm
 
         self.addAlgorithm(MapFloodsAlgorithm())
+        self.addAlgorithm(CompareWaterMapsAlgorithm())
         try:
             from .prepare_model import PrepareModelAlgorithm
         except ImportError:  # lands with the model-preparation issue
