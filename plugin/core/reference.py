@@ -35,7 +35,7 @@ class RasterReference:
 @dataclass(frozen=True)
 class PolygonReference:
     shapes: list[dict]  # GeoJSON-like Polygon / MultiPolygon geometries
-    crs_wkt: Optional[str]  # their CRS (None: the map's own coordinates)
+    crs_wkt: Optional[str]  # their CRS, as WKT or "EPSG:n" (None: the map's own coordinates)
     label: str = "the reference water polygons"
     skipped: int = field(default=0, compare=False)  # points or lines that were left out
 
@@ -86,8 +86,8 @@ def check_raster_reference(ref: RasterReference) -> RasterInfo:
         raise InputError(
             f"{ref.label.capitalize()} ('{ref.path}') has {info.count} bands; a water reference has one (a 0/1 "
             "water mask, a water occurrence layer, or a flood map).",
-            "Give one band (e.g. the JRC Global Surface Water occurrence GeoTIFF); for an image of the place "
-            "before the event, use PRE_EVENT: it is mapped with the model.")
+            "Give one band (e.g. the JRC Global Surface Water occurrence GeoTIFF); an image of the place before "
+            "the event goes to Map floods as PRE_EVENT, which maps it with the model.")
     check_threshold(info, ref.threshold, ref.label)
     if info.crs is None:
         raise InputError(f"{ref.label.capitalize()} ('{ref.path}') has no CRS, so where it lies is unknown.",
@@ -230,7 +230,7 @@ class ReferenceReader:
 def _same_crs(a: str, b: str) -> bool:
     from rasterio.crs import CRS
 
-    return CRS.from_wkt(a) == CRS.from_wkt(b)
+    return CRS.from_user_input(a) == CRS.from_user_input(b)
 
 
 def _coordinates(geometry: dict) -> Iterator[tuple[float, float]]:

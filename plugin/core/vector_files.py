@@ -24,9 +24,9 @@ def split_layer(path: str) -> tuple[str, Optional[str]]:
     return base, None
 
 
-def read_polygons(path: str, label: str = "the reference water polygons") -> PolygonReference:
+def read_polygons(path: str, label: str = "") -> PolygonReference:
     """The file's polygons (in its own CRS) as a PolygonReference; InputError for unreadable files, points
-    or lines."""
+    or lines. `label` names the reference in messages."""
     file, layer = split_layer(path)
     try:
         import pyogrio  # noqa: F401 - the vLLM environment
@@ -34,7 +34,7 @@ def read_polygons(path: str, label: str = "the reference water polygons") -> Pol
         geometries, crs, kind = _read_ogr(file, layer)
     else:
         geometries, crs, kind = _read_pyogrio(file, layer)
-    return polygons_from(geometries, crs, f"{label} ('{path}')", kind)
+    return polygons_from(geometries, crs, label or f"the reference water polygons '{path}'", kind)
 
 
 def _not_readable(path: str, detail: str) -> InputError:
@@ -53,7 +53,7 @@ def _read_pyogrio(path: str, layer: Optional[str]) -> tuple[list[dict], Optional
     except Exception as exc:  # noqa: BLE001 - pyogrio raises its own and GDAL's errors
         raise _not_readable(path, str(exc)) from None
     geometries = [mapping(g) for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
-    return geometries, info.get("crs"), str(info.get("geometry_type") or "")
+    return geometries, info.get("crs"), str(info.get("geometry_type") or "")  # crs: "EPSG:4326" or WKT
 
 
 def _read_ogr(path: str, layer: Optional[str]) -> tuple[list[dict], Optional[str], str]:
