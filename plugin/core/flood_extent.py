@@ -56,6 +56,14 @@ class ExtentStats:
     def water_fraction(self) -> float:
         return self.water_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
+    def result_fields(self) -> dict:
+        """The figures as MapFloodsResult fields."""
+        return dict(water_pixels=self.water_pixels, valid_pixels=self.valid_pixels,
+                    water_fraction=self.water_fraction, water_area_km2=self.water_area_km2,
+                    flood_pixels=self.flood_pixels, flood_area_km2=self.flood_area_km2,
+                    permanent_water_pixels=self.permanent_pixels, permanent_water_area_km2=self.permanent_area_km2,
+                    no_reference_pixels=self.no_reference_pixels)
+
 
 def describe(refs: list[Reference]) -> str:
     """'the pre-event image; the reference water raster (>= 50)': what the map was compared with."""
@@ -226,3 +234,29 @@ def compare_water_maps(water_map: str, refs: list[Reference], output_path: str,
 def reference_tags(refs: list[Reference]) -> dict:
     """GeoTIFF metadata naming what the map was compared with (the map's provenance)."""
     return {"FLOODMAPPER_REFERENCE": describe(refs)} if refs else {}
+
+
+def is_extent_map(path: str) -> bool:
+    """Whether a map on disk holds flood-extent classes (1 flood, 2 permanent water) rather than 1 = water."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return EXTENT_CLASSES_TAG in src.tags()
+
+
+def class_areas(path: str) -> dict[int, tuple[int, float]]:
+    """Pixels and km² of each water class (1, 2) of a map on disk (km² NaN without a CRS)."""
+    import rasterio
+
+    found = {CLASS_FLOOD: [0, 0.0], CLASS_PERMANENT: [0, 0.0]}
+    with rasterio.open(path) as src:
+        area = PixelArea(src.crs.to_wkt() if src.crs else None, src.transform)
+        for window in iter_windows(src.width, src.height):
+            values = src.read(1, window=window)
+            cell = area.rows(window)
+            for value, counts in found.items():
+                mask = values == value
+                counts[0] += int(mask.sum())
+                counts[1] += float((mask * cell).sum()) if not np.isscalar(cell) else int(mask.sum()) * float(cell)
+    return {value: (pixels, m2 / 1e6 if area.known else math.nan) for value, (pixels, m2) in found.items()}
+
