@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
 from plugin.core.errors import InputError
-from plugin.core.flood_extent import compare_water_maps
+from plugin.core.flood_extent import class_areas, compare_water_maps, is_extent_map
 from plugin.core.flood_job import reference_from_path
 from plugin.core.reference import PolygonReference, RasterReference, polygons_from
 from plugin.core.stats import compute_stats
@@ -66,6 +66,9 @@ def test_raster_reference_on_a_coarser_grid_covering_half(tmp_path, water_map):
     assert stats.no_reference_pixels == 39 * 20 + 2 * 10  # the east half, and the nodata block
     assert stats.flood_area_km2 == pytest.approx(stats.flood_pixels * 100 / 1e6)
     assert stats.permanent_area_km2 == pytest.approx(190 * 100 / 1e6)
+    assert class_areas(str(out)) == {1: (stats.flood_pixels, pytest.approx(stats.flood_area_km2)),
+                                     2: (190, pytest.approx(stats.permanent_area_km2))}
+    assert is_extent_map(str(out)) and not is_extent_map(water_map)
     water = compute_stats(str(out))  # the plain water figures count both classes
     assert water.water_pixels == stats.water_pixels and water.water_area_km2 == pytest.approx(stats.water_area_km2)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
