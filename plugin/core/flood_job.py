@@ -175,12 +175,6 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             warn(message)
     progress.set_progress(100)
     progress.info("Flood extent: " + summary(stats))
-    return replace(
-        event, output_path=request.output_path,
-        probability_path=request.probability_path if probability else "",
-        water_pixels=stats.water_pixels, valid_pixels=stats.valid_pixels, water_fraction=stats.water_fraction,
-        water_area_km2=stats.water_area_km2, warnings=warned, reference=asked,
-        flood_pixels=stats.flood_pixels, flood_area_km2=stats.flood_area_km2,
-        permanent_water_pixels=stats.permanent_pixels, permanent_water_area_km2=stats.permanent_area_km2,
-        no_reference_pixels=stats.no_reference_pixels,
-    )
+    return replace(event, output_path=request.output_path,
+                   probability_path=request.probability_path if probability else "", warnings=warned,
+                   reference=asked, **stats.result_fields())
