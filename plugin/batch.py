@@ -35,10 +35,10 @@ from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
 from .core.errors import FloodMapperError, InputError, ServerError
 from .core.flood_extent import ExtentStats, compare_water_maps, summary
-from .core.flood_job import reference_from_path
 from .core.jobs import Stats
 from .core.output import check_output_path
 from .core.reference import RasterReference, Reference, check_raster_reference
+from .core.reference_files import reference_from_path
 from .core.server_map import finalize_classes
 from .core.settings import DEMO_MODEL_DIR
 

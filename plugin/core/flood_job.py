@@ -30,6 +30,7 @@ from .jobs import MapFloodsRequest, MapFloodsResult
 from .output import AtomicOutputs, check_output_path, check_outputs, temp_beside
 from .progress import Progress, ProgressSpan, check_cancel
 from .reference import Grid, RasterReference, Reference, overlaps
+from .reference_files import reference_from_path
 
 MapWater = Callable[[MapFloodsRequest, object, Progress], MapFloodsResult]
 
@@ -51,25 +52,6 @@ class _Part:
 
     def is_canceled(self) -> bool:
         return self.progress.is_canceled()
-
-
-def reference_from_path(path: str, threshold: float = 1.0) -> Reference:
-    """REFERENCE_WATER given as a file: a raster (water >= threshold) or polygons (read now)."""
-    from rasterio.errors import RasterioError
-
-    from .vector_files import read_polygons, split_layer
-
-    name = os.path.basename(split_layer(path)[0])
-    if not os.path.exists(split_layer(path)[0]) and not path.startswith(("/vsi", "http://", "https://")):
-        raise InputError(f"The reference water '{path}' does not exist.", "Give an existing raster or polygon file.")
-    try:
-        import rasterio
-
-        with rasterio.open(path):
-            pass
-    except RasterioError:
-        return read_polygons(path, f"the reference water '{name}'")
-    return RasterReference(path, float(threshold), f"the reference water '{name}'")
 
 
 def request_references(request: MapFloodsRequest) -> list[Reference]:

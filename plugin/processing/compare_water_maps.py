@@ -168,7 +168,7 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
         if fields["pre_event_path"]:
             refs.append(RasterReference(fields["pre_event_path"], 1.0, tr("the water map before the event")))
         if fields["reference_path"]:
-            from ..core.flood_job import reference_from_path
+            from ..core.reference_files import reference_from_path
 
             refs.append(reference_from_path(fields["reference_path"], fields["reference_threshold"]))
         if fields["reference_polygons"] is not None:

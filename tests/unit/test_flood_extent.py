@@ -1,4 +1,4 @@
-"""The flood-extent comparison (plugin/core/flood_extent.py, reference.py, vector_files.py) on small rasters
+"""The flood-extent comparison (plugin/core/flood_extent.py, reference.py, reference_files.py) on small rasters
 whose expected classes are known pixel by pixel."""
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from rasterio.warp import transform_geom
 
 from plugin.core.errors import InputError
 from plugin.core.flood_extent import class_areas, compare_water_maps, is_extent_map
-from plugin.core.flood_job import reference_from_path
 from plugin.core.reference import PolygonReference, RasterReference, polygons_from
+from plugin.core.reference_files import read_polygons, reference_from_path
 from plugin.core.stats import compute_stats
-from plugin.core.vector_files import read_polygons
 from tests.fixtures.progress import Recorder
 from tests.fixtures.references import write_vector
 
@@ -171,7 +170,7 @@ def test_mixed_geometries_keep_the_polygons_and_say_what_was_left_out(tmp_path, 
     assert any("1 feature(s) that are not polygons" in w for w in progress.warnings)
 
 
-def test_vector_files_read_with_gdal(tmp_path):
+def test_reference_files_read_with_gdal(tmp_path):
     lake = {"type": "Polygon", "coordinates": [[(15.0, 45.0), (15.01, 45.0), (15.01, 45.01), (15.0, 45.0)]]}
     path = write_vector(tmp_path / "water.gpkg", [lake, lake], "EPSG:4326")
     ref = read_polygons(path)

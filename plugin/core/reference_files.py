@@ -1,4 +1,4 @@
-"""Polygons read from a vector file (GeoPackage, shapefile, GeoJSON...) as a reference water layer.
+"""Reference water given as a file: a raster is used where it lies, a vector file's polygons are read.
 
 QGIS hands its layers' polygons over itself; this reader is for the offline batch and plain Python. It uses
 GDAL through whichever binding the Python at hand has: pyogrio in the vLLM environment, GDAL's own `osgeo.ogr`
@@ -8,10 +8,28 @@ in QGIS's Python. `path|layername=NAME` picks a layer of a multi-layer file, as 
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 from .errors import InputError
-from .reference import PolygonReference, polygons_from
+from .reference import PolygonReference, RasterReference, Reference, polygons_from
+
+
+def reference_from_path(path: str, threshold: float = 1.0) -> Reference:
+    """REFERENCE_WATER given as a file: a raster (water >= threshold) or polygons (read now)."""
+    from rasterio.errors import RasterioError
+
+    name = os.path.basename(split_layer(path)[0])
+    if not os.path.exists(split_layer(path)[0]) and not path.startswith(("/vsi", "http://", "https://")):
+        raise InputError(f"The reference water '{path}' does not exist.", "Give an existing raster or polygon file.")
+    try:
+        import rasterio
+
+        with rasterio.open(path):
+            pass
+    except RasterioError:
+        return read_polygons(path, f"the reference water '{name}'")
+    return RasterReference(path, float(threshold), f"the reference water '{name}'")
 
 
 def split_layer(path: str) -> tuple[str, Optional[str]]:
