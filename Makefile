@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8000
+DIST ?= dist
 
 .PHONY: setup demo test test-quick coverage lint qt6-check package serve-demo clean
 
@@ -29,7 +30,7 @@ qt6-check:
 	bash scripts/qt6-check
 
 package:
-	$(PY) scripts/package.py dist
+	$(PY) scripts/package.py $(DIST)
 
 serve-demo:
 	PORT=$(PORT) bash scripts/serve-demo

@@ -19,7 +19,7 @@ import numpy as np
 
 from .classes import CLASS_FLOOD, CLASS_NOT_WATER, CLASS_PERMANENT, EXTENT_CLASSES_TAG, NODATA
 from .errors import InputError, OutputError
-from .output import AtomicOutputs, check_output_path, output_profile
+from .output import AtomicOutputs, check_output_path, output_profile, verify_written
 from .progress import NullProgress, Progress, check_cancel
 from .raster import RasterInfo, inspect, iter_windows
 from .reference import (
@@ -221,6 +221,7 @@ def compare_water_maps(water_map: str, refs: list[Reference], output_path: str,
     try:
         progress.info(f"Comparing {water_map} with {describe(refs)}")
         stats = classify(water_map, refs, outputs.temps[0], progress, tags=reference_tags(refs))
+        verify_written(outputs.temps[0], output_path)
         outputs.commit()
     finally:
         outputs.discard()

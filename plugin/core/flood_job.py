@@ -27,7 +27,7 @@ from .flood_extent import (
     summary,
 )
 from .jobs import MapFloodsRequest, MapFloodsResult
-from .output import AtomicOutputs, check_output_path, check_outputs, temp_beside
+from .output import AtomicOutputs, check_output_path, check_outputs, temp_beside, verify_written
 from .progress import Progress, ProgressSpan, check_cancel
 from .reference import Grid, RasterReference, Reference, overlaps
 from .reference_files import reference_from_path
@@ -143,6 +143,7 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
                                 keep=request.input_path)
         stats = classify(scratch[0], refs, outputs.temps[0], _Part(progress, ProgressSpan(96, 100), "", warn),
                          tags={"FLOODMAPPER_REFERENCE": asked})
+        verify_written(outputs.temps[0], request.output_path)
         if probability:
             os.replace(scratch[1], outputs.temps[1])
         outputs.commit()

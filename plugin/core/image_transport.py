@@ -13,9 +13,11 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Callable, Optional
 
-from .errors import EngineDied, InputError, ServerError
+from .errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
 from .jobs import ImageJob, Stats
+from .outage import Outage
 from .progress import Progress, ProgressSpan, check_cancel
 from .server_map import finalize_classes
 from .versions import version_tuple
@@ -75,8 +77,37 @@ def decode_response(answer: dict) -> bytes:
     return raw
 
 
-def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan) -> Stats:
+def answer_limit(width: int, height: int) -> int:
+    """The most the answer can take: an uncompressed uint8 GeoTIFF of the raster, as base64 in JSON."""
+    return int((width * height + 64 * 1024) * 4 / 3 * 1.1) + 64 * 1024
+
+
+def _ask(client, payload: dict, progress: Progress, on_wait: Callable[[float], None], outage: Outage,
+         max_bytes: int) -> dict:
+    """The /pooling answer; the request is sent again after the server went away and came back."""
+    died = False
+    while True:
+        try:
+            answer = client.pooling(payload, cancel=progress.is_canceled, on_wait=on_wait, max_bytes=max_bytes)
+            outage.answered()
+            return answer
+        except FloodMapperError as exc:
+            if (isinstance(exc, Cancelled) or not exc.transient or outage.retry_wait <= 0
+                    or (isinstance(exc, EngineDied) and died)):
+                raise
+            died = died or isinstance(exc, EngineDied)
+            progress.info(f"The server went away ({exc.message.split('.')[0]}); waiting up to "
+                          f"{outage.retry_wait:.0f} s for it to answer again")
+            outage.ride_out(exc)
+            progress.info("The server answers again; sending the request again")
+
+
+def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
+              revive: Optional[Callable[[], bool]] = None) -> Stats:
     """Send one /pooling request, wait (cancellable), write the map; returns its statistics.
+
+    A server that goes away while it works is asked again once it answers /health, within `job.retry_wait`
+    (`revive` starts the local engine again if it died).
 
     The decoded server GeoTIFF goes to a private temp folder (removed whatever happens) rather than staying
     in memory next to its base64 text, which halves the peak memory for large scenes.
@@ -102,7 +133,8 @@ def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan) -> 
         )
         t0 = time.monotonic()
         try:
-            answer = client.pooling(payload, cancel=progress.is_canceled, on_wait=on_wait)
+            outage = Outage(client, job.retry_wait, progress.is_canceled, revive)
+            answer = _ask(client, payload, progress, on_wait, outage, answer_limit(info.width, info.height))
         except EngineDied as exc:
             exc.hint += (" The TerraTorch IOProcessor sends float16 tiles, so an image-to-image server must run "
                          "--dtype float16.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from .errors import InputError
-from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS
+from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS, DEFAULT_RETRY_WAIT
 
 if TYPE_CHECKING:
     from .model_spec import ModelSpec
@@ -55,6 +55,7 @@ class MapFloodsRequest:
     # the server's --dtype: "auto" = what `vllm serve --dtype auto` runs for the model's config.json (or preset)
     server_dtype: str = "auto"
     server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
+    retry_wait: float = DEFAULT_RETRY_WAIT  # seconds a job waits for a server that went away (0: fail at once)
     # flood extent (flood_job.py): water compared with reference water, united from any of these
     pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
     reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
@@ -125,6 +126,7 @@ class ImageJob:
     data: str
     data_format: str  # "path" | "url"
     output_path: str
+    retry_wait: float = 0.0  # seconds to wait for a server that went away before the request is sent again
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,7 @@ class TensorJob:
     scale: Optional[float] = None  # None: detected
     offset: Optional[float] = None
     location_mode: str = "tile"  # "raster": the raster's centre for every tile, as the IOProcessor does
+    retry_wait: float = 0.0  # seconds to wait for a server that went away before a tile is sent again
 
 
 @dataclass

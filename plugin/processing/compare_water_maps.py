@@ -23,11 +23,10 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError, InputError
-from ..core.flood_extent import compare_water_maps, describe
 from ..core.jobs import MapFloodsResult
-from ..core.reference import RasterReference
 from ..toolbelt import log as qlog
 from ..toolbelt import resources
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source
@@ -124,6 +123,7 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context, feedback):
+        require_dependencies()
         progress = FeedbackProgress(feedback)
         failure = ""
         try:
@@ -161,6 +161,10 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
         return outputs
 
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:
+        from ..core.flood_extent import compare_water_maps, describe
+        from ..core.reference import RasterReference
+        from ..core.reference_files import reference_from_path
+
         if self._source_error is not None:
             raise self._source_error
         fields = self._references.request_fields()
@@ -168,8 +172,6 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
         if fields["pre_event_path"]:
             refs.append(RasterReference(fields["pre_event_path"], 1.0, tr("the water map before the event")))
         if fields["reference_path"]:
-            from ..core.reference_files import reference_from_path
-
             refs.append(reference_from_path(fields["reference_path"], fields["reference_threshold"]))
         if fields["reference_polygons"] is not None:
             refs.append(fields["reference_polygons"])

@@ -34,6 +34,7 @@ from ..core.model_spec import PRESETS
 from ..toolbelt import log as qlog
 from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source, parse_bands
@@ -264,6 +265,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
         progress = FeedbackProgress(feedback)
         failure = ""
         try:
@@ -332,6 +334,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             offset=self._optional_number(parameters, self.OFFSET, context),
             probability_path=self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or "",
             server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
+            retry_wait=settings.retry_wait,
         )
         request = replace(request, **self._references.request_fields())
         if backend_index == BACKEND_LOCAL:

@@ -28,11 +28,8 @@ class FloodMapperProvider(QgsProcessingProvider):
     def loadAlgorithms(self) -> None:
         from .compare_water_maps import CompareWaterMapsAlgorithm
         from .map_floods import MapFloodsAlgorithm
+        from .prepare_model import PrepareModelAlgorithm
 
         self.addAlgorithm(MapFloodsAlgorithm())
         self.addAlgorithm(CompareWaterMapsAlgorithm())
-        try:
-            from .prepare_model import PrepareModelAlgorithm
-        except ImportError:  # lands with the model-preparation issue
-            return
         self.addAlgorithm(PrepareModelAlgorithm())

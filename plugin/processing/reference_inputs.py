@@ -1,12 +1,13 @@
 """The flood-extent parameters and outputs the algorithms share: PRE_EVENT, REFERENCE_WATER and
 REFERENCE_THRESHOLD in, as the core takes them (paths, or polygons already in the map's CRS), and the flood
-figures out."""
+figures out. The core's reference module (numpy) is imported only when the algorithm runs, after its
+dependency check."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from qgis.core import (
@@ -28,7 +29,6 @@ from qgis.core import (
 
 from ..core.errors import InputError
 from ..core.jobs import MapFloodsResult
-from ..core.reference import PolygonReference, polygons_from
 from ..toolbelt.compat import POLYGON_GEOMETRY
 from ..toolbelt.i18n import tr
 from .layer_inputs import layer_source
@@ -106,21 +106,38 @@ def extent_text(result: MapFloodsResult) -> str:
 
 
 @dataclass
+class LayerPolygons:
+    """A polygon layer's features as GeoJSON-like geometries in the raster's CRS (read on the main thread)."""
+
+    geometries: list[dict] = field(default_factory=list)
+    crs_wkt: Optional[str] = None
+    label: str = ""
+    kind: str = ""  # the layer's geometry type, e.g. "MultiPolygon" or "LineString"
+
+
+@dataclass
 class ReferenceInputs:
     """What the user gave, read on the main thread; `error` is raised when the algorithm runs."""
 
     pre_event_path: str = ""
     reference_path: str = ""
     reference_threshold: float = 1.0
-    reference_polygons: Optional[PolygonReference] = None
+    polygons: Optional[LayerPolygons] = None
     error: Optional[InputError] = None
 
     def request_fields(self) -> dict:
-        """The MapFloodsRequest fields; raises the error found when the layers were read."""
+        """The MapFloodsRequest fields; raises the error found when the layers were read, and the core's
+        for a layer of points or lines."""
         if self.error is not None:
             raise self.error
+        reference_polygons = None
+        if self.polygons is not None:
+            from ..core.reference import polygons_from
+
+            p = self.polygons
+            reference_polygons = polygons_from(p.geometries, p.crs_wkt, p.label, p.kind)
         return {"pre_event_path": self.pre_event_path, "reference_path": self.reference_path,
-                "reference_threshold": self.reference_threshold, "reference_polygons": self.reference_polygons}
+                "reference_threshold": self.reference_threshold, "reference_polygons": reference_polygons}
 
 
 def read_reference_inputs(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext,
@@ -139,7 +156,7 @@ def read_reference_inputs(alg: QgsProcessingAlgorithm, parameters: dict, context
             if isinstance(layer, QgsRasterLayer):
                 inputs.reference_path = layer_source(layer)
             elif isinstance(layer, QgsVectorLayer):
-                inputs.reference_polygons = layer_polygons(layer, grid_crs, grid_extent, context)
+                inputs.polygons = layer_polygons(layer, grid_crs, grid_extent, context)
             else:
                 kind = tr("a {type} layer").format(type=layer.type()) if isinstance(layer, QgsMapLayer) else tr(
                     "not a layer or readable file")
@@ -151,16 +168,16 @@ def read_reference_inputs(alg: QgsProcessingAlgorithm, parameters: dict, context
 
 
 def layer_polygons(layer: QgsVectorLayer, crs: QgsCoordinateReferenceSystem, extent: QgsRectangle,
-                   context: QgsProcessingContext) -> PolygonReference:
-    """The layer's polygons near `extent` (in `crs`), transformed to `crs`, as the core takes them."""
+                   context: QgsProcessingContext) -> LayerPolygons:
+    """The layer's polygons near `extent` (in `crs`), transformed to `crs`."""
     label = tr("the reference water layer '{name}'").format(name=layer.name())
     kind = QgsWkbTypes.displayString(layer.wkbType())
     if QgsWkbTypes.geometryType(layer.wkbType()) != POLYGON_GEOMETRY:
-        return polygons_from([{"type": kind}], None, label, kind)  # the core's message for points and lines
+        return LayerPolygons([{"type": kind}], None, label, kind)  # the core refuses points and lines
     request = QgsFeatureRequest().setNoAttributes()
     if crs.isValid():
         # with a destination CRS, QGIS transforms the features and takes the filter rectangle in that CRS
         request.setDestinationCrs(crs, context.transformContext()).setFilterRect(extent)
     geometries = [json.loads(f.geometry().asJson()) for f in layer.getFeatures(request)
                   if f.hasGeometry() and not f.geometry().isEmpty()]
-    return polygons_from(geometries, crs.toWkt() if crs.isValid() else None, label, kind)
+    return LayerPolygons(geometries, crs.toWkt() if crs.isValid() else None, label, kind)

@@ -19,7 +19,6 @@ from qgis.core import (
 )
 
 from ..core.classes import CLASS_NAMES
-from ..core.polygons import water_polygons
 from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, FIELD_STRING, WKB_POLYGON
 from ..toolbelt.i18n import tr
 
@@ -33,6 +32,8 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
     if not parameters.get(name):
         return None
     import rasterio
+
+    from ..core.polygons import water_polygons
 
     with rasterio.open(classes_path) as ds:
         crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()

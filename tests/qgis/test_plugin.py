@@ -44,7 +44,8 @@ def test_toolbar_action_and_menu(qgis_app, qgis_iface, qgis_processing, clean_re
         assert instance.action in instance.toolbar.actions()
         assert instance.action.objectName() == "floodmapper_map_floods"
         assert instance.action.parent() is qgis_iface.mainWindow()
-        assert menu == [("&Flood Mapper", "floodmapper_map_floods"), ("&Flood Mapper", "floodmapper_options")]
+        assert menu == [("&Flood Mapper", "floodmapper_map_floods"), ("&Flood Mapper", "floodmapper_options"),
+                        ("&Flood Mapper", "floodmapper_install_dependencies")]
     finally:
         instance.unload()
 
