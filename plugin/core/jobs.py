@@ -18,6 +18,7 @@ from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS, DEFAULT_RETRY_WAIT
 if TYPE_CHECKING:
     from .model_spec import ModelSpec
     from .raster import RasterInfo
+    from .reference import PolygonReference
 
 TRANSPORT_AUTO = "auto"
 TRANSPORT_IMAGE = "image"
@@ -55,6 +56,15 @@ class MapFloodsRequest:
     server_dtype: str = "auto"
     server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
     retry_wait: float = DEFAULT_RETRY_WAIT  # seconds a job waits for a server that went away (0: fail at once)
+    # flood extent (flood_job.py): water compared with reference water, united from any of these
+    pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
+    reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
+    reference_threshold: float = 1.0
+    reference_polygons: Optional[PolygonReference] = None  # such polygons already read (from a QGIS layer)
+
+    def wants_flood_extent(self) -> bool:
+        """Whether any reference water was given (else the map stays water / not water)."""
+        return bool(self.pre_event_path or self.reference_path or self.reference_polygons is not None)
 
     def transport_asked(self) -> str:
         transport = (self.transport or TRANSPORT_AUTO).lower()
@@ -186,3 +196,18 @@ class MapFloodsResult:
     server_version: str = ""
     probability_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    # flood extent: without a reference, all water is flood water and no pixel has a reference
+    reference: str = ""  # what the water was compared with ("" = nothing)
+    flood_pixels: Optional[int] = None
+    flood_area_km2: Optional[float] = None
+    permanent_water_pixels: int = 0
+    permanent_water_area_km2: float = 0.0
+    no_reference_pixels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.flood_pixels is None:
+            self.flood_pixels = self.water_pixels
+        if self.flood_area_km2 is None:
+            self.flood_area_km2 = self.water_area_km2
+        if self.no_reference_pixels is None:
+            self.no_reference_pixels = self.valid_pixels

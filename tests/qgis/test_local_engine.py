@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from scripts.scenes import generate_scene, iou
+from scripts.scenes import class_iou, flood_classes, generate_pair, generate_scene, iou
 
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
@@ -84,6 +84,21 @@ def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processi
     assert second < first
     with capsys.disabled():
         print(f"\nlocal engine: first run {first:.1f} s (engine start included), second run {second:.1f} s")
+
+    # 2b. a flood against its pre-event image: both images on the same engine, no second start
+    import processing
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "post.tif"
+    truth = flood_classes(*generate_pair(pre, post, seed=5106, width=256, height=256))
+    processing.run("floodmapper:map_floods", {"INPUT": str(post), "PRE_EVENT": str(pre), "BACKEND": 1,
+                                              "OUTPUT": str(tmp_path / "extent.tif")})
+    assert engine_pids() - before == started
+    with rasterio.open(tmp_path / "extent.tif") as ds:
+        classes = ds.read(1)
+    flood, permanent = class_iou(classes, truth, 1), class_iou(classes, truth, 2)
+    with capsys.disabled():
+        print(f"local engine, flood against the pre-event image: flood IoU {flood:.3f}, permanent {permanent:.3f}")
+    assert flood >= 0.8 and permanent >= 0.8
 
     # 3. the engine dies between runs: the next run says so and recovers by restarting
     victim = max(started)
