@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -201,8 +200,14 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
         stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
         dt = time.perf_counter() - t0
     return {"tiles": stats.tiles, "seconds": dt, "tiles_per_s": stats.tiles / dt,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "max_rss_mb": peak_rss_mb(),
             "concurrency": stats.concurrency}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: after fork+exec it includes the parent's size."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024.0
 
 
 def main() -> int:
@@ -220,7 +225,7 @@ def main() -> int:
         print(json.dumps(transport_all(*args.child_transport)))
         return 0
 
-    if args.child:  # a fresh process for one pipeline run, so ru_maxrss is this run's alone
+    if args.child:  # a fresh process for one pipeline run, so the peak RSS is this run's alone
         print(json.dumps(pipeline(int(args.child[0]), Path(args.child[1]), Path(args.child[2]), None)))
         return 0
 

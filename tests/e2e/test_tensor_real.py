@@ -185,6 +185,8 @@ def test_cancel_against_the_real_server_keeps_it_healthy(vllm_tensor_server, tmp
         t0 = time.monotonic()
         with pytest.raises(Cancelled):
             run_tensor(req, client, demo_spec(vllm_tensor_server), SIX, prog)
-        assert time.monotonic() - prog.cancelled_at < 1.0
+        delay = time.monotonic() - prog.cancelled_at
+        print(f"cancel took effect after {delay:.2f} s")
+        assert delay < 3.0  # the run takes far longer; cancel cuts the requests in flight, on a busy machine too
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".")]
     assert requests.get(vllm_tensor_server.url + "/health", timeout=10).status_code == 200
