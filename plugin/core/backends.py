@@ -28,6 +28,16 @@ class Connection:
     dtype_reason: str = ""
     owns_client: bool = False  # the job closes it when done
     revive: Optional[Callable[[], bool]] = None  # starts the server again if it died (the local engine)
+    release: Optional[Callable[[], None]] = None  # the job is done with the server (a kept engine's idle time starts)
+
+    def close(self) -> None:
+        """The job is done with the server."""
+        try:
+            if self.owns_client:
+                self.client.close()
+        finally:
+            if self.release is not None:
+                self.release()
 
 
 class Backend(Protocol):
@@ -79,14 +89,22 @@ class LocalBackend:
     def connect(self, request: MapFloodsRequest, info: RasterInfo, asked: str, progress: Progress) -> Connection:
         from .engine_env import check_environment
         from .engines import get_engine
+        from .kept_engine import known_device
+        from .settings import env_keep_alive
         from .transport_choice import plan_local_engine
 
         s = self.settings
-        device = check_environment(s.vllm_python).device
+        try:
+            env_keep_alive(strict=True)
+        except ValueError as exc:
+            raise EngineError(str(exc)) from exc
+        # a kept engine of this environment tells the device without asking the environment (~20 s)
+        device = (s.engine_keep_alive > 0 and known_device(s.vllm_python)) or check_environment(s.vllm_python).device
         plan = plan_local_engine(s, asked, info, request.image_max_megapixels, device)
         progress.info(f"Local engine: {plan.reason}")
         engine = get_engine(replace(s, dtype=plan.dtype), on_log=self.on_log, io_processor=plan.io_processor)
         url = engine.ensure_running(progress, timeout=s.startup_timeout)
+        held = [engine.hold()]
         client = VllmClient(url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
 
         restarts = []
@@ -101,7 +119,12 @@ class LocalBackend:
                                   f"See its log ({engine.log_path}); the machine may be short of memory.")
             restarts.append(time.monotonic())
             client.rebase(engine.ensure_running(progress, timeout=s.startup_timeout))
+            held[0]()
+            held[0] = engine.hold()  # the new engine's own lease
             return True
 
+        def release() -> None:
+            held[0]()
+
         return Connection(client, ServerReach(url, reads_local_files=True), plan.dtype,
-                          f"the local engine runs {plan.dtype}", owns_client=True, revive=revive)
+                          f"the local engine runs {plan.dtype}", owns_client=True, revive=revive, release=release)

@@ -5,17 +5,15 @@ Why a child process and not vLLM in QGIS's Python: vLLM, torch and TerraTorch li
 (start_new_session), so `stop()` ends vLLM's API server, engine core and workers together and nothing is
 orphaned. A dead engine (process exited, or /health answering an error) is noticed by the next
 `ensure_running`, which starts a new one; a /health that merely times out means "busy" (vLLM runs the
-IOProcessor's pre-processing in its event loop), not "dead". Which engine serves which settings: engines.py.
+IOProcessor's pre-processing in its event loop), not "dead". Which engine serves which settings: engines.py;
+an engine kept running for later processes (the keep-alive option): kept_engine.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,33 +23,24 @@ from typing import Callable
 
 import requests
 
-from .cpu import vllm_cpu_binding
+from . import kept_engine as kept
+from .engine_command import (
+    engine_key,
+    engine_key_hash,
+    free_port,
+    is_demo_model,
+    port_is_free,
+    serve_command,
+    serve_environment,
+)
 from .engine_env import ENTRY_SCRIPT, HOST, SETUP_HINT, EngineInfo, check_environment, child_environment
 from .engine_log import LOG_TAIL, EngineLog
 from .errors import Cancelled, EngineError
-from .process_group import kill_group
+from .process_group import group_alive, kill_foreign_group, kill_group
 from .progress import NullProgress, Progress
-from .settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings, floodmapper_home
-from .transport_choice import engine_dtype, plan_local_engine
+from .settings import Settings, floodmapper_home
 
-IO_PROCESSOR = "terratorch_segmentation"
 STOP_GRACE = 15.0  # vLLM shuts its engine core down within a few seconds of SIGTERM
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as vLLM's server binds it
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
 
 # Every engine with a process, made through the registry (engines.py) or not: the exit hook stops them all.
 # Lock order: an engine's own lock, then this one; never an engine's lock while holding this one.
@@ -92,7 +81,12 @@ class LocalEngine:
         self.command: list[str] = []
         self.log_path = self.log_dir / f"vllm-engine-{engine_key_hash(settings, io_processor)}.log"
         self.log = EngineLog(self.log_path, on_log)
+        self.keep_alive = max(0.0, float(settings.engine_keep_alive)) * 60  # seconds; 0: stops with this process
         self._proc: subprocess.Popen | None = None
+        self._adopted: kept.KeptRecord | None = None  # a kept engine another process started
+        self._kept = False  # the running engine outlives this process (started or adopted with keep-alive)
+        self._lease: kept.Lease | None = None
+        self._follow_stop = threading.Event()
         self._reader: threading.Thread | None = None
         self._out_dir: str | None = None
         self._healthy_once = False
@@ -105,7 +99,9 @@ class LocalEngine:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        if self._proc is not None:
+            return self._proc.pid
+        return self._adopted.pid if self._adopted is not None else None
 
     @property
     def output_dir(self) -> str | None:
@@ -113,7 +109,12 @@ class LocalEngine:
         return self._out_dir
 
     def is_alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._adopted is not None and group_alive(self._adopted.pid)
+
+    def _has_process(self) -> bool:
+        return self._proc is not None or self._adopted is not None
 
     def log_tail(self, lines: int = LOG_TAIL) -> str:
         return self.log.tail(lines)
@@ -135,21 +136,46 @@ class LocalEngine:
         progress = progress or NullProgress()
         timeout = self.settings.startup_timeout if timeout is None else timeout
         with self._lock:
-            if self._proc is not None:
+            if not self._has_process() and self.keep_alive > 0:
+                self._adopt(progress)
+            if self._has_process():
                 state = self._probe()
                 if state == "healthy" or (state == "busy" and self._healthy_once):
                     return self.url
                 if state == "dead":
-                    code = self._proc.poll()
-                    why = f"exited with code {code}" if code is not None else "reported itself unhealthy"
                     tail = self.log_tail(8)
-                    progress.warning(f"The local vLLM engine {why} (a process killed, or out of memory?); "
-                                     f"starting a new one. Its last log lines:\n{tail}")
-                    self.log.emit(f"[floodmapper] engine {why}; restarting")
+                    if "kept engine stopping" in tail:
+                        progress.info("The local vLLM engine kept after the last run stopped after its idle "
+                                      "time; starting a new one.")
+                    else:
+                        code = self._proc.poll() if self._proc is not None else None
+                        why = f"exited with code {code}" if code is not None else "stopped or reported itself unhealthy"
+                        progress.warning(f"The local vLLM engine {why} (a process killed, or out of memory?); "
+                                         f"starting a new one. Its last log lines:\n{tail}")
+                        self.log.emit(f"[floodmapper] engine {why}; restarting")
                     self._terminate()
-            if self._proc is None:
+            if not self._has_process():
                 self._start(progress)
             return self._wait_healthy(progress, timeout)
+
+    def hold(self) -> Callable[[], None]:
+        """Mark the engine in use by a job until the returned function is called: a kept engine does not stop
+        for idleness meanwhile, and its idle time counts from the release."""
+        lease = self._lease if self._kept else None
+        return lease.hold() if lease is not None else (lambda: None)
+
+    def detach(self) -> None:
+        """Leave a kept engine running for the next process (plugin unload, exit); stop any other engine."""
+        with self._lock:
+            if not (self._kept and self.is_alive()):
+                self._terminate()
+                return
+            self.log.emit(f"[floodmapper] engine {self.pid} left running for the next run; it stops after "
+                          f"{self.keep_alive / 60:g} idle minutes")
+            self._stop_follower()
+            self.log.close()
+            self._out_dir = None  # the engine's, removed when it stops
+            self._drop()
 
     def stop(self) -> None:
         """End the engine's whole process group (SIGTERM, SIGKILL after a grace period) and clean up.
@@ -168,96 +194,92 @@ class LocalEngine:
         """healthy | busy | starting | dead (see _probe)."""
         return self._probe()
 
-    # ---- command line -----------------------------------------------------------------------------
-
     def build_command(self, info: EngineInfo, port: int) -> list[str]:
-        """`vllm serve` arguments for this settings + this vLLM version (flags come and go by version)."""
-        s = self.settings
-        device = info.device
-        if s.device == "gpu" and device != "gpu":
-            raise EngineError(
-                "The engine is set to run on the GPU, but the vLLM environment has no usable GPU "
-                f"(torch {info.torch}).",
-                "Set the device to 'auto' or 'cpu', or build the GPU environment on a machine with an NVIDIA "
-                "GPU (scripts/setup-vllm-env).",
-            )
-        if s.device == "cpu" and device == "gpu":
-            raise EngineError(
-                "The engine is set to run on the CPU, but the vLLM environment is a GPU (CUDA) build, "
-                "which cannot run on the CPU.",
-                "Set the device to 'auto' or 'gpu', or build a CPU environment with FLOODMAPPER_DEVICE=cpu "
-                "scripts/setup-vllm-env DIR and point the 'vLLM Python' setting at DIR/bin/python.",
-            )
-        if self.io_processor:
-            # TerraTorch's IOProcessor always sends float16 tiles; any other model dtype kills the engine
-            # on the first request ("Input type (c10::Half) and bias type (float) should be the same").
-            dtype = plan_local_engine(s, "image", None, 0, device).dtype
-        else:
-            dtype = engine_dtype(s, device).dtype
-        self.dtype = dtype
-        cmd = [info.python, str(self.entry), "serve", s.model, "--host", HOST, "--port", str(port)]
-        if is_demo_model(s.model):
-            cmd += ["--served-model-name", DEMO_MODEL_NAME]
-        cmd += ["--model-impl", "terratorch", "--skip-tokenizer-init", "--enforce-eager"]
-        if self.io_processor:
-            if info.io_processor_plugins and IO_PROCESSOR not in info.io_processor_plugins:
-                raise EngineError(
-                    f"The vLLM environment has no '{IO_PROCESSOR}' IOProcessor plugin "
-                    f"(found: {', '.join(info.io_processor_plugins) or 'none'}).",
-                    "Install TerraTorch >= 1.1 in the vLLM environment (scripts/setup-vllm-env does).",
-                )
-            cmd += ["--io-processor-plugin", IO_PROCESSOR]
-        if info.vllm_tuple >= (0, 11, 1):
-            cmd.append("--enable-mm-embeds")  # required from 0.11.1 for image_embeds; unknown before
-        cmd += ["--dtype", dtype, "--max-num-seqs", str(int(s.max_num_seqs))]
-        if device == "gpu":
-            cmd += ["--gpu-memory-utilization", str(s.gpu_memory_utilization)]
-        try:
-            cmd += shlex.split(s.extra_args or "")
-        except ValueError as exc:
-            raise EngineError(
-                f"The extra vLLM arguments cannot be parsed: {exc}.",
-                "Fix the quoting in the 'Extra vLLM arguments' setting.",
-            ) from exc
-        return cmd
+        """`vllm serve` arguments for these settings and this vLLM version (engine_command.py)."""
+        argv, self.dtype = serve_command(self.settings, info, port, io_processor=self.io_processor, entry=self.entry)
+        return argv
 
     # ---- internals --------------------------------------------------------------------------------
 
+    def _adopt(self, progress: Progress) -> None:
+        """Take over the kept engine for these settings that another process started, if it can be reused."""
+        key = engine_key_hash(self.settings, self.io_processor)
+        record = kept.find_reusable(key, self.settings.vllm_python, self._http, progress.info, STOP_GRACE)
+        if record is None:
+            return
+        self._adopted = record
+        self._kept = True
+        self.info = record.engine_info()
+        self.url, self.port, self.model_id, self.dtype = record.url, record.port, record.model_id, record.dtype
+        self._out_dir = record.output_dir
+        self._healthy_once = True
+        self.log.path = self.log_path = Path(record.log_path)
+        self.log.open(new=False)
+        self._follow_stop = threading.Event()
+        self._reader = self.log.follow_file(self.is_alive, self._follow_stop)
+        self._lease = kept.Lease(kept.record_path(key), record.keep_alive)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        since = time.strftime("%H:%M", time.localtime(record.started))
+        mode = "image-to-image (IOProcessor)" if record.io_processor else "tensor-to-tensor"
+        progress.info(f"Reusing the local vLLM engine kept running since {since} (pid {record.pid}, "
+                      f"{record.dtype}, {mode}) at {self.url}")
+        self.log.emit(f"[floodmapper] reusing kept engine {record.pid} at {self.url} (pid {os.getpid()})")
+
+    def _record(self, pid: int) -> kept.KeptRecord:
+        return kept.engine_record(self, engine_key_hash(self.settings, self.io_processor), pid)
+
     def _start(self, progress: Progress) -> None:
+        kept.stop_idle_kept_engines(self.log.emit, STOP_GRACE)  # they would compete for the same cores and memory
         progress.info("Checking the vLLM environment…")
         info = self.info = check_environment(self.settings.vllm_python, self.entry)
         # the same port as before where it is free: a job's client keeps talking to a restarted engine
         port = self.port if self.port and port_is_free(self.port) else free_port()
         cmd = self.build_command(info, port)
         self._out_dir = tempfile.mkdtemp(prefix="floodmapper-engine-")
-        extra = {
-            "TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG": json.dumps({"output_path": self._out_dir}),
-            # A local model folder must not trigger downloads; a Hugging Face id needs the hub.
-            "HF_HUB_OFFLINE": "1" if os.path.isdir(self.settings.model) else "0",
-        }
-        if info.device == "cpu":
-            extra["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"
-            extra.update(vllm_cpu_binding())
+        extra = serve_environment(self.settings, info, self._out_dir)
         self.log.open()
         self._healthy_once = False
         self.command = cmd
         self.port = port
         self.url = f"http://{HOST}:{port}"
+        self.model_id = ""
+        self._kept = self.keep_alive > 0
+        if self._kept:
+            # it outlives this process: it stops itself once its record has been idle for keep_alive seconds,
+            # and writes to its log file (a pipe to this process would break when this process exits)
+            path = kept.write_record(self._record(0))
+            extra.update(FLOODMAPPER_KEEP_RECORD=str(path), FLOODMAPPER_KEEP_IDLE=str(self.keep_alive),
+                         FLOODMAPPER_OUTPUT_DIR=self._out_dir)
+            self._lease = kept.Lease(path, self.keep_alive)
+        else:
+            extra["FLOODMAPPER_WATCH_PID"] = str(os.getpid())  # it stops when this process is gone
         self.log.emit("[floodmapper] starting: " + " ".join(shlex.quote(c) for c in cmd))
-        progress.info(f"Starting the local vLLM engine (vLLM {info.vllm}, {info.device.upper()}) on {self.url}")
+        note = f", kept {self.keep_alive / 60:g} minutes after the last run" if self._kept else ""
+        progress.info(f"Starting the local vLLM engine (vLLM {info.vllm}, {info.device.upper()}) on {self.url}{note}")
+        out = open(self.log_path, "a", encoding="utf-8") if self._kept else None  # noqa: SIM115 - closed below
         try:
             self._proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=child_environment({**extra, "FLOODMAPPER_WATCH_PID": str(os.getpid())}),
-                cwd=self._out_dir, start_new_session=True,
+                cmd, stdout=out or subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_environment(extra), cwd=self._out_dir, start_new_session=True,
                 bufsize=1, text=True, encoding="utf-8", errors="replace",
             )
         except OSError as exc:
             self._cleanup_files()
+            self._forget_record(0)
             raise EngineError(f"Cannot start the vLLM engine ({cmd[0]}): {exc}.", SETUP_HINT) from exc
+        finally:
+            if out is not None:
+                out.close()  # the engine has its own descriptor
         with _LIVE_LOCK:
             _LIVE.add(self)  # stop_all()/atexit reach it even if it was made outside get_engine()
-        self._reader = self.log.follow(self._proc)
+        if self._kept:
+            kept.write_record(self._record(self._proc.pid))
+            proc = self._proc
+            self._follow_stop = threading.Event()
+            self._reader = self.log.follow_file(lambda: proc.poll() is None, self._follow_stop)
+        else:
+            self._reader = self.log.follow(self._proc)
 
     def _wait_healthy(self, progress: Progress, timeout: float) -> str:
         t0 = time.monotonic()
@@ -265,8 +287,13 @@ class LocalEngine:
         while True:
             proc = self._proc
             if proc is None:
-                raise EngineError("The local vLLM engine was stopped while starting.")
-            if proc.poll() is not None:
+                if self._adopted is not None and not self.is_alive():
+                    self._terminate()
+                    raise EngineError("The kept local vLLM engine stopped while this run took it over.",
+                                      "Run the algorithm again: it starts a new engine.")
+                if self._adopted is None:
+                    raise EngineError("The local vLLM engine was stopped while starting.")
+            elif proc.poll() is not None:
                 code = proc.returncode
                 if self._reader is not None:
                     self._reader.join(timeout=5)
@@ -289,6 +316,8 @@ class LocalEngine:
             if state == "healthy":
                 self._healthy_once = True
                 self.model_id = self._served_model()
+                if self._kept and self.pid:
+                    kept.write_record(self._record(self.pid))  # now a later process can find and check it
                 progress.info(f"Local vLLM engine ready at {self.url} after {time.monotonic() - t0:.0f} s")
                 return self.url
             elapsed = time.monotonic() - t0
@@ -307,7 +336,7 @@ class LocalEngine:
 
     def _probe(self) -> str:
         """healthy | busy | starting | dead, from the process state and one /health request."""
-        if self._proc is None or self._proc.poll() is not None:
+        if not self.is_alive():
             return "dead"
         try:
             r = self._http.get(self.url + "/health", timeout=3)
@@ -328,19 +357,37 @@ class LocalEngine:
             return ""
 
     def _terminate(self) -> None:
-        proc = self._proc
+        proc, adopted = self._proc, self._adopted
         if proc is not None:
             kill_group(proc, STOP_GRACE)
-            if self._reader is not None:
-                self._reader.join(timeout=5)
+            self._stop_follower()
             self.log.emit(f"[floodmapper] engine stopped (exit code {proc.returncode})")
-        self._proc = None
-        self._reader = None
-        self._healthy_once = False
-        self.url = ""
+            if self._kept:
+                self._forget_record(proc.pid)
+        elif adopted is not None:
+            kill_foreign_group(adopted.pid, STOP_GRACE)
+            self._stop_follower()
+            self.log.emit(f"[floodmapper] kept engine {adopted.pid} stopped")
+            self._forget_record(adopted.pid)
         self._cleanup_files()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forget the process: stopped, or left running on its own."""
+        self._proc = self._adopted = self._lease = self._reader = None
+        self._kept = self._healthy_once = False
+        self.url = ""
         with _LIVE_LOCK:
             _LIVE.discard(self)
+
+    def _stop_follower(self) -> None:
+        self._follow_stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self._reader = None
+
+    def _forget_record(self, pid: int) -> None:
+        kept.remove_record(engine_key_hash(self.settings, self.io_processor), pid)
 
     def _cleanup_files(self) -> None:
         self.log.close()
@@ -349,21 +396,4 @@ class LocalEngine:
             self._out_dir = None
 
 
-def is_demo_model(model: str) -> bool:
-    try:
-        return Path(model).resolve() == DEMO_MODEL_DIR.resolve()
-    except OSError:
-        return False
-
-
-def engine_key(settings: Settings, io_processor: bool = True) -> tuple:
-    s = settings
-    return (s.vllm_python, s.model, s.device, s.dtype, int(s.max_num_seqs), float(s.gpu_memory_utilization),
-            s.extra_args, bool(io_processor))
-
-
-def engine_key_hash(settings: Settings, io_processor: bool = True) -> str:
-    return hashlib.sha256(repr(engine_key(settings, io_processor)).encode()).hexdigest()[:10]
-
-
-__all__ = ["LocalEngine", "engine_key", "live_engines"]
+__all__ = ["LocalEngine", "engine_key", "engine_key_hash", "free_port", "is_demo_model", "live_engines", "port_is_free"]

@@ -71,6 +71,7 @@ def get_engine(
             _ENGINES[key] = engine
         else:
             engine.on_log = on_log
+        engine.keep_alive = max(0.0, float(settings.engine_keep_alive)) * 60  # for its next start
     for other in others:  # outside the registry lock: stop() takes the engine's own lock
         other.stop()
     return engine
@@ -81,12 +82,13 @@ def running_engines() -> list[LocalEngine]:
 
 
 def stop_all() -> None:
-    """Stop every engine this process started (plugin unload, QGIS exit)."""
+    """Stop every engine this process started (plugin unload, QGIS exit), except a kept one (keep-alive), which
+    stays for the next process and stops by itself once idle."""
     with _LOCK:
         engines = list(_ENGINES.values()) + [e for e in live_engines() if e not in _ENGINES.values()]
         _ENGINES.clear()
     for engine in engines:
-        engine.stop()
+        engine.detach()
 
 
 def engine_status(settings: Settings, *, io_processor: bool | None = None, start: bool = False,

@@ -110,8 +110,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
                            retry_wait=request.retry_wait)
             stats = run_image(job, client, progress, TRANSPORT_SPAN, revive=conn.revive)
     finally:
-        if conn.owns_client:
-            conn.client.close()
+        conn.close()
     progress.set_progress(100)
     area = (f"{stats.water_area_km2:.3f} km²" if not math.isnan(stats.water_area_km2)
             else "area unknown (no CRS)")

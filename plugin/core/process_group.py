@@ -54,3 +54,24 @@ def kill_group(proc: subprocess.Popen, grace: float) -> None:
         if not group_alive(pgid):
             break
         time.sleep(0.1)
+
+
+def kill_foreign_group(pgid: int, grace: float) -> None:
+    """Stop a process group this process did not start (a kept engine another run started): SIGTERM, SIGKILL
+    after `grace`; its leader is reaped by its own parent or by init."""
+    if os.name != "posix" or pgid <= 0:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:  # this process's own child after all (started here, then left running): reap it
+                os.waitpid(pgid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not group_alive(pgid):
+                return
+            time.sleep(0.1)

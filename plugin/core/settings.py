@@ -6,6 +6,8 @@ override both, so `qgis_process`, CI and scripts work with no profile:
     FLOODMAPPER_VLLM_PYTHON   the vLLM environment's python (or a `vllm` command)
     FLOODMAPPER_MODEL         model for the local engine (local folder or Hugging Face id)
     FLOODMAPPER_DTYPE         the local engine's dtype (auto, float16, float32, bfloat16)
+    FLOODMAPPER_ENGINE_KEEP_ALIVE  minutes the local engine stays after the last run, for the next process to reuse
+                              (0, the default: it stops with the process that started it)
     FLOODMAPPER_SERVER_URL    default remote server URL
     FLOODMAPPER_HOME          where set-up puts the vLLM environment (default ~/.local/share/floodmapper)
 """
@@ -40,6 +42,25 @@ def default_vllm_python() -> str:
     return str(floodmapper_home() / "vllm-env" / "bin" / "python")
 
 
+def env_keep_alive(environ: dict[str, str] | None = None, *, strict: bool = False) -> float | None:
+    """FLOODMAPPER_ENGINE_KEEP_ALIVE in minutes (None when unset; with `strict`, a value that is not a number
+    raises ValueError saying what to set)."""
+    env = os.environ if environ is None else environ
+    raw = env.get("FLOODMAPPER_ENGINE_KEEP_ALIVE", "").strip()
+    if not raw:
+        return None
+    try:
+        minutes = float(raw)
+    except ValueError:
+        if strict:
+            raise ValueError(
+                f"FLOODMAPPER_ENGINE_KEEP_ALIVE={raw!r} is not a number of minutes; set it to e.g. 10 (the engine "
+                "stays 10 minutes after the last run), or 0 to stop it with each run."
+            ) from None
+        return None
+    return max(0.0, minutes) if minutes == minutes else None
+
+
 @dataclass(frozen=True)
 class Settings:
     # remote server
@@ -63,6 +84,7 @@ class Settings:
     gpu_memory_utilization: float = 0.9
     extra_args: str = ""
     startup_timeout: float = 600.0
+    engine_keep_alive: float = 0.0  # minutes the engine outlives its last run, for the next process; 0 = stops with it
 
     def with_env(self, environ: dict[str, str] | None = None) -> Settings:
         """These settings with the FLOODMAPPER_* environment variables applied on top."""
@@ -76,6 +98,9 @@ class Settings:
             changes["dtype"] = env["FLOODMAPPER_DTYPE"]
         if env.get("FLOODMAPPER_SERVER_URL"):
             changes["server_url"] = env["FLOODMAPPER_SERVER_URL"]
+        keep_alive = env_keep_alive(env)  # an invalid value is reported when the local engine starts
+        if keep_alive is not None:
+            changes["engine_keep_alive"] = keep_alive
         return replace(self, **changes)
 
     @classmethod

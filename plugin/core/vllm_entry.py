@@ -103,7 +103,6 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
     starter and, once it is gone, sends SIGTERM to the group (vLLM shuts its engine core and workers down)
     and SIGKILL after `grace` seconds.
     """
-    import signal
     import threading
     import time
 
@@ -119,13 +118,85 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
             print(f"[floodmapper] the process that started this engine ({pid}) is gone; stopping", flush=True)
         except OSError:
             pass
-        leader = os.getpgrp() == os.getpid()  # never signal a group we do not lead (e.g. a terminal's)
-        stop = (lambda sig: os.killpg(os.getpgrp(), sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
-        stop(signal.SIGTERM)
-        time.sleep(grace)
-        stop(signal.SIGKILL)
+        _stop_own_group(grace)
 
     threading.Thread(target=run, name="floodmapper-parent-watch", daemon=True).start()
+
+
+def _stop_own_group(grace: float) -> None:
+    """SIGTERM this engine's process group (vLLM shuts its engine core and workers down), SIGKILL after `grace`."""
+    import signal
+    import time
+
+    leader = os.getpgrp() == os.getpid()  # never signal a group we do not lead (e.g. a terminal's)
+    stop = (lambda sig: os.killpg(os.getpgrp(), sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
+    stop(signal.SIGTERM)
+    time.sleep(grace)
+    stop(signal.SIGKILL)
+
+
+def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 20.0) -> None:
+    """Stop this kept engine once its record (its lease) has not been touched for `idle` seconds.
+
+    With the keep-alive option the engine outlives the process that started it; each process using it touches
+    the record while a job runs. Once the record is older than `idle`, it is moved aside first (a process
+    touching it at that moment keeps the engine: the record is put back), then removed, and the whole process
+    group stops. The engine also stops when its record is removed (an explicit stop) or names another engine.
+    """
+    import json
+    import shutil
+    import threading
+    import time
+
+    def age(path: str) -> float:
+        return time.time() - os.stat(path).st_mtime
+
+    def owner(path: str) -> dict:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+        except (OSError, ValueError):
+            return {}
+
+    def why_stop() -> str:
+        data = owner(record)
+        if not data and not os.path.exists(record):
+            return "its record is gone (stopped by the plugin)"
+        if data.get("pid") not in (None, 0, os.getpid()):
+            return f"its record now names another engine ({data.get('pid')})"
+        try:
+            if age(record) < idle:
+                return ""
+        except FileNotFoundError:
+            return "its record is gone (stopped by the plugin)"
+        aside = record + ".stopping"
+        try:
+            os.replace(record, aside)
+        except FileNotFoundError:
+            return "its record is gone (stopped by the plugin)"
+        quiet = age(aside)
+        if quiet < idle:  # touched just before it was moved aside: in use again
+            os.replace(aside, record)
+            return ""
+        os.unlink(aside)
+        return f"unused for {quiet / 60:.1f} minutes (keep-alive {idle / 60:g} min)"
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            why = why_stop()
+            if why:
+                break
+        try:
+            print(f"[floodmapper] kept engine stopping: {why}", flush=True)
+        except OSError:
+            pass
+        output_dir = os.environ.get("FLOODMAPPER_OUTPUT_DIR", "")
+        if output_dir:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        _stop_own_group(grace)
+
+    threading.Thread(target=run, name="floodmapper-idle-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
@@ -134,6 +205,10 @@ def main(argv: list[str]) -> int:
     watch = os.environ.pop("FLOODMAPPER_WATCH_PID", "")
     if watch.isdigit():
         watch_parent(int(watch))
+    record = os.environ.pop("FLOODMAPPER_KEEP_RECORD", "")
+    idle = os.environ.pop("FLOODMAPPER_KEEP_IDLE", "")
+    if record and idle:
+        watch_idle(record, float(idle), interval=min(5.0, max(0.5, float(idle) / 10)))
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *argv]

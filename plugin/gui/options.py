@@ -81,6 +81,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
         self.gpu_memory_utilization.setValue(s.gpu_memory_utilization)
         self.extra_args.setText(s.extra_args)
         self.startup_timeout.setValue(s.startup_timeout)
+        self.engine_keep_alive.setValue(s.engine_keep_alive)
         self.image_max_megapixels.setValue(s.image_max_megapixels)
         self.retry_wait.setValue(s.retry_wait)
 
@@ -103,6 +104,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
             gpu_memory_utilization=self.gpu_memory_utilization.value(),
             extra_args=self.extra_args.text().strip(),
             startup_timeout=self.startup_timeout.value(),
+            engine_keep_alive=self.engine_keep_alive.value(),
             image_max_megapixels=self.image_max_megapixels.value(),
             retry_wait=self.retry_wait.value(),
             server_dtype=self.server_dtype.currentText(),

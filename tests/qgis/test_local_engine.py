@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def engine_pids() -> set[int]:
-    """Every live process running our vLLM entry point (the engine and its children)."""
+    """Every live process running this checkout's vLLM entry point (not another checkout's on this machine)."""
+    script = str(ROOT / "plugin" / "core" / "vllm_entry.py").encode()
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -33,7 +34,7 @@ def engine_pids() -> set[int]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if b"vllm_entry.py" in cmdline and "State:\tZ" not in status:
+        if script in cmdline and "State:\tZ" not in status:
             pids.add(int(entry.name))
     return pids
 
@@ -119,6 +120,7 @@ def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processi
     with capsys.disabled():
         print(f"local engine killed mid-run: the run went on and took {time.monotonic() - t0:.0f} s")
     assert feedback.fired and Path(result3["OUTPUT"]).exists()
+    QgsApplication.processEvents()  # log messages from the job's worker threads arrive queued
     assert any("exited" in m.lower() and "restarting" in m.lower() for m in logged), logged[-10:]
     with rasterio.open(result3["OUTPUT"]) as ds:
         assert iou(ds.read(1), big_truth) >= 0.85
@@ -135,39 +137,69 @@ def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processi
     assert engine_mod.running_engines() == []
 
 
-@pytest.mark.parametrize("configured", [False, True], ids=["nothing-configured", "env-vars"])
+@pytest.mark.parametrize("configured", [False, True], ids=["nothing-configured", "env-vars-and-keep-alive"])
 def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
+    """qgis_process runs no exit hooks: the engine stops when it exits, or, kept (keep-alive), is reused by the
+    next qgis_process and stops by itself once idle."""
     from plugin.core.settings import DEMO_MODEL_DIR, default_vllm_python
 
     src = tmp_path / "scene.tif"
     truth = generate_scene(src, seed=5201 if configured else 5202, width=256, height=256)
-    out = tmp_path / "flood.tif"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOODMAPPER_")}
     env["FLOODMAPPER_QGIS_STATE"] = str(tmp_path / "qgis")
+    keep_minutes = 1.0
     if configured:
         env["FLOODMAPPER_VLLM_PYTHON"] = default_vllm_python()
         env["FLOODMAPPER_MODEL"] = str(DEMO_MODEL_DIR)
         env["FLOODMAPPER_DTYPE"] = "float32"
+        env["FLOODMAPPER_HOME"] = str(tmp_path / "home")  # its own kept-engine records
+        env["FLOODMAPPER_ENGINE_KEEP_ALIVE"] = str(keep_minutes)
         # and an image-to-image limit below this raster's 0.066 MP: the engine must start in tensor mode
         ini = tmp_path / "qgis" / "profile" / "profiles" / "default" / "QGIS" / "QGIS3.ini"
         ini.parent.mkdir(parents=True)
         ini.write_text("[PythonPlugins]\nfloodmapper=true\nprocessing=true\n\n"
                        "[floodmapper]\nimage_max_megapixels=0.05\n")
     before = engine_pids()
-    proc = subprocess.run(
-        ["bash", "-c", f'"{ROOT}/scripts/qgis-process" run floodmapper:map_floods -- '
-                       f'INPUT="{src}" BACKEND=1 OUTPUT="{out}"'],
-        capture_output=True, text=True, env=env, timeout=900, start_new_session=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def run(out: Path) -> tuple[str, float]:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            ["bash", "-c", f'"{ROOT}/scripts/qgis-process" run floodmapper:map_floods -- '
+                           f'INPUT="{src}" BACKEND=1 OUTPUT="{out}"'],
+            capture_output=True, text=True, env=env, timeout=900, start_new_session=True,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        with rasterio.open(out) as ds:
+            classes = ds.read(1)
+        assert set(np.unique(classes)) <= {0, 1, 255}
+        assert iou(classes, truth) >= 0.85
+        return proc.stdout, time.monotonic() - t0
+
+    first, first_s = run(tmp_path / "flood.tif")
     if configured:  # float32 goes in tiles: the engine ran without the IOProcessor plugin, in float32
-        assert "Tensor transport:" in proc.stdout, proc.stdout[-3000:]
-        assert "Tensors in float32: the local engine runs float32" in proc.stdout, proc.stdout[-3000:]
-    with rasterio.open(out) as ds:
-        classes = ds.read(1)
-    assert set(np.unique(classes)) <= {0, 1, 255}
-    assert iou(classes, truth) >= 0.85
-    deadline = time.monotonic() + 20
+        assert "Tensor transport:" in first, first[-3000:]
+        assert "Tensors in float32: the local engine runs float32" in first, first[-3000:]
+        assert f"kept {keep_minutes:g} minutes after the last run" in first, first[-3000:]
+        kept = engine_pids() - before
+        assert kept, "the kept engine must outlive the qgis_process that started it"
+        second, second_s = run(tmp_path / "flood-again.tif")
+        assert "Reusing the local vLLM engine kept running" in second, second[-3000:]
+        assert "Starting the local vLLM engine" not in second, second[-3000:]
+        print(f"qgis_process with the engine start: {first_s:.0f} s; reusing the kept engine: {second_s:.0f} s")
+        assert engine_pids() - before == kept, "the second run reused the engine, it started none"
+        records = list((tmp_path / "home" / "engines").glob("*.json"))
+        assert len(records) == 1
+        idle_from = time.monotonic()
+        deadline = idle_from + keep_minutes * 60 + 60  # its idle time, a poll and the stop's grace
+        while engine_pids() - before and time.monotonic() < deadline:
+            time.sleep(1)
+        assert engine_pids() - before == set(), "the kept engine must stop by itself once idle"
+        assert time.monotonic() - idle_from >= keep_minutes * 60 - 10, "it stopped before its idle time"
+        assert not records[0].exists()
+        log = (tmp_path / "home" / "logs").glob("vllm-engine-*.log")
+        assert any("kept engine stopping: unused for" in p.read_text() for p in log)
+        return
+    deadline = time.monotonic() + 45  # the watch's poll, vLLM's shutdown, SIGKILL after 20 s
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert engine_pids() - before == set(), "qgis_process left an engine running"

@@ -20,12 +20,14 @@ def test_options_page_round_trip(qgis_app):
     page.read_timeout.setValue(123.0)
     page.device.setCurrentText("cpu")
     page.extra_args.setText("--max-model-len 1")
+    page.engine_keep_alive.setValue(15.0)
     page.apply()
     loaded = stored.load(apply_env=False)
     assert loaded.server_url == "https://gpu-box.example:8443"
     assert loaded.read_timeout == 123.0
     assert loaded.device == "cpu"
     assert loaded.extra_args == "--max-model-len 1"
+    assert loaded.engine_keep_alive == 15.0
     # a fresh page shows what is stored; defaults are not pinned
     again = FloodMapperOptionsWidget(None)
     assert again.server_url.text() == "https://gpu-box.example:8443"

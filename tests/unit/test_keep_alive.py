@@ -1,0 +1,188 @@
+"""Keep-alive: a local engine that outlives its run is found and reused by the next one (checked by model, dtype
+and vLLM environment), is never stopped mid-job, and stops by itself once idle, leaving nothing behind.
+
+Against tests/fixtures/fake_vllm_entry.py, which runs the real entry point's idle watch; the real engine under
+qgis_process is exercised in tests/qgis/test_local_engine.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from plugin.core import engine as eng
+from plugin.core import engine_env, engines, kept_engine
+from plugin.core.settings import Settings, env_keep_alive
+from tests.fixtures.progress import Recorder
+
+FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_vllm_entry.py"
+IDLE_MIN = 0.05  # 3 s
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch, tmp_path):
+    engine_env._CHECK_CACHE.clear()
+    for name in list(os.environ):
+        if name.startswith(("FAKE_VLLM_", "FLOODMAPPER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("FAKE_VLLM_DELAY", "0.2")
+    monkeypatch.setenv("FLOODMAPPER_HOME", str(tmp_path / "home"))
+    yield
+    for _path, record in kept_engine.records():  # nothing may outlive a test
+        if record.pid > 0:
+            eng.kill_foreign_group(record.pid, 3)
+    engines.stop_all()
+    engine_env._CHECK_CACHE.clear()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    return Settings(vllm_python=sys.executable, model=str(model), startup_timeout=30, engine_keep_alive=IDLE_MIN)
+
+
+def make(settings, tmp_path) -> eng.LocalEngine:
+    return eng.LocalEngine(settings, tmp_path / "logs", None, entry=FAKE)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def wait_until(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def test_kept_engine_is_reused_never_stops_mid_job_and_stops_when_idle(settings, tmp_path):
+    first = make(settings, tmp_path)
+    url = first.ensure_running(Recorder())
+    pid, out_dir = first.pid, first.output_dir
+    record = kept_engine.read_record(kept_engine.record_path(eng.engine_key_hash(settings)))
+    assert record is not None and record.pid == pid and record.url == url and record.model_id == settings.model
+    assert record.dtype == "float16" and record.io_processor
+    release = first.hold()
+    release()
+    first.detach()  # what the exit of the process that started it does
+    assert alive(pid), "a kept engine outlives the process that started it"
+
+    second = make(settings, tmp_path)  # a later run
+    progress = Recorder()
+    assert second.ensure_running(progress) == url
+    assert second.pid == pid and second.output_dir == out_dir
+    assert any("Reusing the local vLLM engine kept running" in m for m in progress.infos), progress.infos
+    assert not any("Starting the local vLLM engine" in m for m in progress.infos)
+
+    release = second.hold()
+    time.sleep(3 * IDLE_MIN * 60)  # a job three times longer than the idle time
+    assert alive(pid), "a kept engine must not stop while a job holds it"
+    assert requests.get(url + "/health", timeout=5).status_code == 200
+    release()
+    t0 = time.monotonic()
+    assert wait_until(lambda: not alive(pid), IDLE_MIN * 60 + 10), "the idle engine must stop by itself"
+    assert time.monotonic() - t0 >= IDLE_MIN * 60 - 0.5, "it stopped before its idle time"
+    assert not kept_engine.record_path(record.key).exists()
+    assert not os.path.exists(out_dir)
+    assert "kept engine stopping: unused for" in Path(record.log_path).read_text()
+
+    # the run after that starts a new engine, saying why
+    third = make(settings, tmp_path)
+    progress = Recorder()
+    third.ensure_running(progress)
+    assert third.pid != pid and any("Starting the local vLLM engine" in m for m in progress.infos)
+    third.stop()
+
+
+def test_an_engine_of_another_environment_is_not_reused_and_goes(settings, tmp_path):
+    first = make(settings, tmp_path)
+    first.ensure_running()
+    old = first.pid
+    first.detach()
+    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    data = json.loads(path.read_text())
+    data["python"] = ["/elsewhere/bin/python", 1, 1]  # as if the vLLM environment had been rebuilt since
+    path.write_text(json.dumps(data))
+
+    second = make(settings, tmp_path)
+    progress = Recorder()
+    second.ensure_running(progress)
+    assert second.pid != old
+    assert any(m.startswith(f"Not reusing the local vLLM engine kept running (pid {old}): it runs another vLLM "
+                            "environment") for m in progress.infos), progress.infos
+    assert wait_until(lambda: not alive(old), 10), "the engine nobody can reuse must stop"
+    assert kept_engine.read_record(path).pid == second.pid
+    second.stop()
+    assert wait_until(lambda: not alive(second.pid or 0), 10)
+    assert not path.exists(), "an explicit stop removes the record"
+
+
+def test_a_kept_engine_of_other_settings_is_stopped_before_a_new_one_starts(settings, tmp_path):
+    first = make(settings, tmp_path)
+    first.ensure_running()
+    old = first.pid
+    first.detach()
+    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    os.utime(path, (time.time() - 600, time.time() - 600))  # idle for a while, yet its keep-alive not over
+    other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
+    other.ensure_running()
+    assert not alive(old), "two engines would compete for the same cores and memory"
+    assert not path.exists()
+    other.stop()
+
+
+def test_without_keep_alive_nothing_is_kept(settings, tmp_path):
+    engine = make(Settings(**{**settings.__dict__, "engine_keep_alive": 0.0}), tmp_path)
+    engine.ensure_running()
+    pid = engine.pid
+    assert kept_engine.records() == []
+    engines.stop_all()
+    engine.detach()
+    assert wait_until(lambda: not alive(pid), 10)
+
+
+def test_lease_touches_the_record_while_held(tmp_path):
+    path = tmp_path / "engine.json"
+    path.write_text("{}")
+    lease = kept_engine.Lease(path, keep_alive=4.0)  # touched every second while held
+    first = lease.hold()
+    second = lease.hold()  # two jobs at once
+    os.utime(path, (0, 0))
+    assert wait_until(lambda: kept_engine.idle_seconds(path) < 5, 3)
+    first()
+    first()  # a second call of the same release changes nothing
+    os.utime(path, (0, 0))
+    assert wait_until(lambda: kept_engine.idle_seconds(path) < 5, 3), "one job still holds it"
+    second()
+    assert kept_engine.idle_seconds(path) < 5, "the release is the last use"
+    os.utime(path, (0, 0))
+    time.sleep(2)
+    assert kept_engine.idle_seconds(path) > 1000, "released: the idle time runs"
+
+
+def test_keep_alive_from_the_environment():
+    assert env_keep_alive({}) is None
+    assert env_keep_alive({"FLOODMAPPER_ENGINE_KEEP_ALIVE": "15"}) == 15.0
+    assert env_keep_alive({"FLOODMAPPER_ENGINE_KEEP_ALIVE": "-3"}) == 0.0
+    assert Settings().with_env({"FLOODMAPPER_ENGINE_KEEP_ALIVE": "2.5"}).engine_keep_alive == 2.5
+    assert env_keep_alive({"FLOODMAPPER_ENGINE_KEEP_ALIVE": "ten"}) is None
+    with pytest.raises(ValueError, match="is not a number of minutes; set it to e.g. 10"):
+        env_keep_alive({"FLOODMAPPER_ENGINE_KEEP_ALIVE": "ten"}, strict=True)
