@@ -16,6 +16,8 @@ from .errors import InputError
 from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS
 
 if TYPE_CHECKING:
+    from .area_of_interest import Area
+    from .image_source import ServerReach
     from .model_spec import ModelSpec
     from .raster import RasterInfo
 
@@ -54,6 +56,13 @@ class MapFloodsRequest:
     # the server's --dtype: "auto" = what `vllm serve --dtype auto` runs for the model's config.json (or preset)
     server_dtype: str = "auto"
     server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
+    # the area mapped (area_of_interest.py); the rest of the raster is neither sent nor mapped
+    extent: Optional[tuple[float, float, float, float]] = None  # (xmin, ymin, xmax, ymax); None = all
+    extent_crs: str = ""  # the extent's CRS (EPSG:n or WKT); "" = the raster's
+    mask_polygons: Optional[list[dict]] = None  # GeoJSON-like (multi)polygons; None = no mask ([]: an error)
+    mask_crs: str = ""  # the polygons' CRS; "" = the raster's
+    cloud_mask_path: str = ""  # a raster whose cloud_values are cloud (e.g. Sentinel-2 L2A SCL); "" = none
+    cloud_values: Optional[tuple[float, ...]] = None  # None = 3, 8, 9, 10 (SCL cloud shadow, clouds, cirrus)
 
     def transport_asked(self) -> str:
         transport = (self.transport or TRANSPORT_AUTO).lower()
@@ -115,6 +124,10 @@ class ImageJob:
     data: str
     data_format: str  # "path" | "url"
     output_path: str
+    area: Optional[Area] = None  # the part mapped; None = the whole raster
+    # set when the server cannot read the input as it is (a window of it, a VRT): the transport writes the
+    # area's bands to a temporary GeoTIFF this server reads, and sends that instead of `data`
+    copy_for: Optional[ServerReach] = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class TensorJob:
     scale: Optional[float] = None  # None: detected
     offset: Optional[float] = None
     location_mode: str = "tile"  # "raster": the raster's centre for every tile, as the IOProcessor does
+    area: Optional[Area] = None  # the part mapped; None = the whole raster
 
 
 @dataclass
@@ -183,3 +197,5 @@ class MapFloodsResult:
     server_version: str = ""
     probability_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    cloud_pixels: int = 0  # pixels of the area with data that the cloud mask left out
+    cloud_fraction: float = 0.0  # their share of the area's pixels with data
