@@ -230,7 +230,7 @@ def _window_of(info: RasterInfo, bounds: Bounds, within: Window, what: str, hint
         xmin, ymin, xmax, ymax = bounds
         raster = _bounds_text(info)
         subject, verb = what.rsplit(" ", 1)
-        raise InputError(f"{subject} ({xmin:.6g}, {ymin:.6g} to {xmax:.6g}, {ymax:.6g} in the raster's CRS) {verb} "
+        raise InputError(f"{subject} ({xmin:.10g}, {ymin:.10g} to {xmax:.10g}, {ymax:.10g} in the raster's CRS) {verb} "
                          f"not overlap the raster{where} ({raster}): there is nothing to map.", hint)
     return Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
 
@@ -239,7 +239,7 @@ def _bounds_text(info: RasterInfo) -> str:
     t = info.transform
     xs = [(t * (c, r))[0] for c in (0, info.width) for r in (0, info.height)]
     ys = [(t * (c, r))[1] for c in (0, info.width) for r in (0, info.height)]
-    return f"{min(xs):.6g}, {min(ys):.6g} to {max(xs):.6g}, {max(ys):.6g}"
+    return f"{min(xs):.10g}, {min(ys):.10g} to {max(xs):.10g}, {max(ys):.10g}"
 
 
 # ---------------------------------------------------------------------------------------------- polygons
