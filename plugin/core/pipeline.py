@@ -164,6 +164,8 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
 
 def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:
     """The window the request maps (EXTENT, MASK polygons): geometry only, checked before anything costs."""
+    if request.cloud_mask_path:  # an input too: never written over
+        check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
     area = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs,
                      request.cloud_mask_path, request.cloud_values, note=progress.info)
     if not area.whole or area.polygons or area.cloud_path:
@@ -173,6 +175,9 @@ def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: 
 
 def _mapped_area(info: raster.RasterInfo, area: Area, bands: list[int], warn, progress: Progress) -> Area:
     """The area's pixels to map (the mask polygons', the clear ones, those with data), once the bands are known."""
+    if area.polygons or area.cloud_path:
+        progress.info("Finding the pixels to map: " + " and ".join(
+            ["inside the mask polygons"] * bool(area.polygons) + ["not cloud"] * bool(area.cloud_path)))
     area = build_mask(info, area, bands, progress.is_canceled, warn)
     if area.cloud_path:
         progress.info(f"Cloud mask: {area.cloud_pixels} of the area's {area.data_pixels} pixels with data are "

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from plugin.core.errors import InputError, TransportUnsupported
+from plugin.core.errors import InputError, OutputError, TransportUnsupported
 from plugin.core.pipeline import map_floods
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import World, image_answer, write_scene
@@ -135,7 +135,8 @@ def test_image_copy_goes_to_the_mapped_folder(world):
     assert os.listdir(shared) == [] and grid(world.output)[:2] == (40, 40)
 
 
-def test_image_vrt_is_sent_as_a_geotiff_copy(world):
+def write_vrt(world) -> str:
+    """The scene as six single-band files stacked in a VRT (as gdalbuildvrt -separate writes it)."""
     bands = []
     for i in range(6):
         path = world.tmp / "in" / f"band{i}.tif"
@@ -151,12 +152,36 @@ def test_image_vrt_is_sent_as_a_geotiff_copy(world):
     vrt = world.tmp / "in" / "stack.vrt"
     vrt.write_text(f'<VRTDataset rasterXSize="80" rasterYSize="64"><SRS>EPSG:32633</SRS><GeoTransform>{X0}, {PX}, '
                    f"0, {Y0}, 0, -{PX}</GeoTransform>{sources}</VRTDataset>")
+    return str(vrt)
+
+
+def test_image_vrt_is_sent_as_a_geotiff_copy(world):
+    vrt = write_vrt(world)
     progress = Recorder()
-    map_floods(world.request(input_path=str(vrt)), world.client(), progress)
+    map_floods(world.request(input_path=vrt), world.client(), progress)
     sent = world.jobs()[0].json()["data"]["data"]
     assert sent.endswith(".part.tif") and not os.path.exists(sent)
     assert any("virtual raster" in m for m in progress.infos)
     assert (read(world.output)[:32] == 1).all() and (read(world.output)[32:] == 0).all()
+
+
+def test_image_vrt_to_a_remote_server_is_told_to_use_the_tensor_transport(world):
+    with pytest.raises(TransportUnsupported, match="virtual raster") as err:
+        map_floods(world.request(input_path=write_vrt(world), server_can_read_local_files=False), world.client())
+    assert "tensor transport" in err.value.hint
+    assert world.jobs() == []
+    nothing_left(world)
+
+
+def test_the_cloud_mask_is_never_written_over(world):
+    cloud = world.tmp / "in" / "clouds.tif"
+    with rasterio.open(cloud, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(X0, Y0, 200, 200)) as dst:
+        dst.write(np.zeros((8, 8), np.uint8), 1)
+    before = cloud.read_bytes()
+    with pytest.raises(OutputError, match="is the input"):
+        map_floods(world.request(cloud_mask_path=str(cloud), output_path=str(cloud)), world.client())
+    assert cloud.read_bytes() == before and world.srv.requests == []
 
 
 @pytest.mark.parametrize("request_fields, message", [
