@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8000
+DIST ?= dist
 
-.PHONY: setup demo test test-quick coverage lint qt6-check package serve-demo clean
+.PHONY: setup demo test test-quick coverage test-qgis-versions lint qt6-check package serve-demo clean
 
 setup:
 	bash scripts/setup
@@ -22,6 +23,13 @@ coverage: setup
 test-quick:
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -m "not vllm"
 
+# The QGIS-facing tests on QGIS 3.40 LTR (Debian trixie) and the newest QGIS (Debian sid), each in a cached
+# debootstrap chroot (QGIS_CHROOTS, default ~/.local/share/floodmapper/chroots); QGIS_SUITES="host trixie sid"
+# adds this machine's QGIS as a row. As root. See scripts/test-qgis-versions.
+QGIS_SUITES ?= trixie sid
+test-qgis-versions: setup
+	bash scripts/test-qgis-versions $(QGIS_SUITES)
+
 lint:
 	.venv/bin/ruff check .
 
@@ -29,7 +37,7 @@ qt6-check:
 	bash scripts/qt6-check
 
 package:
-	$(PY) scripts/package.py dist
+	$(PY) scripts/package.py $(DIST)
 
 serve-demo:
 	PORT=$(PORT) bash scripts/serve-demo

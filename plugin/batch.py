@@ -2,8 +2,12 @@
 
 Run with the vLLM environment's Python from the checkout root:
 
-    ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch a.tif b.tif --out maps/ \
-        [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5]
+    ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
+        [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5]
+
+A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
+in name order; with --recursive those of its subfolders too. The batch's own outputs (`*_flood.tif` in the
+output folder) are never taken as inputs, so a run can write into the folder it reads.
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
 IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
@@ -38,6 +42,8 @@ from .core.server_map import finalize_classes
 from .core.settings import DEMO_MODEL_DIR
 
 IO_PROCESSOR = "terratorch_segmentation"
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+OUTPUT_SUFFIX = "_flood.tif"
 
 if __name__ in ("__main__", "__mp_main__"):  # also in vLLM's spawned engine core, which re-imports this
     vllm_entry.install()
@@ -54,8 +60,11 @@ class Job:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m plugin.batch", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", help="input rasters (GeoTIFF or anything GDAL reads)")
+    p.add_argument("inputs", nargs="+",
+                   help="input rasters (GeoTIFF or anything GDAL reads), or folders: their "
+                        + ", ".join(f"*{s}" for s in RASTER_SUFFIXES) + " files, in name order")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--recursive", action="store_true", help="with a folder, take the rasters of its subfolders too")
     p.add_argument("--model", default=os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR),
                    help="TerraTorch model folder for vLLM (default: the demo model, or $FLOODMAPPER_MODEL)")
     p.add_argument("--max-num-seqs", type=int, default=8, help="tiles processed together by the engine")
@@ -71,6 +80,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
     return args
+
+
+def _is_output(path: Path, out_dir: Path) -> bool:
+    return path.name.endswith(OUTPUT_SUFFIX) and path.resolve().parent == out_dir.resolve()
+
+
+def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False) -> list[str]:
+    """Files as given; a folder becomes its rasters (sorted; subfolders with `recursive`), minus our outputs."""
+    expanded: list[str] = []
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            expanded.append(item)
+            continue
+        candidates = folder.rglob("*") if recursive else folder.iterdir()
+        found = sorted(
+            f for f in candidates
+            if f.suffix.lower() in RASTER_SUFFIXES and f.is_file() and not _is_output(f, out_dir)
+            and not any(part.startswith(".") for part in f.relative_to(folder).parts)
+        )
+        if not found:
+            where = "it or its subfolders" if recursive else "it"
+            raise InputError(
+                f"The folder '{item}' has no rasters: no " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES)
+                + f" file in {where}.",
+                "Pass the raster files themselves, or --recursive for rasters in subfolders.",
+            )
+        expanded += [str(f) for f in found]
+    return expanded
 
 
 def plan(inputs: list[str], out_dir: Path) -> list[Job]:
@@ -157,7 +195,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: no model at {args.model} (config.json missing). Pass --model DIR or set FLOODMAPPER_MODEL.",
               file=sys.stderr)
         return 2
-    jobs = plan(args.inputs, out_dir)
+    try:
+        inputs = expand_inputs(args.inputs, out_dir, args.recursive)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    jobs = plan(inputs, out_dir)
     total = len(jobs)
     t_start = time.monotonic()
     for job in jobs:

@@ -4,9 +4,11 @@ the job (its dtype, and whether it loads the IOProcessor: transport_choice.plan_
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional, Protocol
 
+from .errors import EngineError
 from .image_source import ServerReach
 from .jobs import MapFloodsRequest
 from .model_spec import preset_for_model_name
@@ -25,6 +27,7 @@ class Connection:
     server_dtype: str  # its --dtype ("auto": what vLLM's auto runs for the model)
     dtype_reason: str = ""
     owns_client: bool = False  # the job closes it when done
+    revive: Optional[Callable[[], bool]] = None  # starts the server again if it died (the local engine)
 
 
 class Backend(Protocol):
@@ -85,5 +88,20 @@ class LocalBackend:
         engine = get_engine(replace(s, dtype=plan.dtype), on_log=self.on_log, io_processor=plan.io_processor)
         url = engine.ensure_running(progress, timeout=s.startup_timeout)
         client = VllmClient(url, connect_timeout=s.connect_timeout, read_timeout=s.read_timeout)
+
+        restarts = []
+
+        def revive() -> bool:
+            """Start the engine again, once per job, if it died (killed, out of memory); point the client at it.
+            False when its process runs (busy, or shutting down: the next look decides)."""
+            if engine.is_alive():
+                return False
+            if restarts:
+                raise EngineError("The local vLLM engine stopped again after it was started anew during this job.",
+                                  f"See its log ({engine.log_path}); the machine may be short of memory.")
+            restarts.append(time.monotonic())
+            client.rebase(engine.ensure_running(progress, timeout=s.startup_timeout))
+            return True
+
         return Connection(client, ServerReach(url, reads_local_files=True), plan.dtype,
-                          f"the local engine runs {plan.dtype}", owns_client=True)
+                          f"the local engine runs {plan.dtype}", owns_client=True, revive=revive)

@@ -20,9 +20,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import requests
 
@@ -38,28 +37,14 @@ from .transport_choice import engine_dtype, plan_local_engine
 IO_PROCESSOR = "terratorch_segmentation"
 STOP_GRACE = 15.0  # vLLM shuts its engine core down within a few seconds of SIGTERM
 
-@dataclass
-class EngineStatus:
-    """For the settings dialog's "Test" button."""
-
-    running: bool
-    url: str
-    vllm_version: str
-    terratorch_version: str
-    torch_version: str
-    device: str
-    models: list[str]
-    pid: Optional[int]
-    log_path: str
-    python: str
-
-    def summary(self) -> str:
-        state = f"running at {self.url} (pid {self.pid})" if self.running else "not running"
-        models = ", ".join(self.models) or "-"
-        return (
-            f"vLLM {self.vllm_version} on {self.device.upper()}, TerraTorch {self.terratorch_version}, "
-            f"torch {self.torch_version}; engine {state}; models: {models}"
-        )
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as vLLM's server binds it
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -157,7 +142,9 @@ class LocalEngine:
                 if state == "dead":
                     code = self._proc.poll()
                     why = f"exited with code {code}" if code is not None else "reported itself unhealthy"
-                    progress.warning(f"The local vLLM engine {why}; starting a new one.")
+                    tail = self.log_tail(8)
+                    progress.warning(f"The local vLLM engine {why} (a process killed, or out of memory?); "
+                                     f"starting a new one. Its last log lines:\n{tail}")
                     self.log.emit(f"[floodmapper] engine {why}; restarting")
                     self._terminate()
             if self._proc is None:
@@ -177,23 +164,9 @@ class LocalEngine:
         finally:
             self._stop_requested.clear()
 
-    def status(self) -> EngineStatus:
-        """What the "Test" button shows; asks the running engine for its version and models."""
-        info = self.info or check_environment(self.settings.vllm_python, self.entry)
-        running = self.is_alive() and self._probe() in ("healthy", "busy")
-        models: list[str] = []
-        version = info.vllm
-        if running:
-            try:
-                models = [m["id"] for m in self._http.get(self.url + "/v1/models", timeout=10).json()["data"]]
-                version = self._http.get(self.url + "/version", timeout=10).json().get("version", version)
-            except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
-                self.log.emit(f"[floodmapper] status query failed: {exc}")
-        return EngineStatus(
-            running=running, url=self.url if running else "", vllm_version=str(version),
-            terratorch_version=info.terratorch, torch_version=info.torch, device=info.device, models=models,
-            pid=self.pid if running else None, log_path=str(self.log_path), python=info.python,
-        )
+    def state(self) -> str:
+        """healthy | busy | starting | dead (see _probe)."""
+        return self._probe()
 
     # ---- command line -----------------------------------------------------------------------------
 
@@ -253,7 +226,8 @@ class LocalEngine:
     def _start(self, progress: Progress) -> None:
         progress.info("Checking the vLLM environment…")
         info = self.info = check_environment(self.settings.vllm_python, self.entry)
-        port = free_port()
+        # the same port as before where it is free: a job's client keeps talking to a restarted engine
+        port = self.port if self.port and port_is_free(self.port) else free_port()
         cmd = self.build_command(info, port)
         self._out_dir = tempfile.mkdtemp(prefix="floodmapper-engine-")
         extra = {
@@ -392,4 +366,4 @@ def engine_key_hash(settings: Settings, io_processor: bool = True) -> str:
     return hashlib.sha256(repr(engine_key(settings, io_processor)).encode()).hexdigest()[:10]
 
 
-__all__ = ["EngineStatus", "LocalEngine", "engine_key", "live_engines"]
+__all__ = ["LocalEngine", "engine_key", "live_engines"]

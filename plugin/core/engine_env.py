@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,9 +88,22 @@ _CHECK_CACHE: dict[tuple[str, str], EngineInfo] = {}
 _CHECK_LOCK = threading.Lock()
 
 
+def require_linux() -> None:
+    """vLLM serves only on Linux: elsewhere the local engine stops here, saying what to use instead."""
+    if sys.platform.startswith("linux"):
+        return
+    system = {"darwin": "macOS", "win32": "Windows", "cygwin": "Windows"}.get(sys.platform, sys.platform)
+    raise EngineError(
+        f"The local vLLM engine needs Linux: vLLM does not run on {system}.",
+        "Use the backend 'Remote vLLM server' (BACKEND=0) with a vLLM server on a Linux machine (a GPU "
+        "server, or WSL2 on this computer) and set its URL in SERVER_URL or in Flood Mapper's options.",
+    )
+
+
 def check_environment(vllm_python: str, entry: str | Path = ENTRY_SCRIPT, timeout: float = CHECK_TIMEOUT,
                       refresh: bool = False) -> EngineInfo:
     """Ask the vLLM environment what it has (once per interpreter; it takes ~20 s)."""
+    require_linux()
     python = resolve_python(vllm_python)
     key = (os.path.realpath(python) if os.path.exists(python) else python, str(entry))
     with _CHECK_LOCK:

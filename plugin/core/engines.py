@@ -5,15 +5,42 @@ from __future__ import annotations
 
 import atexit
 import threading
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from .engine import EngineStatus, LocalEngine, engine_key, live_engines
+import requests
+
+from .engine import LocalEngine, engine_key, live_engines
 from .engine_env import ENTRY_SCRIPT, check_environment
 from .progress import Progress
 from .settings import Settings
 from .transport_choice import engine_dtype
+
+
+@dataclass
+class EngineStatus:
+    """For the settings dialog's "Test" button."""
+
+    running: bool
+    url: str
+    vllm_version: str
+    terratorch_version: str
+    torch_version: str
+    device: str
+    models: list[str]
+    pid: Optional[int]
+    log_path: str
+    python: str
+
+    def summary(self) -> str:
+        state = f"running at {self.url} (pid {self.pid})" if self.running else "not running"
+        models = ", ".join(self.models) or "-"
+        return (
+            f"vLLM {self.vllm_version} on {self.device.upper()}, TerraTorch {self.terratorch_version}, "
+            f"torch {self.torch_version}; engine {state}; models: {models}"
+        )
+
 
 _ENGINES: dict[tuple, LocalEngine] = {}
 _LOCK = threading.RLock()  # taken after an engine's own lock, never before
@@ -73,7 +100,23 @@ def engine_status(settings: Settings, *, io_processor: bool | None = None, start
     engine = get_engine(settings, io_processor=io_processor, exclusive=start, entry=entry)
     if start:
         engine.ensure_running(progress)
-    return engine.status()
+    info = engine.info or check_environment(settings.vllm_python, entry)
+    running = engine.is_alive() and engine.state() in ("healthy", "busy")
+    models: list[str] = []
+    version = info.vllm
+    if running:
+        try:
+            with requests.Session() as http:
+                http.trust_env = False  # loopback: no proxy
+                models = [m["id"] for m in http.get(engine.url + "/v1/models", timeout=10).json()["data"]]
+                version = http.get(engine.url + "/version", timeout=10).json().get("version", version)
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            engine.log.emit(f"[floodmapper] status query failed: {exc}")
+    return EngineStatus(
+        running=running, url=engine.url if running else "", vllm_version=str(version),
+        terratorch_version=info.terratorch, torch_version=info.torch, device=info.device, models=models,
+        pid=engine.pid if running else None, log_path=str(engine.log_path), python=info.python,
+    )
 
 
 atexit.register(stop_all)

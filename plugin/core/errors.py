@@ -7,7 +7,13 @@ from __future__ import annotations
 
 
 class FloodMapperError(Exception):
-    """Base error. `message` says what went wrong, `hint` how to fix it (may be empty)."""
+    """Base error. `message` says what went wrong, `hint` how to fix it (may be empty).
+
+    `transient`: the server went away or is restarting (refused, reset, 502/503/504, its engine stopped):
+    the same request may succeed once it answers again, so a long job waits for it rather than failing.
+    """
+
+    transient = False
 
     def __init__(self, message: str, hint: str = "") -> None:
         super().__init__(message)
@@ -36,6 +42,8 @@ class ServerError(FloodMapperError):
 
 class EngineDied(ServerError):
     """The server answered that its engine stopped: every later request fails until it is restarted."""
+
+    transient = True  # vLLM answers this to the requests in flight while it shuts down too
 
 
 class ConnectionFailed(FloodMapperError):

@@ -14,12 +14,14 @@ import os
 import shutil
 import tempfile
 import time
+from typing import Callable, Optional
 
 from .area_of_interest import whole_area
-from .errors import EngineDied, InputError, ServerError
+from .errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
 from .image_copy import copy_reason, input_copy
 from .image_source import copy_folder, server_path
 from .jobs import ImageJob, Stats
+from .outage import Outage
 from .progress import Progress, ProgressSpan, check_cancel
 from .server_map import finalize_classes
 from .versions import version_tuple
@@ -79,24 +81,52 @@ def decode_response(answer: dict) -> bytes:
     return raw
 
 
-def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan) -> Stats:
+def answer_limit(width: int, height: int) -> int:
+    """The most the answer can take: an uncompressed uint8 GeoTIFF of the raster, as base64 in JSON."""
+    return int((width * height + 64 * 1024) * 4 / 3 * 1.1) + 64 * 1024
+
+
+def _ask(client, payload: dict, progress: Progress, on_wait: Callable[[float], None], outage: Outage,
+         max_bytes: int) -> dict:
+    """The /pooling answer; the request is sent again after the server went away and came back."""
+    died = False
+    while True:
+        try:
+            answer = client.pooling(payload, cancel=progress.is_canceled, on_wait=on_wait, max_bytes=max_bytes)
+            outage.answered()
+            return answer
+        except FloodMapperError as exc:
+            if (isinstance(exc, Cancelled) or not exc.transient or outage.retry_wait <= 0
+                    or (isinstance(exc, EngineDied) and died)):
+                raise
+            died = died or isinstance(exc, EngineDied)
+            progress.info(f"The server went away ({exc.message.split('.')[0]}); waiting up to "
+                          f"{outage.retry_wait:.0f} s for it to answer again")
+            outage.ride_out(exc)
+            progress.info("The server answers again; sending the request again")
+
+
+def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
+              revive: Optional[Callable[[], bool]] = None) -> Stats:
     """Send one /pooling request, wait (cancellable), write the map; returns its statistics.
 
     A server that cannot read the input as it is (`job.copy_for`: a window of it is mapped, or it is a VRT) gets
-    a temporary GeoTIFF of the area's bands instead (image_copy.py), removed afterwards.
+    a temporary GeoTIFF of the area's bands instead (image_copy.py), removed afterwards. A server that goes away
+    while it works is asked again once it answers /health, within `job.retry_wait` (`revive` starts the local
+    engine again if it died).
     """
     if job.copy_for is None:
-        return _send(job, job.data, job.data_format, job.bands, client, progress, span)
+        return _send(job, job.data, job.data_format, job.bands, client, progress, span, revive)
     why = copy_reason(job.input, job.area)
     folder = copy_folder(job.copy_for, why)
     progress.info(f"Writing the model's bands of the area to a temporary GeoTIFF the server reads ({why})")
     with input_copy(job.input, job.area, job.bands, folder, progress.is_canceled) as path:
         return _send(job, server_path(path, job.copy_for), "path", list(range(len(job.bands))), client,
-                     progress, span)
+                     progress, span, revive)
 
 
 def _send(job: ImageJob, data: str, data_format: str, indices: list[int], client, progress: Progress,
-          span: ProgressSpan) -> Stats:
+          span: ProgressSpan, revive: Optional[Callable[[], bool]]) -> Stats:
     """The request for the raster at `data` (its bands `indices`), and the map from the answer.
 
     The decoded server GeoTIFF goes to a private temp folder (removed whatever happens) rather than staying
@@ -124,7 +154,8 @@ def _send(job: ImageJob, data: str, data_format: str, indices: list[int], client
         )
         t0 = time.monotonic()
         try:
-            answer = client.pooling(payload, cancel=progress.is_canceled, on_wait=on_wait)
+            outage = Outage(client, job.retry_wait, progress.is_canceled, revive)
+            answer = _ask(client, payload, progress, on_wait, outage, answer_limit(area.width, area.height))
         except EngineDied as exc:
             exc.hint += (" The TerraTorch IOProcessor sends float16 tiles, so an image-to-image server must run "
                          "--dtype float16.")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from .errors import InputError
-from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS
+from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS, DEFAULT_RETRY_WAIT
 
 if TYPE_CHECKING:
     from .area_of_interest import Area
@@ -56,6 +56,7 @@ class MapFloodsRequest:
     # the server's --dtype: "auto" = what `vllm serve --dtype auto` runs for the model's config.json (or preset)
     server_dtype: str = "auto"
     server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
+    retry_wait: float = DEFAULT_RETRY_WAIT  # seconds a job waits for a server that went away (0: fail at once)
     # the area mapped (area_of_interest.py); the rest of the raster is neither sent nor mapped
     extent: Optional[tuple[float, float, float, float]] = None  # (xmin, ymin, xmax, ymax); None = all
     extent_crs: str = ""  # the extent's CRS (EPSG:n or WKT); "" = the raster's
@@ -124,6 +125,7 @@ class ImageJob:
     data: str
     data_format: str  # "path" | "url"
     output_path: str
+    retry_wait: float = 0.0  # seconds to wait for a server that went away before the request is sent again
     area: Optional[Area] = None  # the part mapped; None = the whole raster
     # set when the server cannot read the input as it is (a window of it, a VRT): the transport writes the
     # area's bands to a temporary GeoTIFF this server reads, and sends that instead of `data`
@@ -146,6 +148,7 @@ class TensorJob:
     scale: Optional[float] = None  # None: detected
     offset: Optional[float] = None
     location_mode: str = "tile"  # "raster": the raster's centre for every tile, as the IOProcessor does
+    retry_wait: float = 0.0  # seconds to wait for a server that went away before a tile is sent again
     area: Optional[Area] = None  # the part mapped; None = the whole raster
 
 

@@ -92,7 +92,8 @@ def temp_beside(output_path: str, folder: bool = False) -> str:
             os.mkdir(tmp)  # mode 0777 & ~umask
             return tmp
         fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=f"{PART}.tif", dir=parent)
-        os.fchmod(fd, 0o666 & ~_umask())
+        if hasattr(os, "fchmod"):  # POSIX permissions; Windows has ACLs (and no fchmod before Python 3.13)
+            os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"Cannot write in '{parent}': {exc.strerror}.", "Choose a folder you can write to.") from None
@@ -148,6 +149,35 @@ def output_profile(src: Any, **changes: Any) -> dict:
         profile.update(tiled=True, blockxsize=OUTPUT_TILE, blockysize=OUTPUT_TILE)
     profile.update(changes)
     return profile
+
+
+def write_failed(target: str, exc: BaseException) -> OutputError:
+    """A write that failed (disk full, file size limit, folder made read-only): said plainly."""
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        return OutputError(f"The output folder '{folder}' went away while the flood map was written; nothing "
+                           "was written.",
+                           "Check that the output folder still exists and that you can write to it, then run again.")
+    return OutputError(
+        f"Writing the flood map '{target}' failed: {str(exc).strip() or type(exc).__name__}. Nothing was written; "
+        "an earlier map of that name is untouched.",
+        f"Check the free space in '{folder}' (and any file size limit or quota), and that the folder is still "
+        "writable; or choose another folder.",
+    )
+
+
+def verify_written(path: str, target: str) -> None:
+    """Read a just-written GeoTIFF back whole: GDAL reports a write that failed while it flushed its cache at
+    close (disk full, file size limit) only on stderr, and the file is then truncated. Raises write_failed."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as ds:
+            for _, window in ds.block_windows(1):
+                ds.read(window=window)
+    except (RasterioError, OSError) as exc:
+        raise write_failed(target, exc) from None
 
 
 class AtomicOutputs:

@@ -104,15 +104,16 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
             job = TensorJob(
                 input=info, bands=bands, spec=spec, model=facts.model, version=facts.version,
                 output_path=request.output_path, probability_path=request.probability_path, overlap=overlap,
-                concurrency=concurrency, scale=request.scale, offset=request.offset, area=aoi,
+                concurrency=concurrency, scale=request.scale, offset=request.offset, retry_wait=request.retry_wait,
+                area=aoi,
             )
-            stats: Stats = run_tensor(job, client, progress, TRANSPORT_SPAN).stats
+            stats: Stats = run_tensor(job, client, progress, TRANSPORT_SPAN, revive=conn.revive).stats
         else:
             data, data_format = ("", "path") if copy_why else server_source(info, conn.reach)
             job = ImageJob(input=info, bands=bands, model=facts.model, version=facts.version, data=data,
-                           data_format=data_format, output_path=request.output_path, area=aoi,
-                           copy_for=conn.reach if copy_why else None)
-            stats = run_image(job, client, progress, TRANSPORT_SPAN)
+                           data_format=data_format, output_path=request.output_path,
+                           retry_wait=request.retry_wait, area=aoi, copy_for=conn.reach if copy_why else None)
+            stats = run_image(job, client, progress, TRANSPORT_SPAN, revive=conn.revive)
     finally:
         if conn.owns_client:
             conn.client.close()

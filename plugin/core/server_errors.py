@@ -99,25 +99,25 @@ class ServerErrors:
                 "options, use a smaller raster, or check the server's log.",
             )
         if any(_is_refused(c) for c in causes):
-            return ConnectionFailed(
+            return transient(ConnectionFailed(
                 f"Connection refused by {self.redact(self.base_url)}: nothing is listening there.",
                 "Start the vLLM server (or the local engine) or fix the server URL and port.",
-            )
+            ))
         if isinstance(exc, requests.exceptions.ChunkedEncodingError) or any(
             isinstance(c, (IncompleteRead, http.client.IncompleteRead)) for c in causes
         ):
-            return ServerError(
+            return transient(ServerError(
                 f"{where} sent a truncated answer to {path} (the connection closed mid-body).",
                 "The server or a proxy in front of it dropped the connection; check the server's log and "
                 "retry.",
-            )
+            ))
         if any(isinstance(c, (http.client.RemoteDisconnected, ConnectionResetError, ProtocolError,
                               BrokenPipeError)) for c in causes):
-            return ConnectionFailed(
+            return transient(ConnectionFailed(
                 f"{where} closed the connection without answering {path}.",
                 "The server may have crashed or restarted (check its /health and its log), or a proxy "
                 "cut the connection.",
-            )
+            ))
         if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                             requests.exceptions.InvalidSchema)):
             return InputError(
@@ -125,13 +125,22 @@ class ServerErrors:
                 "Use a URL like http://127.0.0.1:8000.",
             )
         if isinstance(exc, requests.exceptions.RetryError):
-            return ServerError(
+            return transient(ServerError(
                 f"{where} kept answering {path} with an error after {self.retries} retries: {detail}.",
                 "The server (or a proxy in front of it) is overloaded or starting; wait and retry.",
-            )
+            ))
         return ConnectionFailed(
             f"The request to {self.server} ({path}) failed: {detail}.",
             "Check the server URL and that the server is running.",
+        )
+
+    def too_large(self, size: int, limit: int, declared: bool = True) -> ServerError:
+        """An answer longer than the request's answer can be: refused before it fills the memory."""
+        how = f"announces {size:,} bytes" if declared else f"went on past {limit:,} bytes"
+        return ServerError(
+            f"The answer of {self.server} to /pooling {how}; this request's answer is at most {limit:,} bytes.",
+            "Something other than vLLM may be answering (a proxy, another service): check the server URL "
+            "and the server's log.",
         )
 
     def too_slow(self, budget: float) -> ConnectionFailed:
@@ -203,13 +212,13 @@ class ServerErrors:
                 status=status,
             )
         if status in RETRY_STATUSES:
-            raise ServerError(
+            raise transient(ServerError(
                 f"{where} is unavailable (HTTP {status}{': ' + message if message else ''}), "
                 f"still after {self.retries} {'retry' if self.retries == 1 else 'retries'}.",
                 "The server is starting, overloaded, or its engine died (check /health and the log); "
                 "a 502/504 comes from a proxy in front of it.",
                 status=status,
-            )
+            ))
         if status == 413:
             raise ServerError(
                 f"A proxy in front of {self.server} refused the request as too large (HTTP 413).",
@@ -231,6 +240,12 @@ class ServerErrors:
             "a proxy in front of it needs configuring.",
             status=response.status_code,
         )
+
+
+def transient(error: FloodMapperError) -> FloodMapperError:
+    """Mark an error as the server being away for now (see FloodMapperError.transient)."""
+    error.transient = True
+    return error
 
 
 def engine_died(message: str) -> bool:

@@ -18,9 +18,9 @@ from rasterio.io import MemoryFile
 
 from .area_of_interest import Area, whole_area
 from .classes import NODATA
-from .errors import Cancelled, OutputError, ServerError
+from .errors import Cancelled, ServerError
 from .jobs import Stats
-from .output import AtomicOutputs, output_profile
+from .output import AtomicOutputs, output_profile, verify_written, write_failed
 from .raster import iter_windows, valid_mask
 from .stats import StatsAccumulator
 
@@ -107,14 +107,12 @@ def finalize_classes(
                     acc.add(window, classes, valid)
                     if on_progress is not None:
                         on_progress((i + 1) / len(windows))
+        verify_written(outputs.temps[0], output_path)
         outputs.commit()
         outputs = None
         return acc.result()
-    except RasterioError as exc:
-        raise OutputError(
-            f"Making the flood map '{output_path}' failed: {exc}.",
-            "Check free disk space and permissions of the output folder, and that the input is readable.",
-        ) from None
+    except (RasterioError, OSError) as exc:
+        raise write_failed(output_path, exc) from None
     finally:
         if outputs is not None:
             outputs.discard()

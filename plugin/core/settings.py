@@ -24,6 +24,9 @@ DEMO_MODEL_NAME = "floodmapper-demo"
 # result, against one read timeout. Above this size the tensor transport (tiles, progress, cancel, memory
 # bounded by the tile) is the one that works; 25 MP is ~5000x5000 px, some minutes on a CPU server.
 DEFAULT_IMAGE_MAX_MEGAPIXELS = 25.0
+# A job whose server goes away (restarted, its engine stopped) waits this long for it to answer again before it
+# gives up; a vLLM server restarts in 30-90 s on a CPU.
+DEFAULT_RETRY_WAIT = 120.0
 
 
 def floodmapper_home() -> Path:
@@ -50,6 +53,7 @@ class Settings:
     path_map_server: str = ""  # ...this server-side prefix (image-to-image `path` to a remote server)
     image_max_megapixels: float = DEFAULT_IMAGE_MAX_MEGAPIXELS  # larger rasters: tensor transport only
     server_dtype: str = "auto"  # the remote server's --dtype (auto: what vLLM's auto runs for the model)
+    retry_wait: float = DEFAULT_RETRY_WAIT  # seconds to wait for a server that went away mid-job; 0 = fail at once
     # local engine
     vllm_python: str = field(default_factory=default_vllm_python)
     model: str = str(DEMO_MODEL_DIR)

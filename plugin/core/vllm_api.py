@@ -23,6 +23,7 @@ from .urls import normalise_server_url
 
 log = logging.getLogger("floodmapper.client")
 
+DEFAULT_MAX_ANSWER = 256 * 1024 * 1024  # bytes; callers that know their answer's size pass a tighter bound
 KIND_IMAGE = "image"
 KIND_TENSOR = "tensor"
 
@@ -76,6 +77,10 @@ class VllmClient:
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------- lifecycle
+    def rebase(self, base_url: str) -> None:
+        """The same server at another address (a local engine started again on another port)."""
+        self.base_url = self.errors.base_url = normalise_server_url(base_url)
+
     def close(self) -> None:
         self.session.close()
 
@@ -218,17 +223,17 @@ class VllmClient:
 
     # ------------------------------------------------------------------------------------------ /pooling
     def pooling(self, payload: dict, cancel: Optional[Callable[[], bool]] = None,
-                on_wait: Optional[Callable[[float], None]] = None) -> dict:
+                on_wait: Optional[Callable[[float], None]] = None, max_bytes: int = DEFAULT_MAX_ANSWER) -> dict:
         """POST /pooling (an image-to-image request) and return the JSON answer.
 
         `cancel()` is looked at every tenth of a second while the request runs; when it turns true the socket
         is shut down, so vLLM drops the request, and Cancelled is raised. `on_wait(seconds)` is called as
-        often, for progress.
+        often, for progress. An answer longer than `max_bytes` is refused after reading at most that much.
         """
         body = json.dumps(payload).encode()
         tensor_request = "messages" in payload and "data" not in payload
         log.debug("POST %s/pooling (%d bytes)", self.redact(self.base_url), len(body))
-        response, _ = self._send(body, CancelToken(), cancel, on_wait)
+        response, _ = self._send(body, CancelToken(), cancel, on_wait, max_bytes)
         if response.status_code != 200:
             self.errors.raise_for_status(response, "/pooling", tensor_request=tensor_request,
                                          model=str(payload.get("model", "")))
@@ -241,36 +246,45 @@ class VllmClient:
             )
         return answer
 
-    def post_tensor(self, body: bytes, model: str, token: Optional[CancelToken] = None) -> RawReply:
+    def post_tensor(self, body: bytes, model: str, token: Optional[CancelToken] = None,
+                    max_bytes: int = DEFAULT_MAX_ANSWER) -> RawReply:
         """POST one pre-encoded tensor request; the 200 answer's body and headers.
 
         For many requests in flight from worker threads (tiles): `token.cancel()` from any thread stops this
         one. The headers matter for vLLM's binary answers (`encoding_format: "bytes"`), whose shape and dtype
-        come in a `metadata` header.
+        come in a `metadata` header. An answer longer than `max_bytes` (what the tile's logits can take) is
+        refused after reading at most that much: memory stays bounded whatever the server sends.
         """
-        response, content = self._send(body, token or CancelToken(), None, None, raw=True)
+        response, content = self._send(body, token or CancelToken(), None, None, max_bytes)
         if response.status_code != 200:
             self.errors.raise_for_status(response, "/pooling", tensor_request=True, model=model)
         return RawReply(content, response.headers)
 
     # ------------------------------------------------------------------------------------------ plumbing
     def _send(self, body: bytes, token: CancelToken, cancel: Optional[Callable[[], bool]],
-              on_wait: Optional[Callable[[float], None]], raw: bool = False) -> tuple[requests.Response, bytes]:
+              on_wait: Optional[Callable[[float], None]], max_bytes: int) -> tuple[requests.Response, bytes]:
         """POST /pooling and read the whole answer under the watchdog, which shuts the socket down on cancel
-        or once the wall-clock budget is spent. With `raw`, a 200 body is read in one call (requests' 10 kB
-        chunks cost ~100 Python-level reads per megabyte); urllib3 pools the connection once it is read."""
+        or once the wall-clock budget is spent. The body is read in one call, of at most `max_bytes` + 1
+        (requests' 10 kB chunks cost ~100 Python-level reads per megabyte); urllib3 pools the connection once
+        it is read whole, and drops it when the answer was refused."""
         budget = self.total_budget
+        limit = max_bytes
         with WATCHDOG.watch(token, budget=budget, should_cancel=cancel, on_tick=on_wait):
             try:
                 with token.bound():
                     response = self.session.post(
                         self.base_url + "/pooling", data=body, headers={"Content-Type": "application/json"},
-                        timeout=(self.connect_timeout, self.read_timeout), verify=self.verify, stream=raw,
+                        timeout=(self.connect_timeout, self.read_timeout), verify=self.verify, stream=True,
                     )
-                    if raw and response.status_code == 200:
-                        content = response.raw.read(decode_content=True)
-                    else:
-                        content = response.content
+                    declared = response.headers.get("Content-Length", "")
+                    if declared.isdigit() and int(declared) > limit:
+                        response.close()
+                        raise self.errors.too_large(int(declared), limit)
+                    content = response.raw.read(limit + 1, decode_content=True)
+                    if len(content) > limit:
+                        response.close()
+                        raise self.errors.too_large(len(content), limit, declared=False)
+                    response._content = content  # for .json()/.text of an error answer
                 token.finish()
             except (Aborted, requests.RequestException, HTTPError, OSError) as exc:
                 raise self._stopped(exc, token, budget) from None

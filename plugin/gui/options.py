@@ -82,6 +82,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
         self.extra_args.setText(s.extra_args)
         self.startup_timeout.setValue(s.startup_timeout)
         self.image_max_megapixels.setValue(s.image_max_megapixels)
+        self.retry_wait.setValue(s.retry_wait)
 
     def current(self) -> Settings:
         return replace(
@@ -103,6 +104,7 @@ class FloodMapperOptionsWidget(QgsOptionsPageWidget, FORM_CLASS):
             extra_args=self.extra_args.text().strip(),
             startup_timeout=self.startup_timeout.value(),
             image_max_megapixels=self.image_max_megapixels.value(),
+            retry_wait=self.retry_wait.value(),
             server_dtype=self.server_dtype.currentText(),
         )
 

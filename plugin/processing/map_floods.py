@@ -33,6 +33,7 @@ from ..core.model_spec import PRESETS
 from ..toolbelt import log as qlog
 from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from . import area_inputs
 from .feedback import FeedbackProgress
@@ -263,6 +264,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
         progress = FeedbackProgress(feedback)
         failure = ""
         try:
@@ -330,6 +332,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             offset=self._optional_number(parameters, self.OFFSET, context),
             probability_path=self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or "",
             server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
+            retry_wait=settings.retry_wait,
         )
         area_inputs.fill_request(request, self, parameters, context, self._raster_crs, self._cloud_path)
         if backend_index == BACKEND_LOCAL:

@@ -16,6 +16,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from ..toolbelt.compat import set_layer_abstract
 from ..toolbelt.i18n import tr
 from ..toolbelt.resources import FLOOD_STYLE
 
@@ -35,7 +36,7 @@ def style_flood_layer(layer: QgsRasterLayer, summary: str = "") -> None:
     """Apply the flood style (also used by the demo script and tests, outside Processing)."""
     layer.setRenderer(flood_renderer(layer))
     if summary:
-        layer.setAbstract(summary)
+        set_layer_abstract(layer, summary)
         metadata = layer.metadata()
         metadata.setAbstract(summary)
         layer.setMetadata(metadata)

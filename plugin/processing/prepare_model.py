@@ -22,9 +22,9 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import FloodMapperError
-from ..core.model_prep import ModelPreparationFailed, detect_terratorch_version, prepare_model
 from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
+from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 
 # QGIS 3.36 moved the file-parameter behaviour enum into Qgis; 3.22 only has the class-scoped one.
@@ -94,6 +94,9 @@ class PrepareModelAlgorithm(QgsProcessingAlgorithm):
         # the folder destination parameter already provides the OUTPUT (folder) output
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
+        require_dependencies()
+        from ..core.model_prep import ModelPreparationFailed, detect_terratorch_version, prepare_model
+
         feedback = feedback or QgsProcessingFeedback()
         ttconfig = self.parameterAsFile(parameters, self.TTCONFIG, context)
         spec = self.parameterAsString(parameters, self.INPUT_SPEC, context)

@@ -27,10 +27,10 @@ class FloodMapperProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:
         from .map_floods import MapFloodsAlgorithm
+        from .models import shipped_models
+        from .prepare_model import PrepareModelAlgorithm
 
         self.addAlgorithm(MapFloodsAlgorithm())
-        try:
-            from .prepare_model import PrepareModelAlgorithm
-        except ImportError:  # lands with the model-preparation issue
-            return
         self.addAlgorithm(PrepareModelAlgorithm())
+        for model in shipped_models():  # resources/models/*.model3, group "Models"
+            self.addAlgorithm(model)

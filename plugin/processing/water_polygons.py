@@ -17,7 +17,6 @@ from qgis.core import (
     QgsProcessingFeedback,
 )
 
-from ..core.polygons import water_polygons
 from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, WKB_POLYGON
 from ..toolbelt.i18n import tr
 
@@ -31,6 +30,8 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
     if not parameters.get(name):
         return None
     import rasterio
+
+    from ..core.polygons import water_polygons
 
     with rasterio.open(classes_path) as ds:
         crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()

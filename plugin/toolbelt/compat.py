@@ -21,3 +21,17 @@ else:
     from qgis.core import QgsWkbTypes
 
     WKB_POLYGON = QgsWkbTypes.Type.Polygon
+
+
+def set_layer_abstract(layer, text: str) -> None:
+    """The layer's abstract (Layer Properties ▸ QGIS Server): QgsMapLayer.setAbstract is deprecated in 3.38+."""
+    properties = layer.serverProperties()
+    if hasattr(properties, "setAbstract"):
+        properties.setAbstract(text)
+    else:
+        layer.setAbstract(text)
+
+
+def layer_abstract(layer) -> str:
+    properties = layer.serverProperties()
+    return properties.abstract() if hasattr(properties, "abstract") else layer.abstract()

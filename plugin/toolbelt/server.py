@@ -3,13 +3,19 @@ configuration's headers, QGIS's proxy, the TLS choice and the timeouts."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..core.settings import Settings
-from ..core.vllm_api import VllmClient
 from .auth import headers_for
 from .proxy import proxies_for
 
+if TYPE_CHECKING:
+    from ..core.vllm_api import VllmClient
+
 
 def remote_client(settings: Settings, url: str, read_timeout: float | None = None) -> VllmClient:
+    from ..core.vllm_api import VllmClient  # requests: imported when a job runs, not when the plugin loads
+
     return VllmClient(
         url, headers=headers_for(settings.authcfg), connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout if read_timeout is None else read_timeout,

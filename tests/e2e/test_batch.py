@@ -30,7 +30,7 @@ def test_batch_three_rasters_one_corrupt(tmp_path):
     model = os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR)
     assert Path(settings.vllm_python).exists(), f"no vLLM environment at {settings.vllm_python}"
     a, b, bad = tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "broken.tif"
-    # Synthetic scenes with known water (plugin/core/scenes.py); seeds the demo model never trained on.
+    # Synthetic scenes with known water (scripts/scenes.py); seeds the demo model never trained on.
     truths = {
         "a_flood.tif": scenes.generate_scene(a, seed=9002, width=512, height=512),
         "b_flood.tif": scenes.generate_scene(b, seed=9003, width=300, height=260, nodata=0, nodata_border=12),

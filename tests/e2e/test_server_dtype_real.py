@@ -20,8 +20,7 @@ from plugin.core.jobs import MapFloodsRequest
 from plugin.core.pipeline import map_floods
 from plugin.core.vllm_api import VllmClient
 from scripts.scenes import generate_scene, iou
-from tests.conftest import free_port
-from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy
+from tests.fixtures.servers import free_port, start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm
 

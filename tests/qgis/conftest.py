@@ -44,6 +44,27 @@ def plugin(qgis_app, qgis_iface, qgis_processing):
         instance.unload()
 
 
+@pytest.fixture
+def main_window_iface(qgis_iface, monkeypatch):
+    """pytest-qgis's iface with the main window's real parts that Processing's dialogs and result loading
+    hand to C++ (a MagicMock there is a TypeError): the layer tree view on the project's layer tree (passed
+    to C++ by processing.runAndLoadResults on QGIS >= 3.44), the browser model (the parameters panel), and
+    iconSize with QGIS's default argument (the Model Designer)."""
+    from qgis.core import QgsLayerTreeModel, QgsProject
+    from qgis.gui import QgsBrowserGuiModel, QgsLayerTreeView
+    from qgis.PyQt.QtCore import QSize
+
+    view = QgsLayerTreeView()
+    view.setModel(QgsLayerTreeModel(QgsProject.instance().layerTreeRoot(), view))
+    browser = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "layerTreeView", lambda: view, raising=False)
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: browser, raising=False)
+    monkeypatch.setattr(qgis_iface, "iconSize", lambda dockedToolbar=False: QSize(24, 24), raising=False)
+    yield qgis_iface
+    view.deleteLater()
+    browser.deleteLater()
+
+
 _KEEP: list = []
 
 

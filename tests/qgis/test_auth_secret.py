@@ -12,6 +12,9 @@ import pytest
 
 from scripts.scenes import generate_scene
 
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
+
 TOKEN = "s3cr3t-T0KEN-for-floodmapper-tests"  # noqa: S105 (a test secret)
 
 

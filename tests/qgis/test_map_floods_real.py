@@ -15,7 +15,8 @@ import rasterio
 
 from scripts.scenes import generate_scene, iou
 
-pytestmark = pytest.mark.vllm
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = [pytest.mark.vllm, pytest.mark.qgis_versions]
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_IOU = 0.85  # the demo model's quality gate (>= 0.9 on held-out scenes) lives in tests/e2e
@@ -37,7 +38,7 @@ def _params(src, out, server, **extra):
     return params
 
 
-def test_map_floods_styled_layer_and_figures(provider_loaded, qgis_iface, vllm_server, tmp_path):
+def test_map_floods_styled_layer_and_figures(provider_loaded, main_window_iface, vllm_server, tmp_path):
     import processing
     from qgis.core import QgsPalettedRasterRenderer, QgsProject
 
@@ -67,7 +68,9 @@ def test_map_floods_styled_layer_and_figures(provider_loaded, qgis_iface, vllm_s
     labels = {c.value: (c.label, c.color.alpha()) for c in renderer.classes()}
     assert labels[1][0] == "Water" and labels[1][1] == 255
     assert labels[0][0] == "Not water" and labels[0][1] == 0
-    assert "km²" in layers[0].abstract()
+    from floodmapper.plugin.toolbelt.compat import layer_abstract
+
+    assert "km²" in layer_abstract(layers[0]) and "km²" in layers[0].metadata().abstract()
     assert (tmp_path / "flood.qml").exists()  # the style travels with the file
     QgsProject.instance().removeMapLayer(layers[0].id())
 

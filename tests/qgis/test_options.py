@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
+
 
 def test_options_page_round_trip(qgis_app):
     from floodmapper.plugin.core.settings import Settings

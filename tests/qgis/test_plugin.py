@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
+
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
 
 EXPECTED_PARAMS = {
     "INPUT", "BACKEND", "SERVER_URL", "MODEL", "TRANSPORT", "BANDS", "OVERLAP", "CONCURRENCY", "SCALE",
@@ -44,7 +48,9 @@ def test_toolbar_action_and_menu(qgis_app, qgis_iface, qgis_processing, clean_re
         assert instance.action in instance.toolbar.actions()
         assert instance.action.objectName() == "floodmapper_map_floods"
         assert instance.action.parent() is qgis_iface.mainWindow()
-        assert menu == [("&Flood Mapper", "floodmapper_map_floods"), ("&Flood Mapper", "floodmapper_options")]
+        assert menu == [("&Flood Mapper", "floodmapper_map_floods"), ("&Flood Mapper", "floodmapper_options"),
+                        ("&Flood Mapper", "floodmapper_install_dependencies"),
+                        ("&Flood Mapper", "floodmapper_flood_outline_model")]
     finally:
         instance.unload()
 
@@ -110,3 +116,40 @@ def test_toolbar_on_vector_shows_hint(plugin, qgis_iface, monkeypatch):
     messages = qgis_iface.messageBar().get_messages(Qgis.MessageLevel.Info)
     assert any("raster layer" in m for m in messages), messages
     QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_algorithm_model_and_batch_dialogs_build(plugin, main_window_iface, tmp_path):
+    """The dialogs QGIS builds from the parameter definitions: Map floods prefilled as the toolbar opens it,
+    the shipped model's, and the batch dialog (a MagicMock-free iface: these hand it to C++)."""
+    import numpy as np
+    import processing
+    import rasterio
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=6, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 30, 30)) as dst:
+        dst.write(np.arange(6 * 64, dtype="uint16").reshape(6, 8, 8))
+    layer = QgsRasterLayer(str(path), "scene")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        dialog = processing.createAlgorithmDialog("floodmapper:map_floods", plugin.dialog_parameters(layer))
+        values = dialog.createProcessingParameters()
+        assert values["INPUT"] == layer.id() and values["BACKEND"] == plugin.dialog_parameters(layer)["BACKEND"]
+        assert set(values) >= EXPECTED_PARAMS - {"PROBABILITY"}  # optional outputs off by default are left out
+        dialog.deleteLater()
+
+        model_dialog = processing.createAlgorithmDialog("floodmapper:flood_outline", {"input": layer.id()})
+        assert model_dialog.createProcessingParameters()["input"] == layer.id()
+        model_dialog.deleteLater()
+
+        alg = QgsApplication.processingRegistry().createAlgorithmById("floodmapper:map_floods")
+        batch = BatchAlgorithmDialog(alg, parent=main_window_iface.mainWindow())
+        panel = batch.mainWidget()
+        assert panel.batchRowCount() >= 1
+        assert panel.tblParameters.columnCount() >= len(EXPECTED_PARAMS)
+        batch.deleteLater()
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+        _flush_deletes()

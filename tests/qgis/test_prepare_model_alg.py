@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
+
 BANDS = ["BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"]
 SPEC = {"target": "pixel_values", "data": {"pixel_values": {"type": "torch.Tensor", "shape": [6, 256, 256]}}}
 

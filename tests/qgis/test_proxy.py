@@ -23,6 +23,9 @@ from requests.utils import get_auth_from_url
 from scripts.scenes import generate_scene
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, vllm_error
 
+# QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
+pytestmark = pytest.mark.qgis_versions
+
 PEER_HOST = "vllm-peer.test"
 PROXY_USER = "flood user@corp"
 PROXY_PASSWORD = "pr0xy-P@ss:w/rd%+é"  # noqa: S105 (a test secret with every character that needs quoting)

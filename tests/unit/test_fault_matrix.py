@@ -79,6 +79,12 @@ outcome, the job's worker threads are gone when it returns.
 | 59 | tensor-engine-died | a tile answered with vLLM's EngineDeadError 500 | EngineDied: sent float16 [6, 32, 32] |
 | 60 | image-engine-died | the job is answered with vLLM's EngineDeadError 500 | EngineDied: restart / --dtype float16 |
 | 61 | image-server-dtype-float32 | image, SERVER_DTYPE float32 | TransportUnsupported: sends float16 / no job |
+| 62 | tensor-answer-10gb | a tile answer announces 10 GB | ServerError: announces 10 GB, at most ~ / not vLLM |
+| 63 | tensor-answer-endless | a tile answer goes on with no length | ServerError: went on past ~ / not vLLM |
+| 64 | image-answer-10gb | the job's answer announces 10 GB | ServerError: announces 10 GB / not vLLM |
+| 65 | output-disk-full | the output folder is a full 8 kB tmpfs | OutputError: nothing written, earlier map kept |
+| 66 | stale-part-of-a-killed-run | a 2-hour-old .part of ours in the folder | success: it is removed, others kept |
+| 67 | output-permissions | umask 022 | success: outputs 0644 |
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ import json
 import os
 import re
 import shutil
+import stat
+import subprocess
 import tempfile
 import threading
 import time
@@ -118,7 +126,16 @@ from plugin.core.pipeline import map_floods
 from plugin.core.vllm_api import VllmClient
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
 from tests.fixtures.progress import Recorder
-from tests.fixtures.world import MODEL, TILE, World, image_answer, model_config, tensor_answer, write_scene
+from tests.fixtures.world import (
+    ENGINE_DEAD,
+    MODEL,
+    TILE,
+    World,
+    image_answer,
+    model_config,
+    tensor_answer,
+    write_scene,
+)
 
 pytestmark = pytest.mark.timeout(60)  # a row that hangs is a failure, not a stuck suite
 
@@ -362,12 +379,52 @@ def setup_tensor_dies(world: World) -> Scenario:
     return Scenario(sentinel=True, check=_at_least_jobs(3))
 
 
-ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
-
-
 def setup_engine_died(world: World) -> Scenario:
     world.fault = from_job(1, lambda body: Reply(500, vllm_error(ENGINE_DEAD, 500, "InternalServerError")))
     return Scenario(sentinel=True, check=_at_least_jobs(1))
+
+
+def setup_flood(declare: bool) -> Callable[[World], Scenario]:
+    def setup(world: World) -> Scenario:
+        world.fault = lambda n, body: Reply(200, flood=10 * 1024**3, declare=declare,
+                                            content_type="application/octet-stream")
+        return Scenario(sentinel=True, check=_at_least_jobs(1))
+
+    return setup
+
+
+def setup_disk_full(world: World) -> Scenario:
+    out = world.out_dir
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(out)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("a small tmpfs needs root to mount (tests/unit/test_long_runs.py limits the file size instead)")
+    world.cleanups.append(lambda: subprocess.run(["umount", str(out)], check=True))
+    return Scenario(sentinel=True)
+
+
+def setup_stale_part(world: World) -> Scenario:
+    stale = Path(world.out_dir) / ".flood.tif.k3j9x0q2.part.tif"  # what a run killed mid-write leaves
+    foreign = Path(world.out_dir) / "notes.part.tif"
+    for path in (stale, foreign):
+        path.write_bytes(b"left over")
+        old = time.time() - 2 * 3600
+        os.utime(path, (old, old))
+
+    def check(world: World, result: Any, seconds: float) -> None:
+        assert not stale.exists() and foreign.read_bytes() == b"left over"
+
+    return Scenario(vanished=(os.path.join("out", stale.name),), check=check)
+
+
+def setup_umask(world: World) -> Scenario:
+    old = os.umask(0o022)
+    world.cleanups.append(lambda: os.umask(old))
+
+    def check(world: World, result: Any, seconds: float) -> None:
+        for path in (world.output, world.probability):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, oct(os.stat(path).st_mode)
+
+    return Scenario(check=check)
 
 
 def setup_tensor_sockets_closed(world: World) -> Scenario:
@@ -611,11 +668,11 @@ CASES: list[Case] = [
     Case("output-folder-removed-image", "the output folder is deleted while waiting",
          setup_folder_removed("out", 1), OutputError, r"The output folder '.*out' does not exist\.", r"Create it"),
     Case("output-folder-removed-tensor", "the output folder is deleted mid-run", setup_folder_removed("out", 3),
-         OutputError, r"into place as '.*out/flood\.tif' failed: No such file", r"output folder still exists",
-         kind="tensor"),
+         OutputError, r"The output folder '.*out' went away while the flood map was written",
+         r"output folder still exists", kind="tensor"),
     Case("probability-folder-removed", "the probability's folder is deleted mid-run",
          setup_folder_removed("prob", 3, probability_elsewhere=True), OutputError,
-         r"into place as '.*prob/probability\.tif' failed", r"output folder still exists",
+         r"The output folder '.*prob' went away while the flood map was written", r"output folder still exists",
          kind="tensor"),
     Case("too-few-bands", "a 3-band raster for a 6-band model", setup_input(count=3), InputError,
          r"The raster has 3 band\(s\); the model needs 6", r"stack them first"),
@@ -657,6 +714,19 @@ CASES: list[Case] = [
          lambda w: Scenario(request={"transport": "image", "server_dtype": "float32"}, jobs=0),
          TransportUnsupported, r"runs float32 \(SERVER_DTYPE\), and image-to-image sends float16 tiles",
          r"--dtype float16"),
+    Case("tensor-answer-10gb", "a tile answer announces 10 GB", setup_flood(True), ServerError,
+         r"to /pooling announces 10,737,418,240 bytes; this request's answer is at most [\d,]+ bytes",
+         r"Something other than vLLM may be answering", kind="tensor"),
+    Case("tensor-answer-endless", "a tile answer goes on with no length", setup_flood(False), ServerError,
+         r"to /pooling went on past [\d,]+ bytes", r"Something other than vLLM", kind="tensor"),
+    Case("image-answer-10gb", "the job's answer announces 10 GB", setup_flood(True), ServerError,
+         r"to /pooling announces 10,737,418,240 bytes", r"Something other than vLLM"),
+    Case("output-disk-full", "the output folder is a full 8 kB tmpfs", setup_disk_full, OutputError,
+         r"Writing the flood map .* failed: .*Nothing was written; an earlier map of that name is untouched",
+         r"free space", kind="tensor"),
+    Case("stale-part-of-a-killed-run", "a 2-hour-old .part of ours in the folder", setup_stale_part, None, "", "",
+         kind="tensor"),
+    Case("output-permissions", "umask 022", setup_umask, None, "", "", kind="tensor"),
 ]
 
 

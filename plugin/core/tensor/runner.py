@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ..errors import Cancelled, EngineDied, FloodMapperError, InputError, Server
 from ..http import CancelToken
 from ..jobs import TensorJob, TensorRunStats
 from ..model_spec import ModelSpec
+from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits
 from .inputs import Normaliser, tile_locations
@@ -39,12 +40,14 @@ POLL_S = 0.1  # how often the main loop looks at the cancel flag
 
 
 def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
-               span: Optional[ProgressSpan] = None, *, encoding: Optional[str] = None,
-               answer: Optional[str] = None) -> TensorRunStats:
+               span: Optional[ProgressSpan] = None, *, revive: Optional[Callable[[], bool]] = None,
+               encoding: Optional[str] = None, answer: Optional[str] = None) -> TensorRunStats:
     """Map floods on `job.input` through a tensor-mode vLLM server, writing `job.output_path`.
 
-    Raises Cancelled (nothing left behind) when `progress.is_canceled()` turns true. `encoding` and `answer`
-    force the tensor and logits formats (tests, benchmarks); by default the server's version decides.
+    Raises Cancelled (nothing left behind) when `progress.is_canceled()` turns true. A tile whose server went
+    away is sent again once it answers, within `job.retry_wait` (`revive` starts the local engine again if it
+    died). `encoding` and `answer` force the tensor and logits formats (tests, benchmarks); by default the
+    server's version decides.
     """
     import rasterio
 
@@ -88,6 +91,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
             try:
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
                                locations, client, spec, writer, area, send)
+                tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)
                 n_requests = tiles.run(job.concurrency, progress, span)
                 writer.commit()
             except BaseException:
@@ -108,10 +112,15 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
 def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec,
               token: Optional[CancelToken] = None) -> np.ndarray:
     """POST one tile's body and decode the logits, whichever format the server answered in."""
-    reply = client.post_tensor(body, encoder.model, token)
+    reply = client.post_tensor(body, encoder.model, token, max_bytes=answer_limit(spec))
     headers = reply.headers
     return decode_logits(reply.content, spec.num_classes, spec.tile_height, spec.tile_width,
                          headers.get("Content-Type", ""), headers.get("metadata", ""), encoder.logits_dtype)
+
+
+def answer_limit(spec: ModelSpec) -> int:
+    """The most a tile's answer can take: float32 logits as base64 in JSON (raw bytes are smaller)."""
+    return spec.num_classes * spec.tile_height * spec.tile_width * 4 * 4 // 3 + 64 * 1024
 
 
 def fmt_eta(seconds: float) -> str:
@@ -153,6 +162,8 @@ class _Tiles:
         self.lock = threading.Lock()
         self.tokens: set[CancelToken] = set()  # the requests on the wire
         self.sent = 0
+        self.outage = Outage(client, 0.0, self.stop.is_set)
+        self.engine_died: set[tuple[int, int]] = set()  # tiles the server's engine stopped on once
 
     def work(self, tile: Tile) -> Optional[tuple[Tile, Optional[np.ndarray], np.ndarray]]:
         from rasterio.errors import RasterioError
@@ -168,17 +179,7 @@ class _Tiles:
             return tile, None, valid  # nothing to ask the model about
         body = self.encoder.encode(self.normalise(raw, valid), self.locations.get(tile.index))
         del raw
-        token = CancelToken()
-        with self.lock:
-            if self.stop.is_set():
-                return None
-            self.sent += 1
-            self.tokens.add(token)
-        try:
-            logits = post_tile(self.client, body, self.encoder, self.spec, token)
-        finally:
-            with self.lock:
-                self.tokens.discard(token)
+        logits = self._send(tile, body)
         del body
         if self.stop.is_set():
             return None
@@ -188,6 +189,35 @@ class _Tiles:
                 "The input is probably outside the range the model expects (an overflow in float16): check "
                 "SCALE/OFFSET (reflectance 0-1) and BANDS, or serve the model in float32.")
         return tile, logits, valid
+
+    def _send(self, tile: Tile, body: bytes) -> Optional[np.ndarray]:
+        """The tile's logits; sent again after the server went away and came back (Outage). An engine that
+        stops on the same tile twice stops the run: the tile, not the server, is the problem."""
+        while True:
+            token = CancelToken()
+            with self.lock:
+                if self.stop.is_set():
+                    return None
+                self.sent += 1
+                self.tokens.add(token)
+            try:
+                logits = post_tile(self.client, body, self.encoder, self.spec, token)
+                self.outage.answered()
+                return logits
+            except Cancelled:
+                raise
+            except FloodMapperError as exc:
+                if self.stop.is_set():
+                    return None
+                if isinstance(exc, EngineDied):
+                    if tile.index in self.engine_died:
+                        exc.message += " It stopped on this tile twice, so the tile itself is the likely cause."
+                        raise
+                    self.engine_died.add(tile.index)
+                self.outage.ride_out(exc)
+            finally:
+                with self.lock:
+                    self.tokens.discard(token)
 
     def run(self, concurrency: int, progress: Progress, span: ProgressSpan) -> int:
         """Send every tile; returns the number of requests. Threads and datasets are done when it returns."""
@@ -232,6 +262,9 @@ class _Tiles:
                         progress.info(f"Tile {done}/{total}, {rate:.2f} tiles/s, "
                                       f"ETA {fmt_eta((total - done) / rate if rate else 0)}")
                         last_info = now
+                elif self.outage.since is not None and time.monotonic() - last_info >= INFO_EVERY_S:
+                    progress.info(self.outage.note())
+                    last_info = time.monotonic()
             if not self.stitcher.finished:
                 raise FloodMapperError("Internal error: some raster rows were never written.",
                                        "Please report this with the raster size and tile size.")

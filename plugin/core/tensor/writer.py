@@ -11,7 +11,7 @@ import numpy as np
 from ..classes import NODATA
 from ..errors import OutputError
 from ..model_spec import ModelSpec
-from ..output import AtomicOutputs, output_profile
+from ..output import AtomicOutputs, output_profile, verify_written, write_failed
 from ..stats import StatsAccumulator
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class MapWriter:
 
     def sink(self, row0: int, logits: np.ndarray, valid: np.ndarray) -> None:
         """Rows row0.. of the map from their blended logits [classes, rows, width] and validity."""
+        from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
         spec = self.spec
@@ -63,13 +64,18 @@ class MapWriter:
         classes = water.astype(np.uint8)  # CLASS_WATER = 1, CLASS_NOT_WATER = 0
         self.stats.add(window, classes, valid)
         classes[~valid] = NODATA
-        self.files[0].write(classes, 1, window=window)
+        prob = None
         if len(self.files) > 1:
             top = logits.max(axis=0)
             expsum = np.exp(logits - top).sum(axis=0)
             prob = (np.exp(logits[spec.water_class] - top) / expsum).astype(np.float32)
             prob[~valid] = PROBABILITY_NODATA
-            self.files[1].write(prob, 1, window=window)
+        try:
+            self.files[0].write(classes, 1, window=window)
+            if prob is not None:
+                self.files[1].write(prob, 1, window=window)
+        except (RasterioError, OSError) as exc:
+            raise write_failed(self.outputs.targets[0], exc) from None
 
     def commit(self) -> None:
         from rasterio.errors import RasterioError
@@ -77,10 +83,16 @@ class MapWriter:
         try:
             for f in self.files:
                 f.close()
-        except RasterioError as exc:
+        except (RasterioError, OSError) as exc:
             self.discard()
-            raise OutputError(f"Writing the flood map failed: {exc}.", "Check free disk space.") from None
+            raise write_failed(self.outputs.targets[0], exc) from None
         self.files = []
+        try:
+            for tmp, target in zip(self.outputs.temps, self.outputs.targets):
+                verify_written(tmp, target)
+        except OutputError:
+            self.discard()
+            raise
         self.outputs.commit()
 
     def discard(self) -> None:

@@ -1,0 +1,331 @@
+"""Every command README.md shows works as written, so the README and the code cannot drift apart.
+
+The commands are read from README.md itself: each line of its code blocks (continuations joined, trailing
+`# comments` dropped) and each inline `code` span that starts like a command. Each must match one entry of
+KNOWN, which says how it is checked:
+
+- run      run here for real, from the checkout (as the README says), on the demo model, with the README's
+           placeholders (scene.tif, CONFIG.yaml, scenes/, http://127.0.0.1:8000 ...) pointing into a temporary
+           folder or at this session's demo server;
+- covered  another runnable command runs exactly it (checked in that command's script);
+- suite    the test suite itself (this test is part of it): the Makefile target is checked;
+- gpu      needs another host (a GPU, a Hugging Face download): the pinned requirements file is checked;
+- host     changes the user's own QGIS Python: what it installs is pinned in requirements/qgis.txt instead;
+- release  run before every release, not in CI (QGIS versions in chroots): the script and its target are checked;
+- prose    names a program, with nothing to run.
+
+A command the README gains that KNOWN does not match fails test_every_readme_command_is_known.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from plugin.core.settings import DEMO_MODEL_DIR, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+COMMAND_START = re.compile(
+    r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:sudo\s+)?"
+    r"(?:make|pip3?|python3?(?:\.\d+)?|vllm|qgis_process(?:\.bin)?|apt(?:-get)?|bash|sh|git|curl|wget|docker|"
+    r"scripts/\S+|\.venv/\S+|~/\S+|\./\S+|/\S+/python3?)(?:\s|$)"
+)
+BATCH = (r"~/\.local/share/floodmapper/vllm-env/bin/python -m plugin\.batch scenes/ --out floods/ "
+         r"\[--recursive\] \[--model DIR\] \[--max-num-seqs 8\]")
+REMOTE = (r"scripts/qgis-process run floodmapper:map_floods -- INPUT=scene\.tif BACKEND=0 "
+          r"SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
+PREPARE = r"scripts/prepare-model --ttconfig CONFIG\.yaml -i INPUT_SPEC --weights CKPT --out DIR"
+LOCAL = r"scripts/qgis-process run floodmapper:map_floods -- INPUT=scene\.tif BACKEND=1 OUTPUT=flood\.tif"
+OUTLINE = (r"scripts/qgis-process run floodmapper:flood_outline -- input=scene\.tif backend=1 "
+           r"map_floods:flood_map=flood\.tif dissolve:flood_outline=outline\.gpkg")
+KNOWN = [  # (full-match pattern, kind, what checks it)
+    (r"make demo", "run", "test_make_demo_and_batch_on_a_folder"),
+    (r"make package", "run", "test_make_package"),
+    (r"scripts/qgis-process help floodmapper:map_floods", "run", "test_qgis_process_help"),
+    (REMOTE, "run", "test_serve_demo_serves_and_qgis_process_maps_remotely"),
+    (r"scripts/serve-demo", "run", "test_serve_demo_serves_and_qgis_process_maps_remotely, test_serve_demo_ctrl_c"),
+    (PREPARE, "run", "test_prepare_model"),
+    (BATCH, "run", "test_make_demo_and_batch_on_a_folder"),
+    (LOCAL, "covered", "make demo (scripts/demo)"),
+    (r"make setup", "covered", "make demo"),
+    (r"python3 -m venv --system-site-packages", "covered", "make setup (scripts/setup)"),
+    (r"make test", "suite", "test"),
+    (r"make test-quick", "suite", "test-quick"),
+    (r"vllm serve ibm-nasa-geospatial/Prithvi-EO-2\.0-300M-TL-Sen1Floods11 --model-impl terratorch --dtype float16 "
+     r"--io-processor-plugin terratorch_segmentation --skip-tokenizer-init --enforce-eager --enable-mm-embeds"
+     r"(?: --host 0\.0\.0\.0 --port 8000)?", "gpu", "a GPU host with the 300M model from Hugging Face"),
+    (OUTLINE, "covered", "tests/qgis/test_flood_outline_model.py"),
+    (r"make test-qgis-versions", "release", "test-qgis-versions"),
+    (r"scripts/test-qgis-versions(?: --shell trixie)?", "release", "test-qgis-versions"),
+    (r"vllm serve --dtype auto", "prose", "vLLM's automatic dtype, named"),
+    (r"pip install vllm terratorch", "gpu", "a GPU host's vLLM environment"),
+    (r"pip install pybase64", "host", "pybase64"),
+    (r"vllm serve", "prose", "vLLM's server command, named"),
+]
+SPEC = '{"target": "pixel_values", "data": {"pixel_values": {"type": "torch.Tensor", "shape": [6, 256, 256]}}}'
+
+
+@dataclass(frozen=True)
+class Command:
+    text: str
+    where: str  # "README.md:LINE"
+
+
+def readme_commands(text: str) -> list[Command]:
+    """Code-block lines (fenced or indented) and command-like inline code spans, in README order."""
+    commands: list[Command] = []
+    lines = text.splitlines()
+    in_fence = in_block = False
+    pending, start = "", 0
+    for number, line in enumerate(lines, 1):
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        indented = line.startswith("    ") and line.strip() != ""
+        previous_blank = number == 1 or lines[number - 2].strip() == ""
+        if in_fence or (indented and (in_block or previous_blank)):
+            in_block = indented
+            code = re.sub(r"\s+#\s.*$", "", line.strip())  # a trailing comment (never a URL's #anchor)
+            if not pending:
+                start = number
+            pending = f"{pending} {code}".strip()
+            if pending.endswith("\\"):
+                pending = pending[:-1].rstrip()
+                continue
+            if pending:
+                commands.append(Command(re.sub(r"\s+", " ", pending), f"README.md:{start}"))
+            pending = ""
+            continue
+        in_block = False
+        for span in re.findall(r"`([^`\n]+)`", line):
+            span = span.strip()
+            if COMMAND_START.match(span) and (" " in span or span.startswith(("scripts/", "./"))):
+                commands.append(Command(span, f"README.md:{number}"))
+    return commands
+
+
+def classify(command: Command) -> tuple[str, str, str]:
+    for pattern, kind, what in KNOWN:
+        if re.fullmatch(pattern, command.text):
+            return pattern, kind, what
+    raise LookupError(command)
+
+
+def readme_command(pattern: str) -> str:
+    """The README's text of the command KNOWN's `pattern` stands for (fails if the README dropped it)."""
+    found = [c.text for c in readme_commands(README.read_text()) if re.fullmatch(pattern, c.text)]
+    assert found, f"README.md no longer shows a command matching {pattern!r}"
+    return found[0]
+
+
+def start(command: str, substitutions: dict[str, str], tmp_path: Path, env: dict | None = None) -> tuple:
+    """The README command with its placeholders filled in, started by bash from the checkout."""
+    for placeholder, value in substitutions.items():
+        assert placeholder in command, (placeholder, command)
+        command = command.replace(placeholder, value)
+    environ = dict(os.environ, QT_QPA_PLATFORM="offscreen", FLOODMAPPER_QGIS_STATE=str(tmp_path / "qgis-state"),
+                   **(env or {}))
+    proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    return command, proc, time.monotonic()
+
+
+def finish(started: tuple, timeout: float) -> str:
+    """Wait for a started command; its stdout, after asserting it succeeded (its process group is ended)."""
+    command, proc, t0 = started
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of it may outlive the test
+        except ProcessLookupError:
+            pass
+    print(f"$ {command}\n  exit {proc.returncode} in {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 0, f"{command}\n{out[-3000:]}\n{err[-3000:]}"
+    return out
+
+
+def run(command: str, substitutions: dict[str, str], tmp_path: Path, timeout: float, env: dict | None = None) -> str:
+    return finish(start(command, substitutions, tmp_path, env), timeout)
+
+
+# --- every command is known, and the ones not run here are checked otherwise -----------------------------------
+
+def test_every_readme_command_is_known():
+    commands = readme_commands(README.read_text())
+    unknown = []
+    used = set()
+    for command in commands:
+        try:
+            used.add(classify(command)[0])
+        except LookupError:
+            unknown.append(f"{command.where}: {command.text}")
+    assert unknown == [], ("README.md shows commands this test does not know; add each to KNOWN with how it "
+                           "is checked:\n" + "\n".join(unknown))
+    stale = [pattern for pattern, _, _ in KNOWN if pattern not in used]
+    assert stale == [], f"KNOWN lists commands README.md no longer shows: {stale}"
+    assert len(commands) >= 15  # the extraction itself works (blocks, continuations, inline spans)
+
+
+def test_commands_not_run_here_are_checked_where_they_live():
+    makefile = (ROOT / "Makefile").read_text()
+    for _pattern, kind, what in KNOWN:
+        if kind == "suite":
+            assert re.search(rf"^{re.escape(what)}:", makefile, re.M), f"no Makefile target {what}"
+        if kind == "host":
+            assert re.search(rf"^{what}==", (ROOT / "requirements" / "qgis.txt").read_text(), re.M)
+        if kind == "release":
+            assert re.search(rf"^{re.escape(what)}:", makefile, re.M), f"no Makefile target {what}"
+            assert "--shell" in (ROOT / "scripts" / "test-qgis-versions").read_text()
+        if kind == "covered" and what.startswith("tests/"):
+            assert "floodmapper:flood_outline" in (ROOT / what).read_text(), f"{what} no longer runs the model"
+    assert re.search(r"^demo: setup$", makefile, re.M), "make demo no longer runs make setup"
+    assert "-m venv --system-site-packages .venv" in (ROOT / "scripts" / "setup").read_text()
+    gpu = (ROOT / "requirements" / "vllm-gpu.txt").read_text()
+    assert re.search(r"^vllm==", gpu, re.M) and re.search(r"^terratorch==", gpu, re.M)
+    local = readme_command(LOCAL).replace("scene.tif", '"$out/scene.tif"').replace("flood.tif", '"$out/flood.tif"')
+    assert local in (ROOT / "scripts" / "demo").read_text(), "make demo no longer runs the README's BACKEND=1 command"
+
+
+def test_extraction_reads_blocks_continuations_comments_and_spans():
+    text = ("Intro `make package` and `vllm` and `config.json`.\n\n    make demo    # comment\n    a \\\n"
+            "      b --x\n\n```\nscripts/serve-demo --tensor\n```\n")
+    assert [c.text for c in readme_commands(text)] == ["make package", "make demo", "a b --x",
+                                                       "scripts/serve-demo --tensor"]
+    with pytest.raises(LookupError):
+        classify(Command("make clean-everything", "x"))
+
+
+# --- run for real ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared_model(tmp_path_factory) -> Path:
+    """The README's prepare-model command on the demo model's own training config and weights."""
+    tmp = tmp_path_factory.mktemp("prepare")
+    out = tmp / "model"
+    run(readme_command(PREPARE), {
+        "CONFIG.yaml": str(DEMO_MODEL_DIR / "training.yaml"), "INPUT_SPEC": shlex.quote(SPEC),
+        "CKPT": str(DEMO_MODEL_DIR / "model.safetensors"), "DIR": str(out)}, tmp, 300)
+    return out
+
+
+def test_prepare_model(prepared_model):
+    config = json.loads((prepared_model / "config.json").read_text())
+    demo = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
+    assert config["pretrained_cfg"] == demo["pretrained_cfg"]
+    weights = prepared_model / "model.safetensors"
+    assert weights.stat().st_size == (DEMO_MODEL_DIR / "model.safetensors").stat().st_size
+
+
+def test_make_package(tmp_path):
+    run(readme_command(r"make package"), {}, tmp_path, 300, env={"DIST": str(tmp_path / "dist")})
+    (zip_path,) = (tmp_path / "dist").glob("floodmapper-*.zip")
+    assert zip_path.stat().st_size > 1_000_000
+
+
+def test_qgis_process_help(tmp_path):
+    out = run(readme_command(r"scripts/qgis-process help floodmapper:map_floods"), {}, tmp_path, 300)
+    for name in ("INPUT", "BACKEND", "SERVER_URL", "MODEL_SPEC", "OUTPUT", "WATER_AREA_KM2"):
+        assert name in out, name
+
+
+def _scene(path: Path, seed: int, size: int = 256) -> Path:
+    from scripts import scenes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scenes.generate_scene(path, seed=seed, width=size, height=size)
+    return path
+
+
+@pytest.mark.vllm
+def test_serve_demo_serves_and_qgis_process_maps_remotely(vllm_server, tmp_path):
+    """The session's image-to-image server is scripts/serve-demo (its log starts with the script's banner)."""
+    assert vllm_server.log.read_text().startswith("serve-demo: "), "the demo server was not started by serve-demo"
+    scene = _scene(tmp_path / "scene.tif", seed=9101)
+    run(readme_command(REMOTE), {"scene.tif": str(scene), "flood.tif": str(tmp_path / "flood.tif"),
+                                 "http://127.0.0.1:8000": vllm_server.url}, tmp_path, 600)
+    assert (tmp_path / "flood.tif").is_file() and (tmp_path / "flood.qml").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.vllm
+def test_serve_demo_ctrl_c(tmp_path):
+    """`scripts/serve-demo` in the foreground; Ctrl-C (SIGINT to its process group, as a terminal sends it) stops
+    it and the vLLM process group it started, even while vLLM is still starting."""
+    command = readme_command(r"scripts/serve-demo")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=dict(os.environ, PORT=str(_free_port())))
+    try:
+        deadline = time.monotonic() + 120
+        group = None
+        while group is None:
+            match = re.search(r"serve-demo: vLLM process group (\d+)", log.read_text())
+            group = int(match.group(1)) if match else None
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        time.sleep(5)  # vLLM is importing by now
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()
+        try:
+            os.killpg(group, 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        assert not alive, "Ctrl-C left vLLM's process group running"
+        out_dir = re.search(r"IOProcessor outputs in (\S+)", log.read_text()).group(1)
+        assert not Path(out_dir).exists(), "serve-demo left its output folder behind"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if group:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.vllm
+@pytest.mark.engine
+def test_make_demo_and_batch_on_a_folder(prepared_model, tmp_path):
+    """The two commands that start a vLLM engine of their own, side by side (each start is mostly one core's
+    work). The batch line runs with its optional --model pointing at the model prepare-model just wrote."""
+    out = tmp_path / "demo"
+    demo = start(readme_command(r"make demo"), {}, tmp_path, env={"OUT": str(out)})
+    scenes = tmp_path / "scenes"
+    _scene(scenes / "a.tif", seed=9201)
+    _scene(scenes / "b.tif", seed=9202, size=200)
+    (scenes / "notes.txt").write_text("not a raster")
+    floods = tmp_path / "floods"
+    settings = Settings().with_env()
+    substitutions = {"scenes/": f"{scenes}/", "floods/": f"{floods}/", "[--recursive] ": "",
+                     "[--model DIR]": f"--model {prepared_model}", "[--max-num-seqs 8]": "--max-num-seqs 8"}
+    if os.path.expanduser("~/.local/share/floodmapper/vllm-env/bin/python") != settings.vllm_python:
+        substitutions["~/.local/share/floodmapper/vllm-env/bin/python"] = settings.vllm_python  # FLOODMAPPER_HOME
+    batch = start(readme_command(BATCH), substitutions, tmp_path / "batch")
+    batch_out = finish(batch, 1200)
+    demo_out = finish(demo, 1200)
+    assert "Done: 2 of 2 raster(s) mapped, 0 failed" in batch_out, batch_out[-2000:]
+    assert sorted(p.name for p in floods.iterdir()) == ["a_flood.tif", "b_flood.tif"]
+    for name in ("scene.tif", "flood.tif", "flood.qml", "flood.png"):
+        assert (out / name).is_file(), (name, demo_out[-2000:])
+    assert "WATER_AREA_KM2" in demo_out
