@@ -17,7 +17,8 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioError
 
-from .area_of_interest import Area, AreaMask, format_values
+from .area_of_interest import Area, AreaMask
+from .cloud_values import format_values
 from .errors import Cancelled, InputError
 from .raster import RasterInfo, has_valid_pixels, iter_windows, valid_mask
 

@@ -19,12 +19,10 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
+from .cloud_values import DEFAULT_CLOUD_VALUES, check_cloud_values, format_values
 from .errors import InputError
 from .raster import RasterInfo
 
-# Sentinel-2 L2A scene classification (SCL): 3 cloud shadow, 8 cloud medium probability, 9 cloud high
-# probability, 10 thin cirrus
-DEFAULT_CLOUD_VALUES = (3.0, 8.0, 9.0, 10.0)
 EDGE_TOLERANCE = 1e-6  # of a pixel: an extent on a pixel edge (up to float noise) does not take the next pixel
 
 Bounds = tuple[float, float, float, float]  # (xmin, ymin, xmax, ymax)
@@ -120,10 +118,6 @@ def whole_area(info: Any) -> Area:
     return Area(Window(0, 0, info.width, info.height), info.transform, True)
 
 
-def format_values(values: Sequence[float]) -> str:
-    return ", ".join(f"{v:g}" for v in values)
-
-
 def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str = "",
               polygons: Optional[Sequence[dict]] = None, polygons_crs: str = "", cloud_path: str = "",
               cloud_values: Optional[Sequence[float]] = None, note=None) -> Area:
@@ -154,19 +148,6 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
     return Area(window, transform, whole, shapes, cloud_path or "", values)
-
-
-def check_cloud_values(values: Sequence[float]) -> tuple[float, ...]:
-    """The cloud values as finite numbers; InputError for anything else (or none)."""
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        out = ()
-    if not out or not all(math.isfinite(v) for v in out):
-        raise InputError(f"CLOUD_VALUES {list(values)!r} is not a list of numbers.",
-                         "Give the cloud mask's cloud values, comma-separated: 3,8,9,10 for a Sentinel-2 L2A "
-                         "scene classification (SCL), 1 for a 0/1 cloud mask.")
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ extent

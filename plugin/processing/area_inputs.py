@@ -22,7 +22,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.area_of_interest import DEFAULT_CLOUD_VALUES, format_values
+from ..core.cloud_values import DEFAULT_CLOUD_VALUES, format_values, parse_cloud_values
 from ..core.errors import InputError
 from ..core.jobs import MapFloodsRequest, MapFloodsResult
 from ..toolbelt.i18n import tr
@@ -62,22 +62,6 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
     alg.addParameter(p)
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_PIXELS, tr("Cloud-masked pixels")))
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_FRACTION, tr("Cloud-masked share of the pixels with data")))
-
-
-def parse_cloud_values(text: str) -> tuple[float, ...]:
-    """'3,8, 9;10' -> (3.0, 8.0, 9.0, 10.0); '' -> the default (the SCL cloud classes)."""
-    text = (text or "").strip()
-    if not text:
-        return DEFAULT_CLOUD_VALUES
-    parts = [p for p in re.split(r"[,;\s]+", text) if p]
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise InputError(
-            f"CLOUD_VALUES '{text}' is not a list of numbers.",
-            "Give the cloud mask's cloud values, comma-separated: 3,8,9,10 for a Sentinel-2 L2A scene "
-            "classification (SCL), 1 for a 0/1 cloud mask.",
-        ) from None
 
 
 def check_values(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext) -> tuple[bool, str]:

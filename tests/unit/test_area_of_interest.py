@@ -11,8 +11,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from plugin.core.area_mask import build_mask
-from plugin.core.area_of_interest import AreaMask, check_cloud_values, plan_area
+from plugin.core.area_of_interest import AreaMask, plan_area
 from plugin.core.bands import select_bands
+from plugin.core.cloud_values import check_cloud_values, parse_cloud_values
 from plugin.core.errors import InputError
 from plugin.core.raster import inspect
 from tests.fixtures.world import write_scene
@@ -201,6 +202,14 @@ def test_all_cloud_is_an_error(scene, tmp_path):
 def test_cloud_values_must_be_numbers(values):
     with pytest.raises(InputError, match="CLOUD_VALUES"):
         check_cloud_values(values)
+
+
+def test_cloud_values_text():
+    assert parse_cloud_values(" 3,8; 9 10 ") == (3.0, 8.0, 9.0, 10.0) and parse_cloud_values("") == (3, 8, 9, 10)
+    assert parse_cloud_values("1") == (1.0,)
+    for text in ("3,x", "3,,nan", "cirrus"):
+        with pytest.raises(InputError, match=f"CLOUD_VALUES '{text}' is not a list of numbers"):
+            parse_cloud_values(text)
 
 
 def test_an_extent_over_nodata_is_a_clear_error(tmp_path):
