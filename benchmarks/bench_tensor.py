@@ -82,7 +82,7 @@ SEED_CLIENT = textwrap.dedent('''
 
 
 def start_peer(classes: int = 2) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/fixtures/fake_tensor_peer.py"), "--mode", "canned",
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/canned_peer.py"),
                              "--tile", str(TILE), "--classes", str(classes)],
                             stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, start_new_session=True)
     line = proc.stdout.readline()

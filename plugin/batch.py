@@ -3,7 +3,8 @@
 Run with the vLLM environment's Python from the checkout root:
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
-        [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5]
+        [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
+        [--reference FILE [--reference-threshold T]]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order; with --recursive those of its subfolders too. The batch's own outputs (`*_flood.tif` in the
@@ -15,7 +16,9 @@ start-up per run; the engine is built once and fed raster after raster.
 
 Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/classes.py): uint8
 class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data; same CRS,
-transform and size as the input; written to a temp file and moved into place. A raster that fails is
+transform and size as the input; written to a temp file and moved into place. With `--reference` (water
+that is always there: a raster, water where its value is >= `--reference-threshold`, or a polygon file) the
+water is split as in the plugin: 1 = flood water, 2 = permanent water. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
 engine errors).
 """
@@ -36,8 +39,11 @@ from typing import Optional
 from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
 from .core.errors import FloodMapperError, InputError, ServerError
+from .core.flood_extent import ExtentStats, compare_water_maps, summary
 from .core.jobs import Stats
 from .core.output import check_output_path
+from .core.reference import RasterReference, Reference, check_raster_reference
+from .core.reference_files import reference_from_path
 from .core.server_map import finalize_classes
 from .core.settings import DEMO_MODEL_DIR
 
@@ -55,7 +61,7 @@ class Job:
     output_path: str
     error: Optional[str] = None
     seconds: float = 0.0
-    stats: Optional[Stats] = None
+    stats: Optional[Stats | ExtentStats] = None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -70,6 +76,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=8, help="tiles processed together by the engine")
     p.add_argument("--indices", default="0,1,2,3,4,5",
                    help="0-based input band indices in the model's band order (default 0,1,2,3,4,5)")
+    p.add_argument("--reference", default="",
+                   help="water that is always there (a raster, or a polygon file such as OpenStreetMap water): "
+                        "water also in it is permanent water (class 2), the rest of the water flood water (1)")
+    p.add_argument("--reference-threshold", type=float, default=1.0,
+                   help="a raster reference is water where its value is >= this (1 for a 0/1 mask, 50 for the JRC "
+                        "Global Surface Water occurrence in percent)")
     args = p.parse_args(argv)
     try:
         args.indices = [int(i) for i in args.indices.split(",") if i.strip()]
@@ -165,7 +177,34 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
     )
 
 
-def run_one(llm, job: Job, indices: list[int], work_dir: str) -> Stats:
+class _Warnings:
+    """Progress for the comparison: only its warnings are printed, under the raster's line."""
+
+    def set_progress(self, percent: float) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        print(f"  warning: {message}", flush=True)
+
+    def is_canceled(self) -> bool:
+        return False
+
+
+def load_reference(path: str, threshold: float) -> list[Reference]:
+    """--reference checked once, before the engine starts (InputError for an unusable one)."""
+    if not path:
+        return []
+    ref = reference_from_path(path, threshold)
+    if isinstance(ref, RasterReference):
+        check_raster_reference(ref)
+    return [ref]
+
+
+def run_one(llm, job: Job, indices: list[int], work_dir: str,
+            refs: Optional[list[Reference]] = None) -> Stats | ExtentStats:
     # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
     folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
     prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
@@ -178,7 +217,11 @@ def run_one(llm, job: Job, indices: list[int], work_dir: str) -> Stats:
     if not isinstance(produced, str) or not os.path.isfile(produced):
         raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
     try:
-        return finalize_classes(produced, job.input_path, indices, job.output_path)
+        if not refs:
+            return finalize_classes(produced, job.input_path, indices, job.output_path)
+        water = os.path.join(folder, "water.tif")  # the water map, then its comparison into place
+        finalize_classes(produced, job.input_path, indices, water)
+        return compare_water_maps(water, refs, job.output_path, _Warnings())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -200,6 +243,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        refs = load_reference(args.reference, args.reference_threshold)
+    except FloodMapperError as exc:
+        print(f"error: --reference: {exc}", file=sys.stderr)
+        return 2
     jobs = plan(inputs, out_dir)
     total = len(jobs)
     t_start = time.monotonic()
@@ -216,8 +264,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             s = job.stats
             assert s is not None
+            extent = f"; {summary(s)}" if isinstance(s, ExtentStats) else ""
             print(f"[{i}/{total}] ok {name} -> {job.output_path}: water {s.water_fraction:.1%} of "
-                  f"{s.valid_pixels} valid pixels ({job.seconds:.1f} s)", flush=True)
+                  f"{s.valid_pixels} valid pixels{extent} ({job.seconds:.1f} s)", flush=True)
 
     work_dir = tempfile.mkdtemp(prefix=".floodmapper-batch-", dir=str(out_dir))
     try:
@@ -236,7 +285,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if not job.error:
                 t0 = time.monotonic()
                 try:
-                    job.stats = run_one(llm, job, args.indices, work_dir)
+                    job.stats = run_one(llm, job, args.indices, work_dir, refs)
                 except FloodMapperError as exc:
                     job.error = str(exc)
                 except Exception as exc:  # noqa: BLE001 - one bad raster must not stop the batch

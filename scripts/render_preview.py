@@ -1,5 +1,6 @@
 """Render a PNG preview of a flood map with QGIS: the input in true colour, the styled water layer over it,
-a legend and the area figure. Usage: render_preview.py INPUT.tif FLOOD.tif OUT.png [--title TEXT]"""
+a legend and the area figures (flood water and permanent water, each with its area, for a map compared with
+a reference). Usage: render_preview.py INPUT.tif FLOOD.tif OUT.png [--title TEXT] [--note TEXT]"""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("flood")
     ap.add_argument("png")
     ap.add_argument("--title", default="Flood Mapper")
+    ap.add_argument("--note", default="", help="a last legend line, e.g. what the water was compared with")
     ap.add_argument("--size", type=int, default=900)
     args = ap.parse_args(argv)
 
@@ -50,8 +52,14 @@ def render(args) -> int:
     from qgis.PyQt.QtCore import QSize, Qt
     from qgis.PyQt.QtGui import QColor, QFont, QPainter
 
+    from floodmapper.plugin.core.flood_extent import class_areas, is_extent_map
     from floodmapper.plugin.core.stats import compute_stats
-    from floodmapper.plugin.processing.postprocessor import WATER_COLOR, style_flood_layer
+    from floodmapper.plugin.processing.postprocessor import (
+        FLOOD_COLOR,
+        PERMANENT_WATER_COLOR,
+        WATER_COLOR,
+        style_flood_layer,
+    )
 
     base = QgsRasterLayer(args.input, "input")
     flood = QgsRasterLayer(args.flood, "flood")
@@ -79,7 +87,8 @@ def render(args) -> int:
         ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         setter(ce)
     base.setRenderer(renderer)
-    style_flood_layer(flood)
+    extent = is_extent_map(args.flood)
+    style_flood_layer(flood, extent=extent)
     flood.renderer().setOpacity(0.85)
 
     extent = base.extent()
@@ -101,24 +110,32 @@ def render(args) -> int:
     painter.setRenderHint(QPainter.RenderHint.Antialiasing)
     font = QFont("DejaVu Sans", 11)
     painter.setFont(font)
-    lines = [
-        args.title,
-        f"Water: {s.water_area_km2:.3f} km²  ({s.water_fraction:.1%} of valid pixels)",
-    ]
-    box_h = 26 * (len(lines) + 1) + 10
-    painter.fillRect(10, 10, 430, box_h, QColor(255, 255, 255, 225))
+    lines = [args.title, f"Water: {s.water_area_km2:.3f} km²  ({s.water_fraction:.1%} of valid pixels)"]
+    if extent:
+        areas = class_areas(args.flood)
+        keys = [(FLOOD_COLOR, f"Flood water: {areas[1][1]:.3f} km²"),
+                (PERMANENT_WATER_COLOR, f"Permanent water: {areas[2][1]:.3f} km²")]
+    else:
+        keys = [(WATER_COLOR, "Water (model)")]
+    notes = [args.note] if args.note else []
+    rows = len(lines) + len(keys) + len(notes)
+    painter.fillRect(10, 10, 470, 26 * rows + 14, QColor(255, 255, 255, 225))
     painter.setPen(QColor(20, 20, 20))
     for i, text in enumerate(lines):
         painter.drawText(20, 32 + 26 * i, text)
-    y = 32 + 26 * len(lines) - 14
-    painter.fillRect(20, y, 18, 18, WATER_COLOR)
-    painter.drawRect(20, y, 18, 18)
-    painter.drawText(46, y + 14, "Water (model)")
+    for i, (color, text) in enumerate(keys):
+        y = 32 + 26 * (len(lines) + i) - 14
+        painter.fillRect(20, y, 18, 18, color)
+        painter.drawRect(20, y, 18, 18)
+        painter.drawText(46, y + 14, text)
+    for i, text in enumerate(notes):
+        painter.drawText(20, 32 + 26 * (len(lines) + len(keys) + i), text)
     painter.setPen(Qt.PenStyle.NoPen)
     painter.end()
     Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     ok = image.save(args.png, "PNG")
-    print(f"preview: {args.png} ({w}x{h}) water {s.water_area_km2:.3f} km²")
+    figures = "; ".join(text for _, text in keys) if extent else f"water {s.water_area_km2:.3f} km²"
+    print(f"preview: {args.png} ({w}x{h}) {figures}")
     return 0 if ok else 1
 
 

@@ -211,8 +211,13 @@ def _blob(rng: np.random.Generator, h: int, w: int, cy: float, cx: float, r0: fl
 # the scene
 
 
-def synthesize(seed: int, width: int, height: int, bands: BandSet = "s1f11") -> tuple[np.ndarray, np.ndarray]:
-    """The scene as arrays: (reflectance float32 [bands, height, width] in 0-1, truth uint8 0/1)."""
+def synthesize(seed: int, width: int, height: int, bands: BandSet = "s1f11",
+               flood: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The scene as arrays: (reflectance float32 [bands, height, width] in 0-1, truth uint8 0/1).
+
+    `flood=False` gives the same place before the flood: the same land, rivers, lakes, ponds, clouds and
+    noise, without the flooded fields (every random draw is made either way, so nothing else moves).
+    """
     if width < 8 or height < 8:
         raise ValueError(f"scene size {width}x{height} is too small; use at least 8x8 pixels")
     rng = np.random.default_rng(seed)
@@ -268,15 +273,19 @@ def synthesize(seed: int, width: int, height: int, bands: BandSet = "s1f11") -> 
     if candidates.size:
         pick = rng.random(candidates.size) < rng.uniform(0.15, 0.5)
         flooded[candidates[pick]] = True
+    flood_cover = np.zeros((h, w), np.float32)
     if flooded.any():
         inside = flooded[label]
         beside = flooded[neighbour] & ~inside
-        fc = np.where(inside, _cover(-border), np.where(beside, _cover(border), 0.0)).astype(np.float32)
-        add(fc, float(rng.uniform(0.6, 1.0)), veg=float(rng.uniform(0.0, 0.15)))
+        flood_cover = np.where(inside, _cover(-border), np.where(beside, _cover(border), 0.0)).astype(np.float32)
+        turb, veg = float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.0, 0.15))
+        if flood:
+            add(flood_cover, turb, veg=veg)
 
-    # every scene gets some open water so a per-scene IoU means something
+    # every scene gets some open water so a per-scene IoU means something (judged on the flooded scene, so
+    # that the scene before the flood gets the same lakes)
     tries = 0
-    while cover.mean() < 0.04 and tries < 6:
+    while np.maximum(cover, flood_cover).mean() < 0.04 and tries < 6:
         got = _blob(rng, h, w, rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w,
                     rng.uniform(0.1, 0.25) * min(h, w))
         if got is not None:
@@ -335,8 +344,11 @@ def generate_scene(
     nodata_border: int = 0,
     centre_lonlat: tuple[float, float] = (15.0, 45.0),
     offset: int = 0,
+    flood: bool = True,
 ) -> np.ndarray:
     """Write a synthetic scene as a GeoTIFF and return its truth mask (uint8: 0 land, 1 water, 255 nodata).
+
+    `flood=False`: the same place before the flood (synthesize).
 
     `dtype` uint16/int16 stores reflectance x 10000 (+ `offset`, e.g. 1000 as in S2 L1C processing
     baseline 04.00); float32 stores reflectance 0-1. `nodata_border` px on every side are set to
@@ -349,7 +361,7 @@ def generate_scene(
         raise ValueError("nodata_border needs a nodata value; pass nodata=0 (for example)")
     if nodata_border < 0 or 2 * nodata_border >= min(width, height):
         raise ValueError(f"nodata_border={nodata_border} does not fit a {width}x{height} scene")
-    refl, truth = synthesize(seed, width, height, bands)
+    refl, truth = synthesize(seed, width, height, bands, flood=flood)
     if dtype in ("uint16", "int16"):
         data = np.rint(refl * 10000.0) + offset
         info = np.iinfo(dtype)
@@ -415,3 +427,59 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     t = (truth == 1) & valid
     union = np.logical_or(p, t).sum()
     return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def generate_pair(pre_path: PathLike, post_path: PathLike, seed: int, width: int, height: int,
+                  **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """Write one place before and during a flood (same land, rivers, lakes; flooded fields only in the second)
+    on the same grid; returns (truth before, truth during). `kwargs` go to generate_scene for both."""
+    pre = generate_scene(pre_path, seed, width, height, flood=False, **kwargs)
+    post = generate_scene(post_path, seed, width, height, **kwargs)
+    return pre, post
+
+
+def flood_classes(pre_truth: np.ndarray, post_truth: np.ndarray) -> np.ndarray:
+    """The flood-extent truth of a pair: 0 not water, 1 flood water (water only during), 2 permanent water
+    (water before and during), 255 nodata in either."""
+    classes = np.where(post_truth == 1, np.where(pre_truth == 1, 2, 1), 0).astype(np.uint8)
+    classes[(pre_truth == 255) | (post_truth == 255)] = 255
+    return classes
+
+
+def class_iou(pred: np.ndarray, truth: np.ndarray, value: int) -> float:
+    """IoU of one class (e.g. 1 = flood water, 2 = permanent water), ignoring pixels the truth marks 255."""
+    valid = truth != 255
+    p = (pred == value) & valid
+    t = (truth == value) & valid
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def regrid_scene(src_path: PathLike, dst_path: PathLike, crs: str, pixel_size: float) -> None:
+    """Write `src_path` again on another grid (another CRS and pixel size), as another sensor or product would
+    deliver the same place: reflectance averaged over the new pixels, band names kept, no data (0 when the
+    source names no nodata value) where the new grid reaches beyond the source."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src_path) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, crs, src.width, src.height, *src.bounds, resolution=pixel_size)
+        nodata = 0 if src.nodata is None else src.nodata  # the corners the new grid adds have no data
+        profile = src.profile.copy()
+        profile.update(crs=crs, transform=transform, width=width, height=height, tiled=False, nodata=nodata)
+        profile.pop("blockxsize", None)
+        profile.pop("blockysize", None)
+        dst_path = Path(dst_path)
+        tmp = dst_path.with_name(f".{dst_path.name}.tmp")
+        try:
+            with rasterio.open(tmp, "w", **profile) as dst:
+                for band in range(1, src.count + 1):
+                    reproject(rasterio.band(src, band), rasterio.band(dst, band), resampling=Resampling.average,
+                              src_nodata=src.nodata, dst_nodata=nodata)
+                dst.descriptions = src.descriptions
+                dst.update_tags(**src.tags())
+            tmp.replace(dst_path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()

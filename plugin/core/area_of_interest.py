@@ -81,6 +81,13 @@ class Area:
     def cloud_fraction(self) -> float:
         return self.cloud_pixels / self.data_pixels if self.data_pixels > 0 else 0.0
 
+    @property
+    def bounds(self) -> Bounds:
+        """(xmin, ymin, xmax, ymax) of the window, in the input's CRS."""
+        t = self.transform
+        xs, ys = zip(*(t * (c, r) for c in (0, self.width) for r in (0, self.height)))
+        return min(xs), min(ys), max(xs), max(ys)
+
     def on_input(self, window: Window) -> Window:
         """A window of the area as the same pixels' window on the input's grid."""
         return Window(int(self.window.col_off) + int(window.col_off), int(self.window.row_off) + int(window.row_off),

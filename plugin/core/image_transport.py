@@ -100,7 +100,7 @@ def _ask(client, payload: dict, progress: Progress, on_wait: Callable[[float], N
                     or (isinstance(exc, EngineDied) and died)):
                 raise
             died = died or isinstance(exc, EngineDied)
-            progress.info(f"The server went away ({exc.message.split('.')[0]}); waiting up to "
+            progress.info(f"The server went away ({exc.message.split('. ')[0].rstrip('.')}); waiting up to "
                           f"{outage.retry_wait:.0f} s for it to answer again")
             outage.ride_out(exc)
             progress.info("The server answers again; sending the request again")

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .image_source import ServerReach
     from .model_spec import ModelSpec
     from .raster import RasterInfo
+    from .reference import PolygonReference
 
 TRANSPORT_AUTO = "auto"
 TRANSPORT_IMAGE = "image"
@@ -64,6 +65,15 @@ class MapFloodsRequest:
     mask_crs: str = ""  # the polygons' CRS; "" = the raster's
     cloud_mask_path: str = ""  # a raster whose cloud_values are cloud (e.g. Sentinel-2 L2A SCL); "" = none
     cloud_values: Optional[tuple[float, ...]] = None  # None = 3, 8, 9, 10 (SCL cloud shadow, clouds, cirrus)
+    # flood extent (flood_job.py): water compared with reference water, united from any of these
+    pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
+    reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
+    reference_threshold: float = 1.0
+    reference_polygons: Optional[PolygonReference] = None  # such polygons already read (from a QGIS layer)
+
+    def wants_flood_extent(self) -> bool:
+        """Whether any reference water was given (else the map stays water / not water)."""
+        return bool(self.pre_event_path or self.reference_path or self.reference_polygons is not None)
 
     def transport_asked(self) -> str:
         transport = (self.transport or TRANSPORT_AUTO).lower()
@@ -202,3 +212,18 @@ class MapFloodsResult:
     warnings: list[str] = field(default_factory=list)
     cloud_pixels: int = 0  # pixels of the area with data that the cloud mask left out
     cloud_fraction: float = 0.0  # their share of the area's pixels with data
+    # flood extent: without a reference, all water is flood water and no pixel has a reference
+    reference: str = ""  # what the water was compared with ("" = nothing)
+    flood_pixels: Optional[int] = None
+    flood_area_km2: Optional[float] = None
+    permanent_water_pixels: int = 0
+    permanent_water_area_km2: float = 0.0
+    no_reference_pixels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.flood_pixels is None:
+            self.flood_pixels = self.water_pixels
+        if self.flood_area_km2 is None:
+            self.flood_area_km2 = self.water_area_km2
+        if self.no_reference_pixels is None:
+            self.no_reference_pixels = self.valid_pixels

@@ -92,5 +92,5 @@ class Outage:
         since = self.since
         if since is None:
             return ""
-        return (f"The server is unreachable ({self.reason.split('.')[0]}); waiting for it: "
+        return (f"The server is unreachable ({self.reason.split('. ')[0].rstrip('.')}); waiting for it: "
                 f"{time.monotonic() - since:.0f} s of {self.retry_wait:.0f} s")

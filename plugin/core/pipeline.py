@@ -22,6 +22,7 @@ from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
 from .bands import choose_bands
 from .errors import ModelSpecError
+from .flood_job import map_flood_extent
 from .image_copy import copy_reason
 from .image_source import server_source
 from .image_transport import run_image, version_quirks
@@ -53,6 +54,8 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     if isinstance(backend, VllmClient):
         backend = RemoteBackend(backend)
     progress = progress or NullProgress()
+    if request.wants_flood_extent():  # the event (and pre-event) image mapped by this function, then compared
+        return map_flood_extent(request, backend, progress, map_water=map_floods)
     warnings: list[str] = []
 
     def warn(message: str) -> None:

@@ -12,7 +12,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 
-from .classes import CLASS_WATER, NODATA
+from .classes import CLASS_FLOOD, CLASS_PERMANENT, NODATA
 from .jobs import Stats
 from .raster import iter_windows
 
@@ -90,7 +90,7 @@ class StatsAccumulator:
         self.water_m2 = 0.0
 
     def add(self, window: Window, classes: np.ndarray, valid: np.ndarray) -> None:
-        water = valid & (classes == CLASS_WATER)
+        water = valid & ((classes == CLASS_FLOOD) | (classes == CLASS_PERMANENT))  # both are water
         self.water += int(water.sum())
         self.valid += int(valid.sum())
         cell = self.area.rows(window)
@@ -103,7 +103,7 @@ class StatsAccumulator:
 
 
 def compute_stats(path: str) -> Stats:
-    """Water/valid pixel counts and water area of a class raster (0/1, nodata 255) already on disk."""
+    """Water/valid pixel counts and water area of a class raster (0/1 or 0/1/2, nodata 255) on disk."""
     with rasterio.open(path) as src:
         acc = StatsAccumulator(src.crs.to_wkt() if src.crs else None, src.transform)
         nodata = NODATA if src.nodata is None else src.nodata

@@ -149,7 +149,7 @@ def cloud_summary(result: MapFloodsResult, cloud_path: str) -> str:
     """The cloud figures for the summary line ("" without a cloud mask)."""
     if not cloud_path:
         return ""
-    return tr(" Cloud-masked: {pixels:,} pixels ({fraction:.2%} of the area's pixels with data).").format(
+    return tr("Cloud-masked: {pixels:,} pixels ({fraction:.2%} of the area's pixels with data).").format(
         pixels=result.cloud_pixels, fraction=result.cloud_fraction)
 
 

@@ -8,6 +8,7 @@ algorithm runs in a background thread, in the batch dialog (one context per row)
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 
 from qgis.core import (
     Qgis,
@@ -39,6 +40,15 @@ from . import area_inputs
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source, parse_bands
 from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
+from .reference_inputs import (
+    CLASSES_HELP,
+    ReferenceInputs,
+    add_extent_outputs,
+    add_reference_parameters,
+    extent_text,
+    extent_values,
+    read_reference_inputs,
+)
 from .water_polygons import write_water_polygons
 
 HELP_URL = "https://example.org/floodmapper#map-floods"
@@ -86,6 +96,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         self._source = ""
         self._input_name = ""
         self._source_error: InputError | None = None
+        self._references = ReferenceInputs()
         self._raster_crs = None  # the input layer's QgsCoordinateReferenceSystem (area parameters go to it)
         self._cloud_path = ""
 
@@ -129,8 +140,11 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             "the input's grid cut to them. CLOUD_MASK (e.g. the Sentinel-2 SCL band) with CLOUD_VALUES leaves "
             "clouds out as nodata and reports the cloud-masked pixels.\n\n"
             "Outputs the water pixel count, valid pixel count, water fraction and water area in km² "
-            "(equal-area for geographic CRSs)."
-        )
+            "(equal-area for geographic CRSs).\n\n"
+            "<b>Flood extent</b>: give PRE_EVENT (an image of the same place before the event, mapped the same "
+            "way) and/or REFERENCE_WATER (permanent water: polygons or a raster) to tell the flood from the water "
+            "that is always there. "
+        ) + tr(CLASSES_HELP)
 
     # --- parameters -------------------------------------------------------------------------------------
     def initAlgorithm(self, config=None) -> None:
@@ -229,6 +243,13 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         )
         p.setHelp(tr("Water polygons smaller than this are left out of WATER_POLYGONS (the raster keeps them)."))
         self.addParameter(p)
+        # flood extent: water compared with reference water (reference_inputs.py)
+        add_reference_parameters(
+            self, tr("Pre-event image (same place before the event; optional)"),
+            tr("Mapped with the same backend, server, model, bands, scaling and transport as INPUT (the local "
+               "engine is reused); its water, brought onto INPUT's grid, is reference water. Any CRS, resolution "
+               "or extent; where it does not cover INPUT there is no reference."))
+        add_extent_outputs(self)
         self.addOutput(QgsProcessingOutputNumber(self.WATER_PIXELS, tr("Water pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.VALID_PIXELS, tr("Valid pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.WATER_FRACTION, tr("Water fraction of valid pixels")))
@@ -261,6 +282,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             self._cloud_path = area_inputs.cloud_source(self, parameters, context)
         except InputError as err:
             self._source_error = err  # reported from processAlgorithm, with the other errors
+        self._references = read_reference_inputs(self, parameters, context, layer.crs(), layer.extent())
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
@@ -278,23 +300,26 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         if failure:
             qlog.log(f"Map floods failed on '{self._input_name}': {failure}", Qgis.MessageLevel.Critical)
             raise QgsProcessingException(failure)
-        summary = summary_text(self._input_name, result) + area_inputs.cloud_summary(result, self._cloud_path)
+        summary = summary_text(self._input_name, result)
+        summary = " ".join(filter(None, [summary, area_inputs.cloud_summary(result, self._cloud_path),
+                                         extent_text(result)]))
         feedback.pushInfo(summary)
         qlog.log(summary)
         for warning in result.warnings:
             feedback.pushWarning(warning)
         output = result.output_path
-        write_style_sidecar(output)
+        write_style_sidecar(output, extent=bool(result.reference))
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = f"{self._input_name} – flood"
-            details.setPostProcessor(FloodLayerPostProcessor.create(summary))
+            details.setPostProcessor(FloodLayerPostProcessor.create(summary, extent=bool(result.reference)))
         outputs = {
             self.OUTPUT: output,
             self.WATER_PIXELS: result.water_pixels,
             self.VALID_PIXELS: result.valid_pixels,
             self.WATER_FRACTION: result.water_fraction,
             self.WATER_AREA_KM2: result.water_area_km2,
+            **extent_values(result),
         }
         if result.probability_path:
             outputs[self.PROBABILITY] = result.probability_path
@@ -334,6 +359,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
             retry_wait=settings.retry_wait,
         )
+        request = replace(request, **self._references.request_fields())
         area_inputs.fill_request(request, self, parameters, context, self._raster_crs, self._cloud_path)
         if backend_index == BACKEND_LOCAL:
             return map_floods(request, LocalBackend(settings, on_log=qlog.engine_log), progress)

@@ -26,11 +26,13 @@ class FloodMapperProvider(QgsProcessingProvider):
         return str(resources.ICON_PATH)
 
     def loadAlgorithms(self) -> None:
+        from .compare_water_maps import CompareWaterMapsAlgorithm
         from .map_floods import MapFloodsAlgorithm
         from .models import shipped_models
         from .prepare_model import PrepareModelAlgorithm
 
         self.addAlgorithm(MapFloodsAlgorithm())
+        self.addAlgorithm(CompareWaterMapsAlgorithm())
         self.addAlgorithm(PrepareModelAlgorithm())
         for model in shipped_models():  # resources/models/*.model3, group "Models"
             self.addAlgorithm(model)

@@ -1,5 +1,6 @@
 """The optional WATER_POLYGONS output: the flood map's water areas traced into a feature sink, each with its
-ellipsoidal area in m² and its pixel count; areas under MIN_AREA left out."""
+class (`flood`, or `permanent` on a map compared with a reference), its ellipsoidal area in m² and its pixel
+count; areas under MIN_AREA left out."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from qgis.core import (
     QgsProcessingFeedback,
 )
 
-from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, WKB_POLYGON
+from ..core.classes import CLASS_NAMES
+from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, FIELD_STRING, WKB_POLYGON
 from ..toolbelt.i18n import tr
 
 DEFAULT_ELLIPSOID = "EPSG:7030"  # WGS 84, where no project gives one (qgis_process, scripts)
@@ -37,6 +39,7 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
         crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
     fields = QgsFields()
     fields.append(QgsField("id", FIELD_INT))
+    fields.append(QgsField("class", FIELD_STRING))
     fields.append(QgsField("area_m2", FIELD_DOUBLE))
     fields.append(QgsField("pixels", FIELD_INT))
     sink, dest_id = alg.parameterAsSink(parameters, name, context, fields, WKB_POLYGON, crs)
@@ -47,6 +50,7 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
     ellipsoid = context.ellipsoid()
     measure.setEllipsoid(DEFAULT_ELLIPSOID if not ellipsoid or ellipsoid.upper() == "NONE" else ellipsoid)
     kept = dropped = 0
+    areas = {name: 0.0 for name in CLASS_NAMES.values()}
     for polygon in water_polygons(classes_path):
         if feedback.isCanceled():
             break
@@ -56,10 +60,13 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
             dropped += 1
             continue
         kept += 1
+        name = CLASS_NAMES[polygon.value]
+        areas[name] += area
         feature = QgsFeature(fields)
         feature.setGeometry(geometry)
-        feature.setAttributes([kept, area, polygon.pixels])
+        feature.setAttributes([kept, name, area, polygon.pixels])
         sink.addFeature(feature, QgsFeatureSink.Flag.FastInsert)
-    feedback.pushInfo(tr("Water polygons: {kept} kept, {dropped} smaller than {min} m² left out.").format(
-        kept=kept, dropped=dropped, min=min_area))
+    feedback.pushInfo(tr("Water polygons: {kept} kept ({flood:.3f} km² flood, {permanent:.3f} km² permanent), "
+                         "{dropped} smaller than {min} m² left out.").format(
+        kept=kept, flood=areas["flood"] / 1e6, permanent=areas["permanent"] / 1e6, dropped=dropped, min=min_area))
     return dest_id

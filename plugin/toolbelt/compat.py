@@ -9,11 +9,13 @@ if Qgis.versionInt() >= 33800:  # QgsField takes QMetaType.Type; QVariant.Type i
 
     FIELD_INT = QMetaType.Type.Int
     FIELD_DOUBLE = QMetaType.Type.Double
+    FIELD_STRING = QMetaType.Type.QString
 else:
     from qgis.PyQt.QtCore import QVariant
 
     FIELD_INT = QVariant.Type.Int
     FIELD_DOUBLE = QVariant.Type.Double
+    FIELD_STRING = QVariant.Type.String
 
 if hasattr(Qgis, "WkbType"):  # 3.30+
     WKB_POLYGON = Qgis.WkbType.Polygon
@@ -21,6 +23,13 @@ else:
     from qgis.core import QgsWkbTypes
 
     WKB_POLYGON = QgsWkbTypes.Type.Polygon
+
+if hasattr(Qgis, "GeometryType"):  # 3.30+
+    POLYGON_GEOMETRY = Qgis.GeometryType.Polygon
+else:
+    from qgis.core import QgsWkbTypes
+
+    POLYGON_GEOMETRY = QgsWkbTypes.GeometryType.PolygonGeometry
 
 
 def set_layer_abstract(layer, text: str) -> None:

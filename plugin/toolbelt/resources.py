@@ -1,4 +1,4 @@
-"""The plugin's files that QGIS shows: its icon and the flood map's style."""
+"""The plugin's files that QGIS shows: its icon and the flood map's styles."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from qgis.PyQt.QtGui import QIcon
 ROOT = Path(__file__).resolve().parents[2]
 ICON_PATH = ROOT / "resources" / "icons" / "floodmapper.svg"
 FLOOD_STYLE = ROOT / "resources" / "styles" / "flood.qml"
+FLOOD_EXTENT_STYLE = ROOT / "resources" / "styles" / "flood_extent.qml"  # flood water / permanent water
 
 
 def icon() -> QIcon:

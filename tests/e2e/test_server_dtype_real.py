@@ -1,14 +1,20 @@
-"""The server's dtype, on a REAL vLLM server started `--tensor --dtype float32`.
+"""A REAL vLLM server started `--tensor --dtype float32`: its dtype, and a run that outlives its restart.
 
 vLLM tells no client which dtype it runs, and a tensor of another dtype stops its engine for everyone. Here
 the demo model runs in float32 (the fast dtype on a CPU without AVX512-FP16): mapped with SERVER_DTYPE
-float32 it answers and stays healthy; a float16 request (what the model's own config.json would make the
-plugin send) stops its engine, and the job says so, with the dtype and shape it sent.
+float32 it answers and stays healthy. A run whose server is killed after some tiles and started again on the
+same port 10 s later completes, with the same map byte for byte as an undisturbed run (one tile in flight, so
+vLLM batches nothing and float32 answers are exact). Last, a float16 request (what the model's own
+config.json would make the plugin send) stops its engine, and the job says so, with the dtype and shape.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -20,44 +26,115 @@ from plugin.core.jobs import MapFloodsRequest
 from plugin.core.pipeline import map_floods
 from plugin.core.vllm_api import VllmClient
 from scripts.scenes import generate_scene, iou
-from tests.fixtures.servers import free_port, start_serve_demo, stop_group, wait_healthy
+from tests.fixtures.progress import Recorder
+from tests.fixtures.servers import free_port, group_gone, start_serve_demo, stop_group, wait_healthy
 
 pytestmark = pytest.mark.vllm
 
 
+class Float32Server:
+    """One float32 tensor server that the tests may kill and start again on the same port."""
+
+    def __init__(self, tmp) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        log = self.tmp / "server.log"
+        self.proc = start_serve_demo(self.port, log, self.tmp / "out", ("--tensor", "--dtype", "float32"))
+        wait_healthy(self.url, self.proc, log)
+
+    def kill(self) -> None:
+        """What a crash or an OOM kill does: the whole process group, at once."""
+        vllm = _children_groups(self.proc.pid)  # before the script dies and its children are re-parented
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        for pgid in vllm:
+            os.killpg(pgid, signal.SIGKILL)
+        self.proc.wait(10)
+        while not group_gone(self.proc.pid) or any(not group_gone(g) for g in vllm):
+            time.sleep(0.1)
+
+
+def _children_groups(pid: int) -> list[int]:
+    """The process groups of pid's children (serve-demo runs vLLM in a group of its own)."""
+    groups = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stat = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                groups.add(os.getpgid(int(entry)))
+    return sorted(groups)
+
+
 @pytest.fixture(scope="module")
 def float32_server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vllm-float32")
-    port = free_port()
-    proc = start_serve_demo(port, tmp / "server.log", tmp / "out", ("--tensor", "--dtype", "float32"))
-    url = f"http://127.0.0.1:{port}"
+    server = Float32Server(tmp_path_factory.mktemp("vllm-float32"))
     try:
-        wait_healthy(url, proc, tmp / "server.log")
-        yield url
+        yield server
     finally:
-        stop_group(proc.pid)
+        stop_group(server.proc.pid)
 
 
 def run(url, inp, out, **kw):
+    kw.setdefault("retry_wait", 0.0)
     request = MapFloodsRequest(input_path=str(inp), output_path=str(out), server_url=url, transport="tensor", **kw)
     with VllmClient(url, retries=0) as client:
         return map_floods(request, client)
 
 
+def test_a_run_outlives_a_restart_of_its_server(float32_server, tmp_path):
+    inp = tmp_path / "scene.tif"
+    generate_scene(inp, seed=5151, width=900, height=700)  # 16 tiles of 256 px with the default overlap
+    run(float32_server.url, inp, tmp_path / "undisturbed.tif", server_dtype="float32", concurrency=1)
+
+    progress = Recorder()
+    killed = threading.Event()
+
+    def kill_then_restart() -> None:
+        while len([p for p in progress.percent if p > 30]) == 0:  # some tiles done
+            time.sleep(0.05)
+        float32_server.kill()
+        killed.set()
+        time.sleep(10)
+        float32_server.start()
+
+    restarter = threading.Thread(target=kill_then_restart, daemon=True)
+    restarter.start()
+    request = MapFloodsRequest(input_path=str(inp), output_path=str(tmp_path / "restarted.tif"),
+                               server_url=float32_server.url, transport="tensor", server_dtype="float32",
+                               concurrency=1, retry_wait=600.0)
+    with VllmClient(float32_server.url, retries=0) as client:
+        map_floods(request, client, progress)
+    restarter.join(60)
+    assert killed.is_set()
+    notes = [m for m in progress.infos if m.startswith("The server is unreachable")]
+    print(notes[:1], notes[-1:])
+    assert notes, progress.infos[-10:]
+    with rasterio.open(tmp_path / "undisturbed.tif") as a, rasterio.open(tmp_path / "restarted.tif") as b:
+        assert a.read(1).tobytes() == b.read(1).tobytes()
+
+
 def test_float32_server_mapped_with_its_dtype_then_killed_by_another(float32_server, tmp_path):
     inp = tmp_path / "scene.tif"
     truth = generate_scene(inp, seed=5150, width=300, height=280)
-    result = run(float32_server, inp, tmp_path / "flood.tif", server_dtype="float32")
+    result = run(float32_server.url, inp, tmp_path / "flood.tif", server_dtype="float32")
     assert result.transport == "tensor"
     with rasterio.open(tmp_path / "flood.tif") as ds:
         score = iou(ds.read(1), truth)
     print(f"float32 server, SERVER_DTYPE float32: water IoU {score:.3f}")
     assert score >= 0.85
-    assert requests.get(float32_server + "/health", timeout=10).status_code == 200
+    assert requests.get(float32_server.url + "/health", timeout=10).status_code == 200
 
     # the model's config.json says float16, which is what `--dtype auto` would run: here it is wrong
     with pytest.raises(EngineDied) as err:
-        run(float32_server, inp, tmp_path / "wrong.tif")
+        run(float32_server.url, inp, tmp_path / "wrong.tif")
     message = err.value.message
     print(message, err.value.hint)
     assert "stopped while it processed /pooling and must be restarted" in message
@@ -65,7 +142,7 @@ def test_float32_server_mapped_with_its_dtype_then_killed_by_another(float32_ser
     assert "--dtype" in err.value.hint and "SERVER_DTYPE" in err.value.hint
     assert not (tmp_path / "wrong.tif").exists() and not list(tmp_path.glob(".*part*"))
     with pytest.raises(requests.RequestException):  # the engine is gone: nothing answers any more
-        health = requests.get(float32_server + "/health", timeout=10)
+        health = requests.get(float32_server.url + "/health", timeout=10)
         assert health.status_code != 200
         raise requests.ConnectionError(f"/health {health.status_code}")
 

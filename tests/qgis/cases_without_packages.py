@@ -96,6 +96,9 @@ class TestInstall:
         message = _run("floodmapper:prepare_model", {"TTCONFIG": SCENE, "INPUT_SPEC": "{}", "WEIGHTS": SCENE,
                                                      "OUTPUT": str(tmp_path / "model")})
         assert "rasterio (missing)" in message and "Traceback" not in message
+        message = _run("floodmapper:compare_water_maps", {"INPUT": SCENE, "PRE_EVENT": SCENE,
+                                                          "OUTPUT": str(tmp_path / "extent.tif")})
+        assert "rasterio (missing)" in message and "Traceback" not in message
 
     def test_install_button_installs_and_makes_them_importable(self, loaded, qgis_iface):
         qgis_iface.messageBar().clear_messages()

@@ -1,5 +1,6 @@
-"""100 small rasters through map_floods, each in its own context, with the real server restarted in the middle:
-every raster is either mapped or reported, none silently lost, and nothing is left behind."""
+"""100 small rasters through map_floods, each in its own context, as the batch dialog runs them, with the real
+server restarted after the 40th: every raster is mapped (the one that meets the restart waits for the server,
+within the retry wait), none lost, and nothing is left behind."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ RESTART_AT = int(os.environ.get("FLOODMAPPER_SOAK_RESTART_AT", "40"))
 
 
 def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys):
-    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingFeedback, QgsSettings
+
+    from floodmapper.plugin.toolbelt import settings as stored
+
+    # a start-up of vLLM takes 1-2 minutes on a busy 2-core machine; an overnight user sets a long retry wait
+    stored.set_value("retry_wait", 900.0)
 
     class RecordingFeedback(QgsProcessingFeedback):
         def __init__(self):
@@ -78,15 +84,12 @@ def test_hundred_rasters_with_a_server_restart(provider_loaded, tmp_path, capsys
     finally:
         for proc in servers:
             stop_group(proc.pid)
+        QgsSettings().remove(stored.PREFIX + "retry_wait")
 
     with capsys.disabled():
         print(f"\nsoak: {len(mapped)} mapped, {len(reported)} reported, in {elapsed:.0f} s; "
               f"first failure: {reported[0][1][:160] if reported else '-'}")
-    assert len(mapped) + len(reported) == COUNT
-    assert mapped and mapped[-1] > RESTART_AT, "nothing was mapped after the restart"
-    assert all(0 <= i < COUNT for i, _ in reported)
-    for _, message in reported:  # the outage is explained, never a bare traceback
-        assert "127.0.0.1" in message or "server" in message.lower(), message
+    assert reported == [] and mapped == list(range(COUNT))
     assert sorted(p.name for p in outputs.iterdir() if p.suffix == ".tif") == [
         f"r{i:03d}-flood.tif" for i in mapped]
     assert [p.name for p in outputs.iterdir() if p.name.startswith(".")] == []

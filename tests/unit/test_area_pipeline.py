@@ -260,11 +260,10 @@ def test_tensor_cloud_pixels_are_nodata_and_zero_in_the_tiles(tensor_world):
     sent = []
 
     def server(n, body):
-        from tests.fixtures.fake_tensor_peer import decode_tensor
-        from tests.fixtures.world import tensor_answer
+        from tests.fixtures.fake_vllm import decode_tensor
 
         sent.append(decode_tensor(body["messages"][0]["content"][0]["image_embeds"]["pixel_values"])[0])
-        return tensor_answer(body)
+        return world.tensor_answer(body)
 
     world.fault = server
     ones = np.zeros((64, 80), np.uint8)
@@ -277,3 +276,44 @@ def test_tensor_cloud_pixels_are_nodata_and_zero_in_the_tiles(tensor_world):
     assert result.cloud_pixels == 32 * 64 and (read(world.output)[:, :32] == 255).all()
     assert len(sent) == 6
     assert sum(bool((tile[:, :, :4] == 0).all()) for tile in sent) == 3  # cloud pixels reach the model as 0
+
+
+# ------------------------------------------------------------------------------------------ flood extent
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_a_pre_event_image_is_mapped_over_the_same_area_only(world, kind):
+    """EXTENT with PRE_EVENT: both images mapped over the event's window only; the flood map is on its grid. The
+    event's cloud mask is the event's: the pre-event image's copy is the whole window, clouds or not."""
+    world.kind = kind
+    with rasterio.open(world.input) as src:
+        data = src.read()
+    data[3, 16:32, :] = 9000  # before the flood: water (low NIR) only in rows 0-15
+    pre = write_scene(world.tmp / "in" / "pre.tif", fill=data)
+    ones = np.zeros((64, 80), np.uint8)
+    ones[40:, :] = 1
+    cloud = world.tmp / "clouds.tif"
+    with rasterio.open(cloud, "w", driver="GTiff", width=80, height=64, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(X0, Y0, PX, PX)) as dst:
+        dst.write(ones, 1)
+    sizes = []
+
+    def server(n, body):
+        if "data" in body:
+            with rasterio.open(body["data"]["data"]) as ds:
+                sizes.append((ds.width, ds.height))
+        return None
+
+    world.fault = server
+    result = map_floods(world.request(pre_event_path=pre, extent=extent(10, 8, 70, 48), cloud_mask_path=str(cloud),
+                                      cloud_values=(1,)), world.client())
+    got = read(world.output)
+    assert got.shape == (40, 60) and grid(world.output)[2] == from_origin(X0 + 10 * PX, Y0 - 8 * PX, PX, PX)
+    assert (got[:8] == 2).all() and (got[8:24] == 1).all()  # rows 8-15 water before too; 16-31 flood
+    # rows 32-39 are the same pixels in both images: no flood (the fake tensor model finds some water there)
+    assert set(np.unique(got[24:32])) <= ({0} if kind == "image" else {0, 2})
+    assert (got[32:] == 255).all()  # the event's clouds (rows 40-47)
+    assert result.cloud_pixels == 8 * 60 and result.flood_pixels == int((got == 1).sum()) == 16 * 60
+    if kind == "image":
+        assert sizes == [(60, 40), (60, 40)]
+    else:  # 60x40 in tiles of 32 with 4 px overlap: 2x2 tiles for each image (none wholly cloud)
+        assert len(world.jobs()) == 8
+    assert os.listdir(tempfile.gettempdir()) == []

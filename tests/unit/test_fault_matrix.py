@@ -48,7 +48,7 @@ outcome, the job's worker threads are gone when it returns.
 | 28 | image-not-geotiff | the job answers base64 of PNG bytes | ServerError: not a GeoTIFF / version and log |
 | 29 | image-grid-mismatch | the server's map is 80x60 for an 80x64 input | ServerError: does not match the grid |
 | 30 | no-crs-location-model | no CRS; 500 Could not infer dtype | InputError: needs the location / assign a CRS |
-| 31 | tensor-wrong-shape | tile logits of 3 classes, the spec says 2 | ServerError: 12288 bytes of logits / spec |
+| 31 | tensor-wrong-shape | tile logits of 3 classes, the spec says 2 | ServerError: shape [3, 32, 32] / spec |
 | 32 | tensor-base64-garbage | a tile answer's data is not base64 | ServerError: logits are not valid base64 |
 | 33 | tensor-nan-logits | every tile answer's logits are NaN | ServerError: NaN logits |
 | 34 | tensor-server-dies-midrun | 500 EngineCore died from the 3rd tile on | ServerError: HTTP 500: EngineCore died |
@@ -102,7 +102,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -133,7 +133,6 @@ from tests.fixtures.world import (
     World,
     image_answer,
     model_config,
-    tensor_answer,
     write_scene,
 )
 
@@ -279,7 +278,7 @@ def setup_trickle(world: World) -> Scenario:
 def setup_tensor_trickle(world: World) -> Scenario:
     _budget_1_2_s(world)
     Path(world.spec).write_text(json.dumps(model_config(tile=8)))  # 8x8 tiles: a 700-byte answer, ~4 s
-    world.fault = lambda n, body: (Reply(200, tensor_answer(body).body, trickle=0.005) if n == 1 else None)
+    world.fault = lambda n, body: (replace(world.tensor_answer(body), trickle=0.005) if n == 1 else None)
     return Scenario(client={"connect_timeout": 0.5, "read_timeout": 0.5}, sentinel=True, check=waited(1.0, 3.0))
 
 
@@ -359,7 +358,7 @@ def setup_no_crs(world: World) -> Scenario:
 
 
 def setup_tensor_wrong_shape(world: World) -> Scenario:
-    world.fault = lambda n, body: tensor_answer(body, extra_classes=1)
+    world.srv.num_classes = 3
     return Scenario(sentinel=True)
 
 
@@ -433,7 +432,7 @@ def setup_tensor_sockets_closed(world: World) -> Scenario:
 
 
 def setup_tensor_hangup_mid_body(world: World) -> Scenario:
-    world.fault = from_job(3, lambda body: Reply(200, tensor_answer(body).body, truncate=100))
+    world.fault = from_job(3, lambda body: replace(world.tensor_answer(body), truncate=100))
     return Scenario(sentinel=True, check=_at_least_jobs(3))
 
 
@@ -633,7 +632,7 @@ CASES: list[Case] = [
          setup_no_crs, InputError, r"needs the raster's location, but the raster has no CRS",
          r"Assign a CRS to the raster"),
     Case("tensor-wrong-shape", "tile logits of 3 classes, the spec says 2", setup_tensor_wrong_shape,
-         ServerError, r"returned 12288 bytes of logits; a 2x32x32 float32 output is 8192",
+         ServerError, r"returned logits of shape \[3, 32, 32\]; this tile needs \[2, 32, 32\]",
          r"model spec .* does not match the served model", kind="tensor"),
     Case("tensor-base64-garbage", "a tile answer's data is not base64", setup_tensor_garbage, ServerError,
          r"The server's logits are not valid base64", r"server log", kind="tensor"),

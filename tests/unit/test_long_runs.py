@@ -20,7 +20,7 @@ import rasterio
 from plugin.core.errors import Cancelled, EngineDied, OutputError, ServerError
 from plugin.core.output import STALE_AFTER_S, remove_stale_parts, temp_beside
 from plugin.core.pipeline import map_floods
-from tests.fixtures.fake_http import FakeHttpServer, Reply, vllm_error
+from tests.fixtures.fake_http import Reply, vllm_error
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import ENGINE_DEAD, World, write_scene
 
@@ -54,12 +54,7 @@ def restart_later(world, after_jobs: int, down_for: float) -> threading.Thread:
     def run() -> None:
         while len(world.jobs()) < after_jobs:
             time.sleep(0.01)
-        routes, port = world.srv.routes, world.srv.port
-        world.srv.kill()
-        time.sleep(down_for)
-        world.srv = FakeHttpServer(port=port)
-        world.srv.routes = routes
-        world.srv.start()
+        world.restart_server(down_for)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -1,6 +1,6 @@
 """Tensor transport against a fake tensor peer on 127.0.0.1 whose "model" is a per-pixel water rule.
 
-The rule (tests/fixtures/fake_tensor_peer.py) gives each pixel the same logits whatever tile carries it, so
+The rule (tests/fixtures/fake_vllm.py) gives each pixel the same logits whatever tile carries it, so
 the flood map must equal the rule computed over the whole raster: a misplaced tile, a wrong weight, a lost
 or doubled row, a wrong band or scale all show up as disagreement.
 """
@@ -28,7 +28,7 @@ from plugin.core.tensor.inputs import Normaliser
 from plugin.core.vllm_api import VllmClient
 from scripts.scenes import generate_scene
 from tests.fixtures.fake_http import FakeHttpServer, Reply, vllm_error
-from tests.fixtures.fake_tensor_peer import FakeTensorPeer, binary_answer, water_logits
+from tests.fixtures.fake_vllm import FakeVllm, binary_answer, water_logits
 from tests.fixtures.jobs import run_tensor
 from tests.fixtures.progress import Recorder
 
@@ -58,7 +58,7 @@ def request(tmp_path, inp, peer, **kw):
 
 @pytest.fixture
 def peer():
-    with FakeTensorPeer(MEANS, STDS) as p:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float16") as p:
         yield p
 
 
@@ -114,14 +114,17 @@ def test_decode_logits_checks_the_answer():
 def test_binary_answers_are_read_in_place_and_checked():
     logits = np.arange(2 * 4 * 3, dtype=np.float32).reshape(2, 4, 3)
     for dtype, endian in (("float32", "little"), ("float16", "little"), ("float32", "big")):
-        _, data, headers = binary_answer(logits, dtype, endian, True)
+        reply = binary_answer(logits, dtype, endian, True)
+        data, headers = reply.body, {**reply.headers, "Content-Type": reply.content_type}
         out = decode_logits(data, 2, 4, 3, headers["Content-Type"], headers["metadata"], dtype)
         assert out.dtype.itemsize == (2 if dtype == "float16" else 4)
         assert (out.astype(np.float32) == logits).all()
-    _, data, headers = binary_answer(logits, "float16", "little", False)  # "bytes_only": no metadata
+    reply = binary_answer(logits, "float16", "little", False)  # "bytes_only": no metadata
+    data, headers = reply.body, {**reply.headers, "Content-Type": reply.content_type}
     assert "metadata" not in headers
     assert (decode_logits(data, 2, 4, 3, "application/octet-stream", "", "float16") == logits).all()
-    _, data, headers = binary_answer(logits, "float32", "little", True)
+    reply = binary_answer(logits, "float32", "little", True)
+    data, headers = reply.body, {**reply.headers, "Content-Type": reply.content_type}
     with pytest.raises(ServerError, match=r"shape \[2, 4, 3\].*needs \[2, 4, 4\].*config.json"):
         decode_logits(data, 2, 4, 4, headers["Content-Type"], headers["metadata"])
     with pytest.raises(ServerError, match="bytes of logits"):
@@ -149,7 +152,8 @@ def test_logits_format_follows_the_server_version(tmp_path, version, answer):
     assert choose_answer(version) == answer
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=7, width=200, height=150)
-    with FakeTensorPeer(MEANS, STDS, version=version or "0.32.0") as p, VllmClient(p.url) as c:
+    peer = FakeVllm("tensor", MEANS, STDS, version=version or "0.32.0", expect_dtype="float16")
+    with peer as p, VllmClient(p.url) as c:
         stats = run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX, encoding="npy",
                            answer=None if version else "base64")
         assert stats.answer == answer and set(p.answers) == {answer}
@@ -190,7 +194,7 @@ def test_map_equals_the_rule_on_the_exact_input_grid(tmp_path, peer, client, wid
     assert stats.water_pixels == int((got == 1).sum())
     assert stats.water_area_km2 > 0
     assert set(peer.dtypes) == {"float16"} and all(s == (6, 128, 128) for s in peer.shapes)
-    assert stats.requests == stats.tiles == peer.requests
+    assert stats.requests == stats.tiles == len(peer.jobs)
     assert prog.percent[-1] == 100.0 and prog.percent == sorted(prog.percent)
     assert any("ETA" in m for m in prog.infos)
     assert leftovers(tmp_path) == []
@@ -202,11 +206,11 @@ def test_overlap_and_no_overlap_give_the_same_map_for_a_context_free_model(tmp_p
     run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX)
     with rasterio.open(tmp_path / "out.tif") as o:
         a = o.read(1)
-    n0 = peer.requests
+    n0 = len(peer.jobs)
     run_tensor(request(tmp_path, inp, peer, overlap=0.25), client, make_spec(), SIX)
     with rasterio.open(tmp_path / "out.tif") as o:
         b = o.read(1)
-    assert n0 == 4 * 3 and peer.requests - n0 > n0  # overlap means more tiles
+    assert n0 == 4 * 3 and len(peer.jobs) - n0 > n0  # overlap means more tiles
     assert (a == b).mean() >= 0.9999
 
 
@@ -215,7 +219,8 @@ def test_overlap_blending_hides_tile_edge_errors(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=11, width=500, height=500)
     expected = rule_mask(inp)
-    with FakeTensorPeer(MEANS, STDS, edge_bias=10.0, edge_px=6) as p, VllmClient(p.url) as c:
+    biased = FakeVllm("tensor", MEANS, STDS, edge_bias=10.0, edge_px=6, expect_dtype="float16")
+    with biased as p, VllmClient(p.url) as c:
         run_tensor(request(tmp_path, inp, p, overlap=0.0), c, make_spec(), SIX)
         with rasterio.open(tmp_path / "out.tif") as o:
             seams = o.read(1)
@@ -248,13 +253,13 @@ def test_all_nodata_tiles_send_no_request(tmp_path, peer, client):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=2, width=400, height=300, nodata=0, nodata_border=130)  # only the middle is data
     stats = run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX)
-    assert stats.tiles == 12 and peer.requests < 12
+    assert stats.tiles == 12 and len(peer.jobs) < 12
 
 
 def test_dtype_float32_model_gets_float32(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=1, width=200, height=150)
-    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
         run_tensor(request(tmp_path, inp, p), c, make_spec(dtype="float32"), SIX)
         assert set(p.dtypes) == {"float32"} and not p.dead
 
@@ -300,7 +305,7 @@ def test_location_coords_are_each_tile_centre(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=3, width=256, height=256, centre_lonlat=(12.0, 41.0))
     spec = make_spec(location_name="location_coords")
-    with FakeTensorPeer(MEANS, STDS) as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float16") as p, VllmClient(p.url) as c:
         run_tensor(request(tmp_path, inp, p, overlap=0.0), c, spec, SIX)
         locs = sorted(tuple(loc.ravel()) for loc in p.locations)
     with rasterio.open(inp) as src:
@@ -318,15 +323,15 @@ def test_location_model_needs_a_crs(tmp_path, peer, client):
         dst.write(np.full((6, 64, 64), 1000, np.uint16))
     with pytest.raises(InputError, match="no CRS"):
         run_tensor(request(tmp_path, inp, peer), client, make_spec(location_name="location_coords"), SIX)
-    assert peer.requests == 0
+    assert len(peer.jobs) == 0
 
 
 def test_concurrency_is_bounded(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=500, height=500)
-    with FakeTensorPeer(MEANS, STDS, delay=0.15) as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, delay=0.15, expect_dtype="float16") as p, VllmClient(p.url) as c:
         run_tensor(request(tmp_path, inp, p, overlap=0.0, concurrency=3), c, make_spec(), SIX)
-        assert p.requests == 16
+        assert len(p.jobs) == 16
         assert p.max_in_flight == 3
 
 
@@ -334,8 +339,8 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=500, height=500)
     out = tmp_path / "out.tif"
-    with FakeTensorPeer(MEANS, STDS, delay=20.0) as p, VllmClient(p.url) as c:
-        prog = Recorder(lambda r: p.requests >= 2)
+    with FakeVllm("tensor", MEANS, STDS, delay=20.0, expect_dtype="float16") as p, VllmClient(p.url) as c:
+        prog = Recorder(lambda r: len(p.jobs) >= 2)
         t0 = time.monotonic()
         with pytest.raises(Cancelled):
             run_tensor(request(tmp_path, inp, p, concurrency=2), c, make_spec(), SIX, prog)
@@ -344,10 +349,10 @@ def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
         assert returned - prog.cancelled_at < 1.0
         assert returned - t0 < 5.0
         deadline = time.monotonic() + 2.0  # the peer notices both hang-ups: the requests were dropped
-        while p.disconnects < 2 and time.monotonic() < deadline:
+        while len(p.disconnects) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert p.disconnects == 2 and p.completed == 0
-        assert p.requests == 2  # nothing sent after the cancel
+        assert len(p.disconnects) == 2 and len(p.jobs) == 2  # both dropped, none answered
+        assert len(p.jobs) == 2  # nothing sent after the cancel
     assert not out.exists()
     assert leftovers(tmp_path) == []
 
@@ -357,8 +362,8 @@ def test_server_error_midway_leaves_the_old_output_untouched(tmp_path):
     generate_scene(inp, seed=8, width=500, height=500)
     out = tmp_path / "out.tif"
     out.write_bytes(b"previous map")
-    with FakeTensorPeer(MEANS, STDS) as p, VllmClient(p.url, retries=0) as c:
-        p.fail_after = 5
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float16") as p, VllmClient(p.url, retries=0) as c:
+        p.fault = lambda n, body: Reply(500, vllm_error("injected failure", 500)) if n >= 5 else None
         with pytest.raises(ServerError, match="injected failure"):
             run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
     assert out.read_bytes() == b"previous map"
@@ -389,21 +394,21 @@ def test_wrong_logits_size_is_a_server_error(tmp_path, peer, client):
 def test_old_server_gets_torch_save_tensors_without_torch(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=100, height=100)
-    with FakeTensorPeer(MEANS, STDS, version="0.18.1") as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, version="0.18.1", expect_dtype="float16") as p, VllmClient(p.url) as c:
         stats = run_tensor(request(tmp_path, inp, p), c, make_spec(), SIX)
-        assert stats.encoding == "torch" and p.requests > 0 and set(p.dtypes) == {"float16"} and not p.dead
+        assert stats.encoding == "torch" and len(p.jobs) > 0 and set(p.dtypes) == {"float16"} and not p.dead
 
 
 def test_bfloat16_server_gets_bfloat16_tensors(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=100, height=100)
-    with FakeTensorPeer(MEANS, STDS, expect_dtype="bfloat16") as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="bfloat16") as p, VllmClient(p.url) as c:
         stats = run_tensor(request(tmp_path, inp, p), c, make_spec(dtype="bfloat16"), SIX)
         assert stats.encoding == "torch" and set(p.dtypes) == {"bfloat16"} and not p.dead
         # the rule's answer through bfloat16 equals the float32 rule on all but the closest calls
         with rasterio.open(stats.output_path) as ds:
             got = ds.read(1)
-    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url) as c:
         out32 = tmp_path / "f32.tif"
         run_tensor(MapFloodsRequest(input_path=str(inp), output_path=str(out32), server_url=p.url, model=p.model),
                    c, make_spec(dtype="float32"), SIX)
@@ -415,7 +420,7 @@ def test_bfloat16_server_gets_bfloat16_tensors(tmp_path):
 def test_a_wrong_dtype_is_reported_as_the_server_engine_dying(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=100, height=100)
-    with FakeTensorPeer(MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url, retries=0) as c:
+    with FakeVllm("tensor", MEANS, STDS, expect_dtype="float32") as p, VllmClient(p.url, retries=0) as c:
         with pytest.raises(EngineDied) as err:
             run_tensor(request(tmp_path, inp, p), c, make_spec(tile=64, dtype="float16"), SIX)
     assert "The engine of the vLLM server" in err.value.message and "must be restarted" in err.value.message

@@ -1,0 +1,240 @@
+"""Flood extent in real QGIS against the real demo vLLM servers: map_floods with PRE_EVENT and/or
+REFERENCE_WATER on generated pre-event/event pairs whose flood and permanent water are known, through
+image-to-image and tensor-to-tensor, references on other grids and CRSs, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from scripts.scenes import class_iou, flood_classes, generate_pair, generate_scene, regrid_scene
+from tests.fixtures.references import water_shapes, write_occurrence, write_vector
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+MIN_FLOOD_IOU = 0.8
+MIN_PERMANENT_IOU = 0.8
+
+
+def _params(src, out, server, **extra):
+    params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": server.url, "OUTPUT": str(out)}
+    params.update(extra)
+    return params
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.transform, ds.crs
+
+
+def _check_figures(result, classes, transform):
+    pixel_km2 = abs(transform.a * transform.e) / 1e6
+    flood, permanent = int((classes == 1).sum()), int((classes == 2).sum())
+    assert result["FLOOD_PIXELS"] == flood
+    assert result["PERMANENT_WATER_PIXELS"] == permanent
+    assert result["WATER_PIXELS"] == flood + permanent
+    assert result["FLOOD_AREA_KM2"] == pytest.approx(flood * pixel_km2, rel=1e-6)
+    assert result["PERMANENT_WATER_AREA_KM2"] == pytest.approx(permanent * pixel_km2, rel=1e-6)
+
+
+def _ious(name, classes, truth):
+    flood, permanent = class_iou(classes, truth, 1), class_iou(classes, truth, 2)
+    print(f"{name}: flood IoU {flood:.3f}, permanent-water IoU {permanent:.3f}")
+    return flood, permanent
+
+
+def _nothing_written(folder: Path, out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_pre_event_image_to_image_styled_with_polygons(provider_loaded, vllm_server, tmp_path):
+    """The pair through image-to-image: classes, figures, IoUs, the two-colour style and its .qml, polygons."""
+    import processing
+    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+
+    from floodmapper.plugin.processing.postprocessor import FLOOD_COLOR, PERMANENT_WATER_COLOR
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    truth = flood_classes(*generate_pair(pre, post, seed=9150, width=256, height=256))
+    out, polys = tmp_path / "flood.tif", tmp_path / "water.gpkg"
+    result = processing.runAndLoadResults("floodmapper:map_floods", _params(
+        post, out, vllm_server, PRE_EVENT=str(pre), WATER_POLYGONS=str(polys)))
+
+    classes, transform, _ = _read(out)
+    assert set(np.unique(classes)) <= {0, 1, 2, 255}
+    _check_figures(result, classes, transform)
+    assert result["NO_REFERENCE_PIXELS"] == 0  # the pre-event image covers the whole scene
+    flood, permanent = _ious("image-to-image", classes, truth)
+    assert flood >= MIN_FLOOD_IOU and permanent >= MIN_PERMANENT_IOU
+
+    layer = QgsProject.instance().mapLayersByName("scene – flood")[0]
+    legend = {c.value: (c.label, c.color.name(), c.color.alpha()) for c in layer.renderer().classes()}
+    assert legend[1] == ("Flood water", FLOOD_COLOR.name(), 255)
+    assert legend[2] == ("Permanent water", PERMANENT_WATER_COLOR.name(), 255)
+    assert legend[0][2] == 0
+    assert "Flood water" in layer.abstract() and "no reference" in layer.abstract()
+    sidecar = QgsRasterLayer(str(out), "from the file")  # the .qml beside it styles the file the same way
+    assert {c.value: (c.label, c.color.name(), c.color.alpha()) for c in sidecar.renderer().classes()} == legend
+    QgsProject.instance().removeMapLayer(layer.id())
+
+    water = QgsVectorLayer(str(result["WATER_POLYGONS"]), "water", "ogr")
+    by_class = {"flood": [0.0, 0], "permanent": [0.0, 0]}
+    for feature in water.getFeatures():
+        by_class[feature["class"]][0] += feature["area_m2"]
+        by_class[feature["class"]][1] += feature["pixels"]
+    assert by_class["flood"][1] == result["FLOOD_PIXELS"]
+    assert by_class["permanent"][1] == result["PERMANENT_WATER_PIXELS"]
+    assert by_class["flood"][0] / 1e6 == pytest.approx(result["FLOOD_AREA_KM2"], rel=0.01)
+    assert by_class["permanent"][0] / 1e6 == pytest.approx(result["PERMANENT_WATER_AREA_KM2"], rel=0.01)
+
+
+def test_pre_event_tensor_to_tensor(provider_loaded, vllm_tensor_server, tmp_path):
+    import processing
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    truth = flood_classes(*generate_pair(pre, post, seed=9155, width=256, height=256))
+    out, prob = tmp_path / "flood.tif", tmp_path / "probability.tif"
+    result = processing.run("floodmapper:map_floods", _params(
+        post, out, vllm_tensor_server, PRE_EVENT=str(pre), TRANSPORT=2, PROBABILITY=str(prob),
+        MODEL_SPEC=str(ROOT / "resources" / "demo_model")))
+    classes, transform, _ = _read(out)
+    _check_figures(result, classes, transform)
+    flood, permanent = _ious("tensor-to-tensor", classes, truth)
+    assert flood >= MIN_FLOOD_IOU and permanent >= MIN_PERMANENT_IOU
+    with rasterio.open(prob) as ds:  # the event's probability, committed with the classes
+        p = ds.read(1)
+    assert ((p > 0.5) == np.isin(classes, (1, 2))).mean() > 0.999
+
+
+def test_pre_event_on_another_grid(provider_loaded, vllm_server, tmp_path):
+    """The pre-event image in another CRS at 20 m: mapped on its own grid, brought onto the event's."""
+    import processing
+
+    pre10, post = tmp_path / "pre10.tif", tmp_path / "scene.tif"
+    truth = flood_classes(*generate_pair(pre10, post, seed=9157, width=256, height=256))
+    pre = tmp_path / "pre-utm32-20m.tif"
+    regrid_scene(pre10, pre, "EPSG:32632", 20.0)
+    out = tmp_path / "flood.tif"
+    result = processing.run("floodmapper:map_floods", _params(post, out, vllm_server, PRE_EVENT=str(pre)))
+    classes, transform, crs = _read(out)
+    with rasterio.open(post) as src:
+        assert (crs, transform, classes.shape) == (src.crs, src.transform, (src.height, src.width))
+    _check_figures(result, classes, transform)
+    flood, permanent = _ious("pre-event at 20 m in EPSG:32632", classes, truth)
+    assert flood >= MIN_FLOOD_IOU and permanent >= 0.7  # 20 m pixels blur the shores of the permanent water
+
+
+def test_reference_polygons_in_another_crs(provider_loaded, vllm_server, tmp_path):
+    """OpenStreetMap-like water polygons in EPSG:4326 for an event raster in UTM."""
+    import processing
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    pre_truth, post_truth = generate_pair(pre, post, seed=9164, width=256, height=256)
+    truth = flood_classes(pre_truth, post_truth)
+    reference = write_vector(tmp_path / "osm-water.gpkg", water_shapes(pre_truth, pre, "EPSG:4326"), "EPSG:4326")
+    out = tmp_path / "flood.tif"
+    result = processing.run("floodmapper:map_floods", _params(post, out, vllm_server, REFERENCE_WATER=reference))
+    classes, transform, _ = _read(out)
+    _check_figures(result, classes, transform)
+    assert result["NO_REFERENCE_PIXELS"] == 0  # polygons cover everything: outside them is land
+    flood, permanent = _ious("reference polygons in EPSG:4326", classes, truth)
+    assert flood >= MIN_FLOOD_IOU and permanent >= MIN_PERMANENT_IOU
+
+
+def test_reference_raster_covering_half(provider_loaded, vllm_server, tmp_path):
+    """A JRC-like occurrence raster (percent, threshold 50) in EPSG:4326 over the western half only: the east
+    has no reference, so its water is flood, and the log and the output count those pixels."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    pre_truth, post_truth = generate_pair(pre, post, seed=9169, width=256, height=256)
+    truth = flood_classes(pre_truth, post_truth)
+    reference = write_occurrence(tmp_path / "occurrence.tif", pre_truth, pre, "EPSG:4326", 0.00005, 0.5)
+    out = tmp_path / "flood.tif"
+    logs: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (Qt API)
+            logs.append(info)
+            super().pushInfo(info)
+
+    result = processing.run("floodmapper:map_floods", _params(
+        post, out, vllm_server, REFERENCE_WATER=reference, REFERENCE_THRESHOLD=50),
+        context=QgsProcessingContext(), feedback=Feedback())
+    classes, transform, _ = _read(out)
+    _check_figures(result, classes, transform)
+    share = result["NO_REFERENCE_PIXELS"] / result["VALID_PIXELS"]
+    assert 0.4 < share < 0.6, share
+    assert f"{result['NO_REFERENCE_PIXELS']:,} valid pixels" in "\n".join(logs)
+    west, east = slice(0, 110), slice(146, 256)
+    assert not (classes[:, east] == 2).any()  # no reference there: all water is flood
+    assert np.array_equal(classes[:, east] == 1, np.isin(classes[:, east], (1, 2)))
+    flood, permanent = _ious("occurrence >= 50 on the western half", classes[:, west], truth[:, west])
+    assert flood >= MIN_FLOOD_IOU and permanent >= MIN_PERMANENT_IOU
+
+
+def test_no_overlap_warns_and_maps_everything_as_flood(provider_loaded, vllm_server, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    post = tmp_path / "scene.tif"
+    generate_scene(post, seed=9152, width=128, height=128)
+    elsewhere = tmp_path / "elsewhere.tif"
+    elsewhere_truth = generate_scene(elsewhere, seed=9152, width=128, height=128, centre_lonlat=(20.0, 50.0))
+    reference = write_vector(tmp_path / "far.gpkg", water_shapes(elsewhere_truth, elsewhere, "EPSG:4326"),
+                             "EPSG:4326")
+    warnings: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushWarning(self, warning):  # noqa: N802 (Qt API)
+            warnings.append(warning)
+            super().pushWarning(warning)
+
+    out = tmp_path / "flood.tif"
+    result = processing.run("floodmapper:map_floods", _params(post, out, vllm_server, REFERENCE_WATER=reference),
+                            context=QgsProcessingContext(), feedback=Feedback())
+    assert result["FLOOD_PIXELS"] == result["WATER_PIXELS"] > 0
+    assert result["PERMANENT_WATER_PIXELS"] == 0
+    assert any("does not overlap" in w and "flood" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("case", ["points", "lines", "pre-event bands", "threshold"])
+def test_bad_reference_input_fails_before_anything_is_written(provider_loaded, vllm_server, tmp_path, case):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    pre_truth, _ = generate_pair(pre, post, seed=9152, width=64, height=64)
+    shapes = water_shapes(pre_truth, pre, "EPSG:4326")
+    extra: dict = {}
+    if case == "points":
+        points = [{"type": "Point", "coordinates": s["coordinates"][0][0]} for s in shapes]
+        extra["REFERENCE_WATER"] = write_vector(tmp_path / "points.gpkg", points, "EPSG:4326", "Point")
+        expected = ("not polygons", "polygons")
+    elif case == "lines":
+        lines = [{"type": "LineString", "coordinates": s["coordinates"][0]} for s in shapes]
+        extra["REFERENCE_WATER"] = write_vector(tmp_path / "lines.gpkg", lines, "EPSG:4326", "LineString")
+        expected = ("not polygons", "buffer")
+    elif case == "pre-event bands":
+        l1c = tmp_path / "pre-l1c.tif"
+        generate_scene(l1c, seed=9152, width=64, height=64, bands="s2l1c", flood=False)
+        extra["PRE_EVENT"] = str(l1c)
+        expected = ("13 band(s)", "same bands")
+    else:
+        extra["REFERENCE_WATER"] = write_occurrence(tmp_path / "occ.tif", pre_truth, pre, "EPSG:4326", 0.0001)
+        extra["REFERENCE_THRESHOLD"] = 300
+        expected = ("REFERENCE_THRESHOLD 300", "0 to 255")
+    before = {p.name for p in tmp_path.iterdir()}
+    out = tmp_path / "flood.tif"
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("floodmapper:map_floods", _params(post, out, vllm_server, **extra))
+    message = str(err.value)
+    print(f"{case}: {message}")
+    assert all(text in message for text in expected), message
+    assert {p.name for p in tmp_path.iterdir()} == before  # nothing written, no temporary file left
