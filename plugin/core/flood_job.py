@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Callable, Optional
 
 from . import raster
+from .area_of_interest import Area, plan_area
 from .errors import InputError
 from .flood_extent import (
     check_references,
@@ -89,6 +90,13 @@ def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo) -> raste
     return pre
 
 
+def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
+    """Request fields that map the pre-event image over the event's area: the window's bounds in the event's CRS.
+    The mask polygons and the cloud mask are the event's: the flood map is nodata where they leave it out."""
+    return {"extent": None if aoi.whole else aoi.bounds, "extent_crs": "" if aoi.whole else (info.crs or ""),
+            "mask_polygons": None, "mask_crs": "", "cloud_mask_path": ""}
+
+
 def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map_water: MapWater) -> MapFloodsResult:
     """The flood extent of `request.input_path` against its pre-event image and/or reference water."""
     warned: list[str] = []
@@ -100,11 +108,14 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
 
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
+    if request.cloud_mask_path:  # an input too: never written over
+        check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
+    aoi = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs)
     refs = request_references(request)
     for ref in refs:
         if isinstance(ref, RasterReference):
             check_output_path(request.output_path, ref.path)
-    grid = Grid.of(info)
+    grid = Grid.of(aoi.view(info))  # the references are weighed over the area mapped
     pre_ref: Optional[RasterReference] = None
     if request.pre_event_path:
         require_crs(grid)
@@ -134,7 +145,7 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
                           f"(model {event.model}, {event.transport} transport)")
             map_water(replace(plain, input_path=request.pre_event_path, output_path=scratch[2], probability_path="",
-                              transport=event.transport, model=event.model),
+                              transport=event.transport, model=event.model, **_same_area(aoi, info)),
                       backend, _Part(progress, rest, "Pre-event image: ", warn))
             refs = [replace(pre_ref, path=scratch[2])] + refs
         progress.info(f"Comparing the water with {describe(refs) or 'no reference'}")

@@ -1,7 +1,8 @@
 """Image-to-image transport: the server's `terratorch_segmentation` IOProcessor reads the raster itself.
 
-One /pooling request names the raster (a path the server sees, or a URL: image_source.py); the answer is a
-base64 GeoTIFF of class × 255, made into the 0/1/255 flood map by server_map.py.
+One /pooling request names the raster (a path the server sees, or a URL: image_source.py; or a temporary copy
+of the area: image_copy.py); the answer is a base64 GeoTIFF of class × 255, made into the 0/1/255 flood map by
+server_map.py.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import tempfile
 import time
 from typing import Callable, Optional
 
+from .area_of_interest import whole_area
 from .errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
+from .image_copy import copy_reason, input_copy
+from .image_source import copy_folder, server_path
 from .jobs import ImageJob, Stats
 from .outage import Outage
 from .progress import Progress, ProgressSpan, check_cancel
@@ -106,15 +110,32 @@ def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
               revive: Optional[Callable[[], bool]] = None) -> Stats:
     """Send one /pooling request, wait (cancellable), write the map; returns its statistics.
 
-    A server that goes away while it works is asked again once it answers /health, within `job.retry_wait`
-    (`revive` starts the local engine again if it died).
+    A server that cannot read the input as it is (`job.copy_for`: a window of it is mapped, or it is a VRT) gets
+    a temporary GeoTIFF of the area's bands instead (image_copy.py), removed afterwards. A server that goes away
+    while it works is asked again once it answers /health, within `job.retry_wait` (`revive` starts the local
+    engine again if it died).
+    """
+    if job.copy_for is None:
+        return _send(job, job.data, job.data_format, job.bands, client, progress, span, revive)
+    why = copy_reason(job.input, job.area)
+    folder = copy_folder(job.copy_for, why)
+    progress.info(f"Writing the model's bands of the area to a temporary GeoTIFF the server reads ({why})")
+    with input_copy(job.input, job.area, job.bands, folder, progress.is_canceled) as path:
+        return _send(job, server_path(path, job.copy_for), "path", list(range(len(job.bands))), client,
+                     progress, span, revive)
+
+
+def _send(job: ImageJob, data: str, data_format: str, indices: list[int], client, progress: Progress,
+          span: ProgressSpan, revive: Optional[Callable[[], bool]]) -> Stats:
+    """The request for the raster at `data` (its bands `indices`), and the map from the answer.
 
     The decoded server GeoTIFF goes to a private temp folder (removed whatever happens) rather than staying
     in memory next to its base64 text, which halves the peak memory for large scenes.
     """
-    payload = build_payload(job.model, job.data, job.data_format, job.bands, job.version)
+    payload = build_payload(job.model, data, data_format, indices, job.version)
     info = job.input
-    expected = 3.0 + SECONDS_PER_TILE * info.width * info.height / (512 * 512)
+    area = job.area or whole_area(info)
+    expected = 3.0 + SECONDS_PER_TILE * area.width * area.height / (512 * 512)
     waiting, writing = span.split(0.9)
     last_note = [0.0]
 
@@ -128,13 +149,13 @@ def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
     try:
         progress.set_progress(waiting.at(0))
         progress.info(
-            f"Request sent ({job.data_format} {client.redact(job.data)}, bands {[b + 1 for b in job.bands]}); "
+            f"Request sent ({data_format} {client.redact(data)}, bands {[b + 1 for b in job.bands]}); "
             "waiting for the server..."
         )
         t0 = time.monotonic()
         try:
             outage = Outage(client, job.retry_wait, progress.is_canceled, revive)
-            answer = _ask(client, payload, progress, on_wait, outage, answer_limit(info.width, info.height))
+            answer = _ask(client, payload, progress, on_wait, outage, answer_limit(area.width, area.height))
         except EngineDied as exc:
             exc.hint += (" The TerraTorch IOProcessor sends float16 tiles, so an image-to-image server must run "
                          "--dtype float16.")
@@ -156,7 +177,7 @@ def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
         progress.info(f"Writing the flood map to {job.output_path}")
         return finalize_classes(
             server_tiff, info.path, job.bands, job.output_path, cancel=progress.is_canceled,
-            on_progress=lambda fraction: progress.set_progress(writing.at(fraction)),
+            on_progress=lambda fraction: progress.set_progress(writing.at(fraction)), area=job.area,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

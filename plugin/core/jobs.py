@@ -16,6 +16,8 @@ from .errors import InputError
 from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS, DEFAULT_RETRY_WAIT
 
 if TYPE_CHECKING:
+    from .area_of_interest import Area
+    from .image_source import ServerReach
     from .model_spec import ModelSpec
     from .raster import RasterInfo
     from .reference import PolygonReference
@@ -56,6 +58,13 @@ class MapFloodsRequest:
     server_dtype: str = "auto"
     server_dtype_reason: str = ""  # why that dtype, for the log (e.g. the local engine's choice)
     retry_wait: float = DEFAULT_RETRY_WAIT  # seconds a job waits for a server that went away (0: fail at once)
+    # the area mapped (area_of_interest.py); the rest of the raster is neither sent nor mapped
+    extent: Optional[tuple[float, float, float, float]] = None  # (xmin, ymin, xmax, ymax); None = all
+    extent_crs: str = ""  # the extent's CRS (EPSG:n or WKT); "" = the raster's
+    mask_polygons: Optional[list[dict]] = None  # GeoJSON-like (multi)polygons; None = no mask ([]: an error)
+    mask_crs: str = ""  # the polygons' CRS; "" = the raster's
+    cloud_mask_path: str = ""  # a raster whose cloud_values are cloud (e.g. Sentinel-2 L2A SCL); "" = none
+    cloud_values: Optional[tuple[float, ...]] = None  # None = 3, 8, 9, 10 (SCL cloud shadow, clouds, cirrus)
     # flood extent (flood_job.py): water compared with reference water, united from any of these
     pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
     reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
@@ -127,6 +136,10 @@ class ImageJob:
     data_format: str  # "path" | "url"
     output_path: str
     retry_wait: float = 0.0  # seconds to wait for a server that went away before the request is sent again
+    area: Optional[Area] = None  # the part mapped; None = the whole raster
+    # set when the server cannot read the input as it is (a window of it, a VRT): the transport writes the
+    # area's bands to a temporary GeoTIFF this server reads, and sends that instead of `data`
+    copy_for: Optional[ServerReach] = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,7 @@ class TensorJob:
     offset: Optional[float] = None
     location_mode: str = "tile"  # "raster": the raster's centre for every tile, as the IOProcessor does
     retry_wait: float = 0.0  # seconds to wait for a server that went away before a tile is sent again
+    area: Optional[Area] = None  # the part mapped; None = the whole raster
 
 
 @dataclass
@@ -196,6 +210,8 @@ class MapFloodsResult:
     server_version: str = ""
     probability_path: str = ""
     warnings: list[str] = field(default_factory=list)
+    cloud_pixels: int = 0  # pixels of the area with data that the cloud mask left out
+    cloud_fraction: float = 0.0  # their share of the area's pixels with data
     # flood extent: without a reference, all water is flood water and no pixel has a reference
     reference: str = ""  # what the water was compared with ("" = nothing)
     flood_pixels: Optional[int] = None

@@ -17,10 +17,13 @@ from dataclasses import replace
 from typing import Optional, Union
 
 from . import raster
+from .area_mask import build_mask
+from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
 from .bands import choose_bands
 from .errors import ModelSpecError
 from .flood_job import map_flood_extent
+from .image_copy import copy_reason
 from .image_source import server_source
 from .image_transport import run_image, version_quirks
 from .jobs import (
@@ -65,11 +68,13 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     progress.info(f"Reading {request.input_path}")
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
+    aoi = _planned_area(info, request, progress)
+    view, copy_why = aoi.view(info), copy_reason(info, aoi)  # the raster as mapped; why a server gets a copy
     asked = request.transport_asked()
     overlap, concurrency = request.tensor_options()
     request.dtype_asked()
     if asked == TRANSPORT_IMAGE:
-        check_forced_image(request, info, backend.reach(request))
+        check_forced_image(request, view, backend.reach(request), copy_why)
     if info.crs is None:
         warn("The raster has no CRS: the flood map will have none either and its water area cannot be given "
              "in km². A model that uses location (a '-TL' model) cannot run on it; assign a CRS first "
@@ -80,18 +85,20 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     bands: Optional[list[int]] = None
     if spec is not None:
         bands = _bands(info, request, spec, warn, progress)
+        aoi = _mapped_area(info, aoi, bands, warn, progress)
     check_cancel(progress)
     progress.set_progress(2)
 
-    conn = backend.connect(request, info, asked, progress)
+    conn = backend.connect(request, view, asked, progress)
     try:
         client = conn.client
         facts = _ask_server(client, request.model, progress, warn)
-        transport = choose_transport(asked, facts.kind, info, _with_dtype(request, conn), conn.reach)
+        transport = choose_transport(asked, facts.kind, view, _with_dtype(request, conn), conn.reach, copy_why)
         if spec is None:
             spec = _served_spec(client, facts.model, required=transport == TRANSPORT_TENSOR)
         if bands is None:
             bands = _bands(info, request, spec, warn, progress)
+            aoi = _mapped_area(info, aoi, bands, warn, progress)
         check_cancel(progress)
         progress.set_progress(TRANSPORT_SPAN.start)
         if transport == TRANSPORT_TENSOR:
@@ -101,13 +108,14 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
                 input=info, bands=bands, spec=spec, model=facts.model, version=facts.version,
                 output_path=request.output_path, probability_path=request.probability_path, overlap=overlap,
                 concurrency=concurrency, scale=request.scale, offset=request.offset, retry_wait=request.retry_wait,
+                area=aoi,
             )
             stats: Stats = run_tensor(job, client, progress, TRANSPORT_SPAN, revive=conn.revive).stats
         else:
-            data, data_format = server_source(info, conn.reach)
+            data, data_format = ("", "path") if copy_why else server_source(info, conn.reach)
             job = ImageJob(input=info, bands=bands, model=facts.model, version=facts.version, data=data,
                            data_format=data_format, output_path=request.output_path,
-                           retry_wait=request.retry_wait)
+                           retry_wait=request.retry_wait, area=aoi, copy_for=conn.reach if copy_why else None)
             stats = run_image(job, client, progress, TRANSPORT_SPAN, revive=conn.revive)
     finally:
         conn.close()
@@ -127,6 +135,8 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
         server_version=facts.version,
         probability_path=request.probability_path if transport == TRANSPORT_TENSOR else "",
         warnings=warnings,
+        cloud_pixels=aoi.cloud_pixels,
+        cloud_fraction=aoi.cloud_fraction,
     )
 
 
@@ -153,6 +163,29 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
     progress.info(f"Input: {info.width}×{info.height} px, {info.count} bands; the model gets input bands "
                   f"{[b + 1 for b in bands]}")
     return bands
+
+
+def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:
+    """The window the request maps (EXTENT, MASK polygons): geometry only, checked before anything costs."""
+    if request.cloud_mask_path:  # an input too: never written over
+        check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
+    area = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs,
+                     request.cloud_mask_path, request.cloud_values, note=progress.info)
+    if not area.whole or area.polygons or area.cloud_path:
+        progress.info(area.describe(info))
+    return area
+
+
+def _mapped_area(info: raster.RasterInfo, area: Area, bands: list[int], warn, progress: Progress) -> Area:
+    """The area's pixels to map (the mask polygons', the clear ones, those with data), once the bands are known."""
+    if area.polygons or area.cloud_path:
+        progress.info("Finding the pixels to map: " + " and ".join(
+            ["inside the mask polygons"] * bool(area.polygons) + ["not cloud"] * bool(area.cloud_path)))
+    area = build_mask(info, area, bands, progress.is_canceled, warn)
+    if area.cloud_path:
+        progress.info(f"Cloud mask: {area.cloud_pixels} of the area's {area.data_pixels} pixels with data are "
+                      f"cloud ({100 * area.cloud_fraction:.2f} %); they are nodata in the map")
+    return area
 
 
 def _named_spec(source: str) -> Optional[ModelSpec]:

@@ -18,6 +18,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .errors import Cancelled, InputError
+from .vrt_sources import band_labels
 
 BLOCK = 1024  # processing window (a multiple of the output's 256-px tiles)
 
@@ -34,7 +35,7 @@ class RasterInfo:
     crs: Optional[str]  # WKT, or None when the raster has no CRS
     transform: Affine
     nodata: tuple[Optional[float], ...]
-    descriptions: tuple[Optional[str], ...]
+    descriptions: tuple[Optional[str], ...]  # a VRT band without one: its source's (vrt_sources.py)
     is_geographic: bool
     is_file: bool  # a local file (the server may read it by path), not a URL or /vsi path
     driver: str = ""
@@ -58,7 +59,7 @@ def inspect(path: str) -> RasterInfo:
                 crs=crs.to_wkt() if crs else None,
                 transform=src.transform,
                 nodata=tuple(src.nodatavals),
-                descriptions=tuple(src.descriptions),
+                descriptions=band_labels(src) if src.driver == "VRT" else tuple(src.descriptions),
                 is_geographic=bool(crs and crs.is_geographic),
                 is_file=os.path.isfile(path),
                 driver=src.driver,
@@ -86,13 +87,18 @@ def valid_mask(src: rasterio.io.DatasetReader, band_indices: list[int], window: 
     return valid
 
 
-def has_valid_pixels(path: str, band_indices: list[int], cancel: Optional[CancelFn] = None) -> bool:
-    """Whether any pixel has data in all used bands; stops at the first window that has one."""
+def has_valid_pixels(path: str, band_indices: list[int], cancel: Optional[CancelFn] = None,
+                     window: Optional[Window] = None) -> bool:
+    """Whether any pixel (of `window`, default all) has data in all used bands; stops at the first block
+    that has one."""
     with rasterio.open(path) as src:
-        for window in iter_windows(src.width, src.height):
+        area = window or Window(0, 0, src.width, src.height)
+        c0, r0 = int(area.col_off), int(area.row_off)
+        for block in iter_windows(int(area.width), int(area.height)):
             if cancel is not None and cancel():
                 raise Cancelled()
-            if valid_mask(src, band_indices, window).any():
+            on_input = Window(c0 + block.col_off, r0 + block.row_off, block.width, block.height)
+            if valid_mask(src, band_indices, on_input).any():
                 return True
     return False
 

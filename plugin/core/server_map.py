@@ -16,6 +16,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
+from .area_of_interest import Area, whole_area
 from .classes import NODATA
 from .errors import Cancelled, ServerError
 from .jobs import Stats
@@ -50,7 +51,8 @@ def _open_server_raster(server_tiff: Union[bytes, str, os.PathLike]):
         raise ServerError(f"The server's output '{server_tiff}' cannot be read: {exc}.", "") from None
 
 
-def _check_same_grid(server: rasterio.io.DatasetReader, src: rasterio.io.DatasetReader) -> None:
+def _check_same_grid(server: rasterio.io.DatasetReader, src) -> None:
+    """The server's map is on `src`'s grid (the input's, or the area's: width, height, transform, crs)."""
     problems = []
     if (server.width, server.height) != (src.width, src.height):
         problems.append(f"size {server.width}×{server.height} instead of {src.width}×{src.height}")
@@ -75,26 +77,32 @@ def finalize_classes(
     output_path: str,
     cancel: Optional[CancelFn] = None,
     on_progress: Optional[ProgressFn] = None,
+    area: Optional[Area] = None,
 ) -> Stats:
     """Write the flood map: server classes remapped to 0/1, nodata 255 wherever an input band has none.
 
     The server knows nothing of nodata (TerraTorch predicts on the fill value too), so the mask comes from
-    the input's own dataset masks, for exactly the bands that were sent.
+    the input's own dataset masks, for exactly the bands that were sent. With an `area`, the server's map and
+    the output are on the area's window of the input's grid, and what the area leaves out is nodata too.
     """
     memfile, server = _open_server_raster(server_tiff)
     outputs = None
     try:
         with server, rasterio.open(input_path) as src:
-            _check_same_grid(server, src)
-            acc = StatsAccumulator(src.crs.to_wkt() if src.crs else None, src.transform)
+            area = area or whole_area(src)
+            grid = area.grid(src.crs)
+            _check_same_grid(server, grid)
+            acc = StatsAccumulator(src.crs.to_wkt() if src.crs else None, grid.transform)
             outputs = AtomicOutputs([output_path], keep=input_path)
-            windows = list(iter_windows(src.width, src.height))
-            with rasterio.open(outputs.temps[0], "w", **output_profile(src)) as dst:
+            windows = list(iter_windows(grid.width, grid.height))
+            with rasterio.open(outputs.temps[0], "w", **output_profile(grid)) as dst:
                 for i, window in enumerate(windows):
                     if cancel is not None and cancel():
                         raise Cancelled()
                     classes = decode_classes(server.read(1, window=window))
-                    valid = valid_mask(src, band_indices, window)
+                    valid = valid_mask(src, band_indices, area.on_input(window))
+                    if area.mask is not None:
+                        valid &= area.mask.read(window)
                     dst.write(np.where(valid, classes, NODATA).astype(np.uint8), 1, window=window)
                     acc.add(window, classes, valid)
                     if on_progress is not None:

@@ -14,7 +14,7 @@ from typing import Optional
 
 from .cpu import DtypeChoice, fastest_dtype
 from .errors import EngineError, InputError, ModelSpecError, TransportUnsupported
-from .image_source import ServerReach, server_source
+from .image_source import ServerReach, check_reach
 from .jobs import TRANSPORT_IMAGE, TRANSPORT_TENSOR, MapFloodsRequest
 from .model_spec import normalise_dtype
 from .raster import RasterInfo
@@ -29,9 +29,12 @@ def image_too_large(info: RasterInfo, max_megapixels: float) -> bool:
     return max_megapixels > 0 and info.width * info.height > max_megapixels * 1e6
 
 
-def check_forced_image(request: MapFloodsRequest, info: RasterInfo, reach: ServerReach) -> None:
-    """A forced image transport the server could not take fails here, before any request."""
-    server_source(info, reach)  # a layer the server cannot reach
+def check_forced_image(request: MapFloodsRequest, info: RasterInfo, reach: ServerReach, copy_why: str = "") -> None:
+    """A forced image transport the server could not take fails here, before any request.
+
+    `info` is the raster as mapped (an area's size); `copy_why` says why the server would get a copy of it.
+    """
+    check_reach(info, reach, copy_why)  # a layer (or a copy) the server cannot reach
     if image_too_large(info, request.image_max_megapixels):
         raise InputError(
             f"The raster is {info.size_text}, larger than image-to-image takes ({request.image_max_megapixels:g} "
@@ -56,8 +59,9 @@ def check_image_dtype(server_dtype: str) -> None:
 
 
 def choose_transport(asked: str, kind: str, info: RasterInfo, request: MapFloodsRequest,
-                     reach: ServerReach) -> str:
-    """The transport for this server (`kind`: "image" or "tensor") and raster; a forced one must agree."""
+                     reach: ServerReach, copy_why: str = "") -> str:
+    """The transport for this server (`kind`: "image" or "tensor") and raster (as mapped: an area's size); a
+    forced one must agree. `copy_why`: why image-to-image would send the server a copy of the input."""
     if asked == TRANSPORT_IMAGE:
         if kind != "image":
             raise TransportUnsupported(
@@ -88,7 +92,7 @@ def choose_transport(asked: str, kind: str, info: RasterInfo, request: MapFloods
             "image-mode limit in the Flood Mapper options.",
         )
     try:
-        server_source(info, reach)
+        check_reach(info, reach, copy_why)
     except TransportUnsupported as exc:
         raise TransportUnsupported(
             exc.message + " The server runs the IOProcessor plugin, so the tensor transport cannot be "

@@ -36,6 +36,7 @@ from ..toolbelt import resources
 from ..toolbelt import settings as stored_settings
 from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
+from . import area_inputs
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source, parse_bands
 from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
@@ -96,6 +97,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         self._input_name = ""
         self._source_error: InputError | None = None
         self._references = ReferenceInputs()
+        self._raster_crs = None  # the input layer's QgsCoordinateReferenceSystem (area parameters go to it)
+        self._cloud_path = ""
 
     # --- identity ---------------------------------------------------------------------------------------
     def createInstance(self) -> MapFloodsAlgorithm:
@@ -133,6 +136,9 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             "layer allow.\n\n"
             "<b>Bands</b>: empty picks the model's bands from band descriptions (B02, B03, B04, B8A, B11, "
             "B12 or BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2), else the first bands with a warning.\n\n"
+            "<b>Area</b>: EXTENT and MASK polygons (any CRS) limit what is mapped and sent to the server; the map is "
+            "the input's grid cut to them. CLOUD_MASK (e.g. the Sentinel-2 SCL band) with CLOUD_VALUES leaves "
+            "clouds out as nodata and reports the cloud-masked pixels.\n\n"
             "Outputs the water pixel count, valid pixel count, water fraction and water area in km² "
             "(equal-area for geographic CRSs).\n\n"
             "<b>Flood extent</b>: give PRE_EVENT (an image of the same place before the event, mapped the same "
@@ -181,6 +187,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         )
         p.setHelp(tr("E.g. 2,3,4,9,12,13 for a 13-band Sentinel-2 L1C file; empty = from band descriptions."))
         self.addParameter(p)
+        area_inputs.add_parameters(self)  # EXTENT, MASK, CLOUD_MASK, CLOUD_VALUES; CLOUD_PIXELS, CLOUD_FRACTION
         advanced = [
             QgsProcessingParameterString(
                 self.MODEL_SPEC, tr("Model spec (tensor transport): config.json folder, file, URL or preset"),
@@ -248,6 +255,18 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.WATER_FRACTION, tr("Water fraction of valid pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.WATER_AREA_KM2, tr("Water area (km²)")))
 
+    def checkParameterValues(self, parameters, context):
+        """The area parameters' clear messages (the problem and the fix) before QGIS's generic ones."""
+        ok, message = area_inputs.check_values(self, parameters, context)
+        if not ok:
+            qlog.log(f"Map floods: {message}", Qgis.MessageLevel.Critical)
+            return False, message
+        return super().checkParameterValues(parameters, context)
+
+    def validateInputCrs(self, parameters, context) -> bool:
+        """EXTENT, MASK and CLOUD_MASK may have any CRS: each is brought onto the input's grid."""
+        return True
+
     # --- run ----------------------------------------------------------------------------------------------
     def prepareAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> bool:
         """Main thread: read what is needed from the layer so processAlgorithm never touches it."""
@@ -257,8 +276,10 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
                 tr("INPUT is not a raster layer or a readable raster file. Choose a raster layer or file.")
             )
         self._input_name = layer.name()
+        self._raster_crs = layer.crs()
         try:
             self._source = layer_source(layer)
+            self._cloud_path = area_inputs.cloud_source(self, parameters, context)
         except InputError as err:
             self._source_error = err  # reported from processAlgorithm, with the other errors
         self._references = read_reference_inputs(self, parameters, context, layer.crs(), layer.extent())
@@ -280,7 +301,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             qlog.log(f"Map floods failed on '{self._input_name}': {failure}", Qgis.MessageLevel.Critical)
             raise QgsProcessingException(failure)
         summary = summary_text(self._input_name, result)
-        summary = " ".join(filter(None, [summary, extent_text(result)]))
+        summary = " ".join(filter(None, [summary, area_inputs.cloud_summary(result, self._cloud_path),
+                                         extent_text(result)]))
         feedback.pushInfo(summary)
         qlog.log(summary)
         for warning in result.warnings:
@@ -301,6 +323,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         }
         if result.probability_path:
             outputs[self.PROBABILITY] = result.probability_path
+        outputs.update(area_inputs.cloud_outputs(result))
         polygons_id = write_water_polygons(self, parameters, self.WATER_POLYGONS,
                                            self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                            context, feedback, output)
@@ -337,6 +360,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             retry_wait=settings.retry_wait,
         )
         request = replace(request, **self._references.request_fields())
+        area_inputs.fill_request(request, self, parameters, context, self._raster_crs, self._cloud_path)
         if backend_index == BACKEND_LOCAL:
             return map_floods(request, LocalBackend(settings, on_log=qlog.engine_log), progress)
         url = (self.parameterAsString(parameters, self.SERVER_URL, context) or settings.server_url).strip()

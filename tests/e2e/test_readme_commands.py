@@ -49,7 +49,15 @@ PREPARE = r"scripts/prepare-model --ttconfig CONFIG\.yaml -i INPUT_SPEC --weight
 LOCAL = r"scripts/qgis-process run floodmapper:map_floods -- INPUT=scene\.tif BACKEND=1 OUTPUT=flood\.tif"
 OUTLINE = (r"scripts/qgis-process run floodmapper:flood_outline -- input=scene\.tif backend=1 "
            r"map_floods:flood_map=flood\.tif dissolve:flood_outline=outline\.gpkg")
+BAND_FILES = (r"scripts/qgis-process run gdal:buildvirtualraster -- INPUT=B02_10m\.jp2 INPUT=B03_10m\.jp2 "
+              r"INPUT=B04_10m\.jp2 INPUT=B8A_20m\.jp2 INPUT=B11_20m\.jp2 INPUT=B12_20m\.jp2 RESOLUTION=1 "
+              r"SEPARATE=true OUTPUT=stack\.vrt")
+AREA = (r'scripts/qgis-process run floodmapper:map_floods -- INPUT=stack\.vrt '
+        r'"EXTENT=15\.20,15\.35,45\.10,45\.20 \[EPSG:4326\]" CLOUD_MASK=SCL_20m\.jp2 OFFSET=-0\.1 BACKEND=0 '
+        r"SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
 KNOWN = [  # (full-match pattern, kind, what checks it)
+    (BAND_FILES, "run", "test_band_files_to_a_flood_map_of_an_area"),
+    (AREA, "run", "test_band_files_to_a_flood_map_of_an_area"),
     (r"make demo", "run", "test_make_demo_and_batch_on_a_folder"),
     (r"make package", "run", "test_make_package"),
     (r"scripts/qgis-process help floodmapper:map_floods", "run", "test_qgis_process_help"),
@@ -195,7 +203,9 @@ def test_commands_not_run_here_are_checked_where_they_live():
     gpu = (ROOT / "requirements" / "vllm-gpu.txt").read_text()
     assert re.search(r"^vllm==", gpu, re.M) and re.search(r"^terratorch==", gpu, re.M)
     local = readme_command(LOCAL).replace("scene.tif", '"$out/scene.tif"').replace("flood.tif", '"$out/flood.tif"')
-    assert local in (ROOT / "scripts" / "demo").read_text(), "make demo no longer runs the README's BACKEND=1 command"
+    # the demo adds the pre-event image (the flood extent) to the README's command
+    demo = re.sub(r'\s+PRE_EVENT="[^"]*"\s*\\\n\s*', " ", (ROOT / "scripts" / "demo").read_text())
+    assert local in demo, "make demo no longer runs the README's BACKEND=1 command"
 
 
 def test_extraction_reads_blocks_continuations_comments_and_spans():
@@ -256,6 +266,60 @@ def test_serve_demo_serves_and_qgis_process_maps_remotely(vllm_server, tmp_path)
     run(readme_command(REMOTE), {"scene.tif": str(scene), "flood.tif": str(tmp_path / "flood.tif"),
                                  "http://127.0.0.1:8000": vllm_server.url}, tmp_path, 600)
     assert (tmp_path / "flood.tif").is_file() and (tmp_path / "flood.qml").is_file()
+
+
+@pytest.mark.vllm
+def test_band_files_to_a_flood_map_of_an_area(vllm_server, tmp_path):
+    """Sentinel-2 L2A band files as downloaded (B02-B04 at 10 m; B8A, B11, B12 and SCL at 20 m; reflectance x 10000
+    + 1000, as since processing baseline 04.00) -> the README's VRT -> a flood map of an extent, clouds left out."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.warp import transform as warp_transform
+
+    from scripts.scenes import iou, synthesize
+
+    refl, truth = synthesize(9401, 384, 320)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
+    dn = (np.rint(refl * 10000) + 1000).clip(1, 65535).astype(np.uint16)
+    x0, y0 = 500000.0, 4990000.0
+    names = {}
+    for i, band in enumerate(("B02_10m", "B03_10m", "B04_10m", "B8A_20m", "B11_20m", "B12_20m", "SCL_20m")):
+        if band == "SCL_20m":
+            data = np.full((160, 192), 4, np.uint8)
+            data[100:130, 20:80] = 9  # a cloud
+        elif band.endswith("20m"):
+            data = dn[i].reshape(160, 2, 192, 2).mean(axis=(1, 3)).astype(np.uint16)
+        else:
+            data = dn[i]
+        px = 10 if band.endswith("10m") else 20
+        path = tmp_path / f"T33TWM_20240501T100031_{band}.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                           dtype=data.dtype, crs="EPSG:32633", transform=from_origin(x0, y0, px, px)) as dst:
+            dst.write(data, 1)
+        names[f"{band}.jp2"] = str(path)
+    vrt = tmp_path / "stack.vrt"
+    run(readme_command(BAND_FILES), {**{k: v for k, v in names.items() if k != "SCL_20m.jp2"},
+                                     "stack.vrt": str(vrt)}, tmp_path, 300)
+    # the extent: pixels 40-296 x 30-286 of the stack, in lon/lat
+    (lon0, lon1), (lat1, lat0) = warp_transform("EPSG:32633", "EPSG:4326", [x0 + 400.5, x0 + 2959.5],
+                                                [y0 - 300.5, y0 - 2859.5])
+    out = tmp_path / "flood.tif"
+    stdout = run(readme_command(AREA), {"stack.vrt": str(vrt), "SCL_20m.jp2": names["SCL_20m.jp2"],
+                                        "15.20,15.35,45.10,45.20": f"{lon0!r},{lon1!r},{lat0!r},{lat1!r}",
+                                        "http://127.0.0.1:8000": vllm_server.url, "flood.tif": str(out)},
+                 tmp_path, 600)
+    with rasterio.open(out) as ds:
+        classes, t = ds.read(1), ds.transform
+    col, row = round((t.c - x0) / 10), round((y0 - t.f) / 10)
+    assert (t.c - x0) / 10 == col and (y0 - t.f) / 10 == row and 38 <= col <= 40 and 28 <= row <= 30
+    h, w = classes.shape
+    assert 256 <= w <= 260 and 256 <= h <= 260
+    cloud = np.zeros(truth.shape, bool)
+    cloud[200:260, 40:160] = True  # the SCL cloud at 10 m
+    cloud = cloud[row:row + h, col:col + w]
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert f"CLOUD_PIXELS:\t{int(cloud.sum())}" in stdout, stdout[-2000:]
+    assert iou(classes, np.where(cloud, 255, truth[row:row + h, col:col + w])) >= 0.85
 
 
 def _free_port() -> int:

@@ -4,7 +4,7 @@ tile's location (lon, lat) for a model that takes it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -12,6 +12,9 @@ from ..errors import InputError
 from ..model_spec import ModelSpec
 from .codec import carrier_dtype, to_server_dtype
 from .tiling import TileGrid
+
+if TYPE_CHECKING:
+    from ..area_of_interest import Area
 
 
 class Normaliser:
@@ -64,9 +67,9 @@ class Normaliser:
 
 
 def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...],
-                   mode: str = "tile") -> dict[tuple[int, int], np.ndarray]:
-    """location_coords (lon, lat) per tile, in float32: the tile centre, or the raster centre as the
-    IOProcessor does. The payload encoder casts them to the server's dtype."""
+                   mode: str = "tile", area: Optional[Area] = None) -> dict[tuple[int, int], np.ndarray]:
+    """location_coords (lon, lat) per tile, in float32: the tile centre, or the raster's (the area's) centre as
+    the IOProcessor does. The payload encoder casts them to the server's dtype."""
     from rasterio.warp import transform as warp_transform
 
     if ds.crs is None:
@@ -74,17 +77,19 @@ def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...],
             "The model takes the location (lon, lat) of each tile, and the raster has no CRS.",
             "Assign the raster's coordinate reference system (e.g. with gdal_edit.py -a_srs) and retry.")
     tiles = list(grid)
+    width, height = (ds.width, ds.height) if area is None else (area.width, area.height)
+    transform = ds.transform if area is None else area.transform
     if mode == "raster":
-        cols = [ds.width / 2.0] * len(tiles)
-        rows = [ds.height / 2.0] * len(tiles)
+        cols = [width / 2.0] * len(tiles)
+        rows = [height / 2.0] * len(tiles)
     elif mode == "tile":
-        cols = [t.x0 + min(t.width, ds.width - t.x0) / 2.0 for t in tiles]
-        rows = [t.y0 + min(t.height, ds.height - t.y0) / 2.0 for t in tiles]
+        cols = [t.x0 + min(t.width, width - t.x0) / 2.0 for t in tiles]
+        rows = [t.y0 + min(t.height, height - t.y0) / 2.0 for t in tiles]
     else:
         raise ValueError(f"location mode {mode!r}: use 'tile' or 'raster'")
     xs, ys = [], []
     for c, r in zip(cols, rows):
-        x, y = ds.transform * (c, r)
+        x, y = transform * (c, r)
         xs.append(x)
         ys.append(y)
     lons, lats = warp_transform(ds.crs, "EPSG:4326", xs, ys)

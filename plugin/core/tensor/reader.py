@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from .tiling import Tile, read_plan
+
+if TYPE_CHECKING:
+    from ..area_of_interest import Area
 
 
 def band_numbers(band_indices: list[int], count: int, channels: int) -> list[int]:
@@ -51,14 +54,20 @@ def _nodata_in(nodata: Optional[float], dtype: np.dtype) -> Any:
     return dtype.type(nodata)
 
 
-def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(data [C, th, tw] in the file's dtype, valid [th, tw]) for a tile, reflect-padded past the edges."""
+def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False,
+              area: Optional[Area] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(data [C, th, tw] in the file's dtype, valid [th, tw]) for a tile, reflect-padded past the edges.
+
+    With an `area`, the tile is on the area's grid: read at the window's offset, padded past the area's edges
+    (as if the raster were cut to it), and pixels the area leaves out are not valid.
+    """
     from rasterio.windows import Window
 
-    x_first, x_count, gx = read_plan(tile.x0, tile.width, ds.width)
-    y_first, y_count, gy = read_plan(tile.y0, tile.height, ds.height)
+    width, height = (ds.width, ds.height) if area is None else (area.width, area.height)
+    x_first, x_count, gx = read_plan(tile.x0, tile.width, width)
+    y_first, y_count, gy = read_plan(tile.y0, tile.height, height)
     window = Window(x_first, y_first, x_count, y_count)
-    data = ds.read(bands, window=window)
+    data = ds.read(bands, window=window if area is None else area.on_input(window))
     invalid = np.zeros(data.shape[1:], dtype=bool)
     for i, b in enumerate(bands):
         nd = _nodata_in(ds.nodatavals[b - 1], data.dtype)
@@ -67,7 +76,9 @@ def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False) ->
     if data.dtype.kind == "f":
         invalid |= ~np.isfinite(data).all(axis=0)
     if mask_read:
-        invalid |= (ds.read_masks(bands, window=window) == 0).any(axis=0)
+        invalid |= (ds.read_masks(bands, window=window if area is None else area.on_input(window)) == 0).any(axis=0)
+    if area is not None and area.mask is not None:
+        invalid |= ~area.mask.read(window)
     if gy is not None:
         data, invalid = data[:, gy], invalid[gy]
     if gx is not None:
@@ -75,22 +86,23 @@ def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False) ->
     return data, ~invalid
 
 
-def detect_scale(ds: Any, bands: list[int]) -> float:
+def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> float:
     """Reflectance factor the IOProcessor would use: 1e-4 when the image mean is > 1, else 1.
 
-    Estimated from up to 9 windows spread over the raster (nodata excluded), so a 20k x 20k file is not
-    read twice.
+    Estimated from up to 9 windows spread over the raster (or the area; nodata excluded), so a 20k x 20k
+    file is not read twice.
     """
     side = 256
-    xs = [0] if ds.width <= 3 * side else [0, (ds.width - side) // 2, ds.width - side]
-    ys = [0] if ds.height <= 3 * side else [0, (ds.height - side) // 2, ds.height - side]
-    w = ds.width if len(xs) == 1 else side
-    h = ds.height if len(ys) == 1 else side
+    width, height = (ds.width, ds.height) if area is None else (area.width, area.height)
+    xs = [0] if width <= 3 * side else [0, (width - side) // 2, width - side]
+    ys = [0] if height <= 3 * side else [0, (height - side) // 2, height - side]
+    w = width if len(xs) == 1 else side
+    h = height if len(ys) == 1 else side
     total, count = 0.0, 0
     for y in ys:
         for x in xs:
             tile = Tile(0, 0, x, y, w, h)
-            data, valid = read_tile(ds, bands, tile)
+            data, valid = read_tile(ds, bands, tile, area=area)
             if valid.any():
                 vals = data[:, valid].astype(np.float64)
                 total += float(vals.sum())

@@ -1,6 +1,8 @@
 """Runs a tensor job: tiles read, sent and stitched with at most `concurrency` requests in flight.
 
-    windowed read (per worker thread) -> band selection -> reflectance scale/offset -> nodata mask
+    tiles with a pixel to map (tile_plan.py; the others get no request)
+    -> windowed read of the area (per worker thread) -> band selection -> reflectance scale/offset
+    -> nodata, mask-polygon and cloud mask
     -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
     -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
 
@@ -18,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..area_of_interest import Area, whole_area
 from ..errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
 from ..http import CancelToken
 from ..jobs import TensorJob, TensorRunStats
@@ -27,6 +30,7 @@ from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits
 from .inputs import Normaliser, tile_locations
 from .reader import ThreadDatasets, band_numbers, detect_scale, mask_needs_read, read_tile
+from .tile_plan import tiles_to_send
 from .tiling import RowBandStitcher, Tile, TileGrid, overlap_pixels
 from .writer import MapWriter
 
@@ -52,6 +56,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     t_start = time.monotonic()
     spec = job.spec.validate_for_tensor()
     info = job.input
+    area = job.area or whole_area(info)
     cache = min(GDAL_CACHE_BYTES, _current_cache_bytes())
     with rasterio.Env(GDAL_CACHEMAX=cache):
         try:
@@ -64,25 +69,28 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
             offset = 0.0 if job.offset is None else float(job.offset)
             scale = job.scale
             if scale is None:
-                scale = detect_scale(src, bands)
+                scale = detect_scale(src, bands, area)
                 progress.info(f"Reflectance scale auto-detected: x{scale:g}"
                               + (f", offset {offset:g}" if offset else ""))
             scale = float(scale)
             ov = overlap_pixels(min(spec.tile_height, spec.tile_width), job.overlap)
-            grid = TileGrid.build(src.width, src.height, spec.tile_width, spec.tile_height, ov, ov)
-            locations = (tile_locations(src, grid, spec.location_shape, job.location_mode)
+            grid = TileGrid.build(area.width, area.height, spec.tile_width, spec.tile_height, ov, ov)
+            send = tiles_to_send(src, bands, grid, area, progress.is_canceled)
+            locations = (tile_locations(src, grid, spec.location_shape, job.location_mode, area)
                          if spec.has_location else {})
             encoder = PayloadEncoder(job.model, spec, encoding or choose_encoding(job.version),
                                      answer or choose_answer(job.version))
             normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
-            writer = MapWriter(src, job.output_path, job.probability_path, spec)
+            writer = MapWriter(src, job.output_path, job.probability_path, spec, area)
+            skipped = len(grid) - int(send.sum())
             progress.info(
-                f"Tensor transport: {src.width}x{src.height} px in {len(grid)} tiles of "
-                f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px), {job.concurrency} in flight, "
-                f"{encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
+                f"Tensor transport: {area.width}x{area.height} px in {len(grid)} tiles of "
+                f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px)"
+                + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
+                + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
             try:
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
-                               locations, client, spec, writer)
+                               locations, client, spec, writer, area, send)
                 tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)
                 n_requests = tiles.run(job.concurrency, progress, span)
                 writer.commit()
@@ -90,7 +98,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 writer.discard()
                 raise
             seconds = time.monotonic() - t_start
-            total = src.width * src.height
+            total = area.width * area.height
     progress.set_progress(span.end)
     progress.info(f"Tensor transport done: {len(grid)} tiles, {n_requests} requests in {seconds:.1f} s")
     return TensorRunStats(
@@ -136,8 +144,11 @@ class _Tiles:
     """The tiles of one run: each read, normalised and sent in a worker thread, stitched in the caller's."""
 
     def __init__(self, path: str, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
-                 encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter) -> None:
+                 encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter,
+                 area: Area, send: np.ndarray) -> None:
         self.grid = grid
+        self.area = area
+        self.send = send  # [rows, cols]: the tiles with a pixel to map (tile_plan.py)
         self.bands = bands
         self.mask_read = mask_read
         self.normalise = normalise
@@ -160,7 +171,7 @@ class _Tiles:
         if self.stop.is_set():
             return None
         try:
-            raw, valid = read_tile(self.datasets.get(), self.bands, tile, self.mask_read)
+            raw, valid = read_tile(self.datasets.get(), self.bands, tile, self.mask_read, self.area)
         except RasterioError as exc:
             raise InputError(f"Reading the input raster failed at pixel ({tile.x0}, {tile.y0}): {exc}.",
                              "Check that the file is complete and readable (gdalinfo -checksum).") from None
@@ -213,7 +224,8 @@ class _Tiles:
         executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="floodmapper-tile")
         tiles = iter(self.grid)
         pending: set[Future] = set()
-        total = len(self.grid)
+        total = max(int(self.send.sum()), 1)  # progress and ETA count the tiles that are sent
+        nothing = np.zeros((self.grid.tile_height, self.grid.tile_width), dtype=bool)
         done = 0
         t0 = last_info = time.monotonic()
         try:
@@ -224,6 +236,9 @@ class _Tiles:
                     if tile is None:
                         exhausted = True
                         break
+                    if not self.send[tile.row, tile.col]:
+                        self.stitcher.add(tile, None, nothing)  # nothing to map: no request
+                        continue
                     pending.add(executor.submit(self.work, tile))
                 if not pending:
                     break

@@ -4,7 +4,7 @@ optional water-probability rows) into temporary GeoTIFFs, moved into place toget
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -14,6 +14,9 @@ from ..model_spec import ModelSpec
 from ..output import AtomicOutputs, output_profile, verify_written, write_failed
 from ..stats import StatsAccumulator
 
+if TYPE_CHECKING:
+    from ..area_of_interest import Area
+
 log = logging.getLogger("floodmapper.tensor")
 
 PROBABILITY_NODATA = -1.0
@@ -22,20 +25,23 @@ PROBABILITY_NODATA = -1.0
 class MapWriter:
     """Class (and probability) rows into temporary files beside the targets; commit() or discard()."""
 
-    def __init__(self, ds: Any, output_path: str, probability_path: str, spec: ModelSpec) -> None:
+    def __init__(self, ds: Any, output_path: str, probability_path: str, spec: ModelSpec,
+                 area: Optional[Area] = None) -> None:
+        """The maps on `ds`'s grid, or on the `area`'s (the input's grid cut to its window)."""
         import rasterio
         from rasterio.errors import RasterioError
 
         self.spec = spec
-        self.stats = StatsAccumulator(ds.crs.to_wkt() if ds.crs else None, ds.transform)
+        grid = ds if area is None else area.grid(ds.crs)
+        self.stats = StatsAccumulator(ds.crs.to_wkt() if ds.crs else None, grid.transform)
         self.outputs = AtomicOutputs([output_path] + ([probability_path] if probability_path else []),
                                      keep=ds.name)
         self.files: list[Any] = []
         try:
-            self.files.append(rasterio.open(self.outputs.temps[0], "w", **output_profile(ds)))
+            self.files.append(rasterio.open(self.outputs.temps[0], "w", **output_profile(grid)))
             if probability_path:
                 self.files.append(rasterio.open(self.outputs.temps[1], "w", **output_profile(
-                    ds, dtype="float32", nodata=PROBABILITY_NODATA)))
+                    grid, dtype="float32", nodata=PROBABILITY_NODATA)))
         except RasterioError as exc:
             self.discard()
             raise OutputError(f"Cannot create the output next to {output_path}: {exc}.",

@@ -1,0 +1,62 @@
+"""Which tiles of a run are worth a request: those with a pixel to map (data in every used band, inside the
+area, not cloud), found in one pass over the area before the first request, so that progress and the ETA count
+only the tiles that will be sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..area_of_interest import Area
+from ..errors import Cancelled
+from ..raster import iter_windows, valid_mask
+from .tiling import TileGrid
+
+CancelFn = Callable[[], bool]
+
+
+def everything_valid(ds: Any, bands: list[int]) -> bool:
+    """True when no used band can hold a pixel without data (no nodata, mask, alpha or NaN to look for)."""
+    from rasterio.enums import MaskFlags
+
+    for b in bands:
+        if np.dtype(ds.dtypes[b - 1]).kind == "f" or MaskFlags.all_valid not in ds.mask_flag_enums[b - 1]:
+            return False
+    return True
+
+
+def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
+                  cancel: Optional[CancelFn] = None) -> np.ndarray:
+    """bool [rows, cols] of the grid: True for a tile with at least one pixel to map inside the area.
+
+    `bands` are 1-based. The area's mask already holds the input's validity; without one the input's masks are
+    read block by block (skipped when no band can lack data).
+    """
+    send = np.zeros((grid.n_rows, grid.n_cols), dtype=bool)
+    if area.mask is None and everything_valid(ds, bands):
+        send[:] = True
+        return send
+    ys = np.asarray(grid.ys)
+    xs = np.asarray(grid.xs)
+    indices = [b - 1 for b in bands]
+    for block in iter_windows(area.width, area.height):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        by, bx = int(block.row_off), int(block.col_off)
+        bh, bw = int(block.height), int(block.width)
+        rows = np.flatnonzero((ys < by + bh) & (ys + grid.tile_height > by))
+        cols = np.flatnonzero((xs < bx + bw) & (xs + grid.tile_width > bx))
+        if send[np.ix_(rows, cols)].all():
+            continue
+        valid = area.mask.read(block) if area.mask is not None else valid_mask(ds, indices, area.on_input(block))
+        if not valid.any():
+            continue
+        for r in rows:
+            y0, y1 = max(ys[r], by) - by, min(ys[r] + grid.tile_height, by + bh) - by
+            for c in cols:
+                if not send[r, c]:
+                    x0, x1 = max(xs[c], bx) - bx, min(xs[c] + grid.tile_width, bx + bw) - bx
+                    send[r, c] = bool(valid[y0:y1, x0:x1].any())
+    return send

@@ -1,0 +1,299 @@
+"""floodmapper:map_floods with an area in real QGIS: EXTENT in another CRS, a MASK polygon with a hole, a 20 m
+SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m built by QGIS's own
+gdal:buildvirtualraster; each on the real demo model, image-to-image and tensor-to-tensor, with the water IoU
+against the generator's truth inside the area. Bad area parameters fail with a clear message and write
+nothing (those need no server)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_transform
+
+from scripts.scenes import generate_scene, iou, synthesize
+
+ROOT = Path(__file__).resolve().parents[2]
+MIN_IOU = 0.85  # as tests/qgis/test_map_floods_real.py: the demo model's gate on whole scenes
+TRANSPORTS = {"image": 1, "tensor": 2}
+
+
+def _server(request, transport):
+    return request.getfixturevalue("vllm_server" if transport == "image" else "vllm_tensor_server")
+
+
+def _params(src, out, server, transport, **extra):
+    params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": server.url, "TRANSPORT": TRANSPORTS[transport],
+              "OUTPUT": str(out)}
+    if transport == "tensor":
+        params["MODEL_SPEC"] = str(ROOT / "resources" / "demo_model")
+    params.update(extra)
+    return params
+
+
+def _run(params):
+    """processing.run with a feedback that keeps the log, as the dialog shows it."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    logs: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (Qt API)
+            logs.append(info)
+            super().pushInfo(info)
+
+        def pushWarning(self, warning):  # noqa: N802 (Qt API)
+            logs.append("WARNING " + warning)
+            super().pushWarning(warning)
+
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())  # layers given by id, as the dialog gives them
+    result = processing.run("floodmapper:map_floods", params, context=context, feedback=Feedback())
+    return result, "\n".join(logs)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.transform, ds.crs, ds.width, ds.height
+
+
+def _window_of(out_transform, in_transform):
+    """(col, row) of the output's origin on the input's grid: integers when the grids are aligned."""
+    col, row = ~in_transform * (out_transform.c, out_transform.f)
+    return col, row
+
+
+# ------------------------------------------------------------------------------------------------ extent
+@pytest.mark.vllm
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_extent_in_another_crs_cuts_the_input_grid(provider_loaded, request, tmp_path, transport):
+    server = _server(request, transport)
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9301, width=512, height=448)  # UTM 33N, 10 m
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    # an extent in lon/lat over pixels ~(90..350, 60..300) of the scene
+    xs, ys = t_in * (np.array([90.3, 350.6]), np.array([300.2, 60.7]))
+    (lon0, lon1), (lat0, lat1) = warp_transform("EPSG:32633", "EPSG:4326", list(xs), list(ys))
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(src, out, server, transport,
+                               EXTENT=f"{lon0!r},{lon1!r},{lat0!r},{lat1!r} [EPSG:4326]"))
+    classes, t_out, crs, width, height = _read(out)
+    col, row = _window_of(t_out, t_in)
+    assert (t_out.a, t_out.e, crs.to_epsg()) == (t_in.a, t_in.e, 32633)
+    assert col == pytest.approx(round(col), abs=1e-6) and row == pytest.approx(round(row), abs=1e-6)  # aligned
+    col, row = round(col), round(row)
+    # size exact: every pixel the extent touches (its edges densified on the raster's CRS), and no other
+    lons = np.concatenate([np.linspace(lon0, lon1, 200), np.full(200, lon1), np.linspace(lon1, lon0, 200),
+                           np.full(200, lon0)])
+    lats = np.concatenate([np.full(200, lat0), np.linspace(lat0, lat1, 200), np.full(200, lat1),
+                           np.linspace(lat1, lat0, 200)])
+    ex, ey = warp_transform("EPSG:4326", "EPSG:32633", list(lons), list(lats))
+    cols, rows = ~t_in * (np.array(ex), np.array(ey))
+    assert (col, row) == (math.floor(cols.min()), math.floor(rows.min()))
+    assert (col + width, row + height) == (math.ceil(cols.max()), math.ceil(rows.max()))
+    assert result["VALID_PIXELS"] == width * height and "Area: " in log
+    assert iou(classes, truth[row:row + height, col:col + width]) >= MIN_IOU
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# -------------------------------------------------------------------------------------------------- mask
+def _polygon_layer(wkt: str, crs: str):
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", "mask", "memory")
+    if wkt:
+        feature = QgsFeature()
+        feature.setGeometry(QgsGeometry.fromWkt(wkt))
+        layer.dataProvider().addFeatures([feature])
+    return layer
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_mask_polygon_with_a_hole(provider_loaded, request, tmp_path, transport):
+    from qgis.core import QgsProject
+    from rasterio.features import rasterize
+    from rasterio.warp import transform_geom
+
+    server = _server(request, transport)
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9302, width=640, height=512)
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    # a triangle (the window is its box: 580x460 px, 3x2 demo tiles of 256 px, one wholly outside it) with a
+    # rectangular hole
+    ring = [t_in * (c, r) for c, r in ((20, 20), (600, 20), (20, 480), (20, 20))]
+    hole = [t_in * (c, r) for c, r in ((120, 100), (260, 100), (260, 200), (120, 200), (120, 100))]
+    utm = {"type": "Polygon", "coordinates": [ring, hole]}
+    lonlat = transform_geom("EPSG:32633", "EPSG:4326", utm)
+    wkt = "POLYGON(" + ",".join("(" + ",".join(f"{x!r} {y!r}" for x, y in part) + ")"
+                                for part in lonlat["coordinates"]) + ")"
+    layer = _polygon_layer(wkt, "EPSG:4326")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        out = tmp_path / "flood.tif"
+        result, log = _run(_params(src, out, server, transport, MASK=layer.id()))
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    classes, t_out, _, width, height = _read(out)
+    col, row = (round(v) for v in _window_of(t_out, t_in))
+    assert abs(col - 20) <= 1 and abs(row - 20) <= 1 and abs(width - 580) <= 2 and abs(height - 460) <= 2
+    inside = rasterize([utm], out_shape=(height, width), transform=t_out).astype(bool)
+    mapped = classes != 255
+    assert (mapped != inside).sum() <= 0.005 * inside.sum()  # only pixels on the edge may differ (reprojection)
+    assert not mapped[100 - row + 2:200 - row - 2, 120 - col + 2:260 - col - 2].any()  # the hole
+    assert result["VALID_PIXELS"] == int(mapped.sum())
+    assert iou(np.where(mapped, classes, 0), np.where(mapped, truth[row:row + height, col:col + width], 255)) \
+        >= MIN_IOU
+    if transport == "tensor":  # the tiles in the hole and outside the ring get no request
+        assert "6 tiles of 256x256 (overlap 32 px), 5 to send (1 with nothing to map are not sent)" in log, log
+        assert "Tile 5/5" in log and "5 requests" in log
+
+
+# ------------------------------------------------------------------------------------------------ clouds
+@pytest.mark.vllm
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_scl_cloud_mask_at_20_m_over_a_10_m_scene(provider_loaded, request, tmp_path, transport):
+    server = _server(request, transport)
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9303, width=384, height=320)
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    rng = np.random.default_rng(9303)
+    scl = rng.choice(np.array([4, 5, 6, 7], np.uint8), size=(160, 192))  # vegetation, soil, water, unclassified
+    scl[20:60, 30:90] = 9  # a cloud
+    scl[60:70, 40:100] = 3  # its shadow
+    scl[100:104, :] = 10  # cirrus
+    scl[130:140, 150:160] = 8
+    scl_path = tmp_path / "T33TWM_20240501T100031_SCL_20m.tif"
+    with rasterio.open(scl_path, "w", driver="GTiff", width=192, height=160, count=1, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(t_in.c, t_in.f, 20, 20), nodata=0) as dst:
+        dst.write(scl, 1)
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(src, out, server, transport, CLOUD_MASK=str(scl_path)))
+    classes, t_out, *_ = _read(out)
+    assert t_out == t_in  # no extent, no mask polygons: the whole grid
+    cloud = np.isin(np.repeat(np.repeat(scl, 2, 0), 2, 1), [3, 8, 9, 10])
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert result["CLOUD_PIXELS"] == int(cloud.sum())
+    assert result["CLOUD_FRACTION"] == pytest.approx(cloud.sum() / cloud.size)
+    assert result["VALID_PIXELS"] == cloud.size - int(cloud.sum())
+    assert "Cloud-masked:" in log
+    assert iou(classes, np.where(cloud, 255, truth)) >= MIN_IOU
+
+
+@pytest.mark.vllm
+def test_a_cloud_mask_beside_the_scene_is_a_warning(provider_loaded, vllm_server, tmp_path):
+    src = tmp_path / "scene.tif"
+    generate_scene(src, seed=9304, width=256, height=256)
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    far = tmp_path / "other-scene-SCL.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=50, height=50, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(t_in.c + 50_000, t_in.f, 20, 20)) as dst:
+        dst.write(np.full((50, 50), 9, np.uint8), 1)
+    result, log = _run(_params(src, tmp_path / "flood.tif", vllm_server, "image", CLOUD_MASK=str(far)))
+    assert "WARNING The cloud mask" in log and "does not overlap the area" in log
+    assert result["CLOUD_PIXELS"] == 0 and result["VALID_PIXELS"] == 256 * 256
+
+
+# ---------------------------------------------------------------------------------------------- band files
+S2_NAMES = {"B02": ("BLUE", 10), "B03": ("GREEN", 10), "B04": ("RED", 10), "B8A": ("NIR_NARROW", 20),
+            "B11": ("SWIR_1", 20), "B12": ("SWIR_2", 20)}
+
+
+def _band_files(folder: Path, seed: int, width: int, height: int):
+    """Six single-band files as downloaded (10 m B02-B04, 20 m B8A/B11/B12), and the truth at 10 m."""
+    refl, truth = synthesize(seed, width, height)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
+    dn = np.rint(refl * 10000).clip(1, 65535).astype(np.uint16)
+    x0, y0 = 500000.0, 4990000.0
+    files = []
+    for i, (band, (_, px)) in enumerate(S2_NAMES.items()):
+        data = dn[i] if px == 10 else dn[i].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)).astype(np.uint16)
+        path = folder / f"T33TWM_20240501T100031_{band}_{px}m.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                           dtype="uint16", crs="EPSG:32633", transform=from_origin(x0, y0, px, px), nodata=0) as dst:
+            dst.write(data, 1)
+        files.append(str(path))
+    return sorted(files), truth  # as a file dialog lists them: B8A after B12
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, transport):
+    import processing
+
+    server = _server(request, transport)
+    files, truth = _band_files(tmp_path, seed=9305, width=384, height=320)
+    vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
+                                                     "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
+    with rasterio.open(vrt) as ds:
+        assert (ds.count, ds.width, ds.height, ds.res) == (6, 384, 320, (10.0, 10.0))
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(vrt, out, server, transport))
+    assert "the model gets input bands [1, 2, 3, 6, 4, 5]" in log, log  # B8A found by its file's name
+    classes, t_out, *_ = _read(out)
+    assert t_out == from_origin(500000.0, 4990000.0, 10, 10) and classes.shape == (320, 384)
+    assert iou(classes, truth) >= MIN_IOU  # B8A, B11 and B12 at 20 m blur the water edges a little
+    assert result["WATER_PIXELS"] == int((classes == 1).sum())
+    if transport == "image":
+        assert "temporary GeoTIFF" in log and "virtual raster" in log
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# --------------------------------------------------------------------------------------------- bad input
+UNREACHABLE = "http://127.0.0.1:9"  # nothing is asked of a server before the area is checked
+
+
+def _bad(tmp_path, message, **extra):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    src = tmp_path / "scene.tif"
+    if not src.exists():
+        generate_scene(src, seed=9306, width=96, height=96)
+    out = tmp_path / "out" / "flood.tif"
+    out.parent.mkdir(exist_ok=True)
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("floodmapper:map_floods", {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": UNREACHABLE,
+                                                  "OUTPUT": str(out), **extra})
+    assert message in str(err.value), str(err.value)
+    assert list(out.parent.iterdir()) == []
+    return str(err.value)
+
+
+def test_bad_extents(provider_loaded, tmp_path):
+    _bad(tmp_path, "is not an extent", EXTENT="north of the river")
+    _bad(tmp_path, "is empty", EXTENT="500000,500000,4990000,4995000 [EPSG:32633]")
+    _bad(tmp_path, "minimum above its maximum", EXTENT="501000,500000,4990000,4995000 [EPSG:32633]")
+    text = _bad(tmp_path, "does not overlap the raster", EXTENT="10,11,50,51 [EPSG:4326]")
+    assert "Choose an extent over the raster" in text
+
+
+def test_bad_masks(provider_loaded, tmp_path):
+    from qgis.core import QgsProject
+
+    empty = _polygon_layer("", "EPSG:32633")
+    far = _polygon_layer("POLYGON((0 0, 1 0, 1 1, 0 1, 0 0))", "EPSG:4326")
+    QgsProject.instance().addMapLayers([empty, far])
+    try:
+        _bad(tmp_path, "The mask layer has no polygons", MASK=empty.id())
+        _bad(tmp_path, "do not overlap the raster", MASK=far.id())
+    finally:
+        QgsProject.instance().removeMapLayers([empty.id(), far.id()])
+
+
+def test_cloud_values_must_be_numbers(provider_loaded, tmp_path):
+    scl = tmp_path / "scl.tif"
+    with rasterio.open(scl, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(0, 0, 20, 20)) as dst:
+        dst.write(np.zeros((8, 8), np.uint8), 1)
+    text = _bad(tmp_path, "CLOUD_VALUES '3,8,cirrus' is not a list of numbers", CLOUD_MASK=str(scl),
+                CLOUD_VALUES="3,8,cirrus")
+    assert "1 for a 0/1 cloud mask" in text
