@@ -15,8 +15,22 @@ from typing import Callable, Optional
 
 from .errors import Cancelled, FloodMapperError
 
+_ANSWERED: set[str] = set()  # servers that answered a job in this process
+_ANSWERED_LOCK = threading.Lock()
+
 POLL_S = 1.0  # /health while waiting: cheap, and a restarted server is seen within a second
 TICK = 0.1  # cancel is looked at this often
+
+
+def remember_answered(url: str) -> None:
+    with _ANSWERED_LOCK:
+        _ANSWERED.add(url.rstrip("/"))
+
+
+def answered_before(url: str) -> bool:
+    """This server answered a job in this process: when it is away now, it is away for a while (a restart)."""
+    with _ANSWERED_LOCK:
+        return url.rstrip("/") in _ANSWERED
 
 
 class Outage:

@@ -21,7 +21,7 @@ from .area_mask import build_mask
 from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
 from .bands import choose_bands
-from .errors import ModelSpecError
+from .errors import FloodMapperError, ModelSpecError
 from .flood_job import map_flood_extent
 from .image_copy import copy_reason
 from .image_source import server_source
@@ -37,6 +37,7 @@ from .jobs import (
     TensorJob,
 )
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
+from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
 from .progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .tensor.runner import run_tensor
@@ -92,7 +93,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     conn = backend.connect(request, view, asked, progress)
     try:
         client = conn.client
-        facts = _ask_server(client, request.model, progress, warn)
+        facts = _ask_server_riding_out(client, request, conn, progress, warn)
         transport = choose_transport(asked, facts.kind, view, _with_dtype(request, conn), conn.reach, copy_why)
         if spec is None:
             spec = _served_spec(client, facts.model, required=transport == TRANSPORT_TENSOR)
@@ -151,6 +152,27 @@ def _ask_server(client: VllmClient, model: str, progress: Progress, warn) -> Ser
     progress.info(f"Server: vLLM {version or '(version unknown)'}, model '{name}', "
                   f"{'image-to-image (IOProcessor plugin)' if kind == KIND_IMAGE else 'tensor-to-tensor'}")
     return ServerFacts(name, version, kind)
+
+
+def _ask_server_riding_out(client: VllmClient, request: MapFloodsRequest, conn: Connection, progress: Progress,
+                           warn) -> ServerFacts:
+    """_ask_server; a server that answered earlier in this process and is away now (the rows of a batch meeting
+    a restart) is waited for within the retry wait, as a tile's request would be. A server never reached fails
+    at once: a wrong URL is far likelier there than a restart."""
+    outage = Outage(client, request.retry_wait, progress.is_canceled, conn.revive)
+    while True:
+        try:
+            facts = _ask_server(client, request.model, progress, warn)
+        except FloodMapperError as exc:
+            if not (exc.transient and answered_before(client.base_url)):
+                raise
+            if outage.since is None and request.retry_wait > 0:
+                progress.warning(f"{exc.message} It answered earlier; waiting up to {request.retry_wait:.0f} s "
+                                 "for it to answer again.")
+            outage.ride_out(exc)  # raises when waiting cannot help or the wait is over
+            continue
+        remember_answered(client.base_url)
+        return facts
 
 
 def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[ModelSpec], warn,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import rasterio
 
-from plugin.core.errors import Cancelled, EngineDied, OutputError, ServerError
+from plugin.core.errors import Cancelled, EngineDied, FloodMapperError, OutputError, ServerError
 from plugin.core.output import STALE_AFTER_S, remove_stale_parts, temp_beside
 from plugin.core.pipeline import map_floods
 from tests.fixtures.fake_http import Reply, vllm_error
@@ -72,6 +72,34 @@ def test_a_run_rides_out_a_server_restart_and_gives_the_same_map(world, tmp_path
     assert read(world.output) == expected  # byte for byte: no tile lost, none doubled
     notes = [m for m in progress.infos if "unreachable" in m]
     assert notes and "waiting for it" in notes[0] and "of 30 s" in notes[0], progress.infos[-8:]
+
+
+def test_a_job_that_starts_while_its_server_restarts_waits_for_it(world, tmp_path):
+    """The rows of a batch that meet a restart: the server answered the first row, is away when the next
+    starts, and is waited for within the retry wait; a server never reached fails at once (a wrong URL)."""
+    from plugin.core import outage
+
+    expected = reference(world, tmp_path)  # the first row: the server answers
+    url = world.srv.url
+    assert outage.answered_before(url)
+    world.srv.kill()
+    restarter = threading.Thread(target=world.restart_server, args=(3.0,), daemon=True)
+    restarter.start()
+    progress = Recorder()
+    t0 = time.monotonic()
+    map_floods(world.request(retry_wait=30.0, probability_path=""), world.client(), progress)
+    restarter.join(5)
+    assert read(world.output) == expected
+    assert time.monotonic() - t0 >= 2.5  # it waited for the server, it did not fail
+    assert any("It answered earlier; waiting up to 30 s" in m for m in progress.warnings), progress.warnings
+
+    with outage._ANSWERED_LOCK:
+        outage._ANSWERED.discard(url.rstrip("/"))
+    world.srv.kill()
+    t0 = time.monotonic()
+    with pytest.raises(FloodMapperError) as err:
+        map_floods(world.request(retry_wait=30.0, probability_path=""), world.client(), Recorder())
+    assert time.monotonic() - t0 < 10 and err.value.transient, err.value.message
 
 
 def test_503_while_the_server_restarts_is_waited_out(world, tmp_path):
