@@ -13,7 +13,7 @@ build/reference-model/; the bundled demo model, 256² tiles) and each ISA settin
 workstation CPU without AVX-512/AMX), it starts `scripts/serve-demo --tensor` once per dtype setting
 (float16, float32, float32 with `VLLM_FLOAT32_MATMUL_PRECISION=medium`, bfloat16), one server at a time, and
 sends bare /pooling requests one after another: one normalised 512x512 (or 256x256) tile of a synthetic scene
-(plugin/core/scenes.py), the first request timed on its own (it includes one-off set-up), then --repeat more
+(scripts/scenes.py), the first request timed on its own (it includes one-off set-up), then --repeat more
 (median and minimum reported). A request that takes longer than --cap seconds is recorded as "> cap" and the
 server is stopped (its dtype setting gets no more requests). Keep --cap at most 300: vLLM stops its engine
 when one model step takes longer than VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s), so a slower tile never
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
-from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy  # noqa: E402
+from tests.fixtures.servers import free_port, start_serve_demo, stop_group, wait_healthy  # noqa: E402
 
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 SETTINGS = {  # name -> (vllm --dtype, extra server environment)
@@ -73,14 +73,6 @@ print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(),
                   "matmul_1024_s": {str(d).split(".")[1]: mm(d)
                                     for d in (torch.float32, torch.bfloat16, torch.float16)}}))
 """
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load() -> str:
@@ -123,7 +115,7 @@ class Model:
 
     def tiles(self, seed: int, size: int) -> list[np.ndarray]:
         """A size x size synthetic scene, normalised, cut into the model's tiles (row-major, no overlap)."""
-        from plugin.core.scenes import synthesize
+        from scripts.scenes import synthesize
 
         refl, _ = synthesize(seed, size, size)
         mean = np.asarray(self.spec.means, np.float32)[:, None, None]
