@@ -11,11 +11,14 @@ The dtype is one this CPU runs in reasonable time. TerraTorch's IOProcessor alwa
 image-to-image needs a float16 server; a CPU without native float16 arithmetic (no avx512_fp16 or amx_fp16
 in /proc/cpuinfo) runs this model in float16 with generic kernels, far beyond a test's time (on a 2-core
 AVX2 machine one 512x512 tile takes 5.7 s in float32, and in float16 over 300 s, when vLLM stops its engine).
-There the tensor transport runs on a float32 server (MODEL_SPEC is the folder, whose config.json says
-float32), the image-to-image side is TerraTorch's own IOProcessor code run offline in float32 by the vLLM
-environment's Python (tests/fixtures/offline_ioprocessor.py, cached like the model), and the test of
-image-to-image through vLLM is skipped, saying why. FLOODMAPPER_TEST_REFERENCE_DTYPE=float16 forces the
-float16 path. One reference server (4-5 GB) runs at a time and is stopped when its test is done.
+There the tensor transport runs on a float32 server (SERVER_DTYPE float32; MODEL_SPEC is the folder, whose
+config.json says float32 too), the image-to-image side is TerraTorch's own IOProcessor code run offline in
+float32 by the vLLM environment's Python (tests/fixtures/offline_ioprocessor.py, cached like the model), and
+the test of image-to-image through vLLM is skipped, saying why. FLOODMAPPER_TEST_REFERENCE_DTYPE=float16 forces the
+float16 path. One reference server (4-5 GB) runs at a time and is stopped when its test is done; with
+FLOODMAPPER_TEST_SERVE_DIR (tests/conftest.py) it is kept running for the next session instead, as
+reference-<transport>-<build>.json there, and stopped by `tests/fixtures/servers.py stop DIR` or when another
+build of the model is tested.
 """
 
 from __future__ import annotations
@@ -37,22 +40,23 @@ import rasterio
 import requests
 from rasterio.windows import Window
 
-from plugin.core.client import VllmClient
-from plugin.core.pipeline import MapFloodsRequest, map_floods
-from plugin.core.raster import finalize_classes
-from plugin.core.scenes import generate_scene
+from plugin.core.jobs import MapFloodsRequest
+from plugin.core.pipeline import map_floods
+from plugin.core.server_map import finalize_classes
 from plugin.core.settings import Settings
-from tests.conftest import free_port
-from tests.fixtures.servers import start_serve_demo, stop_group, wait_healthy
+from plugin.core.vllm_api import VllmClient
+from scripts.scenes import generate_scene
+from tests.fixtures.servers import kept_server, start_server, stop_group
 
 pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make-reference-model"
-SCENES = ROOT / "plugin" / "core" / "scenes.py"  # the script balances the classes on a synthetic scene
+SCENES = ROOT / "scripts" / "scenes.py"  # the script balances the classes on a synthetic scene
 OFFLINE = ROOT / "tests" / "fixtures" / "offline_ioprocessor.py"
 CACHE = ROOT / "build" / "reference-model"
 SERVED_NAME = "prithvi-reference"
+KEEP_DIR = os.environ.get("FLOODMAPPER_TEST_SERVE_DIR", "")
 SIZE = 1024
 NODATA = 0
 HOLE = (slice(480, 544), slice(480, 544))  # nodata rows x cols: 32x32 px in each tile, across their corner
@@ -163,27 +167,37 @@ def _input_nodata(path: Path) -> np.ndarray:
         return (ds.read() == NODATA).any(axis=0)
 
 
+def _stop_other_reference_servers(keep_dir: str, folder: Path) -> None:
+    """Kept reference servers of another model build or dtype: stopped, since only this build is used now."""
+    for record in Path(keep_dir).glob("reference-*.json"):
+        if not record.stem.endswith(f"-{folder.name}"):
+            stop_group(int(json.loads(record.read_text())["pid"]))
+            record.unlink()
+
+
 @contextmanager
 def reference_server(folder: Path, tmp: Path, tensor: bool):
-    """A real `vllm serve` of the reference folder (scripts/serve-demo with its model), stopped on exit."""
-    port = free_port()
+    """A real `vllm serve` of the reference folder (scripts/serve-demo with its model), stopped on exit; with
+    FLOODMAPPER_TEST_SERVE_DIR, kept running for the next session like the session servers (tests/conftest.py)."""
+    kind = "tensor" if tensor else "image"
     # One tile per engine step: vLLM stops its engine when a step takes longer than 300 s
     # (VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS), and four batched 512² tiles of this model on two busy cores can.
     extra = (["--tensor"] if tensor else []) + ["--dtype", DTYPE, "--served-model-name", SERVED_NAME,
                                                 "--max-num-seqs", "1"]
-    log = tmp / "server.log"
-    out = tmp / "server-out"
-    out.mkdir(exist_ok=True)
-    proc = start_serve_demo(port, log, out, tuple(extra), env={"FLOODMAPPER_MODEL": str(folder)})
-    url = f"http://127.0.0.1:{port}"
+    env = {"FLOODMAPPER_MODEL": str(folder)}
+    name = f"reference-{kind}-{folder.name}"
     t0 = time.monotonic()
+    if KEEP_DIR:
+        _stop_other_reference_servers(KEEP_DIR, folder)
+        server = kept_server(KEEP_DIR, name, extra, env)
+    else:
+        server = start_server(tmp, extra, name, env)
+    print(f"reference server ({kind}, {DTYPE}) healthy after {time.monotonic() - t0:.0f} s", file=sys.stderr)
     try:
-        wait_healthy(url, proc, log)
-        print(f"reference server ({'tensor' if tensor else 'image'}, {DTYPE}) healthy in "
-              f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
-        yield url
+        yield server.url
     finally:
-        stop_group(proc.pid)
+        if not KEEP_DIR:
+            stop_group(server.pid)
 
 
 def _map(url: str, scene: Path, out: Path, transport: str, **kw):
@@ -253,7 +267,7 @@ def test_tensor_to_tensor_agrees_with_image_to_image(reference_model, scene, ima
     with reference_server(reference_model, tmp_path, tensor=True) as url:
         t0 = time.monotonic()
         result = _map(url, scene, tmp_path / "tensor.tif", "tensor", model_spec_source=str(reference_model),
-                      overlap=0.0)
+                      server_dtype=DTYPE, overlap=0.0)
         seconds = time.monotonic() - t0
         assert requests.get(url + "/health", timeout=10).status_code == 200  # every request was one it takes
     assert result.transport == "tensor"
