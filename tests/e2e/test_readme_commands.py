@@ -55,6 +55,13 @@ BAND_FILES = (r"scripts/qgis-process run gdal:buildvirtualraster -- INPUT=B02_10
 AREA = (r'scripts/qgis-process run floodmapper:map_floods -- INPUT=stack\.vrt '
         r'"EXTENT=15\.20,15\.35,45\.10,45\.20 \[EPSG:4326\]" CLOUD_MASK=SCL_20m\.jp2 OFFSET=-0\.1 BACKEND=0 '
         r"SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
+REFERENCE_TEST = "tests/e2e/test_reference_model.py"
+# what a test that covers README commands must contain (it runs them with these)
+COVERING_TESTS = {
+    "tests/qgis/test_flood_outline_model.py": ["floodmapper:flood_outline"],
+    REFERENCE_TEST: ['"make-reference-model"', '"--dtype", DTYPE', "start_server(", '["--tensor"]',
+                     '"--served-model-name", SERVED_NAME', 'SERVED_NAME = "prithvi-reference"'],
+}
 KNOWN = [  # (full-match pattern, kind, what checks it)
     (BAND_FILES, "run", "test_band_files_to_a_flood_map_of_an_area"),
     (AREA, "run", "test_band_files_to_a_flood_map_of_an_area"),
@@ -79,6 +86,15 @@ KNOWN = [  # (full-match pattern, kind, what checks it)
     (r"vllm serve --dtype auto", "prose", "vLLM's automatic dtype, named"),
     (r"pip install vllm terratorch", "gpu", "a GPU host's vLLM environment"),
     (r"pip install pybase64", "host", "pybase64"),
+    (r"scripts/make-reference-model DIR \[--dtype float32\|float16\|bfloat16\]", "covered", REFERENCE_TEST),
+    (r"FLOODMAPPER_MODEL=DIR scripts/serve-demo --tensor --dtype float32 --served-model-name prithvi-reference",
+     "covered", REFERENCE_TEST),
+    (r"pip install huggingface_hub", "gpu", "a Hugging Face download of the 300M model"),
+    (r"huggingface-cli download ibm-nasa-geospatial/Prithvi-EO-2\.0-300M-TL-Sen1Floods11 "
+     r"--local-dir Prithvi-EO-2\.0-300M-TL-Sen1Floods11", "gpu", "a Hugging Face download of the 300M model"),
+    (r"vllm serve \./Prithvi-EO-2\.0-300M-TL-Sen1Floods11 --served-model-name prithvi-sen1floods11 "
+     r"--model-impl terratorch --skip-tokenizer-init --enforce-eager --enable-mm-embeds --dtype float16 "
+     r"\[--io-processor-plugin terratorch_segmentation\]", "gpu", "a host with the 300M model from Hugging Face"),
     (r"vllm serve", "prose", "vLLM's server command, named"),
 ]
 SPEC = '{"target": "pixel_values", "data": {"pixel_values": {"type": "torch.Tensor", "shape": [6, 256, 256]}}}'
@@ -197,7 +213,9 @@ def test_commands_not_run_here_are_checked_where_they_live():
             assert re.search(rf"^{re.escape(what)}:", makefile, re.M), f"no Makefile target {what}"
             assert "--shell" in (ROOT / "scripts" / "test-qgis-versions").read_text()
         if kind == "covered" and what.startswith("tests/"):
-            assert "floodmapper:flood_outline" in (ROOT / what).read_text(), f"{what} no longer runs the model"
+            text = (ROOT / what).read_text()
+            for needed in COVERING_TESTS[what]:
+                assert needed in text, f"{what} no longer runs the README's command with {needed}"
     assert re.search(r"^demo: setup$", makefile, re.M), "make demo no longer runs make setup"
     assert "-m venv --system-site-packages .venv" in (ROOT / "scripts" / "setup").read_text()
     gpu = (ROOT / "requirements" / "vllm-gpu.txt").read_text()
