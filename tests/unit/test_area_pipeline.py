@@ -16,19 +16,14 @@ from rasterio.transform import from_origin
 from plugin.core.errors import InputError, OutputError, TransportUnsupported
 from plugin.core.pipeline import map_floods
 from tests.fixtures.progress import Recorder
-from tests.fixtures.world import World, image_answer, write_scene
+from tests.fixtures.world import image_answer, image_world, write_scene
 
 X0, Y0, PX = 500000, 5000000, 20  # the World's scene: 80x64 px, water (low NIR) in rows 0-31
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    private_tmp = tmp_path / "private-tmp"
-    private_tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
-    w = World(tmp_path, "image")
-    yield w
-    w.close()
+    yield from image_world(tmp_path, monkeypatch)
 
 
 def extent(c0, r0, c1, r1):

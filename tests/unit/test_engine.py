@@ -21,33 +21,18 @@ from plugin.core import engine as eng
 from plugin.core import engine_env, engines
 from plugin.core.errors import Cancelled, EngineError
 from plugin.core.settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings
+from tests.fixtures.fake_engine import FAKE, fake_settings, isolated_engines, make
 from tests.fixtures.progress import Recorder
-
-FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_vllm_entry.py"
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch):
-    engine_env._CHECK_CACHE.clear()
-    for name in list(os.environ):
-        if name.startswith("FAKE_VLLM_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FAKE_VLLM_DELAY", "0.2")
-    yield
-    engines.stop_all()
-    engine_env._CHECK_CACHE.clear()
+    yield from isolated_engines(monkeypatch)
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    return Settings(vllm_python=sys.executable, model=str(model), startup_timeout=30)
-
-
-def make(settings, tmp_path, **kw) -> eng.LocalEngine:
-    return eng.LocalEngine(settings, tmp_path / "logs", kw.pop("on_log", None), entry=FAKE, **kw)
+    return fake_settings(tmp_path)
 
 
 def gone(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -17,40 +16,29 @@ import pytest
 import requests
 
 from plugin.core import engine as eng
-from plugin.core import engine_env, engines, kept_engine
+from plugin.core import engines, kept_engine
 from plugin.core.settings import Settings, env_keep_alive
+from tests.fixtures.fake_engine import fake_settings, isolated_engines, make
 from tests.fixtures.progress import Recorder
 
-FAKE = Path(__file__).resolve().parents[1] / "fixtures" / "fake_vllm_entry.py"
 IDLE_MIN = 0.05  # 3 s
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    engine_env._CHECK_CACHE.clear()
-    for name in list(os.environ):
-        if name.startswith(("FAKE_VLLM_", "FLOODMAPPER_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("FAKE_VLLM_DELAY", "0.2")
+    isolation = isolated_engines(monkeypatch, ("FAKE_VLLM_", "FLOODMAPPER_"))
+    next(isolation)
     monkeypatch.setenv("FLOODMAPPER_HOME", str(tmp_path / "home"))
     yield
-    for _path, record in kept_engine.records():  # nothing may outlive a test
+    next(isolation, None)  # kept engines are left running by stop_all(): killed here, nothing outlives a test
+    for _path, record in kept_engine.records():
         if record.pid > 0:
             eng.kill_foreign_group(record.pid, 3)
-    engines.stop_all()
-    engine_env._CHECK_CACHE.clear()
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
-    return Settings(vllm_python=sys.executable, model=str(model), startup_timeout=30, engine_keep_alive=IDLE_MIN)
-
-
-def make(settings, tmp_path) -> eng.LocalEngine:
-    return eng.LocalEngine(settings, tmp_path / "logs", None, entry=FAKE)
+    return fake_settings(tmp_path, engine_keep_alive=IDLE_MIN)
 
 
 def alive(pid: int) -> bool:

@@ -26,17 +26,12 @@ from plugin.core.stats import compute_stats
 from plugin.core.transport_choice import image_too_large
 from tests.fixtures.fake_http import Reply, vllm_error
 from tests.fixtures.progress import Recorder
-from tests.fixtures.world import MODEL, World, image_answer, model_config, write_scene
+from tests.fixtures.world import MODEL, image_answer, image_world, model_config, write_scene
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    private_tmp = tmp_path / "private-tmp"
-    private_tmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
-    w = World(tmp_path, "image")
-    yield w
-    w.close()
+    yield from image_world(tmp_path, monkeypatch)
 
 
 def jobs(world) -> list[dict]:
