@@ -68,6 +68,10 @@ def _qgis_objects_freed_before_qgis_exits(qgis_app):
 
     from qgis.core import QgsApplication, QgsProject
 
+    for name in ("floodmapper.plugin.core.engines", "plugin.core.engines"):
+        engines = sys.modules.get(name)
+        if engines is not None:  # their log threads call into QGIS: ended while it runs
+            engines.stop_all()
     QgsProject.instance().clear()
     registry = QgsApplication.processingRegistry()
     for provider in list(registry.providers()):
@@ -77,3 +81,7 @@ def _qgis_objects_freed_before_qgis_exits(qgis_app):
     if post is not None:
         post.FloodLayerPostProcessor._KEEP.clear()
     gc.collect()
+    # What is still reachable now (module globals, daemon threads' frames) may become cyclic garbage only
+    # after QGIS has exited; a later collection would then free PyQGIS objects into a QGIS that is gone.
+    # Frozen objects are never collected again; the process ends right after.
+    gc.freeze()
