@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,11 +29,7 @@ sys.path.insert(0, str(ROOT))
 import rasterio  # noqa: E402
 import requests  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.fixtures.servers import free_port  # noqa: E402
 
 
 def start_server(kind: str, folder: Path) -> tuple[subprocess.Popen, str]:
