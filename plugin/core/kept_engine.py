@@ -83,7 +83,7 @@ def engine_record(engine, key: str, pid: int) -> KeptRecord:
         key=key, pid=pid, url=engine.url, model=engine.settings.model, model_id=engine.model_id,
         dtype=engine.dtype, io_processor=engine.io_processor, python=python_fingerprint(engine.settings.vllm_python),
         vllm=info.vllm, device=info.device, keep_alive=engine.keep_alive, log_path=str(engine.log_path),
-        output_dir=engine._out_dir or "", info=info.raw,
+        output_dir=engine.output_dir or "", info=info.raw,
     )
 
 
