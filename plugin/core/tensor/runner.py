@@ -1,7 +1,7 @@
 """Runs a tensor job: tiles read, sent and stitched with at most `concurrency` requests in flight.
 
     tiles with a pixel to map (tile_plan.py; the others get no request)
-    -> windowed read of the area (per worker thread) -> band selection -> reflectance scale/offset
+    -> windowed read of the area (one dataset, shared by the workers) -> band selection -> reflectance scale/offset
     -> nodata, mask-polygon and cloud mask
     -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
     -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
@@ -27,9 +27,9 @@ from ..jobs import TensorJob, TensorRunStats
 from ..model_spec import ModelSpec
 from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
-from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits
+from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
-from .reader import ThreadDatasets, band_numbers, detect_scale, mask_needs_read, read_tile
+from .reader import SharedDataset, band_numbers, detect_scale, mask_needs_read, read_tile
 from .tile_plan import tiles_to_send
 from .tiling import RowBandStitcher, Tile, TileGrid, overlap_pixels
 from .writer import MapWriter
@@ -156,7 +156,7 @@ class _Tiles:
         self.locations = locations
         self.client = client
         self.spec = spec
-        self.datasets = ThreadDatasets(path)
+        self.dataset = SharedDataset(path)
         self.stitcher = RowBandStitcher(grid, spec.num_classes, writer.sink)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -171,7 +171,8 @@ class _Tiles:
         if self.stop.is_set():
             return None
         try:
-            raw, valid = read_tile(self.datasets.get(), self.bands, tile, self.mask_read, self.area)
+            with self.dataset as ds:
+                raw, valid = read_tile(ds, self.bands, tile, self.mask_read, self.area)
         except RasterioError as exc:
             raise InputError(f"Reading the input raster failed at pixel ({tile.x0}, {tile.y0}): {exc}.",
                              "Check that the file is complete and readable (gdalinfo -checksum).") from None
@@ -183,6 +184,7 @@ class _Tiles:
         del body
         if self.stop.is_set():
             return None
+        logits = logits_float32(logits)  # here, in the worker, not in the stitching thread
         if np.isnan(logits).any():  # NaN would silently read as "not water" everywhere it lands
             raise ServerError(
                 f"The model returned NaN logits for the tile at pixel ({tile.x0}, {tile.y0}).",
@@ -278,7 +280,7 @@ class _Tiles:
             for fut in pending:
                 fut.cancel()
             executor.shutdown(wait=True)  # the cancelled requests end within a tick
-            self.datasets.close_all()
+            self.dataset.close()
 
     def _explain(self, exc: FloodMapperError, done: int, total: int) -> None:
         """Add what the run sent and how far it got to a tile's error."""
