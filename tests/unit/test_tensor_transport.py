@@ -23,7 +23,14 @@ from plugin.core.errors import Cancelled, EngineDied, InputError, OutputError, S
 from plugin.core.jobs import MapFloodsRequest
 from plugin.core.model_spec import ModelSpec
 from plugin.core.progress import ProgressSpan
-from plugin.core.tensor.codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, npy_b64
+from plugin.core.tensor.codec import (
+    PayloadEncoder,
+    choose_answer,
+    choose_encoding,
+    decode_logits,
+    logits_float32,
+    npy_b64,
+)
 from plugin.core.tensor.inputs import Normaliser
 from plugin.core.vllm_api import VllmClient
 from scripts.scenes import generate_scene
@@ -135,6 +142,18 @@ def test_binary_answers_are_read_in_place_and_checked():
     meta["data"][0]["embed_dtype"] = "fp8_e4m3"
     with pytest.raises(ServerError, match="fp8_e4m3 logits"):
         decode_logits(data, 2, 4, 3, "application/octet-stream", json.dumps(meta))
+
+
+def test_float16_logits_become_float32_exactly_nan_and_inf_included():
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(2, 128, 256)
+    out = logits_float32(every)
+    assert out.dtype == np.float32 and out.shape == (2, 128, 256)
+    np.testing.assert_array_equal(out, every.astype(np.float32))  # NaN where NaN, +-inf where +-inf
+    assert np.isnan(out).sum() == np.isnan(every).sum() > 0 and np.isinf(out).sum() == 2
+    swapped = every.astype(">f2")  # an answer in the other byte order takes numpy's cast
+    np.testing.assert_array_equal(logits_float32(swapped), out)
+    same = np.ones((2, 4, 3), np.float32)
+    assert logits_float32(same) is same
 
 
 def test_payload_asks_for_binary_logits_in_the_model_dtype():

@@ -223,6 +223,24 @@ def decode_logits(content: bytes, num_classes: int, height: int, width: int, con
     return np.frombuffer(raw, dtype="<f4").reshape(num_classes, height, width)
 
 
+_FLOAT16_TABLE: Optional[np.ndarray] = None
+
+
+def logits_float32(logits: np.ndarray) -> np.ndarray:
+    """Logits as float32, what the NaN check and the blending work in.
+
+    float16 logits go through a 65536-entry table indexed by their bit patterns: exact for every value
+    (NaN and inf included), and cheaper than numpy's own float16 cast and float16 NaN test, which have no
+    vector path on most numpy builds (together ~2 ms of a 512x512 tile, ~0.7 ms this way).
+    """
+    global _FLOAT16_TABLE
+    if logits.dtype != np.float16:  # float32, or a byte order this machine does not have
+        return logits.astype(np.float32, copy=False)
+    if _FLOAT16_TABLE is None:
+        _FLOAT16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    return np.take(_FLOAT16_TABLE, np.ascontiguousarray(logits).view(np.uint16))
+
+
 def choose_answer(version: str) -> str:
     """The logits format to ask for: raw bytes from vLLM >= 0.12, base64 before (or when unknown)."""
     if version and version_tuple(version) >= BYTES_MIN_VERSION:
