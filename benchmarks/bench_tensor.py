@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,13 +168,13 @@ def documented_client(port: int, n: int, python: str) -> float | None:
     return json.loads(out.stdout.strip().splitlines()[-1])["tiles_per_s"]
 
 
-def make_raster(path: Path, size: int, sparse: bool) -> None:
+def make_raster(path: Path, size: int, sparse: bool, compress: str = "deflate") -> None:
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
     profile = dict(driver="GTiff", width=size, height=size, count=CHANNELS, dtype="uint16", tiled=True,
-                   blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:32633", BIGTIFF="IF_SAFER",
+                   blockxsize=512, blockysize=512, compress=compress, crs="EPSG:32633", BIGTIFF="IF_SAFER",
                    transform=from_origin(500000, 5000000, 10, 10))
     if sparse:
         profile["SPARSE_OK"] = True
@@ -188,6 +189,49 @@ def make_raster(path: Path, size: int, sparse: bool) -> None:
                 dst.write(block[:, : w.height, : w.width], window=w)
 
 
+def stages(port: int, path: Path, out: Path) -> dict:
+    """CPU milliseconds per tile of each step of the pipeline, one tile after another in one thread (the same
+    functions run_tensor calls; thread CPU time, so the peer's work is not counted)."""
+    import rasterio
+
+    from plugin.core.tensor.codec import PayloadEncoder, logits_float32
+    from plugin.core.tensor.inputs import Normaliser
+    from plugin.core.tensor.reader import read_tile
+    from plugin.core.tensor.runner import post_tile
+    from plugin.core.tensor.tiling import RowBandStitcher, TileGrid, overlap_pixels
+    from plugin.core.tensor.writer import MapWriter
+    from plugin.core.vllm_api import VllmClient
+
+    s = spec()
+    cost = dict.fromkeys(("read", "normalise", "encode", "post", "float32 + NaN check", "blend", "class rows",
+                          "close file"), 0.0)
+
+    def timed(step, fn, *args):
+        t = time.thread_time()
+        value = fn(*args)
+        cost[step] += time.thread_time() - t
+        return value
+
+    with rasterio.Env(GDAL_CACHEMAX=128 * 1024 * 1024), rasterio.open(path) as ds, \
+            VllmClient(f"http://127.0.0.1:{port}") as client:
+        ov = overlap_pixels(TILE, 0.125)
+        grid = TileGrid.build(ds.width, ds.height, TILE, TILE, ov, ov)
+        norm = Normaliser(s, 1e-4, 0.0, ds.dtypes[0])
+        enc = PayloadEncoder("m", s, answer="bytes")
+        writer = MapWriter(ds, str(out), "", s)
+        stitcher = RowBandStitcher(grid, s.num_classes, lambda *a: timed("class rows", writer.sink, *a))
+        bands = list(range(1, CHANNELS + 1))
+        for tile in grid:
+            raw, valid = timed("read", read_tile, ds, bands, tile)
+            body = timed("encode", enc.encode, timed("normalise", norm, raw, valid))
+            logits = timed("post", post_tile, client, body, enc, s)
+            timed("float32 + NaN check", lambda x: np.isnan(logits_float32(x)).any(), logits)
+            timed("blend", stitcher.add, tile, logits_float32(logits), valid)
+        timed("close file", writer.commit)
+    cost["blend"] -= cost["class rows"]  # the rows are written from inside add()
+    return {step: 1000 * seconds / len(grid) for step, seconds in cost.items()}
+
+
 def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
     from plugin.core.jobs import MapFloodsRequest
     from plugin.core.vllm_api import VllmClient
@@ -196,12 +240,44 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
                                concurrency=concurrency)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"tiles": stats.tiles, "seconds": dt, "tiles_per_s": stats.tiles / dt,
-            "max_rss_mb": peak_rss_mb(),
+            "cpu_ms_per_tile": 1000 * cpu / stats.tiles, "max_rss_mb": peak_rss_mb(),
             "concurrency": stats.concurrency}
+
+
+def transports(port: int, args) -> dict:
+    """The transport lines (tiles in memory) and the documented client, printed; their figures."""
+    results: dict[str, object] = {}
+    ours = transport_all(port, args.tiles, args.concurrency)
+    where = "this python"
+    if "pybase64_1" not in ours and os.path.exists(args.vllm_python):
+        other = subprocess.run([args.vllm_python, __file__, "--child-transport", str(port), str(args.tiles),
+                                str(args.concurrency)], capture_output=True, text=True, timeout=1800)
+        if other.returncode == 0:
+            extra = json.loads(other.stdout.strip().splitlines()[-1])
+            ours.update({k: v for k, v in extra.items() if k.startswith("pybase64")})
+            where = "the vLLM env's python"
+    documented = documented_client(port, max(20, args.tiles // 4), args.vllm_python)
+    n = args.concurrency
+    print(f"ours, binary answer, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
+    print(f"ours, binary answer, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
+    print(f"ours, base64 answer, stdlib base64, 1 thread:    {ours['stdlib_1_json']:7.1f} tiles/s")
+    if "pybase64_1" in ours:
+        print(f"ours, binary answer, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
+        print(f"ours, binary answer, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
+        print(f"ours, base64 answer, pybase64, 1 thread:         {ours['pybase64_1_json']:7.1f} tiles/s")
+    if documented:
+        print(f"documented client (torch.save + json, 1 thread): {documented:7.1f} tiles/s")
+        for key in ("stdlib_1", "stdlib_n", "stdlib_1_json", "pybase64_1", "pybase64_n", "pybase64_1_json"):
+            if key in ours:
+                print(f"ratio ours ({key}) / documented: {ours[key] / documented:.1f}x")
+    else:
+        print(f"documented client: skipped (no torch-capable python at {args.vllm_python})")
+    results.update(ours=ours, documented=documented)
+    return results
 
 
 def peak_rss_mb() -> float:
@@ -215,6 +291,8 @@ def main() -> int:
     ap.add_argument("--tiles", type=int, default=200, help="tiles per transport measurement")
     ap.add_argument("--concurrency", type=int, default=4, help="threads for 'ours, transport'")
     ap.add_argument("--big", type=int, default=20000, help="side of the peak-RSS raster (0 = skip)")
+    ap.add_argument("--runs", type=int, default=3, help="pipeline runs per raster (median and best reported)")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline lines and the step costs")
     ap.add_argument("--vllm-python", default=os.environ.get("FLOODMAPPER_VLLM_PYTHON") or str(
         Path(os.environ.get("FLOODMAPPER_HOME", Path.home() / ".local/share/floodmapper")) / "vllm-env/bin/python"))
     ap.add_argument("--child", nargs=3, metavar=("PORT", "RASTER", "OUT"), help=argparse.SUPPRESS)
@@ -235,38 +313,21 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tensor-") as tmp:
             tmp_path = Path(tmp)
-            ours = transport_all(port, args.tiles, args.concurrency)
-            where = "this python"
-            if "pybase64_1" not in ours and os.path.exists(args.vllm_python):
-                other = subprocess.run([args.vllm_python, __file__, "--child-transport", str(port), str(args.tiles),
-                                        str(args.concurrency)], capture_output=True, text=True, timeout=1800)
-                if other.returncode == 0:
-                    extra = json.loads(other.stdout.strip().splitlines()[-1])
-                    ours.update({k: v for k, v in extra.items() if k.startswith("pybase64")})
-                    where = "the vLLM env's python"
-            documented = documented_client(port, max(20, args.tiles // 4), args.vllm_python)
-            n = args.concurrency
-            print(f"ours, binary answer, stdlib base64, 1 thread:    {ours['stdlib_1']:7.1f} tiles/s")
-            print(f"ours, binary answer, stdlib base64, {n} threads:   {ours['stdlib_n']:7.1f} tiles/s")
-            print(f"ours, base64 answer, stdlib base64, 1 thread:    {ours['stdlib_1_json']:7.1f} tiles/s")
-            if "pybase64_1" in ours:
-                print(f"ours, binary answer, pybase64, 1 thread:         {ours['pybase64_1']:7.1f} tiles/s  ({where})")
-                print(f"ours, binary answer, pybase64, {n} threads:        {ours['pybase64_n']:7.1f} tiles/s")
-                print(f"ours, base64 answer, pybase64, 1 thread:         {ours['pybase64_1_json']:7.1f} tiles/s")
-            if documented:
-                print(f"documented client (torch.save + json, 1 thread): {documented:7.1f} tiles/s")
-                for key in ("stdlib_1", "stdlib_n", "stdlib_1_json", "pybase64_1", "pybase64_n", "pybase64_1_json"):
-                    if key in ours:
-                        print(f"ratio ours ({key}) / documented: {ours[key] / documented:.1f}x")
-            else:
-                print(f"documented client: skipped (no torch-capable python at {args.vllm_python})")
-            results.update(ours=ours, documented=documented)
-            mid = tmp_path / "mid.tif"
-            make_raster(mid, 4096, sparse=False)
-            pipe = pipeline(port, mid, tmp_path / "mid-out.tif", None)
-            print(f"ours, pipeline 4096^2 (read+blend+write, overlap 1/8, concurrency {pipe['concurrency']}): "
-                  f"{pipe['tiles_per_s']:.1f} tiles/s ({pipe['tiles']} tiles in {pipe['seconds']:.1f} s)")
-            results["pipeline"] = pipe
+            if not args.pipeline_only:
+                results.update(transports(port, args))
+            for compress in ("deflate", "none"):  # random values: the worst case for decompression
+                mid = tmp_path / f"mid-{compress}.tif"
+                make_raster(mid, 4096, sparse=False, compress=compress)
+                runs = [pipeline(port, mid, tmp_path / "mid-out.tif", None) for _ in range(args.runs)]
+                rates = sorted(r["tiles_per_s"] for r in runs)
+                print(f"ours, pipeline 4096^2 {compress} (read+blend+write, overlap 1/8, concurrency "
+                      f"{runs[0]['concurrency']}): {statistics.median(rates):.1f} tiles/s median, "
+                      f"{rates[-1]:.1f} best, {runs[0]['tiles']} tiles per run; client CPU "
+                      f"{statistics.median(r['cpu_ms_per_tile'] for r in runs):.1f} ms per tile")
+                steps = stages(port, mid, tmp_path / "stages-out.tif")
+                print("  one thread, CPU ms per tile: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+                      + f"; sum {sum(steps.values()):.1f}")
+                results[f"pipeline_{compress}"] = {"runs": runs, "stages_ms": steps}
             if args.big:
                 big = tmp_path / "big.tif"
                 t0 = time.perf_counter()
