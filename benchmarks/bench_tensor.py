@@ -212,6 +212,11 @@ def stages(port: int, path: Path, out: Path) -> dict:
         cost[step] += time.thread_time() - t
         return value
 
+    def checked(logits):
+        logits = logits_float32(logits)
+        assert not np.isnan(logits).any()
+        return logits
+
     with rasterio.Env(GDAL_CACHEMAX=128 * 1024 * 1024), rasterio.open(path) as ds, \
             VllmClient(f"http://127.0.0.1:{port}") as client:
         ov = overlap_pixels(TILE, 0.125)
@@ -225,8 +230,8 @@ def stages(port: int, path: Path, out: Path) -> dict:
             raw, valid = timed("read", read_tile, ds, bands, tile)
             body = timed("encode", enc.encode, timed("normalise", norm, raw, valid))
             logits = timed("post", post_tile, client, body, enc, s)
-            timed("float32 + NaN check", lambda x: np.isnan(logits_float32(x)).any(), logits)
-            timed("blend", stitcher.add, tile, logits_float32(logits), valid)
+            logits = timed("float32 + NaN check", checked, logits)
+            timed("blend", stitcher.add, tile, logits, valid)
         timed("close file", writer.commit)
     cost["blend"] -= cost["class rows"]  # the rows are written from inside add()
     return {step: 1000 * seconds / len(grid) for step, seconds in cost.items()}

@@ -43,14 +43,14 @@ import requests  # noqa: E402
 
 from plugin.core.bands import select_bands  # noqa: E402
 from plugin.core.image_transport import build_payload  # noqa: E402
-from plugin.core.jobs import MapFloodsRequest  # noqa: E402
+from plugin.core.jobs import DEFAULT_OVERLAP, MapFloodsRequest  # noqa: E402
 from plugin.core.model_spec import load_model_spec  # noqa: E402
 from plugin.core.pipeline import map_floods  # noqa: E402
 from plugin.core.raster import inspect  # noqa: E402
 from plugin.core.tensor.codec import PayloadEncoder, choose_answer  # noqa: E402
 from plugin.core.tensor.inputs import Normaliser  # noqa: E402
 from plugin.core.tensor.reader import band_numbers, detect_scale, read_tile  # noqa: E402
-from plugin.core.tensor.tiling import TileGrid  # noqa: E402
+from plugin.core.tensor.tiling import TileGrid, overlap_pixels  # noqa: E402
 from plugin.core.vllm_api import VllmClient  # noqa: E402
 from scripts.scenes import generate_scene  # noqa: E402
 from tests.fixtures.servers import free_port, start_serve_demo, stop_group, wait_healthy  # noqa: E402
@@ -206,9 +206,6 @@ def main() -> int:
                      if name == "tensor" else "")
             print(f"| {c} | {name} | {fmt(bare_s)} | {fmt(plugin_s)} | {ratio:.2f} | {cross} | {loads} |")
     if overlap is not None:
-        from plugin.core.jobs import DEFAULT_OVERLAP
-        from plugin.core.tensor.tiling import overlap_pixels
-
         ov = overlap_pixels(min(spec.tile_width, spec.tile_height), DEFAULT_OVERLAP)
         with_overlap = TileGrid.build(args.size, args.size, spec.tile_width, spec.tile_height, ov, ov)
         print(f"\ntensor, default overlap ({ov} px): {len(with_overlap)} tiles instead of {tiles}, {overlap:.1f} s "
