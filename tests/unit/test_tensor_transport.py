@@ -307,6 +307,77 @@ def test_scale_autodetect_and_explicit_offset(tmp_path, peer, client):
         assert (o.read(1) == rule_mask(off, offset=-0.1)).mean() >= 0.9999
 
 
+def test_scale_windows_each_decode_one_block_of_the_file(tmp_path):
+    """The scale is estimated from 9 windows of 256 px; each starts on a 512-px block of the file (inside an
+    area too, whose offsets are not block multiples), so none makes GDAL decode four compressed blocks."""
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from plugin.core.area_of_interest import Area
+    from plugin.core.tensor.reader import detect_scale
+
+    path = tmp_path / "tiled.tif"
+    data = np.full((6, 2048, 2048), 2500, np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=6, dtype="uint16", tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate",
+                       transform=from_origin(0, 0, 10, 10)) as dst:
+        dst.write(data)
+
+    class Spy:
+        def __init__(self, ds):
+            self.ds, self.windows = ds, []
+
+        def __getattr__(self, name):
+            return getattr(self.ds, name)
+
+        def read(self, bands, window):
+            self.windows.append(window)
+            return self.ds.read(bands, window=window)
+
+    def blocks(w):
+        cols = {c // 512 for c in (w.col_off, w.col_off + w.width - 1)}
+        rows = {r // 512 for r in (w.row_off, w.row_off + w.height - 1)}
+        return len(cols) * len(rows)
+
+    area = Area(Window(100, 300, 1800, 1700), from_origin(1000, -3000, 10, 10), False)
+    with rasterio.open(path) as ds:
+        for where in (None, area):
+            spy = Spy(ds)
+            assert detect_scale(spy, [1, 2, 3, 4, 5, 6], where) == 1e-4
+            assert len(spy.windows) == 9 and all(w.width == w.height == 256 for w in spy.windows)
+            assert [blocks(w) for w in spy.windows] == [1] * 9, spy.windows
+            if where is not None:  # still inside the area
+                assert all(w.col_off >= 100 and w.col_off + 256 <= 1900 for w in spy.windows)
+                assert all(w.row_off >= 300 and w.row_off + 256 <= 2000 for w in spy.windows)
+
+
+def test_reads_decode_on_every_core_unless_the_user_set_gdal_threads(tmp_path, peer, client, monkeypatch):
+    """GDAL decodes the blocks of a read on all cores during a run, and only then; a GDAL_NUM_THREADS the
+    user set (environment or QGIS's GDAL options) is kept."""
+    from rasterio._env import get_gdal_config
+
+    import plugin.core.tensor.runner as runner
+
+    seen = []
+    real = runner.read_tile
+
+    def spy(*args, **kwargs):
+        seen.append(str(get_gdal_config("GDAL_NUM_THREADS")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "read_tile", spy)
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=2, width=200, height=150)
+    run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    assert seen and set(seen) == {"ALL_CPUS"}
+    assert get_gdal_config("GDAL_NUM_THREADS") is None
+    seen.clear()
+    with rasterio.Env(GDAL_NUM_THREADS="1"):
+        run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    assert seen and set(seen) == {"1"}
+
+
 def test_band_selection_from_a_13_band_file(tmp_path, peer, client):
     inp = tmp_path / "s2.tif"
     generate_scene(inp, seed=6, width=200, height=180, bands="s2l1c")

@@ -90,12 +90,17 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
     """Reflectance factor the IOProcessor would use: 1e-4 when the image mean is > 1, else 1.
 
     Estimated from up to 9 windows spread over the raster (or the area; nodata excluded), so a 20k x 20k
-    file is not read twice.
+    file is not read twice. Each window is moved to start on a block of the file where it can, so that it
+    decodes one compressed block rather than up to four.
     """
     side = 256
     width, height = (ds.width, ds.height) if area is None else (area.width, area.height)
-    xs = [0] if width <= 3 * side else [0, (width - side) // 2, width - side]
-    ys = [0] if height <= 3 * side else [0, (height - side) // 2, height - side]
+    x_off, y_off = (0, 0) if area is None else (int(area.window.col_off), int(area.window.row_off))
+    block_h, block_w = ds.block_shapes[bands[0] - 1]
+    xs = [0] if width <= 3 * side else [_on_block(x, x_off, width, side, block_w)
+                                        for x in (0, (width - side) // 2, width - side)]
+    ys = [0] if height <= 3 * side else [_on_block(y, y_off, height, side, block_h)
+                                         for y in (0, (height - side) // 2, height - side)]
     w = width if len(xs) == 1 else side
     h = height if len(ys) == 1 else side
     total, count = 0.0, 0
@@ -110,6 +115,17 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
     if count == 0:
         return 1e-4 if np.dtype(ds.dtypes[bands[0] - 1]).kind in "iu" else 1.0
     return 1e-4 if total / count > 1.0 else 1.0
+
+
+def _on_block(pos: int, offset: int, size: int, length: int, block: int) -> int:
+    """`pos` (on an axis of `size` starting at `offset` of the file) moved to the start of its block of the file,
+    or of the next one, where a window of `length` from there lies inside the axis and inside that block."""
+    if length <= block:
+        first = (offset + pos) // block * block - offset
+        for start in (first, first + block):
+            if 0 <= start and start + length <= size:
+                return start
+    return pos
 
 
 class SharedDataset:
