@@ -3,9 +3,13 @@ concurrencies (not a test).
 
     .venv/bin/python benchmarks/bench_transports.py [--size 1024] [--concurrency 1 2 4] [--runs 3]
     .venv/bin/python benchmarks/bench_transports.py --model build/reference-model/f16 --tile 512   # a float16 CPU
+    .venv/bin/python benchmarks/bench_transports.py --model build/reference-model/bench-float32 --dtype float32 \
+        --transports tensor                                     # the reference model where float16 is too slow
 
 The model (default: the bundled demo model) is served in float16 by `scripts/serve-demo`, once with TerraTorch's
-IOProcessor (image-to-image takes float16 only) and once in tensor mode, one server at a time. A synthetic
+IOProcessor (image-to-image takes float16 only) and once in tensor mode, one server at a time. `--dtype float32`
+serves the tensor server in float32 (the tensors sent follow), for a CPU on which float16 takes minutes a tile:
+then only `--transports tensor` can run. A synthetic
 --size² scene (scripts/scenes.py) is mapped with overlap 0, so both transports cut the same tiles:
 
 - image, bare      c copies of the IOProcessor's /pooling request (the raster's path) at once: what the server
@@ -48,7 +52,7 @@ from plugin.core.model_spec import load_model_spec  # noqa: E402
 from plugin.core.pipeline import map_floods  # noqa: E402
 from plugin.core.raster import inspect  # noqa: E402
 from plugin.core.tensor.codec import PayloadEncoder, choose_answer  # noqa: E402
-from plugin.core.tensor.inputs import Normaliser  # noqa: E402
+from plugin.core.tensor.inputs import Normaliser, tile_locations  # noqa: E402
 from plugin.core.tensor.reader import band_numbers, detect_scale, read_tile  # noqa: E402
 from plugin.core.tensor.tiling import TileGrid, overlap_pixels  # noqa: E402
 from plugin.core.vllm_api import VllmClient  # noqa: E402
@@ -64,13 +68,13 @@ def load() -> str:
 
 
 @contextmanager
-def server(model: Path, tmp: Path, kind: str):
+def server(model: Path, tmp: Path, kind: str, dtype: str = "float16"):
     port = free_port()
     log = tmp / f"{kind}.log"
     extra = ("--tensor",) if kind == "tensor" else ()
     t0 = time.monotonic()
     proc = start_serve_demo(port, log, tmp / f"{kind}-out",
-                            (*extra, "--dtype", "float16", "--served-model-name", SERVED_NAME),
+                            (*extra, "--dtype", dtype, "--served-model-name", SERVED_NAME),
                             env={"FLOODMAPPER_MODEL": str(model)})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -90,10 +94,10 @@ def at_once(fn, count: int) -> float:
 
 
 def plugin_run(url: str, raster: Path, out: Path, model: Path, transport: str, concurrency: int | None = None,
-               overlap: float | None = None) -> None:
+               overlap: float | None = None, dtype: str = "float16") -> None:
     request = MapFloodsRequest(input_path=str(raster), output_path=str(out), server_url=url,
                                server_can_read_local_files=True, model=SERVED_NAME, transport=transport,
-                               model_spec_source=str(model), server_dtype="float16", concurrency=concurrency,
+                               model_spec_source=str(model), server_dtype=dtype, concurrency=concurrency,
                                overlap=overlap)
     with VllmClient(url) as client:
         result = map_floods(request, client)
@@ -121,7 +125,7 @@ def image_lines(url: str, raster: Path, tmp: Path, model: Path, tiles: int, args
 
 
 def tensor_lines(url: str, raster: Path, tmp: Path, model: Path, args) -> tuple[dict[int, tuple], int]:
-    spec = load_model_spec(str(model)).with_dtype("float16")
+    spec = load_model_spec(str(model)).with_dtype(args.dtype)
     with VllmClient(url) as client:
         version = client.version()
     encoder = PayloadEncoder(SERVED_NAME, spec, answer=choose_answer(version))
@@ -130,7 +134,9 @@ def tensor_lines(url: str, raster: Path, tmp: Path, model: Path, args) -> tuple[
         bands = band_numbers(indices, ds.count, spec.channels)
         normalise = Normaliser(spec, detect_scale(ds, bands), 0.0, ds.dtypes[bands[0] - 1])
         grid = TileGrid.build(ds.width, ds.height, spec.tile_width, spec.tile_height)
-        bodies = [encoder.encode(normalise(*read_tile(ds, bands, tile))) for tile in grid]
+        locations = tile_locations(ds, grid, spec.location_shape) if spec.has_location else {}
+        bodies = [encoder.encode(normalise(*read_tile(ds, bands, tile)), locations.get(tile.index))
+                  for tile in grid]
     session = requests.Session()
     headers = {"Content-Type": "application/json"}
 
@@ -145,7 +151,7 @@ def tensor_lines(url: str, raster: Path, tmp: Path, model: Path, args) -> tuple[
         return bare
 
     def plugin_at(c: int):
-        return lambda _: plugin_run(url, raster, tmp / "tensor.tif", model, "tensor", c, 0.0)
+        return lambda _: plugin_run(url, raster, tmp / "tensor.tif", model, "tensor", c, 0.0, args.dtype)
 
     bare_at(1)(0)
     plugin_at(1)(0)
@@ -176,7 +182,12 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each line")
     ap.add_argument("--default-overlap", action="store_true", help="also the tensor transport's default overlap")
+    ap.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                    help="the tensor server's --dtype (the image server runs float16 whatever this says)")
+    ap.add_argument("--transports", nargs="+", choices=("image", "tensor"), default=["image", "tensor"])
     args = ap.parse_args()
+    if args.dtype != "float16" and "image" in args.transports:
+        ap.error("image-to-image runs float16 only: with --dtype float32 give --transports tensor")
 
     spec = load_model_spec(str(args.model))
     grid = TileGrid.build(args.size, args.size, spec.tile_width, spec.tile_height)
@@ -186,25 +197,32 @@ def main() -> int:
         tmp = Path(tmp_name)
         raster = tmp / "scene.tif"
         generate_scene(raster, seed=4343, width=args.size, height=args.size)
-        with server(args.model, tmp, "image") as url:
-            image = image_lines(url, raster, tmp, args.model, len(grid), args)
-        with server(args.model, tmp, "tensor") as url:
-            tensor, tiles = tensor_lines(url, raster, tmp, args.model, args)
-            overlap = None
-            if args.default_overlap:
-                t0 = time.perf_counter()
-                plugin_run(url, raster, tmp / "overlap.tif", args.model, "tensor")
-                overlap = time.perf_counter() - t0
+        image: dict[int, tuple] = {}
+        tensor: dict[int, tuple] = {}
+        tiles, overlap = len(grid), None
+        if "image" in args.transports:
+            with server(args.model, tmp, "image") as url:
+                image = image_lines(url, raster, tmp, args.model, len(grid), args)
+        if "tensor" in args.transports:
+            with server(args.model, tmp, "tensor", args.dtype) as url:
+                tensor, tiles = tensor_lines(url, raster, tmp, args.model, args)
+                if args.default_overlap:
+                    t0 = time.perf_counter()
+                    plugin_run(url, raster, tmp / "overlap.tif", args.model, "tensor", dtype=args.dtype)
+                    overlap = time.perf_counter() - t0
     print("\n| concurrency | transport | bare s/tile, median (runs) | plugin s/tile, median (runs) | plugin / bare "
           "| tensor / image (plugin) | load |")
     print("|---|---|---|---|---|---|---|")
     for c in args.concurrency:
         for name, lines in (("image", image), ("tensor", tensor)):
+            if c not in lines:
+                continue
             bare_s, plugin_s, loads = lines[c]
             ratio = statistics.median(plugin_s) / statistics.median(bare_s)
             cross = (f"{statistics.median(tensor[c][1]) / statistics.median(image[c][1]):.2f}"
-                     if name == "tensor" else "")
-            print(f"| {c} | {name} | {fmt(bare_s)} | {fmt(plugin_s)} | {ratio:.2f} | {cross} | {loads} |")
+                     if name == "tensor" and image else "")
+            label = name if name == "image" else f"tensor ({args.dtype})"
+            print(f"| {c} | {label} | {fmt(bare_s)} | {fmt(plugin_s)} | {ratio:.2f} | {cross} | {loads} |")
     if overlap is not None:
         ov = overlap_pixels(min(spec.tile_width, spec.tile_height), DEFAULT_OVERLAP)
         with_overlap = TileGrid.build(args.size, args.size, spec.tile_width, spec.tile_height, ov, ov)
