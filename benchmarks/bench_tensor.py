@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 TILE = 512
 CHANNELS = 6
 
-SEED_CLIENT = textwrap.dedent('''
+DOCUMENTED_CLIENT = textwrap.dedent('''
     import base64, io, json, sys, time
     import numpy as np, requests, torch
 
@@ -160,7 +160,7 @@ def transport_all(port: int, n: int, concurrency: int) -> dict:
 def documented_client(port: int, n: int, python: str) -> float | None:
     if not python or not os.path.exists(python):
         return None
-    out = subprocess.run([python, "-c", SEED_CLIENT, str(port), str(n)], capture_output=True, text=True,
+    out = subprocess.run([python, "-c", DOCUMENTED_CLIENT, str(port), str(n)], capture_output=True, text=True,
                          timeout=1800)
     if out.returncode != 0:
         print("documented client failed:", out.stderr[-2000:], file=sys.stderr)
