@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shlex
 import socket
@@ -18,6 +19,7 @@ from .settings import DEMO_MODEL_DIR, DEMO_MODEL_NAME, Settings
 from .transport_choice import engine_dtype, plan_local_engine
 
 IO_PROCESSOR = "terratorch_segmentation"
+MODEL_STEP_TIMEOUT_S = 300  # vLLM's own default for VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS: never set below it
 
 
 def engine_key(settings: Settings, io_processor: bool = True) -> tuple:
@@ -111,6 +113,10 @@ def serve_environment(settings: Settings, info: EngineInfo, output_dir: str) -> 
         "TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG": json.dumps({"output_path": output_dir}),
         # A local model folder must not trigger downloads; a Hugging Face id needs the hub.
         "HF_HUB_OFFLINE": "1" if os.path.isdir(settings.model) else "0",
+        # vLLM stops its engine for good when one model step takes longer than this (300 s by default), which a
+        # batch of large tiles on a slow CPU can: a step may take as long as the plugin waits for an answer.
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS")
+        or str(max(MODEL_STEP_TIMEOUT_S, math.ceil(settings.read_timeout))),
     }
     if info.device == "cpu":
         extra["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"

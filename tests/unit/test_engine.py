@@ -141,6 +141,22 @@ def test_the_io_processor_engine_runs_float16_and_refuses_another_dtype(settings
     assert cmd[cmd.index("--dtype") + 1] == "float32"  # tensor mode: the client casts to the model dtype
 
 
+def test_a_model_step_may_take_as_long_as_the_plugin_waits(settings, tmp_path, monkeypatch):
+    """vLLM stops its engine when one model step outlasts VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS (300 s by default),
+    seen with a 512² tile of a ViT-L model in float16 on an AVX2 CPU: the engine gets the plugin's read timeout
+    (never less than vLLM's default), and a value set in the environment stands."""
+    from plugin.core.engine_command import serve_environment
+
+    cpu = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",))
+    monkeypatch.delenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", raising=False)
+    env = serve_environment(replace(settings, read_timeout=1800.5), cpu, str(tmp_path))
+    assert env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "1801"
+    env = serve_environment(replace(settings, read_timeout=60), replace(cpu, device="gpu"), str(tmp_path))
+    assert env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "300"
+    monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "7200")
+    assert serve_environment(settings, cpu, str(tmp_path))["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "7200"
+
+
 def test_device_mismatch_and_bad_extra_args(settings, tmp_path):
     cpu = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",))
     with pytest.raises(EngineError, match="no usable GPU"):
