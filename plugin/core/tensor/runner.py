@@ -63,7 +63,9 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     from rasterio._env import get_gdal_config
 
     cache = min(GDAL_CACHE_BYTES, _current_cache_bytes())
-    threads = get_gdal_config("GDAL_NUM_THREADS") or GDAL_DECODE_THREADS  # a user's own setting stands
+    threads = get_gdal_config("GDAL_NUM_THREADS")  # a user's own setting stands, 0 and 1 included
+    if threads is None:
+        threads = GDAL_DECODE_THREADS
     with rasterio.Env(GDAL_CACHEMAX=cache, GDAL_NUM_THREADS=threads):
         try:
             src = rasterio.open(info.path)
