@@ -53,6 +53,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     server's version decides.
     """
     import rasterio
+    from rasterio._env import get_gdal_config
 
     progress = progress or NullProgress()
     span = span or ProgressSpan()
@@ -60,8 +61,6 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     spec = job.spec.validate_for_tensor()
     info = job.input
     area = job.area or whole_area(info)
-    from rasterio._env import get_gdal_config
-
     cache = min(GDAL_CACHE_BYTES, _current_cache_bytes())
     threads = get_gdal_config("GDAL_NUM_THREADS")  # a user's own setting stands, 0 and 1 included
     if threads is None:
