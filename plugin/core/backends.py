@@ -125,6 +125,10 @@ class LocalBackend:
 
         def release() -> None:
             held[0]()
+            if self.on_log is not None and engine.on_log == self.on_log:
+                # the job's log sink ends with the job: a kept engine logs on for minutes, and in qgis_process
+                # a line relayed while QGIS exits would reach a torn-down message log (its lines stay in the file)
+                engine.on_log = None
 
         return Connection(client, ServerReach(url, reads_local_files=True), plan.dtype,
                           f"the local engine runs {plan.dtype}", owns_client=True, revive=revive, release=release)
