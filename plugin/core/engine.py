@@ -329,6 +329,8 @@ class LocalEngine:
                     f"Last log lines:\n{tail}",
                     f"The full log is {self.log_path}. On a busy or small machine raise the start-up timeout.",
                 )
+            if self._lease is not None:  # a kept engine's idle time starts once it serves, not while it loads
+                kept.touch(self._lease.path)
             if time.monotonic() - last_note >= 10:
                 last_note = time.monotonic()
                 progress.info(f"Waiting for the local vLLM engine to load the model… {elapsed:.0f} s")

@@ -216,3 +216,16 @@ def test_a_jobs_log_sink_ends_with_the_job(tmp_path, monkeypatch):
     engine.on_log = print  # another job's sink, set since: left alone
     conn.close()
     assert engine.on_log is print
+
+
+def test_a_kept_engine_that_loads_longer_than_its_idle_time_is_not_stopped_for_idleness(settings, tmp_path,
+                                                                                           monkeypatch):
+    """The idle time counts from the end of the last run: a start-up slower than the keep-alive (a busy machine,
+    a big model) is not idleness, and the engine must come up."""
+    monkeypatch.setenv("FAKE_VLLM_DELAY", str(3 * IDLE_MIN * 60))
+    engine = make(settings, tmp_path)
+    url = engine.ensure_running(Recorder())
+    assert alive(engine.pid)
+    assert requests.get(url + "/health", timeout=5).status_code == 200
+    assert "kept engine stopping" not in engine.log_tail(50)
+    engine.stop()
