@@ -282,8 +282,7 @@ class LocalEngine:
             self._reader = self.log.follow(self._proc)
 
     def _wait_healthy(self, progress: Progress, timeout: float) -> str:
-        t0 = time.monotonic()
-        last_note = t0
+        t0 = last_note = time.monotonic()
         while True:
             proc = self._proc
             if proc is None:
