@@ -29,6 +29,7 @@ class Connection:
     owns_client: bool = False  # the job closes it when done
     revive: Optional[Callable[[], bool]] = None  # starts the server again if it died (the local engine)
     release: Optional[Callable[[], None]] = None  # the job is done with the server (a kept engine's idle time starts)
+    concurrency: Optional[int] = None  # tiles in flight when the job sets none (the local engine: what it batches)
 
     def close(self) -> None:
         """The job is done with the server."""
@@ -130,5 +131,7 @@ class LocalBackend:
                 # a line relayed while QGIS exits would reach a torn-down message log (its lines stay in the file)
                 engine.on_log = None
 
+        # The engine serves this job alone: keep as many tiles in flight as it batches in one step (max-num-seqs)
         return Connection(client, ServerReach(url, reads_local_files=True), plan.dtype,
-                          f"the local engine runs {plan.dtype}", owns_client=True, revive=revive, release=release)
+                          f"the local engine runs {plan.dtype}", owns_client=True, revive=revive, release=release,
+                          concurrency=max(1, int(s.max_num_seqs)))

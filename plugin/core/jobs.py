@@ -32,6 +32,7 @@ DEFAULT_OVERLAP = 0.125  # 1/8 of the tile: enough context at tile edges, 1.3x t
 # 16 tiles of 256²): 1.11-1.40 tiles/s at 1 and 2, 1.29-1.61 at 4, 1.58 at 8: vLLM batches what is in
 # flight (max-num-seqs 8), and the next tiles are read and encoded meanwhile. 4 gets most of that gain
 # while keeping a shared server's queue short; against a fast peer the client's own work is the limit.
+# The local engine serves one job: it gets its max-num-seqs in flight instead (backends.LocalBackend).
 DEFAULT_CONCURRENCY = 4
 
 

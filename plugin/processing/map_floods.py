@@ -198,7 +198,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
                 type=QgsProcessingParameterNumber.Type.Double, minValue=0.0, maxValue=0.5, optional=True,
             ),
             QgsProcessingParameterNumber(
-                self.CONCURRENCY, tr("Requests in flight (tensor transport)"),
+                self.CONCURRENCY,
+                tr("Requests in flight (tensor transport; empty = 4, with the local engine its max-num-seqs)"),
                 type=QgsProcessingParameterNumber.Type.Integer, minValue=1, maxValue=64, optional=True,
             ),
             QgsProcessingParameterNumber(

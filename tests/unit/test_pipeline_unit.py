@@ -232,3 +232,48 @@ def test_named_model_spec_sets_the_band_contract_before_any_request(world):
     with pytest.raises(InputError, match="needs 3"):
         map_floods(world.request(input_path=two, model_spec_source=str(three)), world.client())
     assert world.srv.requests == []
+
+
+def test_the_local_engine_gets_as_many_tiles_in_flight_as_it_batches(world, monkeypatch):
+    """The local engine serves one job at a time and batches up to max-num-seqs requests in a step: with no
+    CONCURRENCY set, that many tiles are kept in flight (a remote server, which serves others too, gets 4).
+    A CONCURRENCY the user set stands."""
+    from plugin.core import engine_env, engines, transport_choice
+    from plugin.core.backends import LocalBackend
+    from plugin.core.settings import Settings
+
+    class Engine:
+        on_log = None
+        log_path = world.tmp / "engine.log"
+
+        def ensure_running(self, progress, timeout=None):
+            return world.srv.url
+
+        def hold(self):
+            return lambda: None
+
+        def is_alive(self):
+            return True
+
+    monkeypatch.setattr(engines, "get_engine", lambda settings, on_log=None, io_processor=True: Engine())
+    monkeypatch.setattr(engine_env, "check_environment", lambda python: engine_env.EngineInfo(
+        python, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",)))
+    monkeypatch.setattr(transport_choice, "plan_local_engine",
+                        lambda *a: transport_choice.EnginePlan("float32", False, "test"))
+    world.kind = "tensor"
+    world.srv.delay = 0.3  # every tile waits, so all that may be in flight are
+    backend = LocalBackend(Settings(max_num_seqs=5))
+    progress = Recorder()
+    result = map_floods(world.request(concurrency=None), backend, progress)
+    assert result.transport == "tensor" and len(jobs(world)) == 9
+    assert world.srv.max_in_flight == 5
+    assert any("5 tiles in flight: the local engine batches 5" in m for m in progress.infos), progress.infos
+    assert any("5 in flight" in m for m in progress.infos if m.startswith("Tensor transport:"))
+
+    world.srv.max_in_flight = 0
+    map_floods(world.request(concurrency=2), backend)
+    assert world.srv.max_in_flight == 2
+
+    world.srv.max_in_flight = 0  # a remote server: the default
+    map_floods(world.request(concurrency=None), world.client())
+    assert world.srv.max_in_flight == 4
