@@ -30,6 +30,7 @@ class Connection:
     revive: Optional[Callable[[], bool]] = None  # starts the server again if it died (the local engine)
     release: Optional[Callable[[], None]] = None  # the job is done with the server (a kept engine's idle time starts)
     concurrency: Optional[int] = None  # tiles in flight when the job sets none (the local engine: what it batches)
+    concurrency_reason: str = ""  # why, for the log
 
     def close(self) -> None:
         """The job is done with the server."""
@@ -132,6 +133,8 @@ class LocalBackend:
                 engine.on_log = None
 
         # The engine serves this job alone: keep as many tiles in flight as it batches in one step (max-num-seqs)
+        batch = max(1, int(s.max_num_seqs))
         return Connection(client, ServerReach(url, reads_local_files=True), plan.dtype,
                           f"the local engine runs {plan.dtype}", owns_client=True, revive=revive, release=release,
-                          concurrency=max(1, int(s.max_num_seqs)))
+                          concurrency=batch,
+                          concurrency_reason=f"the local engine batches {batch} at once (max-num-seqs)")

@@ -107,8 +107,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
             progress.info(f"Tensors in {spec.dtype}: {spec.dtype_reason or 'the model spec'}")
             if request.concurrency is None and conn.concurrency:
                 concurrency = conn.concurrency
-                progress.info(f"{concurrency} tiles in flight: the local engine batches {concurrency} at once "
-                              "(max-num-seqs)")
+                progress.info(f"{concurrency} tiles in flight: {conn.concurrency_reason or 'what the server takes'}")
             job = TensorJob(
                 input=info, bands=bands, spec=spec, model=facts.model, version=facts.version,
                 output_path=request.output_path, probability_path=request.probability_path, overlap=overlap,
