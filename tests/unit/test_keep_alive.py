@@ -18,7 +18,7 @@ import requests
 from plugin.core import engine as eng
 from plugin.core import engines, kept_engine
 from plugin.core.settings import Settings, env_keep_alive
-from tests.fixtures.fake_engine import fake_settings, isolated_engines, make
+from tests.fixtures.fake_engine import fake_settings, isolated_engines, make, stand_in_engine
 from tests.fixtures.progress import Recorder
 
 IDLE_MIN = 0.05  # 3 s
@@ -179,40 +179,17 @@ def test_keep_alive_from_the_environment():
 def test_a_jobs_log_sink_ends_with_the_job(tmp_path, monkeypatch):
     """A kept engine logs on after the job (vLLM's periodic statistics): its lines stay in the engine's log file
     and tail, and no longer reach the finished job's sink, which in qgis_process is a QGIS that may be exiting."""
-    from plugin.core import backends, engine_env, transport_choice
+    from plugin.core import backends
     from plugin.core.jobs import MapFloodsRequest
 
-    class Engine:
-        on_log = None
-        log_path = tmp_path / "engine.log"
-        released = 0
-
-        def ensure_running(self, progress, timeout=None):
-            return "http://127.0.0.1:9"
-
-        def hold(self):
-            def release():
-                Engine.released += 1
-            return release
-
-    engine = Engine()
-
-    def get_engine(settings, on_log=None, io_processor=True):
-        engine.on_log = on_log
-        return engine
-
-    monkeypatch.setattr(engines, "get_engine", get_engine)
-    monkeypatch.setattr(engine_env, "check_environment", lambda python: engine_env.EngineInfo(
-        python, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",)))
-    monkeypatch.setattr(transport_choice, "plan_local_engine",
-                        lambda *a: transport_choice.EnginePlan("float32", False, "test"))
+    engine = stand_in_engine(monkeypatch, "http://127.0.0.1:9", tmp_path / "engine.log")
     sink_lines: list[str] = []
     backend = backends.LocalBackend(Settings(), on_log=sink_lines.append)
     request = MapFloodsRequest(input_path="in.tif", output_path=str(tmp_path / "out.tif"), server_url="")
     conn = backend.connect(request, None, "auto", Recorder())
     assert engine.on_log == sink_lines.append  # the job's lines go to the job
     conn.close()
-    assert engine.on_log is None and Engine.released == 1
+    assert engine.on_log is None and engine.released == 1
     engine.on_log = print  # another job's sink, set since: left alone
     conn.close()
     assert engine.on_log is print

@@ -238,28 +238,11 @@ def test_the_local_engine_gets_as_many_tiles_in_flight_as_it_batches(world, monk
     """The local engine serves one job at a time and batches up to max-num-seqs requests in a step: with no
     CONCURRENCY set, that many tiles are kept in flight (a remote server, which serves others too, gets 4).
     A CONCURRENCY the user set stands."""
-    from plugin.core import engine_env, engines, transport_choice
     from plugin.core.backends import LocalBackend
     from plugin.core.settings import Settings
+    from tests.fixtures.fake_engine import stand_in_engine
 
-    class Engine:
-        on_log = None
-        log_path = world.tmp / "engine.log"
-
-        def ensure_running(self, progress, timeout=None):
-            return world.srv.url
-
-        def hold(self):
-            return lambda: None
-
-        def is_alive(self):
-            return True
-
-    monkeypatch.setattr(engines, "get_engine", lambda settings, on_log=None, io_processor=True: Engine())
-    monkeypatch.setattr(engine_env, "check_environment", lambda python: engine_env.EngineInfo(
-        python, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",)))
-    monkeypatch.setattr(transport_choice, "plan_local_engine",
-                        lambda *a: transport_choice.EnginePlan("float32", False, "test"))
+    stand_in_engine(monkeypatch, world.srv.url, world.tmp / "engine.log")
     world.kind = "tensor"
     world.srv.delay = 0.3  # every tile waits, so all that may be in flight are
     backend = LocalBackend(Settings(max_num_seqs=5))
