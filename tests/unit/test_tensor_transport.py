@@ -426,6 +426,29 @@ def test_concurrency_is_bounded(tmp_path):
         assert p.max_in_flight == 3
 
 
+def test_the_next_tiles_are_ready_while_the_first_wait_on_the_server(tmp_path, monkeypatch):
+    """A slot freed by an answer is refilled by a tile already read and encoded: while `concurrency` requests
+    wait on the server, as many more tiles are made ready. The wire still carries `concurrency` at most."""
+    from plugin.core.tensor import codec
+
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=500, height=500)
+    answered = []  # for each tile encoded, how many answers the server had sent by then (the version first)
+    encode = codec.PayloadEncoder.encode
+
+    def counting(self, *args):
+        answered.append(p.completed)
+        return encode(self, *args)
+
+    monkeypatch.setattr(codec.PayloadEncoder, "encode", counting)
+    with FakeVllm("tensor", MEANS, STDS, delay=0.5, expect_dtype="float16") as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p, overlap=0.0, concurrency=3), c, make_spec(), SIX)
+        assert len(p.jobs) == 16 and p.max_in_flight == 3
+    assert answered[:6] == [answered[0]] * 6, answered  # 3 on the wire, 3 more ready, no tile answered yet
+    with rasterio.open(tmp_path / "out.tif") as ds:  # tiles may come back in any order: the map is whole
+        assert (ds.read(1) == rule_mask(inp)).mean() >= 0.9999
+
+
 def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=500, height=500)

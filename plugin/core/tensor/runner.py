@@ -6,7 +6,10 @@
     -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
     -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
 
-Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles in flight; the
+As many tiles again are read and encoded ahead, each waiting for a request slot: when answers come back, the
+next requests go out at once, and the server's next batch is full instead of starting with the first tile ready.
+
+Memory is bounded by num_classes x tile x width for the row bands plus 2 x `concurrency` tiles in flight; the
 whole raster is never held. A run, finished, failed or cancelled, returns only once its worker threads and
 their datasets are done: nothing of it outlives the call.
 """
@@ -40,6 +43,7 @@ GDAL_CACHE_BYTES = 128 * 1024 * 1024  # a row of input blocks is re-read rather 
 GDAL_DECODE_THREADS = "ALL_CPUS"
 INFO_EVERY_S = 5.0
 POLL_S = 0.1  # how often the main loop looks at the cancel flag
+PREPARED_AHEAD = 1  # tiles read and encoded ahead, per request slot
 
 
 def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
@@ -171,6 +175,7 @@ class _Tiles:
         self.sent = 0
         self.outage = Outage(client, 0.0, self.stop.is_set)
         self.engine_died: set[tuple[int, int]] = set()  # tiles the server's engine stopped on once
+        self.slots = threading.BoundedSemaphore(1)  # run() sizes it
 
     def work(self, tile: Tile) -> Optional[tuple[Tile, Optional[np.ndarray], np.ndarray]]:
         from rasterio.errors import RasterioError
@@ -187,7 +192,15 @@ class _Tiles:
             return tile, None, valid  # nothing to ask the model about
         body = self.encoder.encode(self.normalise(raw, valid), self.locations.get(tile.index))
         del raw
-        logits = self._send(tile, body)
+        if not self._take_slot():
+            return None
+        try:
+            logits = self._send(tile, body)
+        except BaseException:
+            self.stop.set()  # the run ends with this error: no tile read ahead takes the slot
+            raise
+        finally:
+            self.slots.release()
         del body
         if self.stop.is_set():
             return None
@@ -198,6 +211,16 @@ class _Tiles:
                 "The input is probably outside the range the model expects (an overflow in float16): check "
                 "SCALE/OFFSET (reflectance 0-1) and BANDS, or serve the model in float32.")
         return tile, logits, valid
+
+    def _take_slot(self) -> bool:
+        """Wait for one of the `concurrency` request slots; False once the run stops."""
+        while not self.slots.acquire(timeout=POLL_S):
+            if self.stop.is_set():
+                return False
+        if self.stop.is_set():
+            self.slots.release()
+            return False
+        return True
 
     def _send(self, tile: Tile, body: bytes) -> Optional[np.ndarray]:
         """The tile's logits; sent again after the server went away and came back (Outage). An engine that
@@ -230,7 +253,10 @@ class _Tiles:
 
     def run(self, concurrency: int, progress: Progress, span: ProgressSpan) -> int:
         """Send every tile; returns the number of requests. Threads and datasets are done when it returns."""
-        executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="floodmapper-tile")
+        # the tiles read and encoded ahead wait for a slot: one freed by an answer is refilled at once
+        self.slots = threading.BoundedSemaphore(concurrency)
+        workers = concurrency + concurrency * PREPARED_AHEAD
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floodmapper-tile")
         tiles = iter(self.grid)
         pending: set[Future] = set()
         total = max(int(self.send.sum()), 1)  # progress and ETA count the tiles that are sent
@@ -240,7 +266,7 @@ class _Tiles:
         try:
             exhausted = False
             while True:
-                while not exhausted and len(pending) < concurrency:
+                while not exhausted and len(pending) < workers:
                     tile = next(tiles, None)
                     if tile is None:
                         exhausted = True
