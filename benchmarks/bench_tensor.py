@@ -1,7 +1,8 @@
 """Client-side cost of the tensor transport, next to the way vLLM's documented client does it, in one run (not a test).
 
 What it measures, all against a zero-latency peer on 127.0.0.1 that returns canned logits (so the server's
-model time is out of the picture and only the client's work and the HTTP round trip remain):
+model time is out of the picture and only the client's work and the HTTP round trip remain; `--latency S`
+makes each answer wait S seconds, as a fast GPU server's would):
 
 1. ours, transport   512x512x6 uint16 tiles already in memory: normalise (LUT) -> float16 -> .npy ->
                      base64 -> pre-encoded JSON bytes -> POST -> logits. What the plugin asks of vLLM >= 0.12:
@@ -81,9 +82,9 @@ DOCUMENTED_CLIENT = textwrap.dedent('''
 ''')
 
 
-def start_peer(classes: int = 2) -> tuple[subprocess.Popen, int]:
+def start_peer(classes: int = 2, latency: float = 0.0) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/canned_peer.py"),
-                             "--tile", str(TILE), "--classes", str(classes)],
+                             "--tile", str(TILE), "--classes", str(classes), "--latency", str(latency)],
                             stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True, start_new_session=True)
     line = proc.stdout.readline()
     if not line.startswith("PORT"):
@@ -303,6 +304,8 @@ def main() -> int:
     ap.add_argument("--tiles", type=int, default=200, help="tiles per transport measurement")
     ap.add_argument("--concurrency", type=int, default=4, help="threads for 'ours, transport'")
     ap.add_argument("--big", type=int, default=20000, help="side of the peak-RSS raster (0 = skip)")
+    ap.add_argument("--latency", type=float, default=0.0,
+                    help="seconds the peer waits before each answer (a fast server's time per request; default 0)")
     ap.add_argument("--runs", type=int, default=3, help="pipeline runs per raster (median and best reported)")
     ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline lines and the step costs")
     ap.add_argument("--vllm-python", default=os.environ.get("FLOODMAPPER_VLLM_PYTHON") or str(
@@ -320,7 +323,7 @@ def main() -> int:
         return 0
 
     print(f"machine: {os.cpu_count()} CPUs, load {open('/proc/loadavg').read().split()[0]} at start")
-    peer, port = start_peer()
+    peer, port = start_peer(latency=args.latency)
     results: dict[str, object] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tensor-") as tmp:

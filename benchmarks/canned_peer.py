@@ -5,6 +5,8 @@ client, and every millisecond spent here is taken from the same two cores. Not a
 fake vLLM is tests/fixtures/fake_vllm.py).
 
     python benchmarks/canned_peer.py --tile 512 --classes 2     # prints "PORT <n>", serves until stdin closes
+    python benchmarks/canned_peer.py --latency 0.03             # each answer waits 30 ms: a fast GPU server's time,
+                                                                # requests answered in parallel
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import socketserver
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,8 @@ from tests.fixtures.fake_vllm import binary_answer  # noqa: E402
 
 
 class Peer:
-    def __init__(self, tile: int, classes: int) -> None:
+    def __init__(self, tile: int, classes: int, latency: float = 0.0) -> None:
+        self.latency = latency
         self.lock = threading.Lock()
         self.requests = 0
         self.version = "0.32.0"
@@ -93,6 +97,8 @@ class Peer:
                     if method == b"POST" and path == b"/pooling":
                         with peer.lock:
                             peer.requests += 1
+                        if peer.latency:
+                            time.sleep(peer.latency)
                         # the format fields sit before the megabytes of tensors: look at the head only
                         head = bytes(view[:256])
                         if b'"encoding_format":"bytes"' in head:
@@ -124,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--classes", type=int, default=2)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds each /pooling answer waits (default 0)")
     args = ap.parse_args(argv)
-    server = Peer(args.tile, args.classes).server()
+    server = Peer(args.tile, args.classes, args.latency).server()
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     print(f"PORT {server.server_address[1]}", flush=True)
     try:
