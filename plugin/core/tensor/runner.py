@@ -6,12 +6,12 @@
     -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
     -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
 
-As many tiles again are read and encoded ahead, each waiting for a request slot: when answers come back, the
-next requests go out at once, and the server's next batch is full instead of starting with the first tile ready.
+As many tiles again are read and encoded ahead, each waiting for a request slot: when an answer comes back, the
+next request goes out at once instead of after a read and an encode (the server does not sit idle meanwhile).
 
-Memory is bounded by num_classes x tile x width for the row bands plus 2 x `concurrency` tiles in flight; the
-whole raster is never held. A run, finished, failed or cancelled, returns only once its worker threads and
-their datasets are done: nothing of it outlives the call.
+Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles on the wire and as
+many read ahead; the whole raster is never held. A run, finished, failed or cancelled, returns only once its
+worker threads and their datasets are done: nothing of it outlives the call.
 """
 
 from __future__ import annotations
