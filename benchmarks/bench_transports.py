@@ -2,7 +2,8 @@
 concurrencies (not a test).
 
     .venv/bin/python benchmarks/bench_transports.py [--size 1024] [--concurrency 1 2 4] [--runs 3]
-    .venv/bin/python benchmarks/bench_transports.py --model build/reference-model/f16 --tile 512   # a float16 CPU
+    .venv/bin/python benchmarks/bench_transports.py --image-concurrency 1 --concurrency 1 4 8   # one raster
+    .venv/bin/python benchmarks/bench_transports.py --model build/reference-model/f16   # a CPU with float16 arithmetic
     .venv/bin/python benchmarks/bench_transports.py --model build/reference-model/bench-float32 --dtype float32 \
         --transports tensor                                     # the reference model where float16 is too slow
 
@@ -22,7 +23,10 @@ then only `--transports tensor` can run. A synthetic
                    posting, stitching and writing included.
 
 "Concurrency" is what the plugin keeps in flight: tensor requests of one raster, or (image-to-image, one request
-per raster) rasters at once, as the batch dialog or parallel runs do. Seconds per tile are wall seconds over the
+per raster) rasters at once, as the batch dialog or parallel runs do. So the two lines of one concurrency above 1
+compare c rasters by image-to-image with one raster by tensor; the column "tensor / one raster by image" compares
+the same single raster both ways (image-to-image at concurrency 1, whose one request hands the server every tile at
+once; `--image-concurrency 1` runs only that image line). Seconds per tile are wall seconds over the
 tiles the server ran (c rasters x tiles for the image lines). Runs alternate bare and plugin, after a warm-up
 of each; medians are printed with every run, and the load average beside them. With --default-overlap the
 tensor transport also maps the scene with its default overlap, to show the extra tiles and time.
@@ -121,7 +125,7 @@ def image_lines(url: str, raster: Path, tmp: Path, model: Path, tiles: int, args
 
     bare(0)
     plugin(0)
-    return {c: runs(bare, plugin, c, c * tiles, args.runs) for c in args.concurrency}
+    return {c: runs(bare, plugin, c, c * tiles, args.runs) for c in args.image_concurrency}
 
 
 def tensor_lines(url: str, raster: Path, tmp: Path, model: Path, args) -> tuple[dict[int, tuple], int]:
@@ -180,12 +184,16 @@ def main() -> int:
                     help="a TerraTorch model folder that vLLM serves (config.json + weights)")
     ap.add_argument("--size", type=int, default=1024, help="the scene's width and height, pixels")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--image-concurrency", type=int, nargs="+", default=None,
+                    help="the image lines' concurrencies (default: those of --concurrency)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs of each line")
     ap.add_argument("--default-overlap", action="store_true", help="also the tensor transport's default overlap")
     ap.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                     help="the tensor server's --dtype (the image server runs float16 whatever this says)")
     ap.add_argument("--transports", nargs="+", choices=("image", "tensor"), default=["image", "tensor"])
     args = ap.parse_args()
+    if args.image_concurrency is None:
+        args.image_concurrency = args.concurrency
     if args.dtype != "float16" and "image" in args.transports:
         ap.error("image-to-image runs float16 only: with --dtype float32 give --transports tensor")
 
@@ -211,18 +219,22 @@ def main() -> int:
                     plugin_run(url, raster, tmp / "overlap.tif", args.model, "tensor", dtype=args.dtype)
                     overlap = time.perf_counter() - t0
     print("\n| concurrency | transport | bare s/tile, median (runs) | plugin s/tile, median (runs) | plugin / bare "
-          "| tensor / image (plugin) | load |")
-    print("|---|---|---|---|---|---|---|")
-    for c in args.concurrency:
+          "| tensor / image (plugin) | tensor / one raster by image (plugin) | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in sorted(set(image) | set(tensor)):
         for name, lines in (("image", image), ("tensor", tensor)):
             if c not in lines:
                 continue
             bare_s, plugin_s, loads = lines[c]
             ratio = statistics.median(plugin_s) / statistics.median(bare_s)
-            cross = (f"{statistics.median(tensor[c][1]) / statistics.median(image[c][1]):.2f}"
-                     if name == "tensor" and image else "")
+            cross = one = ""
+            if name == "tensor":
+                if c in image:
+                    cross = f"{statistics.median(plugin_s) / statistics.median(image[c][1]):.2f}"
+                if 1 in image:
+                    one = f"{statistics.median(plugin_s) / statistics.median(image[1][1]):.2f}"
             label = name if name == "image" else f"tensor ({args.dtype})"
-            print(f"| {c} | {label} | {fmt(bare_s)} | {fmt(plugin_s)} | {ratio:.2f} | {cross} | {loads} |")
+            print(f"| {c} | {label} | {fmt(bare_s)} | {fmt(plugin_s)} | {ratio:.2f} | {cross} | {one} | {loads} |")
     if overlap is not None:
         ov = overlap_pixels(min(spec.tile_width, spec.tile_height), DEFAULT_OVERLAP)
         with_overlap = TileGrid.build(args.size, args.size, spec.tile_width, spec.tile_height, ov, ov)
