@@ -36,6 +36,7 @@ from .reference_inputs import (
     ReferenceInputs,
     add_extent_outputs,
     add_reference_parameters,
+    area_text,
     extent_text,
     extent_values,
     read_reference_inputs,
@@ -135,9 +136,9 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
             qlog.log(f"Flood extent from water maps failed on '{self._input_name}': {failure}",
                      Qgis.MessageLevel.Critical)
             raise QgsProcessingException(failure)
-        summary = tr("Flood extent of {name}: water {water:,} of {valid:,} valid pixels ({area:.3f} km²). "
+        summary = tr("Flood extent of {name}: water {water:,} of {valid:,} valid pixels ({area}). "
                      ).format(name=self._input_name, water=result.water_pixels, valid=result.valid_pixels,
-                              area=result.water_area_km2) + extent_text(result)
+                              area=area_text(result.water_area_km2)) + extent_text(result)
         feedback.pushInfo(summary)
         qlog.log(summary)
         output = result.output_path

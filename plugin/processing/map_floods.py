@@ -45,6 +45,7 @@ from .reference_inputs import (
     ReferenceInputs,
     add_extent_outputs,
     add_reference_parameters,
+    area_text,
     extent_text,
     extent_values,
     read_reference_inputs,
@@ -61,10 +62,10 @@ SERVER_DTYPES = ["auto", "float16", "float32", "bfloat16"]
 def summary_text(input_name: str, result: MapFloodsResult) -> str:
     return tr(
         "Flood map of {name}: water {water:,} of {valid:,} valid pixels ({fraction:.2%}), "
-        "{area:.3f} km². Model {model} via {transport}."
+        "{area}. Model {model} via {transport}."
     ).format(
         name=input_name, water=result.water_pixels, valid=result.valid_pixels,
-        fraction=result.water_fraction, area=result.water_area_km2, model=result.model,
+        fraction=result.water_fraction, area=area_text(result.water_area_km2), model=result.model,
         transport=result.transport,
     )
 

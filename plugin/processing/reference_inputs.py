@@ -87,21 +87,22 @@ def extent_values(result: MapFloodsResult) -> dict:
     }
 
 
+def area_text(value: float) -> str:
+    """An area in km² for the log and the layer's abstract; NaN (a raster without a CRS) says so."""
+    return tr("{area:.3f} km²").format(area=value) if not math.isnan(value) else tr("area unknown (no CRS)")
+
+
 def extent_text(result: MapFloodsResult) -> str:
     """The flood figures for the log and the layer's abstract ("" without a reference)."""
     if not result.reference:
         return ""
-
-    def km2(value: float) -> str:
-        return tr("{area:.3f} km²").format(area=value) if not math.isnan(value) else tr("area unknown (no CRS)")
-
     share = result.no_reference_pixels / result.valid_pixels if result.valid_pixels else 0.0
     return tr(
         "Flood water {flood:,} px, {flood_area}; permanent water {permanent:,} px, {permanent_area} "
         "(compared with {reference}). {no_ref:,} valid pixels ({share:.1%}) have no reference: their water "
         "counts as flood."
-    ).format(flood=result.flood_pixels, flood_area=km2(result.flood_area_km2),
-             permanent=result.permanent_water_pixels, permanent_area=km2(result.permanent_water_area_km2),
+    ).format(flood=result.flood_pixels, flood_area=area_text(result.flood_area_km2),
+             permanent=result.permanent_water_pixels, permanent_area=area_text(result.permanent_water_area_km2),
              reference=result.reference, no_ref=result.no_reference_pixels, share=share)
 
 

@@ -87,6 +87,42 @@ def test_nodata_border_maps_to_output_nodata(provider_loaded, vllm_server, tmp_p
     assert iou(classes, truth) >= MIN_IOU
 
 
+def test_raster_without_crs_is_mapped_and_says_its_area_is_unknown(provider_loaded, main_window_iface,
+                                                                     vllm_server, tmp_path):
+    """No CRS, no pixel area: the map is made, the area output is empty and the log and abstract say why."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    from floodmapper.plugin.toolbelt.compat import layer_abstract
+
+    scene, src = tmp_path / "scene.tif", tmp_path / "nocrs.tif"
+    truth = generate_scene(scene, seed=9112, width=256, height=256)
+    with rasterio.open(scene) as ds:
+        profile, data, descriptions = ds.profile, ds.read(), ds.descriptions
+    profile.pop("crs")
+    with rasterio.open(src, "w", **profile) as dst:
+        dst.write(data)
+        dst.descriptions = descriptions
+    logs: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (Qt API)
+            logs.append(info)
+            super().pushInfo(info)
+
+    out = tmp_path / "nocrs-flood.tif"
+    result = processing.runAndLoadResults("floodmapper:map_floods", _params(src, out, vllm_server),
+                                          context=QgsProcessingContext(), feedback=Feedback())
+    classes, _ = _classes(out)
+    assert iou(classes, truth) >= MIN_IOU and result["WATER_PIXELS"] == int((classes == 1).sum())
+    assert result["WATER_AREA_KM2"] is None or result["WATER_AREA_KM2"] != result["WATER_AREA_KM2"]
+    summary = next(line for line in logs if line.startswith("Flood map of nocrs"))
+    assert "area unknown (no CRS)" in summary and "nan" not in summary, summary
+    layer = QgsProject.instance().mapLayersByName("nocrs – flood")[0]
+    assert "area unknown (no CRS)" in layer_abstract(layer) and "nan" not in layer_abstract(layer)
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
 def test_batch_rows_are_independent(provider_loaded, vllm_server, tmp_path):
     """As the batch dialog runs it: one context per row; a bad row fails clearly, the others are mapped."""
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
