@@ -19,6 +19,7 @@ from .errors import OutputError
 log = logging.getLogger("floodmapper.output")
 
 OUTPUT_TILE = 256  # GeoTIFF block size of the maps
+GEOTIFF_EXTENSIONS = (".tif", ".tiff")  # what the maps are written as, whatever the name says
 PART = ".part"  # every temporary output is named .<target>.<random>.part[.tif]
 STALE_AFTER_S = 3600.0  # a .part file this old belongs to a run that was killed (a run writes into its own)
 _OURS = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.tif)?$")
@@ -50,6 +51,12 @@ def check_output_path(output_path: str, input_path: str) -> None:
         )
     if os.path.isdir(output_path):
         raise OutputError(f"The output '{output_path}' is a folder.", "Give a file name ending in .tif.")
+    extension = os.path.splitext(output_path)[1]
+    if extension.lower() not in GEOTIFF_EXTENSIONS:
+        named = f"names another format ('{extension}')" if extension else "has no file extension"
+        raise OutputError(f"The output '{output_path}' {named}, and the map is written as a GeoTIFF.",
+                          "Give a file name ending in .tif; for another format, convert the map afterwards "
+                          "(Raster > Conversion > Translate, or gdal_translate).")
 
 
 def check_outputs(output_path: str, probability_path: str, input_path: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import qgis.core
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from ..core.output import GEOTIFF_EXTENSIONS
 from ..toolbelt import resources
 from ..toolbelt.i18n import tr
 
@@ -24,6 +26,19 @@ class FloodMapperProvider(QgsProcessingProvider):
 
     def svgIconPath(self) -> str:
         return str(resources.ICON_PATH)
+
+    # The maps are GeoTIFFs: the file dialogs offer that format alone, a name for another one is refused before
+    # the run, and temporary outputs are .tif whatever the user's default raster format.
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # asked by QGIS < 3.32
+        return [ext.lstrip(".") for ext in GEOTIFF_EXTENSIONS]
+
+    if hasattr(QgsProcessingProvider, "supportedOutputRasterLayerFormatAndExtensions") and not hasattr(
+            qgis.core, "QgsProcessingFormatExtensionPair"):  # asked by QGIS 3.32+, as (GDAL driver, extension)
+        def supportedOutputRasterLayerFormatAndExtensions(self) -> list[tuple[str, str]]:
+            return [("GTiff", ext.lstrip(".")) for ext in GEOTIFF_EXTENSIONS]
+
+    def defaultRasterFileExtension(self) -> str:
+        return "tif"
 
     def loadAlgorithms(self) -> None:
         from .compare_water_maps import CompareWaterMapsAlgorithm

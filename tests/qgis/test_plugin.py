@@ -36,6 +36,36 @@ def test_provider_and_algorithm_registered(plugin):
     assert alg.shortHelpString()
 
 
+def test_raster_outputs_are_geotiff_only(plugin, tmp_path):
+    """The file dialogs offer GeoTIFF alone, another format's name is refused, and a temporary output is a .tif
+    even when the user's default raster format is another."""
+    from qgis.core import QgsProcessing, QgsProcessingContext, QgsProcessingUtils, QgsRasterFileWriter, QgsSettings
+
+    registry = QgsApplication.processingRegistry()
+    params = [registry.algorithmById("floodmapper:map_floods").parameterDefinition(name)
+              for name in ("OUTPUT", "PROBABILITY")]
+    params.append(registry.algorithmById("floodmapper:compare_water_maps").parameterDefinition("OUTPUT"))
+    context = QgsProcessingContext()
+
+    img = QgsRasterFileWriter.supportedFormatExtensions().index("img")
+    entry = getattr(QgsProcessing, "settingsDefaultOutputRasterLayerExt", None)
+    key = "Processing/Configuration/DefaultOutputRasterLayerExt"
+    before = entry.value() if entry else QgsSettings().value(key, -1)
+    entry.setValue(img) if entry else QgsSettings().setValue(key, img)
+    try:
+        assert QgsProcessingUtils.defaultRasterExtension() == "img"
+        for param in params:
+            file_filter = param.createFileFilter()
+            assert "*.tif" in file_filter and "*.img" not in file_filter, file_filter
+            assert param.defaultFileExtension() == "tif"
+            assert param.generateTemporaryDestination().endswith(".tif")
+            assert param.isSupportedOutputValue(str(tmp_path / "flood.tif"), context)[0]
+            supported, error = param.isSupportedOutputValue(str(tmp_path / "flood.img"), context)
+            assert not supported and ".img" in error
+    finally:
+        entry.setValue(before) if entry else QgsSettings().setValue(key, before)
+
+
 def test_toolbar_action_and_menu(qgis_app, qgis_iface, qgis_processing, clean_registry, monkeypatch):
     import floodmapper
 

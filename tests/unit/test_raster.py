@@ -274,6 +274,19 @@ def test_output_folder_problems(tmp_path, monkeypatch):
     assert "not writable" in ei.value.message
 
 
+@pytest.mark.parametrize("name, named", [("flood.img", "names another format ('.img')"),
+                                         ("flood.gpkg", "names another format ('.gpkg')"),
+                                         ("flood", "has no file extension")])
+def test_output_must_be_named_as_the_geotiff_it_is(tmp_path, name, named):
+    inp = write(tmp_path / "in.tif", np.ones((6, 4, 4), np.uint16))
+    with pytest.raises(OutputError) as ei:
+        output.check_output_path(str(tmp_path / name), inp)
+    assert named in ei.value.message and ".tif" in ei.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    for name in ("flood.tif", "flood.TIF", "flood.v2.tiff"):
+        output.check_output_path(str(tmp_path / name), inp)
+
+
 def test_cancel_keeps_old_output_and_leaves_no_temp(tmp_path):
     inp = write(tmp_path / "in.tif", np.ones((6, 16, 16), np.uint16))
     out = tmp_path / "out.tif"
