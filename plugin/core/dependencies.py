@@ -41,6 +41,9 @@ class Requirement:
     minimum: str = ""  # oldest version that works ("" = any)
     below: str = ""  # first version that no longer works ("" = none)
     replace: bool = True  # False: a copy QGIS has is never replaced, only reported
+    # needed only while another distribution's version compares so, e.g. ("rasterio", "<", "1.5"): the version
+    # found, or the pinned one that would be installed in its place ("" = always needed)
+    when: tuple[str, str, str] = ()
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,15 @@ NEEDS: tuple[Need, ...] = (
         Requirement("rasterio", "rasterio", minimum="1.4"),
         # the pinned rasterio wheels are built against numpy 2, which reads arrays of numpy >= 1.24 only
         Requirement("numpy", "numpy", minimum="1.24", replace=False),
-        Requirement("affine", "affine", minimum="2.3", below="3"),  # affine 3 breaks rasterio 1.4's transforms
+        # affine 3 breaks rasterio 1.4's transforms; rasterio 1.5 takes it and no longer needs cligj and
+        # click-plugins (Debian's python3-rasterio 1.5 comes with affine 3 and without them)
+        Requirement("affine", "affine", minimum="2.3", below="3", when=("rasterio", "<", "1.5")),
+        Requirement("affine", "affine", minimum="2.3", when=("rasterio", ">=", "1.5")),
         Requirement("attrs", "attr"),
         Requirement("certifi", "certifi"),
         Requirement("click", "click"),
-        Requirement("click-plugins", "click_plugins"),
-        Requirement("cligj", "cligj"),
+        Requirement("click-plugins", "click_plugins", when=("rasterio", "<", "1.5")),
+        Requirement("cligj", "cligj", when=("rasterio", "<", "1.5")),
         Requirement("pyparsing", "pyparsing"),
     )),
     Need("requests", (
@@ -226,6 +232,28 @@ def unmet(requirement: Requirement, found: Optional[Found]) -> Optional[Unmet]:
     return None
 
 
+def applies(requirement: Requirement, python: tuple[int, ...], pins: Optional[list[Pin]],
+            find: Callable[[Requirement], Optional[Found]]) -> bool:
+    """Whether `requirement.when` holds: against the version found of that distribution when it is usable,
+    else the pinned version that would replace it; with neither known, it holds (checked rather than not)."""
+    if not requirement.when:
+        return True
+    distribution, op, version = requirement.when
+    other = next(r for need in NEEDS for r in need.requirements if r.distribution == distribution and not r.when)
+    found = find(other)
+    if found is not None and version_tuple(found.version) and unmet(other, found) is None:
+        have = version_tuple(found.version)
+    else:
+        try:
+            pin = pins_for(python, pins).get(normalize(distribution))
+        except (OSError, ValueError):
+            pin = None
+        have = version_tuple(pin.version) if pin else ()
+    if not have:
+        return True
+    return have < version_tuple(version) if op == "<" else have >= version_tuple(version)
+
+
 @dataclass
 class Plan:
     """What the plugin lacks in this Python and how to fix it."""
@@ -254,6 +282,8 @@ def check(python: tuple[int, ...] = tuple(sys.version_info[:2]), pins: Optional[
     for need in NEEDS:
         need_unmet = False
         for requirement in need.requirements:
+            if not applies(requirement, python, pins, find):
+                continue
             key = f"{requirement.distribution}:{requirement.minimum}:{requirement.below}"
             if key not in seen:
                 seen[key] = unmet(requirement, find(requirement))

@@ -122,6 +122,24 @@ def test_affine_3_is_replaced():
     assert plan.summary() == "affine 3.0.1 (needs >= 2.3 and < 3)"
 
 
+def test_rasterio_1_5_takes_affine_3_and_needs_no_cligj():
+    """Debian's python3-rasterio 1.5 (sid): affine 3, neither cligj nor click-plugins."""
+    plan = plan_for(rasterio="1.5.2", affine="3.0.1", cligj=None, **{"click-plugins": None})
+    assert plan.ok, plan.summary()
+    assert plan_for(rasterio="1.5.2", affine="2.4.0").ok
+    plan = plan_for(rasterio="1.5.2", affine=None)
+    assert [p.spec for p in plan.install] == ["affine==2.4.0"]
+
+
+def test_rasterio_1_4_or_its_replacement_still_needs_what_1_4_needs():
+    plan = plan_for(rasterio="1.4.4", cligj=None)
+    assert [p.spec for p in plan.install] == ["cligj==0.7.2"]
+    plan = plan_for(rasterio="1.3.9", affine="3.0.1")  # replaced by the pinned 1.4.4, which needs affine < 3
+    assert [p.spec for p in plan.install] == ["rasterio==1.4.4", "affine==2.4.0"]
+    plan = plan_for(rasterio=None, cligj=None)
+    assert {p.spec for p in plan.install} == {"rasterio==1.4.4", "cligj==0.7.2"}
+
+
 def test_unknown_version_is_trusted():
     assert plan_for(urllib3="").ok
 
