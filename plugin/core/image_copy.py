@@ -27,20 +27,47 @@ log = logging.getLogger("floodmapper.image")
 CancelFn = Callable[[], bool]
 
 
-def copy_reason(info: RasterInfo, area: Optional[Area]) -> str:
+def rescaled(scale: Optional[float], offset: Optional[float]) -> bool:
+    """Whether the user gave a reflectance scaling (SCALE, OFFSET), which the IOProcessor cannot apply."""
+    return scale is not None or bool(offset)
+
+
+def copy_reason(info: RasterInfo, area: Optional[Area], scale: Optional[float] = None,
+                offset: Optional[float] = None) -> str:
     """Why the server must get a copy of the input rather than the input ("" when it reads the input)."""
     if info.driver == "VRT" or info.path.lower().endswith(".vrt"):
         return (f"'{info.path}' is a virtual raster (VRT), and the server reads a raster's bytes, without the "
                 "band files a VRT names")
     if area is not None and not area.whole:
         return f"only an area of the raster ({area.width}×{area.height} px) is mapped"
+    if rescaled(scale, offset):
+        return ("the reflectance scale or offset was set (SCALE, OFFSET), and the server's IOProcessor only "
+                "divides values by 10000")
     return ""
+
+
+def input_scale(info: RasterInfo, bands: list[int], area: Optional[Area]) -> float:
+    """The scale the tensor transport would detect for these bands (0-based) of the area: 1e-4 or 1."""
+    from .tensor.reader import detect_scale
+
+    try:
+        with rasterio.open(info.path) as src:
+            return detect_scale(src, [b + 1 for b in bands], area)
+    except RasterioError as exc:
+        raise InputError(f"Cannot read '{info.path}': {str(exc).rstrip('.')}.",
+                         "Check that the raster (and, for a VRT, every file it names) is readable.") from None
 
 
 @contextlib.contextmanager
 def input_copy(info: RasterInfo, area: Optional[Area], bands: list[int], folder: str,
-               cancel: Optional[CancelFn] = None) -> Iterator[str]:
+               cancel: Optional[CancelFn] = None, scale: Optional[float] = None,
+               offset: Optional[float] = None) -> Iterator[str]:
     """Write `bands` (0-based, the model's order) of the area's window to a GeoTIFF in `folder`; yield its path.
+
+    With a `scale` (and `offset`), the copy holds reflectance = value × scale + offset, times 10000 in float32:
+    what the IOProcessor divides by 10000 (it does when the image's mean is above 1) to get the reflectance
+    back. Missing values (NaN) become 0 there, as the server would otherwise take the whole image's mean as NaN
+    and not divide; the map's nodata still comes from the input itself.
 
     The name follows the temporary outputs' pattern (.NAME.XXXXXXXX.part.tif), so a copy left by a run that
     was killed is removed by a later one (output.remove_stale_parts).
@@ -56,7 +83,7 @@ def input_copy(info: RasterInfo, area: Optional[Area], bands: list[int], folder:
                           "Free some space there, or check its permissions (for a path mapping: the mapped "
                           "folder).") from None
     try:
-        _write(info, area, bands, path, cancel)
+        _write(info, area, bands, path, cancel, None if scale is None else (scale, offset or 0.0))
         yield path
     finally:
         for leftover in (path, path + ".aux.xml"):
@@ -64,7 +91,8 @@ def input_copy(info: RasterInfo, area: Optional[Area], bands: list[int], folder:
                 os.remove(leftover)
 
 
-def _write(info: RasterInfo, area: Area, bands: list[int], path: str, cancel: Optional[CancelFn]) -> None:
+def _write(info: RasterInfo, area: Area, bands: list[int], path: str, cancel: Optional[CancelFn],
+           scaling: Optional[tuple[float, float]] = None) -> None:
     numbers = [b + 1 for b in bands]
     nodata = {info.nodata[b] for b in bands}
     profile = {
@@ -73,6 +101,9 @@ def _write(info: RasterInfo, area: Area, bands: list[int], path: str, cancel: Op
         "crs": info.crs, "transform": area.transform, "BIGTIFF": "IF_SAFER",
         "nodata": nodata.pop() if len(nodata) == 1 else None,
     }
+    if scaling is not None:  # reflectance x 10000; the fill values are scaled too, so no nodata value holds
+        profile.update(dtype="float32", nodata=None)
+    total, count = 0.0, 0
     if area.width >= OUTPUT_TILE and area.height >= OUTPUT_TILE:
         profile.update(tiled=True, blockxsize=OUTPUT_TILE, blockysize=OUTPUT_TILE)
     try:
@@ -80,9 +111,21 @@ def _write(info: RasterInfo, area: Area, bands: list[int], path: str, cancel: Op
             for block in iter_windows(area.width, area.height):
                 if cancel is not None and cancel():
                     raise Cancelled()
-                dst.write(src.read(numbers, window=area.on_input(block)).astype(profile["dtype"], copy=False),
-                          window=block)
+                data = src.read(numbers, window=area.on_input(block))
+                if scaling is not None:
+                    scale, offset = scaling
+                    data = np.nan_to_num((data * np.float32(scale) + np.float32(offset)) * np.float32(10000),
+                                         nan=0.0).astype(np.float32, copy=False)
+                    total += float(data.sum(dtype=np.float64))
+                    count += data.size
+                dst.write(data.astype(profile["dtype"], copy=False), window=block)
             dst.descriptions = tuple(info.descriptions[b] for b in bands)
+        if scaling is not None and count and total / count <= 1.0:
+            raise InputError(
+                f"With scale {scaling[0]:g} and offset {scaling[1]:g}, the mapped area of '{info.path}' is "
+                "almost black (mean reflectance 0.0001 or less), and image-to-image cannot send it as such "
+                "(the server would not divide it by 10000).",
+                "Check SCALE and OFFSET, or use the tensor transport.")
     except RasterioError as exc:
         raise InputError(f"Copying the area of '{info.path}' for the server failed: {str(exc).rstrip('.')}.",
                          "Check that the raster (and, for a VRT, every file it names) is readable, and that "

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 from .area_of_interest import whole_area
 from .errors import Cancelled, EngineDied, FloodMapperError, InputError, ServerError
-from .image_copy import copy_reason, input_copy
+from .image_copy import copy_reason, input_copy, input_scale, rescaled
 from .image_source import copy_folder, server_path
 from .jobs import ImageJob, Stats
 from .outage import Outage
@@ -117,10 +117,17 @@ def run_image(job: ImageJob, client, progress: Progress, span: ProgressSpan,
     """
     if job.copy_for is None:
         return _send(job, job.data, job.data_format, job.bands, client, progress, span, revive)
-    why = copy_reason(job.input, job.area)
+    why = copy_reason(job.input, job.area, job.scale, job.offset)
     folder = copy_folder(job.copy_for, why)
+    scale = job.scale
+    if rescaled(job.scale, job.offset):
+        if scale is None:
+            scale = input_scale(job.input, job.bands, job.area)
+        offset = job.offset or 0.0
+        progress.info(f"Reflectance = value × {scale:g} {'-' if offset < 0 else '+'} {abs(offset):g}"
+                      + (" (scale auto-detected)" if job.scale is None else ""))
     progress.info(f"Writing the model's bands of the area to a temporary GeoTIFF the server reads ({why})")
-    with input_copy(job.input, job.area, job.bands, folder, progress.is_canceled) as path:
+    with input_copy(job.input, job.area, job.bands, folder, progress.is_canceled, scale, job.offset) as path:
         return _send(job, server_path(path, job.copy_for), "path", list(range(len(job.bands))), client,
                      progress, span, revive)
 

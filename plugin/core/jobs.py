@@ -141,6 +141,10 @@ class ImageJob:
     # set when the server cannot read the input as it is (a window of it, a VRT): the transport writes the
     # area's bands to a temporary GeoTIFF this server reads, and sends that instead of `data`
     copy_for: Optional[ServerReach] = None
+    # the user's reflectance scaling (SCALE, OFFSET; None = none given): the IOProcessor only divides by 10000,
+    # so a scaling given makes the server get a copy holding the scaled values
+    scale: Optional[float] = None
+    offset: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
     aoi = _planned_area(info, request, progress)
-    view, copy_why = aoi.view(info), copy_reason(info, aoi)  # the raster as mapped; why a server gets a copy
+    # the raster as mapped; why an image-to-image server gets a copy
+    view, copy_why = aoi.view(info), copy_reason(info, aoi, request.scale, request.offset)
     asked = request.transport_asked()
     overlap, concurrency = request.tensor_options()
     request.dtype_asked()
@@ -119,7 +120,8 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
             data, data_format = ("", "path") if copy_why else server_source(info, conn.reach)
             job = ImageJob(input=info, bands=bands, model=facts.model, version=facts.version, data=data,
                            data_format=data_format, output_path=request.output_path,
-                           retry_wait=request.retry_wait, area=aoi, copy_for=conn.reach if copy_why else None)
+                           retry_wait=request.retry_wait, area=aoi, copy_for=conn.reach if copy_why else None,
+                           scale=request.scale, offset=request.offset)
             stats = run_image(job, client, progress, TRANSPORT_SPAN, revive=conn.revive)
     finally:
         conn.close()

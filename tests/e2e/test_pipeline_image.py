@@ -94,6 +94,34 @@ def test_map_floods_image_transport(vllm_server, tmp_path):
     print(f"512² image transport: {seconds:.1f} s, water fraction {result.water_fraction:.3f}")
 
 
+def test_offset_reaches_the_model_through_image_to_image(vllm_server, tmp_path):
+    """The IOProcessor only divides by 10000: a raster 1000 higher mapped with OFFSET=-0.1 (a Sentinel-2 L2A
+    of processing baseline 04.00) gives the map of the same reflectance stored without the offset."""
+    plain, shifted = str(tmp_path / "plain.tif"), str(tmp_path / "shifted.tif")
+    scenes.generate_scene(plain, seed=12, width=384, height=384)
+    with rasterio.open(plain) as src:
+        profile, data, descriptions = src.profile, src.read(), src.descriptions
+    assert data.max() < 65535 - 1000
+    with rasterio.open(shifted, "w", **profile) as dst:
+        dst.write(data + 1000)
+        dst.descriptions = descriptions
+    client = VllmClient(vllm_server.url)
+    maps = {}
+    for name, inp, offset in (("plain", plain, None), ("shifted", shifted, -0.1), ("ignored", shifted, None)):
+        out = str(tmp_path / f"{name}-flood.tif")
+        progress = Recorder()
+        result = map_floods(MapFloodsRequest(inp, out, vllm_server.url, server_can_read_local_files=True,
+                                             offset=offset), client, progress)
+        assert result.transport == "image"
+        maps[name] = _check_output_against_input(out, inp)
+        if offset is not None:
+            said = "Reflectance = value × 0.0001 - 0.1 (scale auto-detected)"
+            assert any(said in m for m in progress.infos), progress.infos
+    assert (maps["shifted"] == maps["plain"]).mean() > 0.999
+    assert (maps["ignored"] != maps["plain"]).mean() > 0.01  # the offset matters to the model
+    assert not _leftovers(tmp_path)
+
+
 def test_nodata_border_is_output_nodata(vllm_server, tmp_path):
     inp = str(tmp_path / "border.tif")
     truth = scenes.generate_scene(inp, seed=12, width=384, height=320, nodata=0, nodata_border=16)
