@@ -32,6 +32,18 @@ def _classes(path):
         return ds.read(1), ds.nodata
 
 
+def _info_recorder(logs: list[str]):
+    """A Processing feedback that also keeps every info line in `logs`."""
+    from qgis.core import QgsProcessingFeedback
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info):  # noqa: N802 (Qt API)
+            logs.append(info)
+            super().pushInfo(info)
+
+    return Feedback()
+
+
 def _params(src, out, server, **extra):
     params = {"INPUT": str(src), "BACKEND": 0, "SERVER_URL": server.url, "OUTPUT": str(out)}
     params.update(extra)
@@ -91,7 +103,7 @@ def test_raster_without_crs_is_mapped_and_says_its_area_is_unknown(provider_load
                                                                      vllm_server, tmp_path):
     """No CRS, no pixel area: the map is made, the area output is empty and the log and abstract say why."""
     import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+    from qgis.core import QgsProcessingContext, QgsProject
 
     from floodmapper.plugin.toolbelt.compat import layer_abstract
 
@@ -104,15 +116,9 @@ def test_raster_without_crs_is_mapped_and_says_its_area_is_unknown(provider_load
         dst.write(data)
         dst.descriptions = descriptions
     logs: list[str] = []
-
-    class Feedback(QgsProcessingFeedback):
-        def pushInfo(self, info):  # noqa: N802 (Qt API)
-            logs.append(info)
-            super().pushInfo(info)
-
     out = tmp_path / "nocrs-flood.tif"
     result = processing.runAndLoadResults("floodmapper:map_floods", _params(src, out, vllm_server),
-                                          context=QgsProcessingContext(), feedback=Feedback())
+                                          context=QgsProcessingContext(), feedback=_info_recorder(logs))
     classes, _ = _classes(out)
     assert iou(classes, truth) >= MIN_IOU and result["WATER_PIXELS"] == int((classes == 1).sum())
     assert result["WATER_AREA_KM2"] is None or result["WATER_AREA_KM2"] != result["WATER_AREA_KM2"]
@@ -248,21 +254,15 @@ def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_ser
     """TRANSPORT=tensor with MODEL_SPEC = the model folder, against a server without the IOProcessor plugin:
     the same styled map and figures, plus the water probability raster."""
     import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+    from qgis.core import QgsProcessingContext
 
     src = tmp_path / "scene.tif"
     truth = generate_scene(src, seed=9111, width=400, height=300, crs="EPSG:4326")
     out, prob = tmp_path / "flood.tif", tmp_path / "water-probability.tif"
     logs: list[str] = []
-
-    class Feedback(QgsProcessingFeedback):
-        def pushInfo(self, info):  # noqa: N802 (Qt API)
-            logs.append(info)
-            super().pushInfo(info)
-
     result = processing.run("floodmapper:map_floods", _params(
         src, out, vllm_tensor_server, TRANSPORT=2, MODEL_SPEC=str(ROOT / "resources" / "demo_model"),
-        PROBABILITY=str(prob)), context=QgsProcessingContext(), feedback=Feedback())
+        PROBABILITY=str(prob)), context=QgsProcessingContext(), feedback=_info_recorder(logs))
     assert _grid(out) == _grid(src) and _grid(prob) == _grid(src)
     classes, nodata = _classes(out)
     assert nodata == 255 and iou(classes, truth) >= MIN_IOU
