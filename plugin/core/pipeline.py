@@ -189,6 +189,10 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
         warn(message)
     progress.info(f"Input: {info.width}×{info.height} px, {info.count} bands; the model gets input bands "
                   f"{[b + 1 for b in bands]}")
+    hidden = raster.hidden_nodata_of(request.input_path, bands)
+    if hidden:
+        text = hidden.describe()
+        progress.info(text[0].upper() + text[1:])
     return bands
 
 

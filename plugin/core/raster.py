@@ -77,13 +77,81 @@ def iter_windows(width: int, height: int, block: int = BLOCK) -> Iterator[Window
             yield Window(col, row, min(block, width - col), min(block, height - row))
 
 
+@dataclass(frozen=True)
+class HiddenNodata:
+    """What says a pixel has no data where GDAL's band masks do not.
+
+    `alpha`: the 1-based number of an alpha band GDAL does not apply as a mask (it does so only for a
+    2-band grey + alpha or a 4-band RGBA raster; `gdalwarp -dstalpha` or *Clip raster by mask layer* with an
+    alpha band make a 7-band one). `zero_fill`: the used bands declare no nodata value, mask or alpha, so a
+    pixel that is 0 in every one of them is the fill of the product (Sentinel-2 beyond a swath's edge,
+    Landsat), not an observation.
+    """
+
+    alpha: Optional[int] = None
+    zero_fill: bool = False
+
+    def __bool__(self) -> bool:
+        return self.alpha is not None or self.zero_fill
+
+    def describe(self) -> str:
+        if self.alpha is not None:
+            return f"band {self.alpha} is an alpha band: its transparent pixels are no data"
+        if self.zero_fill:
+            return ("the raster declares no nodata value: pixels that are 0 in every band used are taken as "
+                    "no data (the fill of Sentinel-2 and Landsat products, e.g. beyond a swath's edge)")
+        return ""
+
+    def invalid(self, src: rasterio.io.DatasetReader, window: Window, data: np.ndarray) -> Optional[np.ndarray]:
+        """bool [h, w]: the window's pixels without data by this rule, given the used bands' values `data`
+        [C, h, w] read there (None when the rule is empty)."""
+        if self.alpha is not None:
+            return src.read(self.alpha, window=window) == 0
+        if self.zero_fill:
+            return ~data.any(axis=0)
+        return None
+
+
+def hidden_nodata(src: rasterio.io.DatasetReader, bands: list[int]) -> HiddenNodata:
+    """The rule for the used `bands` (1-based): header only, no pixels read."""
+    from rasterio.enums import ColorInterp, MaskFlags
+
+    alphas = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha and i + 1 not in bands]
+    flags = [src.mask_flag_enums[b - 1] for b in bands]
+    if alphas and not any(MaskFlags.alpha in f for f in flags):
+        return HiddenNodata(alpha=alphas[0])
+    if not alphas and all(MaskFlags.all_valid in f for f in flags):
+        return HiddenNodata(zero_fill=True)
+    return HiddenNodata()
+
+
+def hidden_nodata_of(path: str, band_indices: list[int]) -> HiddenNodata:
+    """hidden_nodata() of the raster at `path`, for 0-based `band_indices`."""
+    with rasterio.open(path) as src:
+        return hidden_nodata(src, [i + 1 for i in band_indices])
+
+
 def valid_mask(src: rasterio.io.DatasetReader, band_indices: list[int], window: Window) -> np.ndarray:
-    """True where EVERY used band has data: nodata value, internal mask, alpha band and NaN all count."""
-    valid = np.ones((int(window.height), int(window.width)), dtype=bool)
-    for index in sorted(set(band_indices)):
-        valid &= src.read_masks(index + 1, window=window) > 0
-        if np.issubdtype(np.dtype(src.dtypes[index]), np.floating):
-            valid &= np.isfinite(src.read(index + 1, window=window))
+    """True where EVERY used band has data: nodata value, internal mask, alpha band, NaN and, in a raster
+    that declares none of them, 0 in every band all count (HiddenNodata)."""
+    shape = (int(window.height), int(window.width))
+    bands = sorted({i + 1 for i in band_indices})
+    hidden = hidden_nodata(src, bands)
+    valid = np.ones(shape, dtype=bool)
+    nonzero = np.zeros(shape, dtype=bool) if hidden.zero_fill else None
+    for band in bands:  # each band's values read at most once
+        valid &= src.read_masks(band, window=window) > 0
+        floating = np.issubdtype(np.dtype(src.dtypes[band - 1]), np.floating)
+        if floating or nonzero is not None:
+            values = src.read(band, window=window)
+            if floating:
+                valid &= np.isfinite(values)
+            if nonzero is not None:
+                nonzero |= values != 0
+    if nonzero is not None:
+        valid &= nonzero
+    if hidden.alpha is not None:
+        valid &= src.read(hidden.alpha, window=window) > 0
     return valid
 
 
@@ -108,5 +176,6 @@ def require_valid_pixels(path: str, band_indices: list[int], cancel: Optional[Ca
     if not has_valid_pixels(path, band_indices, cancel):
         raise InputError(
             f"Every pixel of '{path}' is nodata in the bands used ({[b + 1 for b in band_indices]}).",
-            "Check the raster and its nodata value, or choose other bands.",
+            "Check the raster and its nodata value, or choose other bands (in a raster that declares no nodata "
+            "value, a pixel that is 0 in every band used counts as no data).",
         )

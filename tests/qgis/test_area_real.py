@@ -1,8 +1,8 @@
 """floodmapper:map_floods with an area in real QGIS: EXTENT in another CRS, a MASK polygon with a hole, a 20 m
-SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m built by QGIS's own
-gdal:buildvirtualraster; each on the real demo model, image-to-image and tensor-to-tensor, with the water IoU
-against the generator's truth inside the area. Bad area parameters fail with a clear message and write
-nothing (those need no server)."""
+SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m (with a zero-filled
+swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
+model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area.
+Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
 
@@ -209,16 +209,22 @@ S2_NAMES = {"B02": ("BLUE", 10), "B03": ("GREEN", 10), "B04": ("RED", 10), "B8A"
 
 
 def _band_files(folder: Path, seed: int, width: int, height: int):
-    """Six single-band files as downloaded (10 m B02-B04, 20 m B8A/B11/B12), and the truth at 10 m."""
+    """Six single-band files as downloaded (10 m B02-B04, 20 m B8A/B11/B12), and the truth at 10 m (255 in the
+    fill). Like a partial Sentinel-2 tile, the top left corner lies beyond the swath's edge: 0 in every band,
+    and the files declare no nodata value."""
     refl, truth = synthesize(seed, width, height)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
     dn = np.rint(refl * 10000).clip(1, 65535).astype(np.uint16)
+    rows, cols = np.indices((height, width)) // 2
+    fill = rows + cols < width // 6  # on whole 20 m cells, so that the 20 m bands have the same edge
+    dn[:, fill] = 0
+    truth[fill] = 255
     x0, y0 = 500000.0, 4990000.0
     files = []
     for i, (band, (_, px)) in enumerate(S2_NAMES.items()):
         data = dn[i] if px == 10 else dn[i].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3)).astype(np.uint16)
         path = folder / f"T33TWM_20240501T100031_{band}_{px}m.tif"
         with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                           dtype="uint16", crs="EPSG:32633", transform=from_origin(x0, y0, px, px), nodata=0) as dst:
+                           dtype="uint16", crs="EPSG:32633", transform=from_origin(x0, y0, px, px)) as dst:
             dst.write(data, 1)
         files.append(str(path))
     return sorted(files), truth  # as a file dialog lists them: B8A after B12
@@ -241,7 +247,10 @@ def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, tr
     classes, t_out, *_ = _read(out)
     assert t_out == from_origin(500000.0, 4990000.0, 10, 10) and classes.shape == (320, 384)
     assert iou(classes, truth) >= MIN_IOU  # B8A, B11 and B12 at 20 m blur the water edges a little
+    assert ((classes == 255) == (truth == 255)).all()  # the fill beyond the swath is no data, the rest mapped
+    assert "0 in every band used are taken as no data" in log, log
     assert result["WATER_PIXELS"] == int((classes == 1).sum())
+    assert result["VALID_PIXELS"] == int((truth != 255).sum())
     if transport == "image":
         assert "temporary GeoTIFF" in log and "virtual raster" in log
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

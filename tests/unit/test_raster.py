@@ -317,6 +317,68 @@ def test_has_valid_pixels(tmp_path):
     assert raster.has_valid_pixels(p2, list(range(6))) is True
 
 
+def test_zero_in_every_band_is_nodata_when_the_raster_declares_none(tmp_path):
+    """Sentinel-2 and Landsat products fill beyond the swath with 0 and band files declare no nodata."""
+    data = np.full((6, 8, 8), 900, np.uint16)
+    data[:, :, :3] = 0  # the fill
+    data[2, 5, 5] = 0  # 0 in one band only: dark, still an observation
+    inp = write(tmp_path / "fill.tif", data)
+    assert raster.hidden_nodata_of(inp, list(range(6))) == raster.HiddenNodata(zero_fill=True)
+    out = str(tmp_path / "o.tif")
+    stats = finalize_classes(server_tiff_bytes(np.ones((8, 8), np.uint8), inp), inp, list(range(6)), out)
+    got = rasterio.open(out).read(1)
+    assert (got[:, :3] == 255).all() and (got[:, 3:] == 1).all()
+    assert stats.valid_pixels == 40
+    assert raster.has_valid_pixels(write(tmp_path / "zeros.tif", np.zeros((6, 4, 4), np.uint16)),
+                                   list(range(6))) is False
+
+
+def test_a_declared_nodata_value_or_mask_replaces_the_zero_fill_rule(tmp_path):
+    data = np.full((6, 8, 8), 900, np.uint16)
+    data[:, 0, 0] = 0
+    data[:, 7, 7] = 65535
+    declared = write(tmp_path / "declared.tif", data, nodata=65535)
+    mask = np.ones((8, 8), bool)
+    mask[4, 4] = False
+    masked = write(tmp_path / "masked.tif", data, mask=mask)
+    assert not raster.hidden_nodata_of(declared, list(range(6)))
+    assert not raster.hidden_nodata_of(masked, list(range(6)))
+    with rasterio.open(declared) as src:
+        valid = raster.valid_mask(src, list(range(6)), rasterio.windows.Window(0, 0, 8, 8))
+    assert valid[0, 0] and not valid[7, 7] and valid.sum() == 63
+    with rasterio.open(masked) as src:
+        valid = raster.valid_mask(src, list(range(6)), rasterio.windows.Window(0, 0, 8, 8))
+    assert valid[0, 0] and not valid[4, 4] and valid.sum() == 63
+
+
+def write_with_alpha(path, data, alpha):
+    """Model bands then an alpha band as `gdalwarp -dstalpha` writes it: GDAL applies such an alpha as a
+    mask only in a 2- or 4-band raster."""
+    from rasterio.enums import ColorInterp
+
+    count, h, w = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=count + 1, dtype=data.dtype,
+                       crs="EPSG:32633", transform=from_origin(500000, 5000000, 30, 30)) as dst:
+        dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (count - 1) + [ColorInterp.alpha]
+        dst.write(np.concatenate([data, alpha[None].astype(data.dtype)]))
+    return str(path)
+
+
+def test_an_alpha_band_after_the_model_bands_is_nodata(tmp_path):
+    data = np.zeros((6, 8, 8), np.uint16)  # 0 outside the cutline, as gdalwarp leaves it
+    data[:, :, 4:] = 900
+    alpha = np.zeros((8, 8), np.uint16)
+    alpha[:, 4:] = 65535
+    inp = write_with_alpha(tmp_path / "alpha.tif", data, alpha)
+    with rasterio.open(inp) as src:
+        assert src.mask_flag_enums[0] == [rasterio.enums.MaskFlags.all_valid]  # GDAL does not apply it
+    assert raster.hidden_nodata_of(inp, list(range(6))) == raster.HiddenNodata(alpha=7)
+    out = str(tmp_path / "o.tif")
+    stats = finalize_classes(server_tiff_bytes(np.ones((8, 8), np.uint8), inp), inp, list(range(6)), out)
+    got = rasterio.open(out).read(1)
+    assert (got[:, :4] == 255).all() and (got[:, 4:] == 1).all() and stats.valid_pixels == 32
+
+
 # ----------------------------------------------------------------------------------------- areas
 def _all_water(path, width, height, crs, transform):
     return write(path, np.ones((height, width), np.uint8), crs=crs, transform=transform, nodata=255)

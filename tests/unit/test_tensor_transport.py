@@ -275,6 +275,49 @@ def test_all_nodata_tiles_send_no_request(tmp_path, peer, client):
     assert stats.tiles == 12 and len(peer.jobs) < 12
 
 
+def test_zero_fill_without_declared_nodata_is_nodata_and_sends_no_request(tmp_path, peer, client):
+    """Band files of a partial Sentinel-2 tile: 0 beyond the swath and no nodata value declared."""
+    inp = tmp_path / "in.tif"
+    truth = generate_scene(inp, seed=2, width=400, height=300, nodata=0, nodata_border=130)
+    with rasterio.open(inp, "r+") as dst:
+        dst.nodata = None
+    with rasterio.open(inp) as src:
+        assert src.nodata is None
+    prog = Recorder()
+    stats = run_tensor(request(tmp_path, inp, peer, overlap=0.0), client, make_spec(), SIX, prog)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        got = o.read(1)
+    assert ((got == 255) == (truth == 255)).all()
+    assert stats.valid_pixels == int((truth != 255).sum())
+    assert stats.tiles == 12 and stats.requests == len(peer.jobs) < 12
+    # the fill's tiles leave the count: progress ends at the tiles sent, 100 %
+    tiles = [m.split(",")[0] for m in prog.infos if m.startswith("Tile ")]
+    assert tiles[-1] == f"Tile {stats.requests}/{stats.requests}", tiles
+    assert prog.percent[-1] == pytest.approx(100.0)
+
+
+def test_an_alpha_band_beyond_the_fourth_is_nodata(tmp_path, peer, client):
+    from rasterio.enums import ColorInterp
+
+    scene = tmp_path / "scene.tif"
+    truth = generate_scene(scene, seed=2, width=300, height=200)
+    alpha = np.full((200, 300), 255, np.uint16)
+    alpha[:, :100] = 0
+    inp = tmp_path / "alpha.tif"
+    with rasterio.open(scene) as src:
+        profile = src.profile
+        profile.update(count=7)
+        with rasterio.open(inp, "w", **profile) as dst:
+            dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * 5 + [ColorInterp.alpha]
+            dst.write(np.concatenate([src.read(), alpha[None]]))
+    stats = run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    with rasterio.open(tmp_path / "out.tif") as o:
+        got = o.read(1)
+    assert (got[:, :100] == 255).all() and (got[:, 100:] != 255).all()
+    assert (got[:, 100:] == rule_mask(scene)[:, 100:]).mean() >= 0.9999
+    assert stats.valid_pixels == 200 * 200 and (truth != 255).all()
+
+
 def test_dtype_float32_model_gets_float32(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=1, width=200, height=150)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from ..errors import InputError
+from ..raster import HiddenNodata, hidden_nodata
 from .tiling import Tile, read_plan
 
 if TYPE_CHECKING:
@@ -55,11 +56,12 @@ def _nodata_in(nodata: Optional[float], dtype: np.dtype) -> Any:
 
 
 def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False,
-              area: Optional[Area] = None) -> tuple[np.ndarray, np.ndarray]:
+              area: Optional[Area] = None, hidden: Optional[HiddenNodata] = None) -> tuple[np.ndarray, np.ndarray]:
     """(data [C, th, tw] in the file's dtype, valid [th, tw]) for a tile, reflect-padded past the edges.
 
     With an `area`, the tile is on the area's grid: read at the window's offset, padded past the area's edges
-    (as if the raster were cut to it), and pixels the area leaves out are not valid.
+    (as if the raster were cut to it), and pixels the area leaves out are not valid. `hidden` is the raster's
+    rule for nodata GDAL's masks do not give (raster.hidden_nodata).
     """
     from rasterio.windows import Window
 
@@ -77,6 +79,8 @@ def read_tile(ds: Any, bands: list[int], tile: Tile, mask_read: bool = False,
         invalid |= ~np.isfinite(data).all(axis=0)
     if mask_read:
         invalid |= (ds.read_masks(bands, window=window if area is None else area.on_input(window)) == 0).any(axis=0)
+    if hidden:
+        invalid |= hidden.invalid(ds, window if area is None else area.on_input(window), data=data)
     if area is not None and area.mask is not None:
         invalid |= ~area.mask.read(window)
     if gy is not None:
@@ -104,10 +108,11 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
     w = width if len(xs) == 1 else side
     h = height if len(ys) == 1 else side
     total, count = 0.0, 0
+    hidden = hidden_nodata(ds, bands)
     for y in ys:
         for x in xs:
             tile = Tile(0, 0, x, y, w, h)
-            data, valid = read_tile(ds, bands, tile, area=area)
+            data, valid = read_tile(ds, bands, tile, area=area, hidden=hidden)
             if valid.any():
                 vals = data[:, valid].astype(np.float64)
                 total += float(vals.sum())

@@ -30,6 +30,7 @@ from ..jobs import TensorJob, TensorRunStats
 from ..model_spec import ModelSpec
 from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
+from ..raster import HiddenNodata, hidden_nodata
 from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
 from .reader import SharedDataset, band_numbers, detect_scale, mask_needs_read, read_tile
@@ -101,7 +102,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
             try:
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
-                               locations, client, spec, writer, area, send)
+                               locations, client, spec, writer, area, send, hidden_nodata(src, bands))
                 tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)
                 n_requests = tiles.run(job.concurrency, progress, span)
                 writer.commit()
@@ -156,12 +157,13 @@ class _Tiles:
 
     def __init__(self, path: str, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
                  encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter,
-                 area: Area, send: np.ndarray) -> None:
+                 area: Area, send: np.ndarray, hidden: HiddenNodata) -> None:
         self.grid = grid
         self.area = area
         self.send = send  # [rows, cols]: the tiles with a pixel to map (tile_plan.py)
         self.bands = bands
         self.mask_read = mask_read
+        self.hidden = hidden  # nodata GDAL's masks do not give (raster.hidden_nodata)
         self.normalise = normalise
         self.encoder = encoder
         self.locations = locations
@@ -184,7 +186,7 @@ class _Tiles:
             return None
         try:
             with self.dataset as ds:
-                raw, valid = read_tile(ds, self.bands, tile, self.mask_read, self.area)
+                raw, valid = read_tile(ds, self.bands, tile, self.mask_read, self.area, self.hidden)
         except RasterioError as exc:
             raise InputError(f"Reading the input raster failed at pixel ({tile.x0}, {tile.y0}): {exc}.",
                              "Check that the file is complete and readable (gdalinfo -checksum).") from None
@@ -288,7 +290,10 @@ class _Tiles:
                     if result is None:  # only after stop, which only a raise sets
                         continue
                     self.stitcher.add(*result)
-                    done += 1
+                    if result[1] is None:  # nothing to map after all (zero fill): no request, out of the count
+                        total = max(total - 1, 1)
+                    else:
+                        done += 1
                 if finished:
                     now = time.monotonic()
                     progress.set_progress(span.at(done / total))

@@ -11,16 +11,23 @@ import numpy as np
 
 from ..area_of_interest import Area
 from ..errors import Cancelled
-from ..raster import iter_windows, valid_mask
+from ..raster import hidden_nodata, iter_windows, valid_mask
 from .tiling import TileGrid
 
 CancelFn = Callable[[], bool]
 
 
 def everything_valid(ds: Any, bands: list[int]) -> bool:
-    """True when no used band can hold a pixel without data (no nodata, mask, alpha or NaN to look for)."""
+    """True when no used band can hold a pixel without data that a pass before the first request should look
+    for (no nodata, mask, alpha or NaN).
+
+    A raster that declares none of them can still hold zero fill (raster.HiddenNodata), but finding it here
+    would decode the whole raster once more: its tiles are found when read instead, and get no request.
+    """
     from rasterio.enums import MaskFlags
 
+    if hidden_nodata(ds, bands).alpha is not None:
+        return False
     for b in bands:
         if np.dtype(ds.dtypes[b - 1]).kind == "f" or MaskFlags.all_valid not in ds.mask_flag_enums[b - 1]:
             return False
