@@ -208,7 +208,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
                 type=QgsProcessingParameterNumber.Type.Double, optional=True,
             ),
             QgsProcessingParameterNumber(
-                self.OFFSET, tr("Reflectance offset (e.g. -0.1 for Sentinel-2 L2A from 2022)"),
+                self.OFFSET, tr("Reflectance offset (e.g. -0.1 for Sentinel-2 L1C/L2A from 2022)"),
                 type=QgsProcessingParameterNumber.Type.Double, optional=True,
             ),
         ]
@@ -220,7 +220,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             tr("Overlapping tiles are blended smoothly so no seam shows; empty = the default (1/8 of a tile)."),
             tr("How many tile requests are sent at once; empty = the default."),
             tr("Multiplier from stored values to reflectance 0–1; empty detects ×10000 integer reflectance."),
-            tr("Added after scaling; e.g. -0.1 for the −1000 offset of newer Sentinel-2 L2A products."),
+            tr("Added after scaling; e.g. -0.1 for the −1000 offset of Sentinel-2 L1C and L2A products of "
+               "processing baseline 04.00 (2022) or later."),
         ]
         for param, text in zip(advanced, helps):
             param.setHelp(text)
