@@ -19,6 +19,7 @@ from rasterio.errors import RasterioError
 
 from .area_of_interest import Area, whole_area
 from .errors import Cancelled, InputError, OutputError
+from .image_source import url_of
 from .output import OUTPUT_TILE, remove_stale_parts
 from .raster import RasterInfo, iter_windows
 
@@ -38,6 +39,9 @@ def copy_reason(info: RasterInfo, area: Optional[Area], scale: Optional[float] =
     if info.driver == "VRT" or info.path.lower().endswith(".vrt"):
         return (f"'{info.path}' is a virtual raster (VRT), and the server reads a raster's bytes, without the "
                 "band files a VRT names")
+    if not info.is_file and not url_of(info.path):
+        return (f"'{info.path}' is not a file of its own (a member of an archive, a subdataset or a database "
+                "raster), and the server reads a raster file by its path")
     if area is not None and not area.whole:
         return f"only an area of the raster ({area.width}×{area.height} px) is mapped"
     if rescaled(scale, offset):

@@ -62,13 +62,18 @@ def server_path(local: str, reach: ServerReach) -> str:
     return local if reach.reads_local_files else ""
 
 
+def url_of(source: str) -> str:
+    """The http(s) URL a source is read from (`/vsicurl/` dropped), or "" for anything else."""
+    if source.startswith(VSICURL):
+        source = source[len(VSICURL):]
+    return source if re.match(r"(?i)https?://", source) else ""
+
+
 def server_source(info: RasterInfo, reach: ServerReach) -> tuple[str, str]:
     """(data, data_format) through which the server can read the input, or TransportUnsupported."""
     source = info.path
-    if source.startswith(VSICURL):
-        source = source[len(VSICURL):]
-    if re.match(r"(?i)https?://", source):
-        return source, "url"
+    if url_of(source):
+        return url_of(source), "url"
     way_out = (
         "Use the tensor transport (a server started without the IOProcessor plugin), set a path mapping "
         "(a local folder the server sees under another path), or export the layer to a GeoTIFF in a folder "

@@ -26,14 +26,19 @@ def parse_bands(text: str) -> list[int] | None:
 
 
 def layer_source(layer) -> str:
-    """The GDAL source the server or the client can read, or an InputError naming the way out."""
+    """The GDAL source the server or the client can read, or an InputError naming the way out.
+
+    Besides files and URLs, any source QGIS's GDAL provider opened is taken as it is: a member of a zip
+    (`/vsizip/…`, as the Browser adds a band of a downloaded Sentinel-2 zip), a subdataset
+    (`SENTINEL2_L2A:…:10m:EPSG_32633`). The core opens it with GDAL too.
+    """
     if layer.providerType() != "gdal":
         raise InputError(
             f"Layer '{layer.name()}' is a {layer.providerType()} layer, not a raster file.",
             "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…) and map floods on the export.",
         )
     source = layer.source().split("|")[0]
-    if source.startswith(("/vsicurl/", "http://", "https://")) or os.path.exists(source):
+    if source.startswith(("/vsicurl/", "http://", "https://")) or os.path.exists(source) or layer.isValid():
         return source
     raise InputError(
         f"Layer '{layer.name()}' is not a readable file or URL ({source}).",

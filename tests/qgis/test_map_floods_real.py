@@ -272,3 +272,45 @@ def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_ser
     assert ((p > 0.5) == (classes == 1)).mean() > 0.999  # the probability agrees with the classes
     text = "\n".join(logs)
     assert "Tensor transport:" in text and "bytes logits" in text, text[-2000:]
+
+
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_a_raster_inside_a_zip_as_the_browser_adds_it(provider_loaded, request, tmp_path, transport):
+    """A band stack inside a downloaded zip, added from the Browser as a `/vsizip/` layer, maps as the same
+    raster unzipped does: the tensor transport reads it in place, image-to-image sends the server a temporary
+    GeoTIFF of it (the server reads files by path)."""
+    import zipfile
+
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterLayer
+
+    server = request.getfixturevalue("vllm_server" if transport == "image" else "vllm_tensor_server")
+    plain = tmp_path / "scene.tif"
+    truth = generate_scene(plain, seed=9121, width=300, height=260)
+    archive = tmp_path / "S2_download.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(plain, "S2_download/scene.tif")
+    layer = QgsRasterLayer(f"/vsizip/{archive}/S2_download/scene.tif", "scene in zip", "gdal")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        extra = {"TRANSPORT": 1} if transport == "image" else {
+            "TRANSPORT": 2, "MODEL_SPEC": str(ROOT / "resources" / "demo_model")}
+        logs: list[str] = []
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        zipped = processing.run("floodmapper:map_floods", _params(layer.id(), tmp_path / "zipped.tif", server,
+                                                                   **extra),
+                                context=context, feedback=_info_recorder(logs))
+        unzipped = processing.run("floodmapper:map_floods", _params(plain, tmp_path / "plain.tif", server, **extra))
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    classes, _ = _classes(tmp_path / "zipped.tif")
+    assert _grid(tmp_path / "zipped.tif") == _grid(plain)
+    assert np.array_equal(classes, _classes(tmp_path / "plain.tif")[0])
+    assert iou(classes, truth) >= MIN_IOU
+    assert zipped["WATER_PIXELS"] == unzipped["WATER_PIXELS"]
+    if transport == "image":
+        assert any("not a file of its own" in line for line in logs), logs
+        sent = [line.split("(path ", 1)[1].split(",", 1)[0] for line in logs if "Request sent (path " in line]
+        assert len(sent) == 1 and sent[0].endswith(".tif") and not os.path.exists(sent[0])  # the copy is gone

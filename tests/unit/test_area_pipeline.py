@@ -168,6 +168,25 @@ def test_image_vrt_to_a_remote_server_is_told_to_use_the_tensor_transport(world)
     nothing_left(world)
 
 
+def test_image_raster_inside_a_zip_is_sent_as_a_geotiff_copy(world):
+    """A `/vsizip/` member (a band stack inside a downloaded zip) is no file the server can open by path."""
+    import zipfile
+
+    archive = world.tmp / "in" / "download.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(world.input, "scene/stack.tif")
+    progress = Recorder()
+    map_floods(world.request(input_path=f"/vsizip/{archive}/scene/stack.tif"), world.client(), progress)
+    sent = world.jobs()[0].json()["data"]["data"]
+    assert sent.endswith(".part.tif") and not os.path.exists(sent)
+    assert any("not a file of its own" in m for m in progress.infos)
+    assert (read(world.output)[:32] == 1).all() and (read(world.output)[32:] == 0).all()
+    with pytest.raises(TransportUnsupported, match="not a file of its own") as err:
+        map_floods(world.request(input_path=f"/vsizip/{archive}/scene/stack.tif", server_can_read_local_files=False),
+                   world.client())
+    assert "tensor transport" in err.value.hint
+
+
 def test_the_cloud_mask_is_never_written_over(world):
     cloud = world.tmp / "in" / "clouds.tif"
     with rasterio.open(cloud, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
