@@ -44,3 +44,24 @@ def layer_source(layer) -> str:
         f"Layer '{layer.name()}' is not a readable file or URL ({source}).",
         "Export it to GeoTIFF first (right-click ▸ Export ▸ Save As…).",
     )
+
+
+def load_gdal_sources(parameters: dict, context, names: tuple[str, ...]) -> None:
+    """Raster sources given as text that QGIS's Processing does not load itself, loaded with GDAL.
+
+    `qgis_process` and `processing.run` load a layer from text only when it names a file (QGIS 3.22-3.3x): a
+    URL (`https://…`, `/vsicurl/…`), a member of a zip (`/vsizip/…`) or a subdataset fails their check with
+    "Could not load source layer". Each such value of the parameters `names` that GDAL opens becomes a layer
+    in the context's temporary store, where Processing finds it by its source.
+    """
+    from qgis.core import QgsProcessingUtils, QgsRasterLayer
+
+    for name in names:
+        value = parameters.get(name)
+        if not isinstance(value, str) or not value.strip() or os.path.exists(value):
+            continue
+        if QgsProcessingUtils.mapLayerFromString(value, context, False) is not None:
+            continue  # a layer id or name of the project, or a source Processing loads itself
+        layer = QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
+        if layer.isValid():
+            context.temporaryLayerStore().addMapLayer(layer)

@@ -38,10 +38,11 @@ from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from . import area_inputs
 from .feedback import FeedbackProgress
-from .layer_inputs import layer_source, parse_bands
+from .layer_inputs import layer_source, load_gdal_sources, parse_bands
 from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
 from .reference_inputs import (
     CLASSES_HELP,
+    PRE_EVENT,
     ReferenceInputs,
     add_extent_outputs,
     add_reference_parameters,
@@ -259,7 +260,9 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.WATER_AREA_KM2, tr("Water area (km²)")))
 
     def checkParameterValues(self, parameters, context):
-        """The area parameters' clear messages (the problem and the fix) before QGIS's generic ones."""
+        """The area parameters' clear messages (the problem and the fix) before QGIS's generic ones; raster
+        sources Processing cannot load from text (URLs, zip members) loaded with GDAL first."""
+        load_gdal_sources(parameters, context, (self.INPUT, PRE_EVENT, area_inputs.CLOUD_MASK))
         ok, message = area_inputs.check_values(self, parameters, context)
         if not ok:
             qlog.log(f"Map floods: {message}", Qgis.MessageLevel.Critical)

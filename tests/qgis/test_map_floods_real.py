@@ -224,6 +224,44 @@ def test_qgis_process_headless_remote(vllm_server, tmp_path):
     assert iou(classes, truth) >= MIN_IOU
 
 
+@pytest.mark.parametrize("kind", ["url", "zip"])
+def test_qgis_process_takes_a_url_and_a_zip_member(vllm_server, tmp_path, kind):
+    """Headless, Processing loads a layer from text only when it names a file: a COG's URL (/vsicurl/) and a
+    member of a downloaded zip (/vsizip/) are loaded with GDAL by the algorithm and mapped like the file."""
+    import zipfile
+
+    from tests.fixtures.range_http import serve_directory
+
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9131, width=256, height=256)
+    out = tmp_path / "flood.tif"
+    env = dict(os.environ, FLOODMAPPER_QGIS_STATE=str(tmp_path / "qgis"))
+
+    def qgis_process(source):
+        return subprocess.run(
+            [str(ROOT / "scripts" / "qgis-process"), "--json", "run", "floodmapper:map_floods", "--",
+             f"INPUT={source}", "BACKEND=0", f"SERVER_URL={vllm_server.url}", "TRANSPORT=1", f"OUTPUT={out}"],
+            capture_output=True, text=True, env=env, timeout=600)
+
+    if kind == "url":
+        with serve_directory(str(tmp_path)) as base:
+            source = f"/vsicurl/{base}/scene.tif"
+            proc = qgis_process(source)
+        sent = f"url {base}/scene.tif"  # the server fetched it itself
+    else:
+        with zipfile.ZipFile(tmp_path / "download.zip", "w") as zf:
+            zf.write(src, "download/scene.tif")
+        source = f"/vsizip/{tmp_path / 'download.zip'}/download/scene.tif"
+        proc = qgis_process(source)
+        sent = "not a file of its own"  # a temporary GeoTIFF copy went to the server
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sent in proc.stdout + proc.stderr
+    results = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    assert _grid(out) == _grid(src)
+    classes, _ = _classes(out)
+    assert results["WATER_PIXELS"] == int((classes == 1).sum()) and iou(classes, truth) >= MIN_IOU
+
+
 def test_water_polygons_area_matches_raster_geographic(provider_loaded, vllm_server, tmp_path):
     """EPSG:4326 scene: polygon areas (ellipsoidal) sum to the raster's equal-area water figure within 1 %."""
     import processing
