@@ -72,8 +72,9 @@ def url_of(source: str) -> str:
 def server_source(info: RasterInfo, reach: ServerReach) -> tuple[str, str]:
     """(data, data_format) through which the server can read the input, or TransportUnsupported."""
     source = info.path
-    if url_of(source):
-        return url_of(source), "url"
+    url = url_of(source)
+    if url:
+        return url, "url"
     way_out = (
         "Use the tensor transport (a server started without the IOProcessor plugin), set a path mapping "
         "(a local folder the server sees under another path), or export the layer to a GeoTIFF in a folder "

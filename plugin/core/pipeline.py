@@ -191,8 +191,7 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
                   f"{[b + 1 for b in bands]}")
     hidden = raster.hidden_nodata_of(request.input_path, bands)
     if hidden:
-        text = hidden.describe()
-        progress.info(text[0].upper() + text[1:])
+        progress.info(hidden.describe())
     return bands
 
 

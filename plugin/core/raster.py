@@ -96,9 +96,9 @@ class HiddenNodata:
 
     def describe(self) -> str:
         if self.alpha is not None:
-            return f"band {self.alpha} is an alpha band: its transparent pixels are no data"
+            return f"Band {self.alpha} is an alpha band: its transparent pixels are no data"
         if self.zero_fill:
-            return ("the raster declares no nodata value: pixels that are 0 in every band used are taken as "
+            return ("The raster declares no nodata value: pixels that are 0 in every band used are taken as "
                     "no data (the fill of Sentinel-2 and Landsat products, e.g. beyond a swath's edge)")
         return ""
 
