@@ -184,6 +184,7 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
            progress: Progress) -> list[int]:
     """The model's input bands (the spec's, else Sen1Floods11's six), with data in at least one pixel."""
     bands, band_warnings = choose_bands(info, request.bands, spec)
+    raster.require_reflectance_depth(info, bands, request.scale)
     raster.require_valid_pixels(request.input_path, bands, cancel=progress.is_canceled)
     for message in band_warnings:
         warn(message)

@@ -171,6 +171,26 @@ def has_valid_pixels(path: str, band_indices: list[int], cancel: Optional[Cancel
     return False
 
 
+def require_reflectance_depth(info: RasterInfo, band_indices: list[int], scale: Optional[float]) -> None:
+    """InputError for 8-bit bands whose reflectance scale is left to detection.
+
+    Reflectance comes as integers × 10000 (16 bits) or as 0-1 floats; 0-255 is neither. Detection would take
+    8-bit values as reflectance × 10000 (2.55 % at most), so a display product (a true-colour TCI, a stretched
+    export) would be mapped as nearly all water. With a SCALE given, the values are the user's to define.
+    """
+    if scale is not None or not band_indices:
+        return
+    if all(np.dtype(info.dtypes[b]).itemsize == 1 for b in band_indices):
+        raise InputError(
+            f"The bands used ({[b + 1 for b in band_indices]}) of '{info.path}' are 8-bit (values 0-255), which "
+            "is not reflectance: the automatic scale would read them as reflectance × 10000 (2.55 % at most), "
+            "and the map would be nearly all water. 8-bit rasters are usually display products (e.g. "
+            "Sentinel-2's true-colour TCI, or a stretched export).",
+            "Use the reflectance bands (Sentinel-2 L1C/L2A band files, HLS or Landsat surface reflectance), or "
+            "set SCALE to what turns these values into reflectance 0-1 (e.g. 0.003922 if 0-255 stands for 0-1).",
+        )
+
+
 def require_valid_pixels(path: str, band_indices: list[int], cancel: Optional[CancelFn] = None) -> None:
     """InputError when no pixel has data in every used band (nothing to map)."""
     if not has_valid_pixels(path, band_indices, cancel):

@@ -121,6 +121,28 @@ def test_band_out_of_range(world):
     assert jobs(world) == []
 
 
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_8bit_bands_need_a_scale_and_map_with_one(world, kind):
+    """0-255 values are not reflectance: with the scale left to detection nothing is sent; with one, the
+    values map as the 16-bit scene they were made from does."""
+    world.kind = kind
+    with rasterio.open(world.input) as src:
+        eight_bit = src.read() // 16
+    inp = write_scene(world.tmp / "in" / "tci.tif", dtype="uint8", fill=eight_bit)
+    with pytest.raises(InputError, match="8-bit") as info:
+        map_floods(world.request(input_path=inp), world.client())
+    assert "SCALE" in info.value.hint
+    assert jobs(world) == [] and not os.path.exists(world.output)
+    map_floods(world.request(input_path=inp, scale=16e-4), world.client())
+    with rasterio.open(world.output) as o:
+        got = o.read(1)
+    sixteen_bit = str(world.out_dir / "sixteen-bit.tif")
+    map_floods(world.request(output_path=sixteen_bit, probability_path=""), world.client())
+    with rasterio.open(sixteen_bit) as o:
+        expected = o.read(1)
+    assert (got[:32] == 1).all() and (got == expected).mean() > 0.99  # 1/16 of the levels: a few pixels flip
+
+
 # ----------------------------------------------------------------------------------- raster size
 def test_auto_on_an_image_server_with_a_raster_too_large_steers_to_a_tensor_server(world):
     with pytest.raises(TransportUnsupported, match="larger than image-to-image takes") as ei:
