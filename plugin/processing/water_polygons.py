@@ -23,6 +23,8 @@ from ..toolbelt.compat import FIELD_DOUBLE, FIELD_INT, FIELD_STRING, WKB_POLYGON
 from ..toolbelt.i18n import tr
 
 DEFAULT_ELLIPSOID = "EPSG:7030"  # WGS 84, where no project gives one (qgis_process, scripts)
+# the `class` field holds a class name: a length of its own, so a Shapefile (254 at most) takes it without a warning
+CLASS_FIELD_LENGTH = 16
 
 
 def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: str, min_area: float,
@@ -39,7 +41,7 @@ def write_water_polygons(alg: QgsProcessingAlgorithm, parameters: dict, name: st
         crs = QgsCoordinateReferenceSystem.fromWkt(ds.crs.to_wkt()) if ds.crs else QgsCoordinateReferenceSystem()
     fields = QgsFields()
     fields.append(QgsField("id", FIELD_INT))
-    fields.append(QgsField("class", FIELD_STRING))
+    fields.append(QgsField("class", FIELD_STRING, "", CLASS_FIELD_LENGTH))
     fields.append(QgsField("area_m2", FIELD_DOUBLE))
     fields.append(QgsField("pixels", FIELD_INT))
     sink, dest_id = alg.parameterAsSink(parameters, name, context, fields, WKB_POLYGON, crs)

@@ -279,13 +279,15 @@ def test_water_polygons_area_matches_raster_geographic(provider_loaded, vllm_ser
     total_m2 = sum(f["area_m2"] for f in layer.getFeatures())
     assert sum(f["pixels"] for f in layer.getFeatures()) == result["WATER_PIXELS"]
     assert total_m2 / 1e6 == pytest.approx(result["WATER_AREA_KM2"], rel=0.01)
-    # MIN_AREA drops the specks, never the big areas
+    # MIN_AREA drops the specks, never the big areas; a Shapefile takes the fields as they are (254 at most)
     biggest = max(f["area_m2"] for f in layer.getFeatures())
     filtered = processing.run("floodmapper:map_floods", _params(
-        src, tmp_path / "geo-flood2.tif", vllm_server, WATER_POLYGONS=str(tmp_path / "big.gpkg"),
+        src, tmp_path / "geo-flood2.tif", vllm_server, WATER_POLYGONS=str(tmp_path / "big.shp"),
         MIN_AREA=biggest / 2))
     big = QgsVectorLayer(str(filtered["WATER_POLYGONS"]), "big", "ogr")
     assert 1 <= big.featureCount() < layer.featureCount()
+    assert 0 < big.fields().field("class").length() <= 254
+    assert {f["class"] for f in big.getFeatures()} == {"flood"}
 
 
 def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_server, tmp_path):
