@@ -96,6 +96,10 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
         client = conn.client
         facts = _ask_server_riding_out(client, request, conn, progress, warn)
         transport = choose_transport(asked, facts.kind, view, _with_dtype(request, conn), conn.reach, copy_why)
+        if transport == TRANSPORT_IMAGE and request.probability_path:
+            warn("No water probability is written: image-to-image answers classes only (TerraTorch's IOProcessor "
+                 "argmaxes on the server). For a probability raster, choose the tensor transport (TRANSPORT "
+                 "Tensor-to-tensor; a remote server must be started without the IOProcessor plugin).")
         if spec is None:
             spec = _served_spec(client, facts.model, required=transport == TRANSPORT_TENSOR)
         if bands is None:

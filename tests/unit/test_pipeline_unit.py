@@ -62,6 +62,14 @@ def test_success_writes_map_and_sends_the_contract_payload(world):
     assert not os.listdir(tempfile.gettempdir())
 
 
+def test_a_probability_asked_of_image_to_image_is_a_warning_not_a_silence(world):
+    progress = Recorder()
+    result = map_floods(world.request(probability_path=world.probability), world.client(), progress)
+    assert result.transport == "image" and result.probability_path == ""
+    assert not os.path.exists(world.probability) and os.path.exists(world.output)
+    assert [w for w in progress.warnings if "No water probability" in w and "tensor transport" in w]
+
+
 def test_the_server_is_asked_once_what_it_is(world):
     map_floods(world.request(), world.client())
     asked = [(r.method, r.path) for r in world.srv.requests]
