@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .landsat import landsat_band_names
 from .raster import RasterInfo
 
 DEFAULT_MODEL_BANDS = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
@@ -116,8 +117,9 @@ def select_bands(
     found: dict[str, list[int]] = {}
     known = tuple(BAND_ALIASES) if names else ()
     lookup = tuple(dict.fromkeys((*names, *known)))  # model names first, then every band name we know
+    landsat = landsat_band_names(info.descriptions)  # Landsat's band numbers are not Sentinel-2's
     for index, description in enumerate(info.descriptions):
-        canonical = _band_canonical(description, lookup)
+        canonical = _band_canonical(landsat[index] if landsat else description, lookup)
         if canonical:
             found.setdefault(canonical, []).append(index)
 
@@ -129,8 +131,9 @@ def select_bands(
             if not hits and name.upper() == "NIR_NARROW" and found.get("NIR_BROAD"):
                 hits = found["NIR_BROAD"]
                 warnings.append(
-                    "No narrow NIR band (B8A) found; using the broad NIR band (B08) "
-                    f"(band {hits[0] + 1}) instead. Results may be slightly off."
+                    "No narrow NIR band (Sentinel-2's B8A, Landsat OLI's B5) found; using the broad NIR band "
+                    f"(Sentinel-2's B08, Landsat TM/ETM+'s B4: band {hits[0] + 1}) instead. Results may be "
+                    "slightly off."
                 )
             if not hits:
                 missing.append(name)

@@ -36,6 +36,7 @@ from .jobs import (
     Stats,
     TensorJob,
 )
+from .landsat import C2_SR_OFFSET, C2_SR_SCALE, is_collection2_sr
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
 from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
@@ -69,6 +70,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     progress.info(f"Reading {request.input_path}")
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
+    request = _product_scaling(request, info, progress)
     aoi = _planned_area(info, request, progress)
     # the raster as mapped; why an image-to-image server gets a copy
     view, copy_why = aoi.view(info), copy_reason(info, aoi, request.scale, request.offset)
@@ -198,6 +200,16 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
     if hidden:
         progress.info(hidden.describe())
     return bands
+
+
+def _product_scaling(request: MapFloodsRequest, info: raster.RasterInfo, progress: Progress) -> MapFloodsRequest:
+    """The request with the reflectance scaling of a product that says what it is, when SCALE and OFFSET are
+    both left empty: Landsat Collection 2 Level-2 surface reflectance is not reflectance × 10000."""
+    if request.scale is not None or request.offset is not None or not is_collection2_sr(info.descriptions):
+        return request
+    progress.info(f"Landsat Collection 2 Level-2 surface reflectance (SR_B bands): reflectance = value × "
+                  f"{C2_SR_SCALE:.7f} − {-C2_SR_OFFSET:g} (SCALE and OFFSET override it)")
+    return replace(request, scale=C2_SR_SCALE, offset=C2_SR_OFFSET)
 
 
 def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:

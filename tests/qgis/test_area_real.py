@@ -1,7 +1,8 @@
 """floodmapper:map_floods with an area in real QGIS: EXTENT in another CRS, a MASK polygon with a hole, a 20 m
 SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m (with a zero-filled
 swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
-model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area.
+model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area;
+a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling.
 Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
@@ -254,6 +255,34 @@ def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, tr
     if transport == "image":
         assert "temporary GeoTIFF" in log and "virtual raster" in log
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.vllm
+def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_server, tmp_path):
+    """Landsat 9 Collection 2 Level-2 band files as USGS names them: B5 is the near infrared (a red edge in
+    Sentinel-2's numbering), and the values are (reflectance + 0.2) / 0.0000275; with nothing set, both are
+    read as Landsat means them."""
+    import processing
+
+    refl, truth = synthesize(9307, 256, 224)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
+    dn = np.rint((np.concatenate([refl[:1], refl]) + 0.2) / 2.75e-5).astype(np.uint16)  # SR_B1 (coastal) too
+    scene = "LC09_L2SP_013032_20231008_20231009_02_T1"
+    files = []
+    for band, data in zip(("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"), dn):
+        path = tmp_path / f"{scene}_{band}.TIF"
+        with rasterio.open(path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=0,
+                           crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
+            dst.write(data, 1)
+        files.append(str(path))
+    vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
+                                                     "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(vrt, out, vllm_tensor_server, "tensor"))
+    assert "the model gets input bands [2, 3, 4, 5, 6, 7]" in log, log
+    assert "Landsat Collection 2 Level-2 surface reflectance" in log and "0.0000275" in log, log
+    classes, *_ = _read(out)
+    assert iou(classes, truth) >= MIN_IOU
+    assert result["WATER_PIXELS"] == int((classes == 1).sum()) and result["VALID_PIXELS"] == 256 * 224
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -151,6 +151,32 @@ def test_8bit_bands_need_a_scale_and_map_with_one(world, kind):
     assert (got[:32] == 1).all() and (got == expected).mean() > 0.99  # 1/16 of the levels: a few pixels flip
 
 
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind):
+    """Collection 2 Level-2 SR_B bands hold (reflectance + 0.2) / 0.0000275: the same reflectance as the
+    scene stored × 10000 maps the same, with nothing set; SCALE and OFFSET still override it."""
+    world.kind = kind
+    with rasterio.open(world.input) as src:
+        profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
+    inp = world.tmp / "in" / "landsat.tif"
+    with rasterio.open(inp, "w", **profile) as dst:
+        dst.write(np.round((reflectance + 0.2) / 2.75e-5).astype("uint16"))
+        dst.descriptions = ("SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7")
+    progress = Recorder()
+    map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    assert [m for m in progress.infos if "Landsat Collection 2" in m and "0.0000275" in m]
+    with rasterio.open(world.output) as o:
+        got = o.read(1)
+    stored = str(world.out_dir / "stored-x10000.tif")
+    map_floods(world.request(output_path=stored, probability_path=""), world.client())
+    with rasterio.open(stored) as o:
+        assert (got == o.read(1)).mean() > 0.99
+    overridden = Recorder()
+    map_floods(world.request(input_path=str(inp), output_path=str(world.out_dir / "o.tif"), probability_path="",
+                             scale=1e-4), world.client(), overridden)
+    assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
+
+
 # ----------------------------------------------------------------------------------- raster size
 def test_auto_on_an_image_server_with_a_raster_too_large_steers_to_a_tensor_server(world):
     with pytest.raises(TransportUnsupported, match="larger than image-to-image takes") as ei:

@@ -98,6 +98,37 @@ def test_broad_nir_fallback_warns():
     assert len(warnings) == 1 and "B08" in warnings[0]
 
 
+OLI_SCENE = "LC09_L2SP_013032_20231008_20231009_02_T1"
+
+
+@pytest.mark.parametrize("names, expected", [
+    # USGS band files of Landsat 8/9 stacked in a VRT (the file names label the bands), QA and thermal beside
+    (tuple(f"{OLI_SCENE}_{b}" for b in ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10",
+                                        "QA_PIXEL")), [1, 2, 3, 4, 5, 6]),
+    # a Google Earth Engine export of Landsat 8/9 SR: no scene ID, but SR_B6 (only OLI has one)
+    (("SR_B7", "SR_B6", "SR_B5", "SR_B4", "SR_B3", "SR_B2"), [5, 4, 3, 2, 1, 0]),
+    # HLS L30 band files: OLI numbers, no SR_ prefix
+    (tuple(f"HLS.L30.T10SEG.2023123T184856.v2.0.B{n:02d}" for n in (1, 2, 3, 4, 5, 6, 7)) + (
+        "HLS.L30.T10SEG.2023123T184856.v2.0.Fmask",), [1, 2, 3, 4, 5, 6]),
+])
+def test_landsat_bands_are_read_with_landsat_numbers(names, expected):
+    """B5 is the near infrared on OLI, where Sentinel-2's numbering would make it a red edge."""
+    idx, warnings = select_bands(info_with(names))
+    assert idx == expected and warnings == []
+
+
+def test_landsat_tm_numbers_and_its_broad_nir():
+    names = tuple(f"LT05_L2SP_014032_20110723_20200820_02_T1_SR_B{n}" for n in (1, 2, 3, 4, 5, 7))
+    idx, warnings = select_bands(info_with(names))
+    assert idx == [0, 1, 2, 3, 4, 5]
+    assert len(warnings) == 1 and "TM/ETM+'s B4: band 4" in warnings[0]
+
+
+def test_sentinel2_file_names_keep_sentinel2_numbers():
+    names = tuple(f"T33TWM_20240501T100031_{b}_20m" for b in ("B02", "B03", "B04", "B05", "B8A", "B11", "B12"))
+    assert select_bands(info_with(names))[0] == [0, 1, 2, 4, 5, 6]
+
+
 def test_unnamed_bands_take_first_n_with_warning():
     idx, warnings = select_bands(info_with((None,) * 8))
     assert idx == [0, 1, 2, 3, 4, 5]
