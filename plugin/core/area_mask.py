@@ -78,7 +78,7 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
                 values = _cloud_values(cloud, info, transform, shape)
                 if len(seen) < 16:
                     seen.update(np.unique(values[data & np.isfinite(values)])[:16].tolist())
-                cloudy = data & np.isin(values, area.cloud_values)
+                cloudy = data & _is_cloud(values, area)
                 cloud_total += int(cloudy.sum())
                 mapped = data & ~cloudy
             data_total += int(data.sum())
@@ -93,10 +93,10 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
                          "Choose polygons over the raster's data, or check its nodata value.")
     if cloud is not None:
         if cloud_total == data_total:
-            raise InputError(f"Every pixel of the area with data is cloud (values {format_values(area.cloud_values)} "
-                             f"of the cloud mask): there is nothing to map.",
+            raise InputError(f"Every pixel of the area with data is cloud ({area.cloud_rule} of the cloud mask): "
+                             "there is nothing to map.",
                              "Choose a clearer scene or another area, or check CLOUD_VALUES (1 for a 0/1 mask).")
-        if cloud_total == 0 and seen and seen <= {0.0, 1.0} and 1.0 not in area.cloud_values:
+        if cloud_total == 0 and seen and seen <= {0.0, 1.0} and 1.0 not in area.cloud_values and not area.cloud_bits:
             warn(f"The cloud mask holds only 0 and 1 over the area and no pixel has a cloud value "
                  f"({format_values(area.cloud_values)}), so nothing was masked as cloud. For a 0/1 cloud mask, "
                  "set CLOUD_VALUES=1.")
@@ -139,6 +139,14 @@ def _open_cloud(info: RasterInfo, area: Area, warn: WarnFn):
     except BaseException:
         cloud.close()
         raise
+
+
+def _is_cloud(values: np.ndarray, area: Area) -> np.ndarray:
+    """Where the cloud raster's values mark cloud: one of the cloud values, or any cloud bit set."""
+    if not area.cloud_bits:
+        return np.isin(values, area.cloud_values)
+    flags = np.where(np.isfinite(values), values, 0).astype(np.int64)
+    return (flags & sum(1 << b for b in area.cloud_bits)) != 0
 
 
 def _cloud_values(cloud, info: RasterInfo, transform, shape: tuple[int, int]) -> np.ndarray:

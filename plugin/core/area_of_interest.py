@@ -19,7 +19,7 @@ import numpy as np
 from affine import Affine
 from rasterio.windows import Window
 
-from .cloud_values import DEFAULT_CLOUD_VALUES, check_cloud_values, format_values
+from .cloud_values import DEFAULT_CLOUD_VALUES, check_cloud_values, format_values, qa_cloud_bits
 from .errors import InputError
 from .raster import RasterInfo
 
@@ -65,6 +65,8 @@ class Area:
     polygons: tuple[dict, ...] = ()  # GeoJSON-like polygons in the input's CRS; () = no polygon mask
     cloud_path: str = ""  # a raster whose `cloud_values` mark cloud; "" = none
     cloud_values: tuple[float, ...] = DEFAULT_CLOUD_VALUES
+    cloud_bits: tuple[int, ...] = ()  # a bit-flag quality band: cloud where any of these bits is set
+    cloud_bits_are: str = ""  # what those bits are, for the log
     mask: Optional[AreaMask] = None  # set by area_mask.build_mask when polygons or clouds leave pixels out
     data_pixels: int = -1  # pixels of the area with data in every used band (clouds included); -1 unknown
     cloud_pixels: int = 0  # of those, the pixels the cloud mask covers
@@ -80,6 +82,13 @@ class Area:
     @property
     def cloud_fraction(self) -> float:
         return self.cloud_pixels / self.data_pixels if self.data_pixels > 0 else 0.0
+
+    @property
+    def cloud_rule(self) -> str:
+        """What marks cloud in the cloud mask, as the log says it."""
+        if self.cloud_bits:
+            return f"cloud bits {format_values(self.cloud_bits)} ({self.cloud_bits_are})"
+        return f"cloud values {format_values(self.cloud_values)}"
 
     @property
     def bounds(self) -> Bounds:
@@ -108,7 +117,7 @@ class Area:
         if self.polygons:
             text += f"; {len(self.polygons)} mask polygon(s)"
         if self.cloud_path:
-            text += f"; cloud values {format_values(self.cloud_values)} of {self.cloud_path}"
+            text += f"; {self.cloud_rule} of {self.cloud_path}"
         return text
 
 
@@ -151,10 +160,13 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
                                   + (" and inside the extent" if extent is not None else "")
                                   + "; a layer in another CRS is reprojected, so check that its CRS is set right.")
     values = tuple(DEFAULT_CLOUD_VALUES if cloud_values is None else check_cloud_values(cloud_values))
+    # a bit-flag quality band given with the default (Sentinel-2 SCL) values: its own cloud bits
+    qa_bits = qa_cloud_bits(cloud_path) if cloud_path and values == DEFAULT_CLOUD_VALUES else None
+    bits, bits_are = qa_bits or ((), "")
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
-    return Area(window, transform, whole, shapes, cloud_path or "", values)
+    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are)
 
 
 # ------------------------------------------------------------------------------------------------ extent

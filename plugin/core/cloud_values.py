@@ -1,18 +1,30 @@
-"""The cloud mask's cloud values: the Sentinel-2 L2A scene classification's cloud classes by default, and a
-user's list (CLOUD_VALUES) read and checked. Nothing here needs numpy or GDAL, so the algorithm's parameters
+"""The cloud mask's cloud values: the Sentinel-2 L2A scene classification's cloud classes by default, a user's
+list (CLOUD_VALUES) read and checked, and the cloud bits of the quality bands that are bit flags (Landsat's
+QA_PIXEL, HLS's Fmask), known by their names. Nothing here needs numpy or GDAL, so the algorithm's parameters
 can be defined before the plugin's packages are installed."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
+from typing import Optional
 
 from .errors import InputError
 
 # Sentinel-2 L2A scene classification (SCL): 3 cloud shadow, 8 cloud medium probability, 9 cloud high
 # probability, 10 thin cirrus
 DEFAULT_CLOUD_VALUES = (3.0, 8.0, 9.0, 10.0)
+# Quality bands whose values are bit flags, by their file names: (name, bits that mark cloud, what they are).
+# Landsat Collection 2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow. HLS v2.0 Fmask:
+# bit 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow.
+QA_BIT_BANDS = (
+    (re.compile(r"(?:^|[^A-Za-z0-9])QA_PIXEL(?![A-Za-z0-9])", re.IGNORECASE), (1, 2, 3, 4),
+     "Landsat QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow"),
+    (re.compile(r"(?:^|[^A-Za-z0-9])Fmask(?![A-Za-z0-9])", re.IGNORECASE), (1, 2, 3),
+     "HLS Fmask bits 1-3: cloud, adjacent to cloud or shadow, cloud shadow"),
+)
 HINT = ("Give the cloud mask's cloud values, comma-separated: 3,8,9,10 for a Sentinel-2 L2A scene "
         "classification (SCL), 1 for a 0/1 cloud mask.")
 
@@ -43,3 +55,15 @@ def parse_cloud_values(text: str) -> tuple[float, ...]:
         return check_cloud_values([float(p) for p in parts])
     except (ValueError, InputError):
         raise InputError(f"CLOUD_VALUES '{text}' is not a list of numbers.", HINT) from None
+
+
+def qa_cloud_bits(path: str) -> Optional[tuple[tuple[int, ...], str]]:
+    """(cloud bits, what they are) when `path` names a bit-flag quality band (QA_PIXEL, Fmask), else None.
+
+    Their values are sums of flags (e.g. 21824 for clear land in QA_PIXEL), which no list of cloud values
+    can match: the bits are tested instead."""
+    name = os.path.basename((path or "").rstrip("/"))
+    for pattern, bits, what in QA_BIT_BANDS:
+        if pattern.search(name):
+            return bits, what
+    return None

@@ -58,7 +58,8 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
                                      defaultValue=format_values(DEFAULT_CLOUD_VALUES).replace(" ", ""),
                                      optional=True)
     p.setHelp(tr("3,8,9,10 are cloud shadow, medium and high probability cloud and thin cirrus in the Sentinel-2 "
-                 "L2A scene classification (SCL); use 1 for a 0/1 cloud mask."))
+                 "L2A scene classification (SCL); use 1 for a 0/1 cloud mask. With these default values, a Landsat "
+                 "QA_PIXEL or HLS Fmask band (known by its file name) is read by its cloud bits instead."))
     alg.addParameter(p)
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_PIXELS, tr("Cloud-masked pixels")))
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_FRACTION, tr("Cloud-masked share of the pixels with data")))

@@ -260,8 +260,8 @@ def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, tr
 @pytest.mark.vllm
 def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_server, tmp_path):
     """Landsat 9 Collection 2 Level-2 band files as USGS names them: B5 is the near infrared (a red edge in
-    Sentinel-2's numbering), and the values are (reflectance + 0.2) / 0.0000275; with nothing set, both are
-    read as Landsat means them."""
+    Sentinel-2's numbering), the values are (reflectance + 0.2) / 0.0000275, and the QA_PIXEL band's values are
+    bit flags; with nothing set but the cloud mask, all three are read as Landsat means them."""
     import processing
 
     refl, truth = synthesize(9307, 256, 224)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
@@ -276,13 +276,24 @@ def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_serv
         files.append(str(path))
     vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
                                                      "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
+    qa = np.full((224, 256), 21824, np.uint16)  # clear land: flags, none of them cloud
+    qa[:32, :64] |= 1 << 3  # cloud
+    qa[32:48, :64] |= 1 << 4  # cloud shadow
+    qa_path = tmp_path / f"{scene}_QA_PIXEL.TIF"
+    with rasterio.open(qa_path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=1,
+                       crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
+        dst.write(qa, 1)
     out = tmp_path / "flood.tif"
-    result, log = _run(_params(vrt, out, vllm_tensor_server, "tensor"))
+    result, log = _run(_params(vrt, out, vllm_tensor_server, "tensor", CLOUD_MASK=str(qa_path)))
     assert "the model gets input bands [2, 3, 4, 5, 6, 7]" in log, log
     assert "Landsat Collection 2 Level-2 surface reflectance" in log and "0.0000275" in log, log
+    assert "cloud bits 1, 2, 3, 4 (Landsat QA_PIXEL" in log, log
     classes, *_ = _read(out)
-    assert iou(classes, truth) >= MIN_IOU
-    assert result["WATER_PIXELS"] == int((classes == 1).sum()) and result["VALID_PIXELS"] == 256 * 224
+    assert (classes[:48, :64] == 255).all() and (classes[48:] != 255).all() and (classes[:, 64:] != 255).all()
+    clear = classes != 255
+    assert iou(np.where(clear, classes, 0), np.where(clear, truth, 0)) >= MIN_IOU
+    assert result["CLOUD_PIXELS"] == 48 * 64 and result["VALID_PIXELS"] == 256 * 224 - 48 * 64
+    assert result["WATER_PIXELS"] == int((classes == 1).sum())
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -168,6 +168,28 @@ def test_a_01_mask_with_cloud_values_1(scene, tmp_path):
     assert area.cloud_pixels == 16 * 80
 
 
+@pytest.mark.parametrize("name, bits", [
+    ("LC09_L2SP_013032_20231008_20231009_02_T1_QA_PIXEL.TIF", (1, 2, 3, 4)),
+    ("HLS.L30.T10SEG.2023123T184856.v2.0.Fmask.tif", (1, 2, 3)),
+])
+def test_bit_flag_quality_bands_mask_their_cloud_bits(scene, tmp_path, name, bits):
+    """QA_PIXEL and Fmask values are sums of flags: cloud is a bit set, whatever the other bits say."""
+    clear = 21824 if "QA_PIXEL" in name else 64  # clear land, low aerosol: flags, none of them cloud
+    flags = np.full((32, 40), clear, np.uint16)
+    for i, bit in enumerate(bits):
+        flags[i * 4:i * 4 + 4] |= 1 << bit  # each cloud bit in rows of its own
+    flags[30, :] = clear | 1 << 5 | 1 << 7  # snow, water: not cloud
+    path = write_cloud(tmp_path / name, flags)
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
+    assert area.cloud_bits == bits and "bits" in area.describe(scene)
+    assert area.cloud_pixels == len(bits) * 4 * 2 * 80  # 4 rows of 40 m each bit, 2x2 pixels of 20 m
+    mapped = area.mask.read(Window(0, 0, 80, 64))
+    assert not mapped[:len(bits) * 8].any() and mapped[len(bits) * 8:].all()
+    # cloud values given: they are matched whole, as the user asked
+    values = build_mask(scene, plan_area(scene, cloud_path=path, cloud_values=[clear]), BANDS)
+    assert values.cloud_bits == () and values.cloud_pixels == 2 * 80 * (32 - len(bits) * 4 - 1)
+
+
 def test_a_cloud_mask_beside_the_area_is_a_warning(scene, tmp_path):
     far = write_cloud(tmp_path / "far.tif", np.full((10, 10), 9, np.uint8), x0=X0 + 100_000)
     warnings = []
