@@ -16,7 +16,7 @@ import math
 from dataclasses import replace
 from typing import Optional, Union
 
-from . import raster
+from . import raster, sentinel2
 from .area_mask import build_mask
 from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
@@ -70,7 +70,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     progress.info(f"Reading {request.input_path}")
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
-    request = _product_scaling(request, info, progress)
+    request = _product_scaling(request, info, progress, warn)
     aoi = _planned_area(info, request, progress)
     # the raster as mapped; why an image-to-image server gets a copy
     view, copy_why = aoi.view(info), copy_reason(info, aoi, request.scale, request.offset)
@@ -202,14 +202,30 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
     return bands
 
 
-def _product_scaling(request: MapFloodsRequest, info: raster.RasterInfo, progress: Progress) -> MapFloodsRequest:
+def _product_scaling(request: MapFloodsRequest, info: raster.RasterInfo, progress: Progress,
+                     warn) -> MapFloodsRequest:
     """The request with the reflectance scaling of a product that says what it is, when SCALE and OFFSET are
-    both left empty: Landsat Collection 2 Level-2 surface reflectance is not reflectance × 10000."""
-    if request.scale is not None or request.offset is not None or not is_collection2_sr(info.descriptions):
+    both left empty: Landsat Collection 2 Level-2 surface reflectance is not reflectance × 10000, and Sentinel-2
+    values carry a −1000 offset from processing baseline 04.00 on."""
+    if request.scale is not None or request.offset is not None:
         return request
-    progress.info(f"Landsat Collection 2 Level-2 surface reflectance (SR_B bands): reflectance = value × "
-                  f"{C2_SR_SCALE:.7f} − {-C2_SR_OFFSET:g} (SCALE and OFFSET override it)")
-    return replace(request, scale=C2_SR_SCALE, offset=C2_SR_OFFSET)
+    if is_collection2_sr(info.descriptions):
+        progress.info(f"Landsat Collection 2 Level-2 surface reflectance (SR_B bands): reflectance = value × "
+                      f"{C2_SR_SCALE:.7f} − {-C2_SR_OFFSET:g} (SCALE and OFFSET override it)")
+        return replace(request, scale=C2_SR_SCALE, offset=C2_SR_OFFSET)
+    known = sentinel2.offset_of(info.path, info.descriptions)
+    if known is not None:
+        offset, why = known
+        progress.info(f"{why}: reflectance offset {offset:g}" + (" (the −1000 of processing baseline 04.00 and "
+                      "later; OFFSET overrides it)" if offset else " (OFFSET overrides it)"))
+        return replace(request, offset=offset) if offset else request
+    day = sentinel2.acquired_before_offset(info.descriptions)
+    if day is not None:
+        warn(f"Sentinel-2 acquired on {day.isoformat()}, before 25 January 2022: its values carry the −1000 offset "
+             "only if the product was reprocessed (processing baseline 05.00 or later, N0500 in the product's "
+             "name), which the band files do not say. No offset is applied; for a reprocessed product set "
+             "OFFSET=-0.1.")
+    return request
 
 
 def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:

@@ -225,7 +225,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             tr("Multiplier from stored values to reflectance 0–1; empty detects ×10000 integer reflectance "
                "(an 8-bit raster is refused: its values are not reflectance)."),
             tr("Added after scaling; e.g. -0.1 for the −1000 offset of Sentinel-2 L1C and L2A products of "
-               "processing baseline 04.00 (2022) or later."),
+               "processing baseline 04.00 (2022) or later. Empty: -0.1 where the names say so (the product's "
+               "N0400 or later, or band files acquired from 25 January 2022 on), else 0."),
         ]
         for param, text in zip(advanced, helps):
             param.setHelp(text)

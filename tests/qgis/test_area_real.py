@@ -212,9 +212,10 @@ S2_NAMES = {"B02": ("BLUE", 10), "B03": ("GREEN", 10), "B04": ("RED", 10), "B8A"
 def _band_files(folder: Path, seed: int, width: int, height: int):
     """Six single-band files as downloaded (10 m B02-B04, 20 m B8A/B11/B12), and the truth at 10 m (255 in the
     fill). Like a partial Sentinel-2 tile, the top left corner lies beyond the swath's edge: 0 in every band,
-    and the files declare no nodata value."""
+    and the files declare no nodata value; like every product acquired since 2022, the values carry the −1000
+    offset, which the files' names let the plugin apply by itself."""
     refl, truth = synthesize(seed, width, height)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
-    dn = np.rint(refl * 10000).clip(1, 65535).astype(np.uint16)
+    dn = (np.rint(refl * 10000) + 1000).clip(1, 65535).astype(np.uint16)  # acquired in 2024: the −1000 offset
     rows, cols = np.indices((height, width)) // 2
     fill = rows + cols < width // 6  # on whole 20 m cells, so that the 20 m bands have the same edge
     dn[:, fill] = 0
@@ -245,6 +246,7 @@ def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, tr
     out = tmp_path / "flood.tif"
     result, log = _run(_params(vrt, out, server, transport))
     assert "the model gets input bands [1, 2, 3, 6, 4, 5]" in log, log  # B8A found by its file's name
+    assert "Sentinel-2 acquired on 2024-05-01 (in the band files' names): reflectance offset -0.1" in log, log
     classes, t_out, *_ = _read(out)
     assert t_out == from_origin(500000.0, 4990000.0, 10, 10) and classes.shape == (320, 384)
     assert iou(classes, truth) >= MIN_IOU  # B8A, B11 and B12 at 20 m blur the water edges a little

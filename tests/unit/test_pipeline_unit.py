@@ -177,6 +177,30 @@ def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind
     assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
 
 
+@pytest.mark.parametrize("day, offset_applied", [("20240501", True), ("20210501", False)])
+def test_sentinel2_band_files_from_2022_on_carry_the_offset(world, day, offset_applied):
+    """Band files named as acquired from 25 January 2022 on hold reflectance × 10000 + 1000: with OFFSET empty
+    they map as the same reflectance without the offset; earlier ones are mapped as they are, with a warning."""
+    world.kind = "tensor"
+    with rasterio.open(world.input) as src:
+        profile, dn = src.profile, src.read()
+    inp = world.tmp / "in" / "stack.tif"
+    with rasterio.open(inp, "w", **profile) as dst:
+        dst.write(dn + 1000 if offset_applied else dn)
+        dst.descriptions = tuple(f"T33TWM_{day}T100031_{b}" for b in ("B02", "B03", "B04", "B8A", "B11", "B12"))
+    progress = Recorder()
+    result = map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    with rasterio.open(world.output) as o:
+        got = o.read(1)
+    stored = str(world.out_dir / "no-offset.tif")
+    map_floods(world.request(output_path=stored, probability_path=""), world.client())
+    with rasterio.open(stored) as o:
+        assert (got == o.read(1)).all()
+    said = [m for m in progress.infos if "reflectance offset -0.1" in m]
+    warned = [w for w in result.warnings if "before 25 January 2022" in w and "OFFSET=-0.1" in w]
+    assert (bool(said), bool(warned)) == (offset_applied, not offset_applied)
+
+
 # ----------------------------------------------------------------------------------- raster size
 def test_auto_on_an_image_server_with_a_raster_too_large_steers_to_a_tensor_server(world):
     with pytest.raises(TransportUnsupported, match="larger than image-to-image takes") as ei:

@@ -129,6 +129,28 @@ def test_sentinel2_file_names_keep_sentinel2_numbers():
     assert select_bands(info_with(names))[0] == [0, 1, 2, 4, 5, 6]
 
 
+@pytest.mark.parametrize("path, labels, expected", [
+    ("SENTINEL2_L2A:/d/S2B_MSIL2A_20240501T100031_N0510_R122_T33TWM_20240501T123456.SAFE/MTD_MSIL2A.xml:10m:"
+     "EPSG_32633", ("B4, central wavelength 665 nm",), (-0.1, "baseline 05.10")),
+    ("/d/S2A_MSIL1C_20190704T100031_N0207_R122_T33TWM_20190704T120000.SAFE/stack.tif", (None,), (0.0, "02.07")),
+    # reprocessed archive: an old acquisition, a new baseline
+    ("/d/S2A_MSIL2A_20190704T100031_N0500_R122_T33TWM_20230101T000000.SAFE/x.tif", (None,), (-0.1, "05.00")),
+    ("stack.vrt", ("T33TWM_20240501T100031_B02_10m", "T33TWM_20240501T100031_B8A_20m"),
+     (-0.1, "acquired on 2024-05-01")),
+    ("stack.vrt", ("T33TWM_20220125T100031_B02", "T33TWM_20220125T100031_B12"), (-0.1, "2022-01-25")),
+    ("stack.vrt", ("T33TWM_20220124T100031_B02", "T33TWM_20220124T100031_B12"), None),
+    ("scene.tif", ("B02", "B03", "B04"), None),
+])
+def test_sentinel2_offset_from_the_names(path, labels, expected):
+    from plugin.core.sentinel2 import offset_of
+
+    got = offset_of(path, labels)
+    if expected is None:
+        assert got is None
+    else:
+        assert got[0] == expected[0] and expected[1] in got[1]
+
+
 def test_unnamed_bands_take_first_n_with_warning():
     idx, warnings = select_bands(info_with((None,) * 8))
     assert idx == [0, 1, 2, 3, 4, 5]
