@@ -1,6 +1,7 @@
 """Map floods, QGIS-free, in one pass: a plain request in, a plain result out.
 
-    inspect the input -> check the outputs -> (the model's bands, when known here) -> reach the server
+    inspect the input -> check the outputs -> the scaling its names imply -> (the model's bands, when known
+    here) -> reach the server
     -> ask it what it is -> choose the transport -> (the model's bands, else) -> ImageJob | TensorJob
     -> transport -> MapFloodsResult
 
@@ -16,7 +17,7 @@ import math
 from dataclasses import replace
 from typing import Optional, Union
 
-from . import raster, sentinel2
+from . import raster
 from .area_mask import build_mask
 from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
@@ -36,10 +37,10 @@ from .jobs import (
     Stats,
     TensorJob,
 )
-from .landsat import C2_SR_OFFSET, C2_SR_SCALE, is_collection2_sr
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
 from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
+from .product_scaling import scaling_from_names
 from .progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .tensor.runner import run_tensor
 from .transport_choice import check_forced_image, choose_transport
@@ -204,28 +205,17 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
 
 def _product_scaling(request: MapFloodsRequest, info: raster.RasterInfo, progress: Progress,
                      warn) -> MapFloodsRequest:
-    """The request with the reflectance scaling of a product that says what it is, when SCALE and OFFSET are
-    both left empty: Landsat Collection 2 Level-2 surface reflectance is not reflectance × 10000, and Sentinel-2
-    values carry a −1000 offset from processing baseline 04.00 on."""
+    """The request with the scaling the product's names imply, when SCALE and OFFSET are both left empty."""
     if request.scale is not None or request.offset is not None:
         return request
-    if is_collection2_sr(info.descriptions):
-        progress.info(f"Landsat Collection 2 Level-2 surface reflectance (SR_B bands): reflectance = value × "
-                      f"{C2_SR_SCALE:.7f} − {-C2_SR_OFFSET:g} (SCALE and OFFSET override it)")
-        return replace(request, scale=C2_SR_SCALE, offset=C2_SR_OFFSET)
-    known = sentinel2.offset_of(info.path, info.descriptions)
-    if known is not None:
-        offset, why = known
-        progress.info(f"{why}: reflectance offset {offset:g}" + (" (the −1000 of processing baseline 04.00 and "
-                      "later; OFFSET overrides it)" if offset else " (OFFSET overrides it)"))
-        return replace(request, offset=offset) if offset else request
-    day = sentinel2.acquired_before_offset(info.descriptions)
-    if day is not None:
-        warn(f"Sentinel-2 acquired on {day.isoformat()}, before 25 January 2022: its values carry the −1000 offset "
-             "only if the product was reprocessed (processing baseline 05.00 or later, N0500 in the product's "
-             "name), which the band files do not say. No offset is applied; for a reprocessed product set "
-             "OFFSET=-0.1.")
-    return request
+    named = scaling_from_names(info)
+    if named.said:
+        progress.info(named.said)
+    if named.warning:
+        warn(named.warning)
+    if named.scale is None and named.offset is None:
+        return request
+    return replace(request, scale=named.scale, offset=named.offset)
 
 
 def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:
