@@ -197,9 +197,12 @@ def find_reusable(key: str, vllm_python: str, http: requests.Session, say: Calla
 
 
 def stop_idle_kept_engines(say: Callable[[str], None], grace: float) -> None:
-    """Stop the kept engines not in use: a new engine would compete with them for the same cores and memory."""
+    """Stop the kept engines not in use: a new engine would compete with them for the same cores and memory.
+    The record of an engine that is gone (killed from outside, the computer restarted) is removed."""
     for path, record in records():
-        if record.pid > 0 and group_alive(record.pid) and idle_seconds(path) > BUSY_WINDOW:
+        if record.pid > 0 and not group_alive(record.pid):
+            remove_record(record.key, record.pid)
+        elif record.pid > 0 and idle_seconds(path) > BUSY_WINDOW:
             say(f"[floodmapper] stopping the kept engine {record.pid} ({record.model}, {record.dtype}) "
                 "to start this one")
             kill_foreign_group(record.pid, grace)

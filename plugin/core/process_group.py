@@ -10,8 +10,13 @@ import time
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a process left; False where the system has no process groups (Windows),
+    as no engine of this plugin runs there."""
+    killpg = getattr(os, "killpg", None)
+    if killpg is None:
+        return False
     try:
-        os.killpg(pgid, 0)
+        killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -29,7 +29,8 @@ def _disguised(tmp_path: Path, platform: str, server: str = "") -> dict:
     (plugins / "floodmapper").symlink_to(ROOT, target_is_directory=True)
     scene = tmp_path / "scene.tif"
     scenes.generate_scene(scene, seed=11, width=96, height=80)
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"))
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),
+               FLOODMAPPER_HOME=str(tmp_path / "home"))  # not the kept engines of this computer's user
     cmd = [sys.executable, str(SCRIPT), platform, str(plugins), str(scene), str(tmp_path)]
     cmd += [server] if server else []
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -137,6 +137,26 @@ def test_a_kept_engine_of_other_settings_is_stopped_before_a_new_one_starts(sett
     other.stop()
 
 
+def test_the_record_of_an_engine_killed_from_outside_is_removed_at_the_next_start(settings, tmp_path):
+    first = make(settings, tmp_path)
+    first.ensure_running()
+    old = first.pid
+    first.detach()
+    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    eng.kill_foreign_group(old, 3)  # as `kill` or a restart would: the engine leaves its record behind
+    assert path.exists() and not alive(old)
+    other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
+    other.ensure_running()
+    assert not path.exists()
+    other.stop()
+
+
+def test_no_process_groups_no_kept_engine_alive(monkeypatch):
+    """Where os.killpg does not exist (Windows), no engine of the plugin can be running."""
+    monkeypatch.delattr(os, "killpg")
+    assert eng.group_alive(os.getpid()) is False
+
+
 def test_without_keep_alive_nothing_is_kept(settings, tmp_path):
     engine = make(Settings(**{**settings.__dict__, "engine_keep_alive": 0.0}), tmp_path)
     engine.ensure_running()
