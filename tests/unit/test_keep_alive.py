@@ -100,12 +100,17 @@ def test_kept_engine_is_reused_never_stops_mid_job_and_stops_when_idle(settings,
     third.stop()
 
 
-def test_an_engine_of_another_environment_is_not_reused_and_goes(settings, tmp_path):
+def _kept_engine(settings: Settings, tmp_path) -> tuple[int, Path]:
+    """An engine started with keep-alive and left by its process: its pid and its record's path."""
     first = make(settings, tmp_path)
     first.ensure_running()
-    old = first.pid
+    pid = first.pid
     first.detach()
-    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    return pid, kept_engine.record_path(eng.engine_key_hash(settings))
+
+
+def test_an_engine_of_another_environment_is_not_reused_and_goes(settings, tmp_path):
+    old, path = _kept_engine(settings, tmp_path)
     data = json.loads(path.read_text())
     data["python"] = ["/elsewhere/bin/python", 1, 1]  # as if the vLLM environment had been rebuilt since
     path.write_text(json.dumps(data))
@@ -124,11 +129,7 @@ def test_an_engine_of_another_environment_is_not_reused_and_goes(settings, tmp_p
 
 
 def test_a_kept_engine_of_other_settings_is_stopped_before_a_new_one_starts(settings, tmp_path):
-    first = make(settings, tmp_path)
-    first.ensure_running()
-    old = first.pid
-    first.detach()
-    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    old, path = _kept_engine(settings, tmp_path)
     os.utime(path, (time.time() - 600, time.time() - 600))  # idle for a while, yet its keep-alive not over
     other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
     other.ensure_running()
@@ -138,11 +139,7 @@ def test_a_kept_engine_of_other_settings_is_stopped_before_a_new_one_starts(sett
 
 
 def test_the_record_of_an_engine_killed_from_outside_is_removed_at_the_next_start(settings, tmp_path):
-    first = make(settings, tmp_path)
-    first.ensure_running()
-    old = first.pid
-    first.detach()
-    path = kept_engine.record_path(eng.engine_key_hash(settings))
+    old, path = _kept_engine(settings, tmp_path)
     eng.kill_foreign_group(old, 3)  # as `kill` or a restart would: the engine leaves its record behind
     assert path.exists() and not alive(old)
     other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
