@@ -25,6 +25,7 @@ from plugin.core.raster import inspect
 from plugin.core.stats import compute_stats
 from plugin.core.transport_choice import image_too_large
 from tests.fixtures.fake_http import Reply, vllm_error
+from tests.fixtures.fake_vllm import decode_tensor
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import MODEL, image_answer, image_world, model_config, write_scene
 
@@ -177,6 +178,15 @@ def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind
     assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
 
 
+def _sent_pixels(bodies: list[dict]) -> float:
+    """The sum of the magnitudes of the normalised values the tensor requests carried."""
+    total = 0.0
+    for body in bodies:
+        pixels, _ = decode_tensor(body["messages"][0]["content"][0]["image_embeds"]["pixel_values"])
+        total += float(np.abs(pixels.astype(np.float64)).sum())
+    return total
+
+
 @pytest.mark.parametrize("day, offset_applied", [("20240501", True), ("20210501", False)])
 def test_sentinel2_band_files_from_2022_on_carry_the_offset(world, day, offset_applied):
     """Band files named as acquired from 25 January 2022 on hold reflectance × 10000 + 1000: with OFFSET empty
@@ -190,12 +200,15 @@ def test_sentinel2_band_files_from_2022_on_carry_the_offset(world, day, offset_a
         dst.descriptions = tuple(f"T33TWM_{day}T100031_{b}" for b in ("B02", "B03", "B04", "B8A", "B11", "B12"))
     progress = Recorder()
     result = map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    sent = _sent_pixels(jobs(world))
     with rasterio.open(world.output) as o:
         got = o.read(1)
     stored = str(world.out_dir / "no-offset.tif")
     map_floods(world.request(output_path=stored, probability_path=""), world.client())
     with rasterio.open(stored) as o:
         assert (got == o.read(1)).all()
+    # the model got the same normalised reflectance as for the scene stored without the offset
+    assert sent == pytest.approx(_sent_pixels(jobs(world)[len(jobs(world)) // 2:]), rel=1e-3)
     said = [m for m in progress.infos if "reflectance offset -0.1" in m]
     warned = [w for w in result.warnings if "before 25 January 2022" in w and "OFFSET=-0.1" in w]
     assert (bool(said), bool(warned)) == (offset_applied, not offset_applied)
