@@ -31,8 +31,7 @@ def offset_of(path: str, labels: Sequence[Optional[str]]) -> Optional[tuple[floa
         if int(product.group(1)) >= 4:
             return OFFSET, f"Sentinel-2 processing baseline {baseline} (in the product's name)"
         return 0.0, f"Sentinel-2 processing baseline {baseline}, before the offset (in the product's name)"
-    days = [_day(m.group(1)) for m in (_BAND_FILE.search(label or "") for label in labels) if m]
-    days = [d for d in days if d is not None]
+    days = _band_file_days(labels)
     if days and min(days) >= FIRST_OFFSET_DAY:
         return OFFSET, f"Sentinel-2 acquired on {min(days).isoformat()} (in the band files' names)"
     return None
@@ -40,9 +39,14 @@ def offset_of(path: str, labels: Sequence[Optional[str]]) -> Optional[tuple[floa
 
 def acquired_before_offset(labels: Sequence[Optional[str]]) -> Optional[datetime.date]:
     """The acquisition day of Sentinel-2 band files named as acquired before 25 January 2022, else None."""
-    days = [_day(m.group(1)) for m in (_BAND_FILE.search(label or "") for label in labels) if m]
-    days = [d for d in days if d is not None and d < FIRST_OFFSET_DAY]
+    days = [d for d in _band_file_days(labels) if d < FIRST_OFFSET_DAY]
     return min(days) if days else None
+
+
+def _band_file_days(labels: Sequence[Optional[str]]) -> list[datetime.date]:
+    """The acquisition days in the labels named as Sentinel-2 band files."""
+    days = [_day(m.group(1)) for m in (_BAND_FILE.search(label or "") for label in labels) if m]
+    return [d for d in days if d is not None]
 
 
 def _day(text: str) -> Optional[datetime.date]:
