@@ -1,7 +1,7 @@
 """Map floods, QGIS-free, in one pass: a plain request in, a plain result out.
 
-    inspect the input -> check the outputs -> the scaling its names imply -> (the model's bands, when known
-    here) -> reach the server
+    inspect the input -> check the outputs -> the scaling it carries or its names imply -> (the model's bands,
+    when known here) -> reach the server
     -> ask it what it is -> choose the transport -> (the model's bands, else) -> ImageJob | TensorJob
     -> transport -> MapFloodsResult
 
@@ -40,7 +40,7 @@ from .jobs import (
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
 from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
-from .product_scaling import scaling_from_names
+from .product_scaling import scaling_of
 from .progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .tensor.runner import run_tensor
 from .transport_choice import check_forced_image, choose_transport
@@ -205,17 +205,18 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
 
 def _product_scaling(request: MapFloodsRequest, info: raster.RasterInfo, progress: Progress,
                      warn) -> MapFloodsRequest:
-    """The request with the scaling the product's names imply, when SCALE and OFFSET are both left empty."""
+    """The request with the scaling the raster carries or its names imply, when SCALE and OFFSET are both left
+    empty."""
     if request.scale is not None or request.offset is not None:
         return request
-    named = scaling_from_names(info)
-    if named.said:
-        progress.info(named.said)
-    if named.warning:
-        warn(named.warning)
-    if named.scale is None and named.offset is None:
+    found = scaling_of(info)
+    if found.said:
+        progress.info(found.said)
+    if found.warning:
+        warn(found.warning)
+    if found.scale is None and found.offset is None:
         return request
-    return replace(request, scale=named.scale, offset=named.offset)
+    return replace(request, scale=found.scale, offset=found.offset)
 
 
 def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: Progress) -> Area:

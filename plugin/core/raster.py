@@ -39,6 +39,8 @@ class RasterInfo:
     is_geographic: bool
     is_file: bool  # a local file (the server may read it by path), not a URL or /vsi path
     driver: str = ""
+    scales: tuple[float, ...] = ()  # each band's own scale and offset (GDAL's; QGIS shows values with them)
+    offsets: tuple[float, ...] = ()
 
     @property
     def size_text(self) -> str:
@@ -63,6 +65,8 @@ def inspect(path: str) -> RasterInfo:
                 is_geographic=bool(crs and crs.is_geographic),
                 is_file=os.path.isfile(path),
                 driver=src.driver,
+                scales=tuple(src.scales),
+                offsets=tuple(src.offsets),
             )
     except RasterioError as exc:
         raise InputError(

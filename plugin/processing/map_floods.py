@@ -222,8 +222,9 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
                "served folder when it is on this computer (the local engine)."),
             tr("Overlapping tiles are blended smoothly so no seam shows; empty = the default (1/8 of a tile)."),
             tr("How many tile requests are sent at once; empty = the default."),
-            tr("Multiplier from stored values to reflectance 0–1; empty detects ×10000 integer reflectance "
-               "(an 8-bit raster is refused: its values are not reflectance)."),
+            tr("Multiplier from stored values to reflectance 0–1; empty: the bands' own scale and offset when "
+               "the raster carries them (GDAL metadata, as QGIS shows the values), else ×10000 integer "
+               "reflectance is detected (an 8-bit raster is refused: its values are not reflectance)."),
             tr("Added after scaling; e.g. -0.1 for the −1000 offset of Sentinel-2 L1C and L2A products of "
                "processing baseline 04.00 (2022) or later. Empty: -0.1 where the names say so (the product's "
                "N0400 or later, or band files acquired from 25 January 2022 on), else 0."),

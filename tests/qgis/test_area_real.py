@@ -2,7 +2,8 @@
 SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m (with a zero-filled
 swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
 model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area;
-a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling.
+a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a raster whose bands
+carry their own scale and offset.
 Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
@@ -295,6 +296,24 @@ def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_serv
     clear = classes != 255
     assert iou(np.where(clear, classes, 0), np.where(clear, truth, 0)) >= MIN_IOU
     assert result["CLOUD_PIXELS"] == 48 * 64 and result["VALID_PIXELS"] == 256 * 224 - 48 * 64
+    assert result["WATER_PIXELS"] == int((classes == 1).sum())
+
+
+@pytest.mark.vllm
+def test_the_bands_own_scale_and_offset_reach_an_image_server(provider_loaded, vllm_server, tmp_path):
+    """Bands whose GDAL metadata says value × 0.0000275 − 0.2 (what QGIS applies when it shows them): with SCALE
+    and OFFSET empty, the IOProcessor, which only divides by 10000, gets a copy of the scaled values."""
+    refl, truth = synthesize(9311, 256, 224)
+    path = tmp_path / "scaled.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=224, count=6, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000.0, 4500000.0, 10, 10)) as dst:
+        dst.write(np.rint((refl + 0.2) / 2.75e-5).astype(np.uint16))
+        dst.scales, dst.offsets = (2.75e-5,) * 6, (-0.2,) * 6
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(path, out, vllm_server, "image"))
+    assert "carry scale 2.75e-05 and offset -0.2" in log and "value × 2.75e-05 − 0.2" in log, log
+    classes, *_ = _read(out)
+    assert iou(classes, truth) >= MIN_IOU
     assert result["WATER_PIXELS"] == int((classes == 1).sum())
 
 

@@ -178,6 +178,32 @@ def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind
     assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
 
 
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_the_bands_own_scale_and_offset_are_applied(world, kind):
+    """A raster whose GDAL metadata says value × 0.0000275 − 0.2 (as QGIS shows it) maps as the same
+    reflectance stored × 10000, with nothing set; SCALE overrides it."""
+    world.kind = kind
+    with rasterio.open(world.input) as src:
+        profile, reflectance, names = src.profile, src.read().astype(np.float64) * 1e-4, src.descriptions
+    inp = world.tmp / "in" / "scaled.tif"
+    with rasterio.open(inp, "w", **profile) as dst:
+        dst.write(np.round((reflectance + 0.2) / 2.75e-5).astype("uint16"))
+        dst.descriptions, dst.scales, dst.offsets = names, (2.75e-5,) * 6, (-0.2,) * 6
+    progress = Recorder()
+    map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    assert [m for m in progress.infos if "GDAL metadata" in m and "2.75e-05" in m]
+    with rasterio.open(world.output) as o:
+        got = o.read(1)
+    stored = str(world.out_dir / "stored-x10000.tif")
+    map_floods(world.request(output_path=stored, probability_path=""), world.client())
+    with rasterio.open(stored) as o:
+        assert (got == o.read(1)).mean() > 0.99
+    overridden = Recorder()
+    map_floods(world.request(input_path=str(inp), output_path=str(world.out_dir / "o.tif"), probability_path="",
+                             scale=1e-4), world.client(), overridden)
+    assert not [m for m in overridden.infos if "GDAL metadata" in m]
+
+
 def _sent_pixels(bodies: list[dict]) -> float:
     """The sum of the magnitudes of the normalised values the tensor requests carried."""
     total = 0.0

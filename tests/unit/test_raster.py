@@ -63,6 +63,44 @@ def no_temp_left(folder) -> bool:
     return not [n for n in os.listdir(folder) if ".part" in n]
 
 
+@pytest.mark.parametrize("scales, offsets, labels, expected, warned", [
+    # the bands' own scaling wins, and agrees with the names here: no warning
+    ((2.75e-5,) * 3, (-0.2,) * 3, ("SR_B2", "SR_B3", "SR_B4"), (2.75e-5, -0.2), ""),
+    # an alpha or QA band left at GDAL's default (1, 0) does not count
+    ((1e-4, 1e-4, 1.0), (-0.1, -0.1, 0.0), ("B02", "B03", "QA"), (1e-4, -0.1), ""),
+    # × 0.0001 + 0 is the transports' own rule: nothing to change
+    ((1e-4,) * 3, (0.0,) * 3, ("B02", "B03", "B04"), (None, None), ""),
+    # the raster's scaling wins over names that say otherwise, with a warning
+    ((1e-4,) * 2, (0.0,) * 2, ("T33TWM_20240501T100031_B02", "T33TWM_20240501T100031_B12"), (None, None),
+     "names say otherwise"),
+    # bands that disagree: none applied, and the names still count
+    ((1e-4, 2e-4), (0.0, 0.0), ("SR_B2", "SR_B3"), (2.75e-5, -0.2), "different scales"),
+    # GDAL's default everywhere: the names alone
+    ((1.0,) * 2, (0.0,) * 2, ("B02", "B03"), (None, None), ""),
+])
+def test_the_bands_own_scale_and_offset_come_first(scales, offsets, labels, expected, warned):
+    from dataclasses import replace
+
+    from plugin.core.product_scaling import scaling_of
+
+    got = scaling_of(replace(info_with(labels), scales=scales, offsets=offsets))
+    if expected[0] is None:
+        assert (got.scale, got.offset) == expected
+    else:
+        assert (got.scale, got.offset) == pytest.approx(expected)
+    assert (warned in got.warning) if warned else not got.warning
+    if expected[0] and not warned:
+        assert "GDAL metadata" in got.said
+
+
+def test_inspect_reads_the_bands_own_scale_and_offset(tmp_path):
+    path = write(tmp_path / "scaled.tif", np.ones((2, 4, 4), "uint16"))
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (2.75e-5, 2.75e-5), (-0.2, -0.2)
+    info = inspect(path)
+    assert info.scales == pytest.approx((2.75e-5,) * 2) and info.offsets == pytest.approx((-0.2,) * 2)
+
+
 # ----------------------------------------------------------------------------------- band selection
 def test_select_by_sen1floods11_names_in_any_order():
     shuffled = ("SWIR_2", "RED", "BLUE", "NIR_NARROW", "GREEN", "SWIR_1", "EXTRA")
