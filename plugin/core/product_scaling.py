@@ -1,7 +1,8 @@
 """The reflectance scaling a raster carries or its names imply, for SCALE and OFFSET left empty.
 
 The bands' own scale and offset (GDAL's raster metadata, which QGIS applies to the values it shows) come first.
-Else the names: Landsat Collection 2 Level-2 surface reflectance (`SR_B*` bands) is value × 0.0000275 − 0.2;
+Else the names: Landsat Level-1 band files are calibrated by their scene's MTL file (landsat_level1.py);
+Landsat Collection 2 Level-2 surface reflectance (`SR_B*` bands) is value × 0.0000275 − 0.2;
 Sentinel-2 from processing baseline 04.00 on is value × 0.0001 − 0.1. Anything else keeps the × 10000 rule of
 the transports.
 """
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import sentinel2
+from .errors import InputError
 from .landsat import C2_SR_OFFSET, C2_SR_SCALE, is_collection2_sr
+from .landsat_level1 import toa_scaling
 from .raster import RasterInfo
 
 
@@ -30,10 +33,13 @@ TIMES_10000 = (1e-4, 0.0)  # the transports' rule for integer reflectance
 
 def scaling_of(info: RasterInfo) -> ProductScaling:
     """The scaling the raster's bands carry, else the one its names imply."""
-    named = scaling_from_names(info)
     stored = stored_scaling(info)
     if not stored:
-        return named
+        return scaling_from_names(info)
+    try:
+        named = scaling_from_names(info)
+    except InputError:  # what the names lack (a Level-1 scene's MTL file) the raster's own scaling gives
+        named = ProductScaling()
     if len(stored) > 1:
         pairs = ", ".join(_formula(s, o) for s, o in sorted(stored))
         return ProductScaling(named.scale, named.offset, named.said, " ".join(filter(None, (
@@ -73,6 +79,9 @@ def _same(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 def scaling_from_names(info: RasterInfo) -> ProductScaling:
     """What the raster's path and band labels say of its scaling."""
+    level1 = toa_scaling(info.path, info.descriptions)
+    if level1 is not None:
+        return ProductScaling(level1.scale, level1.offset, level1.said)
     if is_collection2_sr(info.descriptions):
         return ProductScaling(C2_SR_SCALE, C2_SR_OFFSET, "Landsat Collection 2 Level-2 surface reflectance "
                               f"(SR_B bands): reflectance = value × {C2_SR_SCALE:.7f} − {-C2_SR_OFFSET:g} (SCALE "

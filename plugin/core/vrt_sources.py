@@ -28,6 +28,28 @@ def band_labels(src: Any) -> tuple[Optional[str], ...]:
     return tuple(labels)
 
 
+def source_folders(path: str) -> list[str]:
+    """The folders of the files a VRT's bands come from ([] when it is no VRT file or cannot be read)."""
+    if not path.lower().endswith(".vrt") or not os.path.isfile(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as vrt:
+            text = vrt.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.debug("VRT %s: %s", path, exc)
+        return []
+    folder = os.path.dirname(os.path.abspath(path))
+    folders: list[str] = []
+    for match in _FILENAME.finditer(text):
+        name = match.group("name").strip()
+        if 'relativeToVRT="1"' in match.group("attrs") and not os.path.isabs(name):
+            name = os.path.join(folder, name)
+        source_folder = os.path.dirname(os.path.abspath(name))
+        if source_folder not in folders:
+            folders.append(source_folder)
+    return folders
+
+
 def _source_label(src: Any, index: int, folder: str) -> Optional[str]:
     import rasterio
     from rasterio.errors import RasterioError

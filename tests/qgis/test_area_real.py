@@ -2,8 +2,8 @@
 SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m (with a zero-filled
 swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
 model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area;
-a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a raster whose bands
-carry their own scale and offset.
+a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a VRT of Landsat
+Level-1 band files, calibrated by their MTL file; a raster whose bands carry their own scale and offset.
 Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
 from scripts.scenes import generate_scene, iou, synthesize
+from tests.fixtures.landsat_mtl import write_mtl
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_IOU = 0.85  # as tests/qgis/test_map_floods_real.py: the demo model's gate on whole scenes
@@ -296,6 +297,40 @@ def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_serv
     clear = classes != 255
     assert iou(np.where(clear, classes, 0), np.where(clear, truth, 0)) >= MIN_IOU
     assert result["CLOUD_PIXELS"] == 48 * 64 and result["VALID_PIXELS"] == 256 * 224 - 48 * 64
+    assert result["WATER_PIXELS"] == int((classes == 1).sum())
+
+
+@pytest.mark.vllm
+def test_vrt_of_landsat_level1_band_files_and_their_mtl_file(provider_loaded, vllm_tensor_server, tmp_path):
+    """Landsat 8 Level-1 band files in their download folder, stacked by a VRT elsewhere: the values become
+    top-of-atmosphere reflectance by the MTL file beside them; without it the run stops before any request."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    refl, truth = synthesize(9309, 256, 224)
+    scene, sun = "LC08_L1TP_013032_20230612_20230620_02_T1", 58.25
+    dn = np.rint((refl * math.sin(math.radians(sun)) + 0.1) / 2e-5).astype(np.uint16)
+    folder = tmp_path / scene
+    folder.mkdir()
+    files = []
+    for band, data in zip((2, 3, 4, 5, 6, 7), dn):
+        path = folder / f"{scene}_B{band}.TIF"
+        with rasterio.open(path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=0,
+                           crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
+            dst.write(data, 1)
+        files.append(str(path))
+    vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
+                                                     "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
+    out = tmp_path / "flood.tif"
+    with pytest.raises(QgsProcessingException, match=f"{scene}_MTL.txt"):
+        _run(_params(vrt, out, vllm_tensor_server, "tensor"))
+    assert not out.exists()
+    write_mtl(folder, scene, sun=sun)
+    result, log = _run(_params(vrt, out, vllm_tensor_server, "tensor"))
+    assert "the model gets input bands [1, 2, 3, 4, 5, 6]" in log, log
+    assert f"Landsat Level-1 {scene}: top-of-atmosphere reflectance" in log and "sin(58.25°)" in log, log
+    classes, *_ = _read(out)
+    assert iou(classes, truth) >= MIN_IOU
     assert result["WATER_PIXELS"] == int((classes == 1).sum())
 
 

@@ -26,6 +26,7 @@ from plugin.core.stats import compute_stats
 from plugin.core.transport_choice import image_too_large
 from tests.fixtures.fake_http import Reply, vllm_error
 from tests.fixtures.fake_vllm import decode_tensor
+from tests.fixtures.landsat_mtl import write_mtl
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import MODEL, image_answer, image_world, model_config, write_scene
 
@@ -176,6 +177,34 @@ def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind
     map_floods(world.request(input_path=str(inp), output_path=str(world.out_dir / "o.tif"), probability_path="",
                              scale=1e-4), world.client(), overridden)
     assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
+
+
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_landsat_level1_band_files_are_calibrated_by_their_mtl_file(world, kind):
+    """Level-1 values are (reflectance × sin(sun elevation) + 0.1) / 0.00002: with the scene's MTL file beside
+    them they map as the same reflectance stored × 10000; without it nothing is sent and the error says why."""
+    world.kind = kind
+    scene, sun = "LC08_L1TP_013032_20230612_20230620_02_T1", 62.5
+    with rasterio.open(world.input) as src:
+        profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
+    folder = world.tmp / "in"
+    inp = folder / "level1.tif"
+    with rasterio.open(inp, "w", **profile) as dst:
+        dst.write(np.round((reflectance * math.sin(math.radians(sun)) + 0.1) / 2e-5).astype("uint16"))
+        dst.descriptions = tuple(f"{scene}_B{n}" for n in (2, 3, 4, 5, 6, 7))
+    with pytest.raises(InputError, match="MTL file") as missing:
+        map_floods(world.request(input_path=str(inp)), world.client())
+    assert "L2SP" in missing.value.hint and jobs(world) == [] and not os.path.exists(world.output)
+    write_mtl(folder, scene, sun=sun)
+    progress = Recorder()
+    map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    assert [m for m in progress.infos if "top-of-atmosphere reflectance" in m and "sin(62.5°)" in m]
+    with rasterio.open(world.output) as o:
+        got = o.read(1)
+    stored = str(world.out_dir / "stored-x10000.tif")
+    map_floods(world.request(output_path=stored, probability_path=""), world.client())
+    with rasterio.open(stored) as o:
+        assert (got == o.read(1)).mean() > 0.99
 
 
 @pytest.mark.parametrize("kind", ["image", "tensor"])

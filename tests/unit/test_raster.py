@@ -19,6 +19,7 @@ from plugin.core.errors import Cancelled, InputError, OutputError, ServerError
 from plugin.core.raster import RasterInfo, inspect
 from plugin.core.server_map import finalize_classes
 from plugin.core.stats import compute_stats
+from tests.fixtures.landsat_mtl import write_mtl
 
 S1F11 = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
 S2 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -160,6 +161,64 @@ def test_landsat_tm_numbers_and_its_broad_nir():
     idx, warnings = select_bands(info_with(names))
     assert idx == [0, 1, 2, 3, 4, 5]
     assert len(warnings) == 1 and "TM/ETM+'s B4: band 4" in warnings[0]
+
+
+L1_SCENE = "LC09_L1TP_013032_20231008_20231009_02_T1"
+
+
+def test_landsat_level1_band_files_keep_landsat_numbers():
+    names = tuple(f"{L1_SCENE}_B{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 10))  # B8 pan, B10 thermal
+    assert select_bands(info_with(names))[0] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("json_file", [False, True])
+def test_landsat_level1_reflectance_from_the_mtl_file(tmp_path, json_file):
+    from plugin.core.landsat_level1 import toa_scaling
+
+    mtl = write_mtl(tmp_path, L1_SCENE, sun=30.0, json_file=json_file)
+    labels = tuple(f"{L1_SCENE}_B{n}" for n in (2, 3, 4, 5, 6, 7, 10))
+    got = toa_scaling(str(tmp_path / "stack.tif"), labels)
+    assert got.scale == pytest.approx(4e-5) and got.offset == pytest.approx(-0.2)  # sin 30° = 1/2
+    assert mtl in got.said and "sin(30°)" in got.said
+    assert toa_scaling("stack.tif", ("SR_B2", "B03")) is None
+
+
+def test_landsat_level1_mtl_beside_the_band_files_a_vrt_names(tmp_path):
+    from plugin.core.landsat_level1 import toa_scaling
+
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    files = []
+    for band in (2, 3):
+        files.append(write(scene / f"{L1_SCENE}_B{band}.TIF", np.full((1, 4, 4), 9000, "uint16")))
+    mtl = write_mtl(scene, L1_SCENE)
+    vrt = str(tmp_path / "stack.vrt")
+    from osgeo import gdal
+
+    gdal.BuildVRT(vrt, files, separate=True).FlushCache()
+    info = inspect(vrt)
+    assert info.descriptions == (f"{L1_SCENE}_B2", f"{L1_SCENE}_B3")
+    assert mtl in toa_scaling(vrt, info.descriptions).said
+
+
+def test_landsat_level1_without_its_mtl_or_with_factors_that_differ(tmp_path):
+    from plugin.core.landsat_level1 import toa_scaling
+
+    labels = tuple(f"{L1_SCENE}_B{n}" for n in (2, 3, 4, 5, 6, 7))
+    with pytest.raises(InputError, match="MTL file") as missing:
+        toa_scaling(str(tmp_path / "stack.tif"), labels)
+    assert f"{L1_SCENE}_MTL.txt" in missing.value.message and "L2SP" in missing.value.hint
+    write_mtl(tmp_path, L1_SCENE, mults={4: 1.9e-5})
+    with pytest.raises(InputError, match="different reflectance factors"):
+        toa_scaling(str(tmp_path / "stack.tif"), labels)
+    with pytest.raises(InputError, match="several Landsat Level-1 scenes"):
+        toa_scaling(str(tmp_path / "stack.tif"), (*labels, "LC08_L1TP_013032_20231001_20231009_02_T1_B5"))
+    write_mtl(tmp_path, L1_SCENE, sun=-3.0)
+    with pytest.raises(InputError, match="below the horizon"):
+        toa_scaling(str(tmp_path / "stack.tif"), labels)
+    (tmp_path / f"{L1_SCENE}_MTL.txt").write_text("GROUP = LANDSAT_METADATA_FILE\nEND\n")
+    with pytest.raises(InputError, match="no number for REFLECTANCE_MULT_BAND_2"):
+        toa_scaling(str(tmp_path / "stack.tif"), labels)
 
 
 def test_sentinel2_file_names_keep_sentinel2_numbers():
