@@ -1,8 +1,9 @@
 """The reflectance scaling a raster carries or its names imply, for SCALE and OFFSET left empty.
 
-The bands' own scale and offset (GDAL's raster metadata, which QGIS applies to the values it shows) come first.
-Else the names: Landsat Level-1 band files are calibrated by their scene's MTL file (landsat_level1.py);
-Landsat Collection 2 Level-2 surface reflectance (`SR_B*` bands) is value × 0.0000275 − 0.2;
+The bands' own scale and offset (GDAL's raster metadata, which QGIS applies to the values it shows) come first,
+then Sentinel-2's add offset in the bands' metadata (as GDAL's SENTINEL2 driver gives it, and a GeoTIFF saved
+from it keeps). Else the names: Landsat Level-1 band files are calibrated by their scene's MTL file
+(landsat_level1.py); Landsat Collection 2 Level-2 surface reflectance (`SR_B*` bands) is value × 0.0000275 − 0.2;
 Sentinel-2 from processing baseline 04.00 on is value × 0.0001 − 0.1. Anything else keeps the × 10000 rule of
 the transports.
 """
@@ -35,7 +36,7 @@ def scaling_of(info: RasterInfo) -> ProductScaling:
     """The scaling the raster's bands carry, else the one its names imply."""
     stored = stored_scaling(info)
     if not stored:
-        return scaling_from_names(info)
+        return _tagged_offset(info) or scaling_from_names(info)
     try:
         named = scaling_from_names(info)
     except InputError:  # what the names lack (a Level-1 scene's MTL file) the raster's own scaling gives
@@ -55,6 +56,22 @@ def scaling_of(info: RasterInfo) -> ProductScaling:
     if _same((scale, offset), TIMES_10000):
         return ProductScaling(said=said, warning=warning)  # what the transports do anyway: nothing to change
     return ProductScaling(scale, offset, said, warning)
+
+
+def _tagged_offset(info: RasterInfo) -> Optional[ProductScaling]:
+    """The offset Sentinel-2's band metadata gives (BOA_ADD_OFFSET, RADIO_ADD_OFFSET: −1000 from processing
+    baseline 04.00 on, at the × 10000 scale); None when no band has it."""
+    values = sorted({value for value in info.add_offsets if value is not None})
+    if not values:
+        return None
+    if len(values) > 1:
+        named = scaling_from_names(info)
+        return ProductScaling(named.scale, named.offset, named.said, " ".join(filter(None, (
+            named.warning, f"The bands' Sentinel-2 add offsets differ ({', '.join(f'{v:g}' for v in values)}), so "
+            "none of them is applied. Set OFFSET (e.g. -0.1 for −1000)."))))
+    offset = values[0] * TIMES_10000[0]
+    return ProductScaling(None, offset or None, f"Sentinel-2 add offset {values[0]:g} in the bands' metadata "
+                          f"(BOA_ADD_OFFSET or RADIO_ADD_OFFSET): reflectance offset {offset:g} (OFFSET overrides it)")
 
 
 def stored_scaling(info: RasterInfo) -> set[tuple[float, float]]:

@@ -41,6 +41,7 @@ class RasterInfo:
     driver: str = ""
     scales: tuple[float, ...] = ()  # each band's own scale and offset (GDAL's; QGIS shows values with them)
     offsets: tuple[float, ...] = ()
+    add_offsets: tuple[Optional[float], ...] = ()  # Sentinel-2's BOA_/RADIO_ADD_OFFSET per band, in stored units
 
     @property
     def size_text(self) -> str:
@@ -67,12 +68,24 @@ def inspect(path: str) -> RasterInfo:
                 driver=src.driver,
                 scales=tuple(src.scales),
                 offsets=tuple(src.offsets),
+                add_offsets=tuple(_add_offset(src.tags(band)) for band in range(1, src.count + 1)),
             )
     except RasterioError as exc:
         raise InputError(
             f"Cannot open the raster '{path}': {str(exc).rstrip('.')}.",
             "Choose a raster GDAL can read (GeoTIFF, JP2, VRT, ...); for a URL check that it is reachable.",
         ) from None
+
+
+def _add_offset(tags: dict[str, str]) -> Optional[float]:
+    """A band's Sentinel-2 BOA_ADD_OFFSET (L2A) or RADIO_ADD_OFFSET (L1C), as GDAL's SENTINEL2 driver gives it
+    and a GeoTIFF saved from it keeps; None when the band has neither."""
+    for key in ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET"):
+        try:
+            return float(tags[key])
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def iter_windows(width: int, height: int, block: int = BLOCK) -> Iterator[Window]:

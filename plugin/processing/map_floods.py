@@ -226,8 +226,9 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
                "the raster carries them (GDAL metadata, as QGIS shows the values), else ×10000 integer "
                "reflectance is detected (an 8-bit raster is refused: its values are not reflectance)."),
             tr("Added after scaling; e.g. -0.1 for the −1000 offset of Sentinel-2 L1C and L2A products of "
-               "processing baseline 04.00 (2022) or later. Empty: -0.1 where the names say so (the product's "
-               "N0400 or later, or band files acquired from 25 January 2022 on), else 0."),
+               "processing baseline 04.00 (2022) or later. Empty: -0.1 where the bands' metadata (BOA_ADD_OFFSET, "
+               "RADIO_ADD_OFFSET) or the names say so (the product's N0400 or later, or band files acquired from "
+               "25 January 2022 on), else 0."),
         ]
         for param, text in zip(advanced, helps):
             param.setHelp(text)

@@ -269,6 +269,26 @@ def test_sentinel2_band_files_from_2022_on_carry_the_offset(world, day, offset_a
     assert (bool(said), bool(warned)) == (offset_applied, not offset_applied)
 
 
+def test_sentinel2_add_offset_in_the_band_metadata_is_applied(world):
+    """A GeoTIFF saved from GDAL's SENTINEL2 driver keeps each band's BOA_ADD_OFFSET (−1000) but not the product's
+    name: with OFFSET empty the model gets the same reflectance as for the scene stored without the offset."""
+    world.kind = "tensor"
+    with rasterio.open(world.input) as src:
+        profile, dn, names = src.profile, src.read(), src.descriptions
+    inp = world.tmp / "in" / "saved-from-safe.tif"
+    with rasterio.open(inp, "w", **profile) as dst:
+        dst.write(dn + 1000)
+        dst.descriptions = names
+        for band in range(1, 7):
+            dst.update_tags(band, BOA_ADD_OFFSET="-1000")
+    progress = Recorder()
+    map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    sent = _sent_pixels(jobs(world))
+    assert [m for m in progress.infos if "add offset -1000 in the bands' metadata" in m]
+    map_floods(world.request(output_path=str(world.out_dir / "plain.tif"), probability_path=""), world.client())
+    assert sent == pytest.approx(_sent_pixels(jobs(world)[len(jobs(world)) // 2:]), rel=1e-3)
+
+
 # ----------------------------------------------------------------------------------- raster size
 def test_auto_on_an_image_server_with_a_raster_too_large_steers_to_a_tensor_server(world):
     with pytest.raises(TransportUnsupported, match="larger than image-to-image takes") as ei:

@@ -94,12 +94,37 @@ def test_the_bands_own_scale_and_offset_come_first(scales, offsets, labels, expe
         assert "GDAL metadata" in got.said
 
 
-def test_inspect_reads_the_bands_own_scale_and_offset(tmp_path):
+@pytest.mark.parametrize("add_offsets, labels, expected, warned", [
+    # the offset GDAL's SENTINEL2 driver puts in each spectral band's metadata; the SCL band has none
+    ((-1000.0, -1000.0, None), ("B02", "B03", "SCL"), -0.1, ""),
+    # it is the product's own word: band files named as acquired before 2022 do not override it
+    ((-1000.0,) * 2, ("T33TWM_20190501T100031_B02", "T33TWM_20190501T100031_B12"), -0.1, ""),
+    ((0.0,) * 2, ("B02", "B03"), None, ""),
+    ((-1000.0, -500.0), ("T33TWM_20240501T100031_B02", "T33TWM_20240501T100031_B12"), -0.1, "differ"),
+])
+def test_sentinel2_add_offset_in_the_band_metadata(add_offsets, labels, expected, warned):
+    from dataclasses import replace
+
+    from plugin.core.product_scaling import scaling_of
+
+    got = scaling_of(replace(info_with(labels), add_offsets=add_offsets))
+    assert got.scale is None
+    assert got.offset == (pytest.approx(expected) if expected is not None else None)
+    assert (warned in got.warning) if warned else not got.warning
+    if not warned:
+        assert "in the bands' metadata" in got.said
+
+
+def test_inspect_reads_the_bands_scaling_metadata(tmp_path):
     path = write(tmp_path / "scaled.tif", np.ones((2, 4, 4), "uint16"))
     with rasterio.open(path, "r+") as dst:
         dst.scales, dst.offsets = (2.75e-5, 2.75e-5), (-0.2, -0.2)
+        dst.update_tags(1, BOA_ADD_OFFSET="-1000")
+        dst.update_tags(2, RADIO_ADD_OFFSET="-1000")
     info = inspect(path)
     assert info.scales == pytest.approx((2.75e-5,) * 2) and info.offsets == pytest.approx((-0.2,) * 2)
+    assert info.add_offsets == (-1000.0, -1000.0)
+    assert inspect(write(tmp_path / "plain.tif", np.ones((1, 4, 4), "uint16"))).add_offsets == (None,)
 
 
 # ----------------------------------------------------------------------------------- band selection
