@@ -261,6 +261,15 @@ def test_vrt_of_band_files_at_10_and_20_m(provider_loaded, request, tmp_path, tr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def _landsat_band_file(path: Path, data: np.ndarray, nodata: int = 0) -> str:
+    """One band of a Landsat scene as USGS delivers it: a 30 m UTM GeoTIFF."""
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+                       dtype="uint16", nodata=nodata, crs="EPSG:32618",
+                       transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
 @pytest.mark.vllm
 def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_server, tmp_path):
     """Landsat 9 Collection 2 Level-2 band files as USGS names them: B5 is the near infrared (a red edge in
@@ -273,20 +282,13 @@ def test_vrt_of_landsat_collection2_band_files(provider_loaded, vllm_tensor_serv
     scene = "LC09_L2SP_013032_20231008_20231009_02_T1"
     files = []
     for band, data in zip(("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"), dn):
-        path = tmp_path / f"{scene}_{band}.TIF"
-        with rasterio.open(path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=0,
-                           crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
-            dst.write(data, 1)
-        files.append(str(path))
+        files.append(_landsat_band_file(tmp_path / f"{scene}_{band}.TIF", data))
     vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
                                                      "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
     qa = np.full((224, 256), 21824, np.uint16)  # clear land: flags, none of them cloud
     qa[:32, :64] |= 1 << 3  # cloud
     qa[32:48, :64] |= 1 << 4  # cloud shadow
-    qa_path = tmp_path / f"{scene}_QA_PIXEL.TIF"
-    with rasterio.open(qa_path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=1,
-                       crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
-        dst.write(qa, 1)
+    qa_path = _landsat_band_file(tmp_path / f"{scene}_QA_PIXEL.TIF", qa, nodata=1)
     out = tmp_path / "flood.tif"
     result, log = _run(_params(vrt, out, vllm_tensor_server, "tensor", CLOUD_MASK=str(qa_path)))
     assert "the model gets input bands [2, 3, 4, 5, 6, 7]" in log, log
@@ -314,11 +316,7 @@ def test_vrt_of_landsat_level1_band_files_and_their_mtl_file(provider_loaded, vl
     folder.mkdir()
     files = []
     for band, data in zip((2, 3, 4, 5, 6, 7), dn):
-        path = folder / f"{scene}_B{band}.TIF"
-        with rasterio.open(path, "w", driver="GTiff", width=256, height=224, count=1, dtype="uint16", nodata=0,
-                           crs="EPSG:32618", transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
-            dst.write(data, 1)
-        files.append(str(path))
+        files.append(_landsat_band_file(folder / f"{scene}_B{band}.TIF", data))
     vrt = processing.run("gdal:buildvirtualraster", {"INPUT": files, "RESOLUTION": 1, "SEPARATE": True,
                                                      "OUTPUT": str(tmp_path / "stack.vrt")})["OUTPUT"]
     out = tmp_path / "flood.tif"

@@ -153,30 +153,28 @@ def test_8bit_bands_need_a_scale_and_map_with_one(world, kind):
     assert (got[:32] == 1).all() and (got == expected).mean() > 0.99  # 1/16 of the levels: a few pixels flip
 
 
-@pytest.mark.parametrize("kind", ["image", "tensor"])
-def test_landsat_collection2_reflectance_is_scaled_as_usgs_stores_it(world, kind):
-    """Collection 2 Level-2 SR_B bands hold (reflectance + 0.2) / 0.0000275: the same reflectance as the
-    scene stored × 10000 maps the same, with nothing set; SCALE and OFFSET still override it."""
-    world.kind = kind
+def _scene_stored_as(world, name: str, stored, **band_metadata) -> str:
+    """The world's scene written to in/`name` with its reflectance stored as `stored(reflectance)` (uint16) and
+    the given band metadata (descriptions, scales, offsets; descriptions default to the scene's)."""
     with rasterio.open(world.input) as src:
-        profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
-    inp = world.tmp / "in" / "landsat.tif"
-    with rasterio.open(inp, "w", **profile) as dst:
-        dst.write(np.round((reflectance + 0.2) / 2.75e-5).astype("uint16"))
-        dst.descriptions = ("SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7")
-    progress = Recorder()
-    map_floods(world.request(input_path=str(inp)), world.client(), progress)
-    assert [m for m in progress.infos if "Landsat Collection 2" in m and "0.0000275" in m]
+        profile, reflectance, names = src.profile, src.read().astype(np.float64) * 1e-4, src.descriptions
+    path = world.tmp / "in" / name
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.round(stored(reflectance)).astype("uint16"))
+        dst.descriptions = band_metadata.pop("descriptions", names)
+        for key, value in band_metadata.items():
+            setattr(dst, key, value)
+    return str(path)
+
+
+def _agreement_with_the_scene(world) -> float:
+    """The share of pixels of the last map made to world.output that equal the map of the scene itself."""
     with rasterio.open(world.output) as o:
         got = o.read(1)
     stored = str(world.out_dir / "stored-x10000.tif")
     map_floods(world.request(output_path=stored, probability_path=""), world.client())
     with rasterio.open(stored) as o:
-        assert (got == o.read(1)).mean() > 0.99
-    overridden = Recorder()
-    map_floods(world.request(input_path=str(inp), output_path=str(world.out_dir / "o.tif"), probability_path="",
-                             scale=1e-4), world.client(), overridden)
-    assert not [m for m in overridden.infos if "Landsat Collection 2" in m]
+        return float((got == o.read(1)).mean())
 
 
 @pytest.mark.parametrize("kind", ["image", "tensor"])
@@ -185,52 +183,44 @@ def test_landsat_level1_band_files_are_calibrated_by_their_mtl_file(world, kind)
     them they map as the same reflectance stored × 10000; without it nothing is sent and the error says why."""
     world.kind = kind
     scene, sun = "LC08_L1TP_013032_20230612_20230620_02_T1", 62.5
-    with rasterio.open(world.input) as src:
-        profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
-    folder = world.tmp / "in"
-    inp = folder / "level1.tif"
-    with rasterio.open(inp, "w", **profile) as dst:
-        dst.write(np.round((reflectance * math.sin(math.radians(sun)) + 0.1) / 2e-5).astype("uint16"))
-        dst.descriptions = tuple(f"{scene}_B{n}" for n in (2, 3, 4, 5, 6, 7))
+    inp = _scene_stored_as(world, "level1.tif",
+                           lambda reflectance: (reflectance * math.sin(math.radians(sun)) + 0.1) / 2e-5,
+                           descriptions=tuple(f"{scene}_B{n}" for n in (2, 3, 4, 5, 6, 7)))
     with pytest.raises(InputError, match="MTL file") as missing:
-        map_floods(world.request(input_path=str(inp)), world.client())
+        map_floods(world.request(input_path=inp), world.client())
     assert "L2SP" in missing.value.hint and jobs(world) == [] and not os.path.exists(world.output)
-    write_mtl(folder, scene, sun=sun)
+    write_mtl(world.tmp / "in", scene, sun=sun)
     progress = Recorder()
-    map_floods(world.request(input_path=str(inp)), world.client(), progress)
+    map_floods(world.request(input_path=inp), world.client(), progress)
     assert [m for m in progress.infos if "top-of-atmosphere reflectance" in m and "sin(62.5°)" in m]
-    with rasterio.open(world.output) as o:
-        got = o.read(1)
-    stored = str(world.out_dir / "stored-x10000.tif")
-    map_floods(world.request(output_path=stored, probability_path=""), world.client())
-    with rasterio.open(stored) as o:
-        assert (got == o.read(1)).mean() > 0.99
+    assert _agreement_with_the_scene(world) > 0.99
+
+
+def _stored_as_collection2(reflectance):
+    """Reflectance as Landsat Collection 2 Level-2 stores it: reflectance = value × 0.0000275 − 0.2."""
+    return (reflectance + 0.2) / 2.75e-5
 
 
 @pytest.mark.parametrize("kind", ["image", "tensor"])
-def test_the_bands_own_scale_and_offset_are_applied(world, kind):
-    """A raster whose GDAL metadata says value × 0.0000275 − 0.2 (as QGIS shows it) maps as the same
-    reflectance stored × 10000, with nothing set; SCALE overrides it."""
+@pytest.mark.parametrize("metadata, said", [
+    # Collection 2 Level-2 SR_B bands hold (reflectance + 0.2) / 0.0000275, as USGS stores them
+    ({"descriptions": ("SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7")}, ("Landsat Collection 2", "0.0000275")),
+    # any raster whose GDAL metadata says value × 0.0000275 − 0.2 (as QGIS shows it)
+    ({"scales": (2.75e-5,) * 6, "offsets": (-0.2,) * 6}, ("GDAL metadata", "2.75e-05")),
+], ids=["landsat-names", "gdal-metadata"])
+def test_a_stored_scaling_maps_as_the_scene(world, kind, metadata, said):
+    """The same reflectance stored as value × 0.0000275 − 0.2 maps as the scene stored × 10000, with nothing
+    set, when its names or its metadata say so; SCALE overrides it."""
     world.kind = kind
-    with rasterio.open(world.input) as src:
-        profile, reflectance, names = src.profile, src.read().astype(np.float64) * 1e-4, src.descriptions
-    inp = world.tmp / "in" / "scaled.tif"
-    with rasterio.open(inp, "w", **profile) as dst:
-        dst.write(np.round((reflectance + 0.2) / 2.75e-5).astype("uint16"))
-        dst.descriptions, dst.scales, dst.offsets = names, (2.75e-5,) * 6, (-0.2,) * 6
+    inp = _scene_stored_as(world, "scaled.tif", _stored_as_collection2, **metadata)
     progress = Recorder()
-    map_floods(world.request(input_path=str(inp)), world.client(), progress)
-    assert [m for m in progress.infos if "GDAL metadata" in m and "2.75e-05" in m]
-    with rasterio.open(world.output) as o:
-        got = o.read(1)
-    stored = str(world.out_dir / "stored-x10000.tif")
-    map_floods(world.request(output_path=stored, probability_path=""), world.client())
-    with rasterio.open(stored) as o:
-        assert (got == o.read(1)).mean() > 0.99
+    map_floods(world.request(input_path=inp), world.client(), progress)
+    assert [m for m in progress.infos if all(phrase in m for phrase in said)]
+    assert _agreement_with_the_scene(world) > 0.99
     overridden = Recorder()
-    map_floods(world.request(input_path=str(inp), output_path=str(world.out_dir / "o.tif"), probability_path="",
+    map_floods(world.request(input_path=inp, output_path=str(world.out_dir / "o.tif"), probability_path="",
                              scale=1e-4), world.client(), overridden)
-    assert not [m for m in overridden.infos if "GDAL metadata" in m]
+    assert not [m for m in overridden.infos if said[0] in m]
 
 
 def _sent_pixels(bodies: list[dict]) -> float:
