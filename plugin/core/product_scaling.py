@@ -11,7 +11,7 @@ the transports.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from . import sentinel2
@@ -43,9 +43,8 @@ def scaling_of(info: RasterInfo) -> ProductScaling:
         named = ProductScaling()
     if len(stored) > 1:
         pairs = ", ".join(_formula(s, o) for s, o in sorted(stored))
-        return ProductScaling(named.scale, named.offset, named.said, " ".join(filter(None, (
-            named.warning, f"The raster's bands carry different scales and offsets ({pairs}), so none of them is "
-            "applied. Set SCALE and OFFSET to those of the model's bands."))))
+        return _warned(named, f"The raster's bands carry different scales and offsets ({pairs}), so none of "
+                              "them is applied. Set SCALE and OFFSET to those of the model's bands.")
     scale, offset = stored.pop()
     said = (f"The raster's bands carry scale {scale:g} and offset {offset:g} (GDAL metadata, which QGIS applies "
             f"to the values it shows): reflectance = {_formula(scale, offset)} (SCALE and OFFSET override it)")
@@ -65,10 +64,9 @@ def _tagged_offset(info: RasterInfo) -> Optional[ProductScaling]:
     if not values:
         return None
     if len(values) > 1:
-        named = scaling_from_names(info)
-        return ProductScaling(named.scale, named.offset, named.said, " ".join(filter(None, (
-            named.warning, f"The bands' Sentinel-2 add offsets differ ({', '.join(f'{v:g}' for v in values)}), so "
-            "none of them is applied. Set OFFSET (e.g. -0.1 for −1000)."))))
+        return _warned(scaling_from_names(info), f"The bands' Sentinel-2 add offsets differ "
+                       f"({', '.join(f'{v:g}' for v in values)}), so none of them is applied. Set OFFSET (e.g. -0.1 "
+                       "for −1000).")
     offset = values[0] * TIMES_10000[0]
     return ProductScaling(None, offset or None, f"Sentinel-2 add offset {values[0]:g} in the bands' metadata "
                           f"(BOA_ADD_OFFSET or RADIO_ADD_OFFSET): reflectance offset {offset:g} (OFFSET overrides it)")
@@ -83,6 +81,11 @@ def stored_scaling(info: RasterInfo) -> set[tuple[float, float]]:
         if scale and not _same((scale, offset), (1.0, 0.0)) and not any(_same((scale, offset), p) for p in pairs):
             pairs.add((float(scale), float(offset)))
     return pairs
+
+
+def _warned(named: ProductScaling, warning: str) -> ProductScaling:
+    """The names' scaling, with the raster's metadata left unapplied and the warning that says why."""
+    return replace(named, warning=" ".join(filter(None, (named.warning, warning))))
 
 
 def _formula(scale: float, offset: float) -> str:

@@ -41,10 +41,7 @@ def source_folders(path: str) -> list[str]:
     folder = os.path.dirname(os.path.abspath(path))
     folders: list[str] = []
     for match in _FILENAME.finditer(text):
-        name = match.group("name").strip()
-        if 'relativeToVRT="1"' in match.group("attrs") and not os.path.isabs(name):
-            name = os.path.join(folder, name)
-        source_folder = os.path.dirname(os.path.abspath(name))
+        source_folder = os.path.dirname(os.path.abspath(_source_path(match, folder)))
         if source_folder not in folders:
             folders.append(source_folder)
     return folders
@@ -61,9 +58,7 @@ def _source_label(src: Any, index: int, folder: str) -> Optional[str]:
     match = _FILENAME.search(xml)
     if match is None:
         return None
-    path = match.group("name").strip()
-    if 'relativeToVRT="1"' in match.group("attrs") and not os.path.isabs(path):
-        path = os.path.join(folder, path)
+    path = _source_path(match, folder)
     band = _BAND.search(xml)
     try:
         with rasterio.open(path) as source:
@@ -72,3 +67,11 @@ def _source_label(src: Any, index: int, folder: str) -> Optional[str]:
         log.debug("VRT source %s of band %d: %s", path, index, exc)
         description = None
     return description or os.path.splitext(os.path.basename(path))[0]
+
+
+def _source_path(match: re.Match, folder: str) -> str:
+    """The file a <SourceFilename> names, resolved against the VRT's folder when it is relative to it."""
+    path = match.group("name").strip()
+    if 'relativeToVRT="1"' in match.group("attrs") and not os.path.isabs(path):
+        path = os.path.join(folder, path)
+    return path
