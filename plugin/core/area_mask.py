@@ -1,9 +1,10 @@
 """Which pixels of the area are mapped: data in every used band, inside the mask polygons, not cloud.
 
-One pass over the area's window, block by block: the input's own validity, the polygons rasterized on the
-block's grid (a pixel is inside when its centre is) and the cloud raster brought onto it with nearest
-(rasterio.warp.reproject, any CRS and resolution). The result is a bit mask the transports read, and the
-area's pixel figures (pixels with data, of them cloud). Nothing left to map is an error, before any request.
+One pass over the area's window, block by block: the input's own validity and the values the QGIS layer adds
+to its nodata (layer_nodata.py), the polygons rasterized on the block's grid (a pixel is inside when its centre
+is) and the cloud raster brought onto it with nearest (rasterio.warp.reproject, any CRS and resolution). The
+result is a bit mask the transports read, and the area's pixel figures (pixels with data, of them cloud).
+Nothing left to map is an error, before any request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rasterio.errors import RasterioError
 from .area_of_interest import Area, AreaMask
 from .cloud_values import format_values
 from .errors import Cancelled, InputError
+from .layer_nodata import covered, describe, used
 from .raster import RasterInfo, has_valid_pixels, iter_windows, valid_mask
 
 log = logging.getLogger("floodmapper.area")
@@ -32,12 +34,13 @@ def build_mask(info: RasterInfo, area: Area, bands: list[int], cancel: Optional[
                warn: Optional[WarnFn] = None) -> Area:
     """The area with its mask and figures; InputError when no pixel of it is left to map.
 
-    Without polygons or a cloud mask, the input's nodata is all there is: only check (up to the first block
-    with data) that the window has data, and leave the mask out.
+    Without polygons, a cloud mask or the layer's no data values, the input's nodata is all there is: only check
+    (up to the first block with data) that the window has data, and leave the mask out.
     """
     warn = warn or (lambda message: None)
+    area = replace(area, layer_nodata=used(area.layer_nodata, bands))
     cloud = _open_cloud(info, area, warn) if area.cloud_path else None
-    if not area.polygons and cloud is None:
+    if not area.polygons and cloud is None and not area.layer_nodata:
         area = replace(area, cloud_path="")
         if not area.whole and not has_valid_pixels(info.path, bands, cancel, window=area.window):
             raise InputError(f"Every pixel of the area ({area.width}×{area.height} px) is nodata in the bands "
@@ -56,7 +59,8 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
     from rasterio.features import rasterize
 
     mask = AreaMask(area.width, area.height)
-    inside_total = data_total = cloud_total = 0
+    inside_total = data_total = cloud_total = layer_nodata_total = 0
+    used_bands = sorted({b + 1 for b in bands})
     seen: set[float] = set()  # cloud-raster values met (a few), to tell a 0/1 mask given the SCL values
     with rasterio.open(info.path) as src:
         for block in iter_windows(area.width, area.height):
@@ -73,6 +77,11 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
             else:
                 inside = np.ones(shape, dtype=bool)
             data = inside & valid_mask(src, bands, area.on_input(block))
+            if area.layer_nodata:
+                left_out = data & covered(area.layer_nodata, used_bands,
+                                          src.read(used_bands, window=area.on_input(block)))
+                layer_nodata_total += int(left_out.sum())
+                data &= ~left_out
             mapped = data
             if cloud is not None:
                 values = _cloud_values(cloud, info, transform, shape)
@@ -88,9 +97,14 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
                          "centres, or are smaller than a pixel).",
                          "Choose larger polygons, or leave MASK empty and set EXTENT to the area instead.")
     if data_total == 0:
-        raise InputError(f"Every pixel inside the mask polygons is nodata in the bands used "
-                         f"({[b + 1 for b in bands]}).",
-                         "Choose polygons over the raster's data, or check its nodata value.")
+        where = "inside the mask polygons" if area.polygons else f"of the area ({area.width}×{area.height} px)"
+        fix = "Choose polygons over the raster's data" if area.polygons else "Choose an area over the raster's data"
+        if area.layer_nodata:
+            raise InputError(f"Every pixel {where} is nodata in the bands used ({[b + 1 for b in bands]}), "
+                             f"counting the layer's additional no data values ({describe(area.layer_nodata)}).",
+                             fix + ", or check those values (Layer Properties ▸ Transparency).")
+        raise InputError(f"Every pixel {where} is nodata in the bands used ({[b + 1 for b in bands]}).",
+                         fix + ", or check its nodata value.")
     if cloud is not None:
         if cloud_total == data_total:
             raise InputError(f"Every pixel of the area with data is cloud ({area.cloud_rule} of the cloud mask): "
@@ -100,7 +114,8 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
             warn(f"The cloud mask holds only 0 and 1 over the area and no pixel has a cloud value "
                  f"({format_values(area.cloud_values)}), so nothing was masked as cloud. For a 0/1 cloud mask, "
                  "set CLOUD_VALUES=1.")
-    return replace(area, mask=mask, data_pixels=data_total, cloud_pixels=cloud_total)
+    return replace(area, mask=mask, data_pixels=data_total, cloud_pixels=cloud_total,
+                   layer_nodata_pixels=layer_nodata_total)
 
 
 # ------------------------------------------------------------------------------------------- the cloud mask

@@ -21,6 +21,8 @@ from rasterio.windows import Window
 
 from .cloud_values import DEFAULT_CLOUD_VALUES, check_cloud_values, format_values, qa_cloud_bits
 from .errors import InputError
+from .layer_nodata import NodataRange
+from .layer_nodata import describe as describe_nodata
 from .raster import RasterInfo
 
 EDGE_TOLERANCE = 1e-6  # of a pixel: an extent on a pixel edge (up to float noise) does not take the next pixel
@@ -67,9 +69,12 @@ class Area:
     cloud_values: tuple[float, ...] = DEFAULT_CLOUD_VALUES
     cloud_bits: tuple[int, ...] = ()  # a bit-flag quality band: cloud where any of these bits is set
     cloud_bits_are: str = ""  # what those bits are, for the log
-    mask: Optional[AreaMask] = None  # set by area_mask.build_mask when polygons or clouds leave pixels out
+    # the layer's additional no data values (layer_nodata.py), of every band; build_mask keeps the used bands'
+    layer_nodata: tuple[NodataRange, ...] = ()
+    mask: Optional[AreaMask] = None  # set by area_mask.build_mask when something leaves pixels out
     data_pixels: int = -1  # pixels of the area with data in every used band (clouds included); -1 unknown
     cloud_pixels: int = 0  # of those, the pixels the cloud mask covers
+    layer_nodata_pixels: int = 0  # pixels with data by the raster that the layer's no data values leave out
 
     @property
     def width(self) -> int:
@@ -118,6 +123,8 @@ class Area:
             text += f"; {len(self.polygons)} mask polygon(s)"
         if self.cloud_path:
             text += f"; {self.cloud_rule} of {self.cloud_path}"
+        if self.layer_nodata:
+            text += f"; the layer's additional no data values ({describe_nodata(self.layer_nodata)})"
         return text
 
 
@@ -136,10 +143,12 @@ def whole_area(info: Any) -> Area:
 
 def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str = "",
               polygons: Optional[Sequence[dict]] = None, polygons_crs: str = "", cloud_path: str = "",
-              cloud_values: Optional[Sequence[float]] = None, note=None) -> Area:
+              cloud_values: Optional[Sequence[float]] = None, note=None,
+              layer_nodata: Sequence[NodataRange] = ()) -> Area:
     """The window the job maps: the raster, cut to `extent` and to the polygons' bounds; InputError when
     nothing is left. `polygons=None` is no mask; an empty list is a mask without polygons (an error).
-    `note(message)` hears what was cut (e.g. an extent reaching past the raster)."""
+    `note(message)` hears what was cut (e.g. an extent reaching past the raster). `layer_nodata`: the values
+    the QGIS layer adds to the raster's nodata."""
     window = Window(0, 0, info.width, info.height)
     if extent is not None:
         bounds = _checked_extent(extent)
@@ -166,7 +175,7 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
-    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are)
+    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are, tuple(layer_nodata))
 
 
 # ------------------------------------------------------------------------------------------------ extent

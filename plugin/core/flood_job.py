@@ -145,7 +145,8 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
                           f"(model {event.model}, {event.transport} transport)")
             map_water(replace(plain, input_path=request.pre_event_path, output_path=scratch[2], probability_path="",
-                              transport=event.transport, model=event.model, **_same_area(aoi, info)),
+                              transport=event.transport, model=event.model,
+                              layer_nodata=request.pre_event_layer_nodata, **_same_area(aoi, info)),
                       backend, _Part(progress, rest, "Pre-event image: ", warn))
             refs = [replace(pre_ref, path=scratch[2])] + refs
         progress.info(f"Comparing the water with {describe(refs) or 'no reference'}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from .errors import InputError
+from .layer_nodata import NodataRange
 from .settings import DEFAULT_IMAGE_MAX_MEGAPIXELS, DEFAULT_RETRY_WAIT
 
 if TYPE_CHECKING:
@@ -66,8 +67,11 @@ class MapFloodsRequest:
     mask_crs: str = ""  # the polygons' CRS; "" = the raster's
     cloud_mask_path: str = ""  # a raster whose cloud_values are cloud (e.g. Sentinel-2 L2A SCL); "" = none
     cloud_values: Optional[tuple[float, ...]] = None  # None = 3, 8, 9, 10 (SCL cloud shadow, clouds, cirrus)
+    # values the QGIS layer adds to the raster's nodata (Layer Properties ▸ Transparency; layer_nodata.py)
+    layer_nodata: tuple[NodataRange, ...] = ()
     # flood extent (flood_job.py): water compared with reference water, united from any of these
     pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
+    pre_event_layer_nodata: tuple[NodataRange, ...] = ()  # its QGIS layer's additional no data values
     reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
     reference_threshold: float = 1.0
     reference_polygons: Optional[PolygonReference] = None  # such polygons already read (from a QGIS layer)

@@ -37,6 +37,7 @@ from .jobs import (
     Stats,
     TensorJob,
 )
+from .layer_nodata import describe as describe_nodata
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
 from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
@@ -224,8 +225,9 @@ def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: 
     if request.cloud_mask_path:  # an input too: never written over
         check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
     area = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs,
-                     request.cloud_mask_path, request.cloud_values, note=progress.info)
-    if not area.whole or area.polygons or area.cloud_path:
+                     request.cloud_mask_path, request.cloud_values, note=progress.info,
+                     layer_nodata=request.layer_nodata)
+    if not area.whole or area.polygons or area.cloud_path or area.layer_nodata:
         progress.info(area.describe(info))
     return area
 
@@ -236,6 +238,10 @@ def _mapped_area(info: raster.RasterInfo, area: Area, bands: list[int], warn, pr
         progress.info("Finding the pixels to map: " + " and ".join(
             ["inside the mask polygons"] * bool(area.polygons) + ["not cloud"] * bool(area.cloud_path)))
     area = build_mask(info, area, bands, progress.is_canceled, warn)
+    if area.layer_nodata:
+        progress.info(f"The layer's additional no data values ({describe_nodata(area.layer_nodata)}) leave out "
+                      f"{area.layer_nodata_pixels} of the area's pixels with data in the raster; they are nodata in "
+                      "the map")
     if area.cloud_path:
         progress.info(f"Cloud mask: {area.cloud_pixels} of the area's {area.data_pixels} pixels with data are "
                       f"cloud ({100 * area.cloud_fraction:.2f} %); they are nodata in the map")

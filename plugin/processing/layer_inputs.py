@@ -1,10 +1,12 @@
-"""The algorithms' inputs as the core takes them: a raster layer's GDAL source, and a BANDS list."""
+"""The algorithms' inputs as the core takes them: a raster layer's GDAL source and added nodata values, and a
+BANDS list."""
 
 from __future__ import annotations
 
 import os
 
 from ..core.errors import InputError
+from ..core.layer_nodata import NodataRange
 
 
 def parse_bands(text: str) -> list[int] | None:
@@ -65,3 +67,31 @@ def load_gdal_sources(parameters: dict, context, names: tuple[str, ...]) -> None
         layer = QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
         if layer.isValid():
             context.temporaryLayerStore().addMapLayer(layer)
+
+
+def layer_nodata(layer) -> tuple[tuple[NodataRange, ...], list[str]]:
+    """The values the layer adds to its raster's nodata (Layer Properties ▸ Transparency ▸ Additional no data
+    value), band by band, and warnings for what the plugin cannot follow: a band whose own nodata value the layer
+    is set to ignore (the plugin still counts it as no data, as GDAL does)."""
+    from qgis.core import QgsRasterRange
+
+    bounds = QgsRasterRange.BoundsType
+    provider = layer.dataProvider()
+    if provider is None:
+        return (), []
+    ranges: list[NodataRange] = []
+    ignored: list[int] = []
+    for band in range(1, layer.bandCount() + 1):
+        for r in provider.userNoDataValues(band):
+            ranges.append(NodataRange(band, r.min(), r.max(),
+                                      include_low=r.bounds() in (bounds.IncludeMinAndMax, bounds.IncludeMin),
+                                      include_high=r.bounds() in (bounds.IncludeMinAndMax, bounds.IncludeMax)))
+        if provider.sourceHasNoDataValue(band) and not provider.useSourceNoDataValue(band):
+            ignored.append(band)
+    warnings = []
+    if ignored:
+        warnings.append(f"Layer '{layer.name()}' is set not to use the nodata value of band(s) {ignored} "
+                        "(Layer Properties ▸ Transparency), but the flood map still leaves those pixels out: the "
+                        "plugin reads the raster's file, where they are no data. To map them, map a copy without it "
+                        "(Raster ▸ Conversion ▸ Translate, with -a_nodata none as an additional parameter).")
+    return tuple(ranges), warnings

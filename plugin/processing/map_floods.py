@@ -38,7 +38,7 @@ from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from . import area_inputs
 from .feedback import FeedbackProgress
-from .layer_inputs import layer_source, load_gdal_sources, parse_bands
+from .layer_inputs import layer_nodata, layer_source, load_gdal_sources, parse_bands
 from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
 from .reference_inputs import (
     CLASSES_HELP,
@@ -101,6 +101,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         self._references = ReferenceInputs()
         self._raster_crs = None  # the input layer's QgsCoordinateReferenceSystem (area parameters go to it)
         self._cloud_path = ""
+        self._layer_nodata: tuple = ()  # the input layer's additional no data values (core.layer_nodata)
 
     # --- identity ---------------------------------------------------------------------------------------
     def createInstance(self) -> MapFloodsAlgorithm:
@@ -128,7 +129,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return tr(
             "Maps water in a multispectral raster (Sentinel-2-like reflectance) with a TerraTorch segmentation "
             "model served by vLLM, and writes a GeoTIFF on the input's exact grid: 1 = water, 0 = not water, "
-            "255 = no data (where any used input band has no data).\n\n"
+            "255 = no data (where any used input band has no data, counting the layer's additional no data values "
+            "set in Layer Properties ▸ Transparency).\n\n"
             "<b>Backend</b>: a remote vLLM server (its URL, optionally with an authentication configuration "
             "set in Flood Mapper's options) or the local engine that the plugin starts on this computer "
             "(GPU, or CPU where there is none) with the bundled demo model unless another is configured.\n\n"
@@ -294,7 +296,11 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             self._cloud_path = area_inputs.cloud_source(self, parameters, context)
         except InputError as err:
             self._source_error = err  # reported from processAlgorithm, with the other errors
+        self._layer_nodata, warnings = layer_nodata(layer)
         self._references = read_reference_inputs(self, parameters, context, layer.crs(), layer.extent())
+        for warning in warnings + self._references.warnings:
+            qlog.log(f"Map floods: {warning}", Qgis.MessageLevel.Warning)
+            feedback.pushWarning(warning)
         return True
 
     def processAlgorithm(self, parameters, context: QgsProcessingContext, feedback: QgsProcessingFeedback):
@@ -370,6 +376,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             probability_path=self.parameterAsOutputLayer(parameters, self.PROBABILITY, context) or "",
             server_dtype=SERVER_DTYPES[self.parameterAsEnum(parameters, self.SERVER_DTYPE, context)],
             retry_wait=settings.retry_wait,
+            layer_nodata=self._layer_nodata,
         )
         request = replace(request, **self._references.request_fields())
         area_inputs.fill_request(request, self, parameters, context, self._raster_crs, self._cloud_path)

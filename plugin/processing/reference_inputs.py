@@ -31,7 +31,7 @@ from ..core.errors import InputError
 from ..core.jobs import MapFloodsResult
 from ..toolbelt.compat import POLYGON_GEOMETRY
 from ..toolbelt.i18n import tr
-from .layer_inputs import layer_source
+from .layer_inputs import layer_nodata, layer_source
 
 PRE_EVENT = "PRE_EVENT"
 REFERENCE_WATER = "REFERENCE_WATER"
@@ -121,6 +121,8 @@ class ReferenceInputs:
     """What the user gave, read on the main thread; `error` is raised when the algorithm runs."""
 
     pre_event_path: str = ""
+    pre_event_nodata: tuple = ()  # the pre-event layer's additional no data values (layer_nodata.NodataRange)
+    warnings: list = field(default_factory=list)  # what the layers' settings leave unfollowed
     reference_path: str = ""
     reference_threshold: float = 1.0
     polygons: Optional[LayerPolygons] = None
@@ -137,7 +139,8 @@ class ReferenceInputs:
 
             p = self.polygons
             reference_polygons = polygons_from(p.geometries, p.crs_wkt, p.label, p.kind)
-        return {"pre_event_path": self.pre_event_path, "reference_path": self.reference_path,
+        return {"pre_event_path": self.pre_event_path, "pre_event_layer_nodata": self.pre_event_nodata,
+                "reference_path": self.reference_path,
                 "reference_threshold": self.reference_threshold, "reference_polygons": reference_polygons}
 
 
@@ -152,6 +155,7 @@ def read_reference_inputs(alg: QgsProcessingAlgorithm, parameters: dict, context
                 raise InputError(tr("PRE_EVENT is not a raster layer or a readable raster file."),
                                  tr("Choose a raster of the same place before the event, or leave it empty."))
             inputs.pre_event_path = layer_source(layer)
+            inputs.pre_event_nodata, inputs.warnings = layer_nodata(layer)
         if parameters.get(REFERENCE_WATER):
             layer = alg.parameterAsLayer(parameters, REFERENCE_WATER, context)
             if isinstance(layer, QgsRasterLayer):

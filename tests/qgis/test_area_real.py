@@ -3,7 +3,8 @@ SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 2
 swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
 model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area;
 a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a VRT of Landsat
-Level-1 band files, calibrated by their MTL file; a raster whose bands carry their own scale and offset.
+Level-1 band files, calibrated by their MTL file; a raster whose bands carry their own scale and offset; a
+project layer whose additional no data value (Layer Properties ▸ Transparency) marks a fill the file does not.
 Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 
+from plugin.core.layer_nodata import NodataRange
 from scripts.scenes import generate_scene, iou, synthesize
 from tests.fixtures.landsat_mtl import write_mtl
 
@@ -348,6 +350,78 @@ def test_the_bands_own_scale_and_offset_reach_an_image_server(provider_loaded, v
     classes, *_ = _read(out)
     assert iou(classes, truth) >= MIN_IOU
     assert result["WATER_PIXELS"] == int((classes == 1).sum())
+
+
+# ------------------------------------------------------------------- the layer's additional no data values
+def _layer_with_fill_edge(tmp_path, name="edge.tif"):
+    """A project layer of a scene whose columns 320+ are 65535 in every band, a fill the file does not declare
+    (no nodata value), set as the layer's additional no data value, as Layer Properties ▸ Transparency does."""
+    from qgis.core import QgsProject, QgsRasterLayer, QgsRasterRange
+
+    refl, truth = synthesize(9313, 384, 320)
+    data = np.rint(refl * 10000).astype(np.uint16)
+    data[:, :, 320:] = 65535
+    path = tmp_path / name
+    with rasterio.open(path, "w", driver="GTiff", width=384, height=320, count=6, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(500000.0, 4500000.0, 10, 10)) as dst:
+        dst.write(data)
+    layer = QgsRasterLayer(str(path), "edge", "gdal")
+    for band in range(1, 7):
+        layer.dataProvider().setUserNoDataValue(band, [QgsRasterRange(65535, 65535)])
+    QgsProject.instance().addMapLayer(layer)
+    truth[:, 320:] = 255
+    return layer, truth
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("transport", ["image", "tensor"])
+def test_the_layers_additional_no_data_value_is_nodata_in_the_map(provider_loaded, request, tmp_path, transport):
+    from qgis.core import QgsProject
+
+    server = _server(request, transport)
+    layer, truth = _layer_with_fill_edge(tmp_path)
+    try:
+        out = tmp_path / "flood.tif"
+        result, log = _run(_params(layer.id(), out, server, transport))
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    classes, *_ = _read(out)
+    np.testing.assert_array_equal(classes == 255, truth == 255)
+    assert result["VALID_PIXELS"] == 320 * 320
+    assert f"leave out {64 * 320} of the area's pixels with data" in log, log
+    assert iou(classes, truth) >= MIN_IOU
+
+
+def test_the_layers_no_data_ranges_are_read_with_their_bounds(provider_loaded, tmp_path):
+    from qgis.core import QgsRasterLayer, QgsRasterRange
+
+    from plugin.processing.layer_inputs import layer_nodata
+
+    path = tmp_path / "declared.tif"
+    generate_scene(path, seed=9314, width=64, height=64, nodata=0)
+    layer = QgsRasterLayer(str(path), "declared", "gdal")
+    assert layer_nodata(layer) == ((), [])
+    layer.dataProvider().setUserNoDataValue(3, [QgsRasterRange(9000, 9000), QgsRasterRange(
+        math.nan, 100, QgsRasterRange.BoundsType.IncludeMin)])
+    (single, below), warnings = layer_nodata(layer)
+    assert single == NodataRange(3, 9000, 9000) and warnings == []
+    assert (below.band, below.high, below.include_high) == (3, 100, False) and math.isnan(below.low)
+    values = np.array([99, 100, 8999, 9000], np.uint16)
+    np.testing.assert_array_equal(single.covers(values) | below.covers(values), [True, False, False, True])
+
+
+def test_a_layer_set_to_ignore_its_files_nodata_value_gets_a_warning(provider_loaded, tmp_path):
+    from qgis.core import QgsRasterLayer
+
+    from plugin.processing.layer_inputs import layer_nodata
+
+    path = tmp_path / "declared.tif"
+    generate_scene(path, seed=9314, width=64, height=64, nodata=0)
+    layer = QgsRasterLayer(str(path), "declared", "gdal")
+    layer.dataProvider().setUseSourceNoDataValue(2, False)
+    ranges, warnings = layer_nodata(layer)
+    assert ranges == () and len(warnings) == 1
+    assert "not to use the nodata value of band(s) [2]" in warnings[0] and "-a_nodata none" in warnings[0]
 
 
 # --------------------------------------------------------------------------------------------- bad input

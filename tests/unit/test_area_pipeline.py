@@ -14,6 +14,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from plugin.core.errors import InputError, OutputError, TransportUnsupported
+from plugin.core.layer_nodata import NodataRange
 from plugin.core.pipeline import map_floods
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import image_answer, image_world, write_scene
@@ -292,6 +293,74 @@ def test_tensor_cloud_pixels_are_nodata_and_zero_in_the_tiles(tensor_world):
     assert sum(bool((tile[:, :, :4] == 0).all()) for tile in sent) == 3  # cloud pixels reach the model as 0
 
 
+# ------------------------------------------------------------------- the QGIS layer's additional no data values
+def fill_edge(world, name="edge.tif"):
+    """The scene with columns 60-79 at 65535 in every band: an undeclared fill beside the data (the raster's
+    nodata is 0)."""
+    with rasterio.open(world.input) as src:
+        data = src.read()
+    data[:, :, 60:] = 65535
+    return write_scene(world.tmp / "in" / name, fill=data)
+
+
+EDGE = tuple(NodataRange(b, 65535, 65535) for b in range(1, 7))
+
+
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_the_layers_no_data_values_are_nodata_in_the_map(world, kind):
+    world.kind = kind
+    inp = fill_edge(world)
+    mapped = map_floods(world.request(input_path=inp), world.client())
+    assert (read(world.output)[:, 60:] != 255).all() and mapped.valid_pixels == 80 * 64  # the file's own nodata
+    requests = len(world.srv.requests)
+    world.srv.requests.clear()
+    progress = Recorder()
+    result = map_floods(world.request(input_path=inp, layer_nodata=EDGE), world.client(), progress)
+    got = read(world.output)
+    assert (got[:, 60:] == 255).all() and (got[:, :60] != 255).all()
+    assert result.valid_pixels == 60 * 64
+    assert any("additional no data values (band 1: 65535; band 2: 65535" in m and f"leave out {20 * 64} of" in m
+               for m in progress.infos), progress.infos
+    if kind == "tensor":  # tiles of 32 with stride 28 over 80 px: the last column (x 56-80) has 4 px of data
+        assert len(world.srv.requests) == requests
+
+
+def test_the_layers_no_data_values_reach_the_model_as_zero_and_spare_tiles_wholly_covered(tensor_world):
+    world = tensor_world
+    sent = []
+
+    def server(n, body):
+        from tests.fixtures.fake_vllm import decode_tensor
+
+        sent.append(decode_tensor(body["messages"][0]["content"][0]["image_embeds"]["pixel_values"])[0])
+        return world.tensor_answer(body)
+
+    with rasterio.open(world.input) as src:
+        data = src.read()
+    data[:, :, 28:] = 65535  # tiles start at x 0, 28, 56: only the first column of tiles has data
+    inp = write_scene(world.tmp / "in" / "wide_edge.tif", fill=data)
+    world.fault = server
+    result = map_floods(world.request(input_path=inp, layer_nodata=EDGE), world.client())
+    assert len(sent) == 3 and result.valid_pixels == 28 * 64
+    assert all((tile[:, :, 28:] == 0).all() for tile in sent)  # normalised: the mean, as for any nodata
+
+
+def test_a_range_on_a_band_the_model_does_not_use_changes_nothing(world):
+    inp = fill_edge(world)
+    result = map_floods(world.request(input_path=inp, bands=[1, 2, 3, 4, 5, 6],
+                                      layer_nodata=(NodataRange(7, 0, 65535),)), world.client())
+    assert result.valid_pixels == 80 * 64
+
+
+def test_an_area_left_all_nodata_by_the_layers_values_fails_before_any_mapping_request(world):
+    inp = fill_edge(world)
+    with pytest.raises(InputError, match=r"counting the layer's additional no data values \(band 1: 65535;.*"
+                                         r"Layer Properties ▸ Transparency"):
+        map_floods(world.request(input_path=inp, extent=extent(62, 0, 80, 20), layer_nodata=EDGE), world.client())
+    assert world.jobs() == []  # the server was asked what it serves, and given nothing to map
+    nothing_left(world)
+
+
 # ------------------------------------------------------------------------------------------ flood extent
 @pytest.mark.parametrize("kind", ["image", "tensor"])
 def test_a_pre_event_image_is_mapped_over_the_same_area_only(world, kind):
@@ -331,3 +400,14 @@ def test_a_pre_event_image_is_mapped_over_the_same_area_only(world, kind):
     else:  # 60x40 in tiles of 32 with 4 px overlap: 2x2 tiles for each image (none wholly cloud)
         assert len(world.jobs()) == 8
     assert os.listdir(tempfile.gettempdir()) == []
+
+
+def test_the_pre_event_layers_no_data_values_apply_to_the_pre_event_image_only(tensor_world):
+    world = tensor_world
+    with rasterio.open(world.input) as src:
+        data = src.read()
+    data[:, :, 28:] = 65535  # the pre-event image has data in the first column of tiles only (x 0-28)
+    pre = write_scene(world.tmp / "in" / "pre_edge.tif", fill=data)
+    result = map_floods(world.request(pre_event_path=pre, pre_event_layer_nodata=EDGE), world.client())
+    assert len(world.jobs()) == 9 + 3  # the event's 3x3 tiles, the pre-event's first column of tiles
+    assert (read(world.output) != 255).all() and result.valid_pixels == 80 * 64  # the event's pixels all count
