@@ -84,7 +84,7 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
                 data &= ~left_out
             mapped = data
             if cloud is not None:
-                values = _cloud_values(cloud, info, transform, shape)
+                values = _cloud_values(cloud, info, area, transform, shape)
                 if len(seen) < 16:
                     seen.update(np.unique(values[data & np.isfinite(values)])[:16].tolist())
                 cloudy = data & _is_cloud(values, area)
@@ -164,16 +164,28 @@ def _is_cloud(values: np.ndarray, area: Area) -> np.ndarray:
     return (flags & sum(1 << b for b in area.cloud_bits)) != 0
 
 
-def _cloud_values(cloud, info: RasterInfo, transform, shape: tuple[int, int]) -> np.ndarray:
-    """The cloud raster's band 1 on a block of the input's grid, nearest; NaN where it has no value."""
+def _cloud_values(cloud, info: RasterInfo, area: Area, transform, shape: tuple[int, int]) -> np.ndarray:
+    """The cloud raster's values on a block of the input's grid, nearest; NaN where it has no value. Band 1, or
+    the area's flag bands packed as bits (band n set: bit n - 1)."""
+    if not area.cloud_flag_bands:
+        return _cloud_band(cloud, 1, info, transform, shape)
+    packed, seen = np.zeros(shape), np.zeros(shape, dtype=bool)
+    for band in (b for b in area.cloud_flag_bands if b <= cloud.count):
+        values = _cloud_band(cloud, band, info, transform, shape)
+        seen |= np.isfinite(values)
+        packed += np.where(np.isfinite(values) & (values != 0), float(1 << (band - 1)), 0.0)
+    return np.where(seen, packed, np.nan)
+
+
+def _cloud_band(cloud, band: int, info: RasterInfo, transform, shape: tuple[int, int]) -> np.ndarray:
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
     out = np.full(shape, np.nan, dtype=np.float64)
     if cloud.crs is None:  # neither has a CRS: both grids are in the same (unknown) coordinates
-        reproject(rasterio.band(cloud, 1), out, src_transform=cloud.transform, dst_transform=transform,
+        reproject(rasterio.band(cloud, band), out, src_transform=cloud.transform, dst_transform=transform,
                   dst_nodata=np.nan, resampling=Resampling.nearest)
     else:
-        reproject(rasterio.band(cloud, 1), out, dst_transform=transform, dst_crs=info.crs, dst_nodata=np.nan,
+        reproject(rasterio.band(cloud, band), out, dst_transform=transform, dst_crs=info.crs, dst_nodata=np.nan,
                   resampling=Resampling.nearest)
     return out

@@ -69,6 +69,7 @@ class Area:
     cloud_values: tuple[float, ...] = DEFAULT_CLOUD_VALUES
     cloud_bits: tuple[int, ...] = ()  # a bit-flag quality band: cloud where any of these bits is set
     cloud_bits_are: str = ""  # what those bits are, for the log
+    cloud_flag_bands: tuple[int, ...] = ()  # the cloud raster's bands of one 0/1 flag each (band n: bit n - 1)
     # the layer's additional no data values (layer_nodata.py), of every band; build_mask keeps the used bands'
     layer_nodata: tuple[NodataRange, ...] = ()
     mask: Optional[AreaMask] = None  # set by area_mask.build_mask when something leaves pixels out
@@ -171,11 +172,12 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
     values = tuple(DEFAULT_CLOUD_VALUES if cloud_values is None else check_cloud_values(cloud_values))
     # a bit-flag quality band given with the default (Sentinel-2 SCL) values: its own cloud bits
     qa_bits = qa_cloud_bits(cloud_path) if cloud_path and values == DEFAULT_CLOUD_VALUES else None
-    bits, bits_are = qa_bits or ((), "")
+    bits, bits_are, flag_bands = qa_bits or ((), "", ())
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
-    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are, tuple(layer_nodata))
+    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are, flag_bands,
+                tuple(layer_nodata))
 
 
 # ------------------------------------------------------------------------------------------------ extent

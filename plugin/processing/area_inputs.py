@@ -59,7 +59,8 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
                                      optional=True)
     p.setHelp(tr("3,8,9,10 are cloud shadow, medium and high probability cloud and thin cirrus in the Sentinel-2 "
                  "L2A scene classification (SCL); use 1 for a 0/1 cloud mask. With these default values, a Landsat "
-                 "QA_PIXEL or HLS Fmask band (known by its file name) is read by its cloud bits instead."))
+                 "QA_PIXEL, HLS Fmask or Sentinel-2 QA60 band (known by its file name) is read by its cloud bits "
+                 "instead, and a Sentinel-2 MSK_CLASSI_B00 by its opaque-cloud and cirrus bands."))
     alg.addParameter(p)
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_PIXELS, tr("Cloud-masked pixels")))
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_FRACTION, tr("Cloud-masked share of the pixels with data")))

@@ -1,10 +1,11 @@
 """floodmapper:map_floods with an area in real QGIS: EXTENT in another CRS, a MASK polygon with a hole, a 20 m
-SCL-like CLOUD_MASK over a 10 m scene, and a VRT of six band files at 10 m and 20 m (with a zero-filled
-swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster; each on the real demo
-model, image-to-image and tensor-to-tensor, with the water IoU against the generator's truth inside the area;
-a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a VRT of Landsat
-Level-1 band files, calibrated by their MTL file; a raster whose bands carry their own scale and offset; a
-project layer whose additional no data value (Layer Properties ▸ Transparency) marks a fill the file does not.
+SCL-like CLOUD_MASK and an L1C MSK_CLASSI_B00.jp2 over a 10 m scene, and a VRT of six band files at 10 m and
+20 m (with a zero-filled swath edge and no nodata value declared) built by QGIS's own gdal:buildvirtualraster;
+each on the real demo model, image-to-image and tensor-to-tensor, with the water IoU against the generator's
+truth inside the area; a VRT of Landsat Collection 2 band files, read with Landsat's band numbers and scaling; a
+VRT of Landsat Level-1 band files, calibrated by their MTL file; a raster whose bands carry their own scale and
+offset; a project layer whose additional no data value (Layer Properties ▸ Transparency) marks a fill the file
+does not.
 Bad area parameters fail with a clear message and write nothing (those need no server)."""
 
 from __future__ import annotations
@@ -206,6 +207,33 @@ def test_a_cloud_mask_beside_the_scene_is_a_warning(provider_loaded, vllm_server
     result, log = _run(_params(src, tmp_path / "flood.tif", vllm_server, "image", CLOUD_MASK=str(far)))
     assert "WARNING The cloud mask" in log and "does not overlap the area" in log
     assert result["CLOUD_PIXELS"] == 0 and result["VALID_PIXELS"] == 256 * 256
+
+
+@pytest.mark.vllm
+def test_an_l1c_msk_classi_jp2_masks_opaque_clouds_and_cirrus(provider_loaded, vllm_tensor_server, tmp_path):
+    """An L1C product's QI_DATA/MSK_CLASSI_B00.jp2 (three 0/1 bands at 60 m: opaque clouds, cirrus, snow and ice)
+    as CLOUD_MASK over a 10 m scene, CLOUD_VALUES left at their default."""
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9305, width=384, height=320)
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    flags = np.zeros((3, 54, 64), np.uint8)
+    flags[0, 5:15, 10:30] = 1  # opaque clouds
+    flags[1, 12:20, 20:50] = 1  # cirrus, partly over them
+    flags[2, 30:40, :] = 1  # snow and ice: not cloud
+    msk = tmp_path / "MSK_CLASSI_B00.jp2"
+    with rasterio.open(msk, "w", driver="JP2OpenJPEG", width=64, height=54, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(t_in.c, t_in.f, 60, 60), QUALITY=100,
+                       REVERSIBLE="YES") as dst:
+        dst.write(flags)
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(src, out, vllm_tensor_server, "tensor", CLOUD_MASK=str(msk)))
+    classes, *_ = _read(out)
+    cloud = np.repeat(np.repeat(flags[0] | flags[1], 6, 0), 6, 1)[:320, :384].astype(bool)
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert result["CLOUD_PIXELS"] == int(cloud.sum()) == 36 * (10 * 20 + 8 * 30 - 3 * 10)
+    assert "MSK_CLASSI bands 1-2: opaque clouds, cirrus" in log, log
+    assert iou(classes, np.where(cloud, 255, truth)) >= MIN_IOU
 
 
 # ---------------------------------------------------------------------------------------------- band files

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from plugin.core.area_mask import build_mask
 from plugin.core.area_of_interest import AreaMask, plan_area
 from plugin.core.bands import select_bands
-from plugin.core.cloud_values import check_cloud_values, parse_cloud_values
+from plugin.core.cloud_values import check_cloud_values, parse_cloud_values, qa_cloud_bits
 from plugin.core.errors import InputError
 from plugin.core.raster import inspect
 from tests.fixtures.world import write_scene
@@ -137,9 +137,11 @@ def test_polygons_between_pixel_centres_are_a_clear_error(scene):
 
 # ------------------------------------------------------------------------------------------------ clouds
 def write_cloud(path, data, px=40, x0=X0, y0=Y0, crs="EPSG:32633", nodata=None):
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
+    """A cloud raster of `data` [h, w] (one band) or [bands, h, w]."""
+    data = data[np.newaxis] if data.ndim == 2 else data
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                        dtype=data.dtype, crs=crs, transform=from_origin(x0, y0, px, px), nodata=nodata) as dst:
-        dst.write(data, 1)
+        dst.write(data)
     return str(path)
 
 
@@ -168,13 +170,13 @@ def test_a_01_mask_with_cloud_values_1(scene, tmp_path):
     assert area.cloud_pixels == 16 * 80
 
 
-@pytest.mark.parametrize("name, bits", [
-    ("LC09_L2SP_013032_20231008_20231009_02_T1_QA_PIXEL.TIF", (1, 2, 3, 4)),
-    ("HLS.L30.T10SEG.2023123T184856.v2.0.Fmask.tif", (1, 2, 3)),
+@pytest.mark.parametrize("name, bits, clear", [  # clear: clear land (flags, none of them cloud)
+    ("LC09_L2SP_013032_20231008_20231009_02_T1_QA_PIXEL.TIF", (1, 2, 3, 4), 21824),
+    ("HLS.L30.T10SEG.2023123T184856.v2.0.Fmask.tif", (1, 2, 3), 64),
+    ("S2B_20240501_T33TWM_QA60.tif", (10, 11), 0),
 ])
-def test_bit_flag_quality_bands_mask_their_cloud_bits(scene, tmp_path, name, bits):
-    """QA_PIXEL and Fmask values are sums of flags: cloud is a bit set, whatever the other bits say."""
-    clear = 21824 if "QA_PIXEL" in name else 64  # clear land, low aerosol: flags, none of them cloud
+def test_bit_flag_quality_bands_mask_their_cloud_bits(scene, tmp_path, name, bits, clear):
+    """QA_PIXEL, Fmask and QA60 values are sums of flags: cloud is a bit set, whatever the other bits say."""
     flags = np.full((32, 40), clear, np.uint16)
     for i, bit in enumerate(bits):
         flags[i * 4:i * 4 + 4] |= 1 << bit  # each cloud bit in rows of its own
@@ -296,3 +298,22 @@ def test_vrt_bands_are_named_by_their_source_files(tmp_path):
     assert info.descriptions[0] == "T33TWM_20240501T100031_B02_10m" and info.descriptions[3] == S2_DRIVER["B11"]
     bands, warnings = select_bands(info)
     assert bands == [0, 1, 2, 5, 3, 4] and warnings == []
+
+
+def test_sentinel2_msk_classi_masks_opaque_clouds_and_cirrus_not_snow(scene, tmp_path):
+    """MSK_CLASSI_B00 (a product's QI_DATA, 60 m): three 0/1 bands, opaque clouds, cirrus, snow and ice."""
+    flags = np.zeros((3, 32, 40), np.uint8)
+    flags[0, 0:4] = 1  # opaque clouds
+    flags[1, 4:8] = 1  # cirrus
+    flags[1, 2:6, 0:10] = 1  # cirrus over opaque clouds too: counted once
+    flags[2, 20:24] = 1  # snow and ice: not cloud
+    path = write_cloud(tmp_path / "MSK_CLASSI_B00.tif", flags)
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
+    assert area.cloud_flag_bands == (1, 2) and "opaque clouds, cirrus" in area.describe(scene)
+    mapped = area.mask.read(Window(0, 0, 80, 64))
+    assert not mapped[:16].any() and mapped[16:].all()
+    assert area.cloud_pixels == 16 * 80
+    # one band of it, as exported alone: that band's flags; the snow band is no cloud mask
+    opaque = write_cloud(tmp_path / "T33TWM_20240501_MSK_CLASSI_OPAQUE.tif", flags[0])
+    assert build_mask(scene, plan_area(scene, cloud_path=opaque), BANDS).cloud_pixels == 8 * 80
+    assert qa_cloud_bits(str(tmp_path / "T33TWM_20240501_MSK_CLASSI_SNOW_ICE.tif")) is None
