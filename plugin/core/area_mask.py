@@ -110,7 +110,8 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
             raise InputError(f"Every pixel of the area with data is cloud ({area.cloud_rule} of the cloud mask): "
                              "there is nothing to map.",
                              "Choose a clearer scene or another area, or check CLOUD_VALUES (1 for a 0/1 mask).")
-        if cloud_total == 0 and seen and seen <= {0.0, 1.0} and 1.0 not in area.cloud_values and not area.cloud_bits:
+        if (cloud_total == 0 and seen and seen <= {0.0, 1.0} and 1.0 not in area.cloud_values
+                and not area.cloud_bands.bits):
             warn(f"The cloud mask holds only 0 and 1 over the area and no pixel has a cloud value "
                  f"({format_values(area.cloud_values)}), so nothing was masked as cloud. For a 0/1 cloud mask, "
                  "set CLOUD_VALUES=1.")
@@ -158,22 +159,25 @@ def _open_cloud(info: RasterInfo, area: Area, warn: WarnFn):
 
 def _is_cloud(values: np.ndarray, area: Area) -> np.ndarray:
     """Where the cloud raster's values mark cloud: one of the cloud values, or any cloud bit set."""
-    if not area.cloud_bits:
+    bits = area.cloud_bands.bits
+    if not bits:
         return np.isin(values, area.cloud_values)
     flags = np.where(np.isfinite(values), values, 0).astype(np.int64)
-    return (flags & sum(1 << b for b in area.cloud_bits)) != 0
+    return (flags & sum(1 << b for b in bits)) != 0
 
 
 def _cloud_values(cloud, info: RasterInfo, area: Area, transform, shape: tuple[int, int]) -> np.ndarray:
-    """The cloud raster's values on a block of the input's grid, nearest; NaN where it has no value. Band 1, or
-    the area's flag bands packed as bits (band n set: bit n - 1)."""
-    if not area.cloud_flag_bands:
-        return _cloud_band(cloud, 1, info, transform, shape)
+    """The cloud raster's values on a block of the input's grid, nearest; NaN where it has no value. Its cloud
+    band, or its flag bands packed as bits 0, 1, … (a flag band that the raster lacks stays 0)."""
+    bands = area.cloud_bands.bands
+    if len(bands) == 1:
+        return _cloud_band(cloud, min(bands[0], cloud.count), info, transform, shape)
     packed, seen = np.zeros(shape), np.zeros(shape, dtype=bool)
-    for band in (b for b in area.cloud_flag_bands if b <= cloud.count):
-        values = _cloud_band(cloud, band, info, transform, shape)
-        seen |= np.isfinite(values)
-        packed += np.where(np.isfinite(values) & (values != 0), float(1 << (band - 1)), 0.0)
+    for bit, band in enumerate(bands):
+        if band <= cloud.count:
+            values = _cloud_band(cloud, band, info, transform, shape)
+            seen |= np.isfinite(values)
+            packed += np.where(np.isfinite(values) & (values != 0), float(1 << bit), 0.0)
     return np.where(seen, packed, np.nan)
 
 

@@ -16,10 +16,19 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import numpy as np
+import rasterio
 from affine import Affine
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from .cloud_values import DEFAULT_CLOUD_VALUES, check_cloud_values, format_values, qa_cloud_bits
+from .cloud_values import (
+    DEFAULT_CLOUD_VALUES,
+    CloudBands,
+    check_cloud_values,
+    described_cloud_bands,
+    format_values,
+    named_cloud_bands,
+)
 from .errors import InputError
 from .layer_nodata import NodataRange
 from .layer_nodata import describe as describe_nodata
@@ -67,9 +76,7 @@ class Area:
     polygons: tuple[dict, ...] = ()  # GeoJSON-like polygons in the input's CRS; () = no polygon mask
     cloud_path: str = ""  # a raster whose `cloud_values` mark cloud; "" = none
     cloud_values: tuple[float, ...] = DEFAULT_CLOUD_VALUES
-    cloud_bits: tuple[int, ...] = ()  # a bit-flag quality band: cloud where any of these bits is set
-    cloud_bits_are: str = ""  # what those bits are, for the log
-    cloud_flag_bands: tuple[int, ...] = ()  # the cloud raster's bands of one 0/1 flag each (band n: bit n - 1)
+    cloud_bands: CloudBands = CloudBands()  # the cloud raster's bands read, and their cloud bits if flags
     # the layer's additional no data values (layer_nodata.py), of every band; build_mask keeps the used bands'
     layer_nodata: tuple[NodataRange, ...] = ()
     mask: Optional[AreaMask] = None  # set by area_mask.build_mask when something leaves pixels out
@@ -92,9 +99,12 @@ class Area:
     @property
     def cloud_rule(self) -> str:
         """What marks cloud in the cloud mask, as the log says it."""
-        if self.cloud_bits:
-            return f"cloud bits {format_values(self.cloud_bits)} ({self.cloud_bits_are})"
-        return f"cloud values {format_values(self.cloud_values)}"
+        read = self.cloud_bands
+        if len(read.bands) > 1:
+            return f"cloud flags in bands {format_values(read.bands)} ({read.what})"
+        if read.bits:
+            return f"cloud bits {format_values(read.bits)} ({read.what})"
+        return f"cloud values {format_values(self.cloud_values)}" + (f" ({read.what})" if read.what else "")
 
     @property
     def bounds(self) -> Bounds:
@@ -170,14 +180,26 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
                                   + (" and inside the extent" if extent is not None else "")
                                   + "; a layer in another CRS is reprojected, so check that its CRS is set right.")
     values = tuple(DEFAULT_CLOUD_VALUES if cloud_values is None else check_cloud_values(cloud_values))
-    # a bit-flag quality band given with the default (Sentinel-2 SCL) values: its own cloud bits
-    qa_bits = qa_cloud_bits(cloud_path) if cloud_path and values == DEFAULT_CLOUD_VALUES else None
-    bits, bits_are, flag_bands = qa_bits or ((), "", ())
+    cloud_bands = _cloud_bands(cloud_path, values) if cloud_path else CloudBands()
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
-    return Area(window, transform, whole, shapes, cloud_path or "", values, bits, bits_are, flag_bands,
-                tuple(layer_nodata))
+    return Area(window, transform, whole, shapes, cloud_path or "", values, cloud_bands, tuple(layer_nodata))
+
+
+def _cloud_bands(path: str, values: tuple[float, ...]) -> CloudBands:
+    """The cloud raster's bands to read: a bit-flag quality raster given with the default (Sentinel-2 SCL) values
+    by its name, with its own cloud bits; else a band known by its description (SCL, QA60, …), else band 1."""
+    default = values == DEFAULT_CLOUD_VALUES
+    named = named_cloud_bands(path) if default else None
+    if named is not None:
+        return named
+    try:
+        with rasterio.open(path) as src:
+            descriptions = src.descriptions
+    except RasterioError:  # reported with its fix when the mask is read (area_mask.py)
+        return CloudBands()
+    return described_cloud_bands(descriptions, default) or CloudBands()
 
 
 # ------------------------------------------------------------------------------------------------ extent

@@ -1,6 +1,7 @@
 """The cloud mask's cloud values: the Sentinel-2 L2A scene classification's cloud classes by default, a user's
-list (CLOUD_VALUES) read and checked, and the cloud bits of the quality bands that are bit flags (Landsat's
-QA_PIXEL, HLS's Fmask), known by their names. Nothing here needs numpy or GDAL, so the algorithm's parameters
+list (CLOUD_VALUES) read and checked, and which band of the cloud raster to read, with the cloud bits of the
+quality bands that are bit flags (Landsat's QA_PIXEL, HLS's Fmask, Sentinel-2's QA60 and MSK_CLASSI), known by
+their file names or band descriptions. Nothing here needs numpy or GDAL, so the algorithm's parameters
 can be defined before the plugin's packages are installed."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 from .errors import InputError
@@ -16,24 +18,35 @@ from .errors import InputError
 # Sentinel-2 L2A scene classification (SCL): 3 cloud shadow, 8 cloud medium probability, 9 cloud high
 # probability, 10 thin cirrus
 DEFAULT_CLOUD_VALUES = (3.0, 8.0, 9.0, 10.0)
-# Quality rasters whose values are bit flags, by their file names: (name, bits that mark cloud, what they are,
-# flag bands). Landsat Collection 2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow. HLS v2.0
-# Fmask: bit 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow. Sentinel-2 QA60 (the L1C/L2A band as Google
-# Earth Engine gives it): bit 10 opaque clouds, 11 cirrus. Sentinel-2 MSK_CLASSI_B00 (in a product's QI_DATA from
-# processing baseline 04.00 on, 60 m) holds one 0/1 flag a band: 1 opaque clouds, 2 cirrus, 3 snow and ice; its
-# flag bands 1 and 2 are read as bits 0 and 1 (a single-band MSK_CLASSI_OPAQUE or _CIRRUS export as bit 0).
+# Quality rasters whose values are bit flags, by their file names or band descriptions: (name, bits that mark
+# cloud, what they are). Landsat Collection 2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud,
+# 4 cloud shadow. HLS v2.0 Fmask: bit 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow. Sentinel-2 QA60 (the
+# L1C/L2A band as Google Earth Engine gives it): bit 10 opaque clouds, 11 cirrus. Sentinel-2 MSK_CLASSI_B00 (in a
+# product's QI_DATA from processing baseline 04.00 on, 60 m) holds one 0/1 flag a band: 1 opaque clouds, 2 cirrus,
+# 3 snow and ice; its flag bands 1 and 2 are read as bits 0 and 1 (a single-band MSK_CLASSI_OPAQUE or _CIRRUS
+# export, or such bands of a multi-band export, as flags of their own).
 QA_BIT_BANDS = (
     (re.compile(r"(?:^|[^A-Za-z0-9])QA_PIXEL(?![A-Za-z0-9])", re.IGNORECASE), (1, 2, 3, 4),
-     "Landsat QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow", ()),
+     "Landsat QA_PIXEL bits 1-4: dilated cloud, cirrus, cloud, cloud shadow"),
     (re.compile(r"(?:^|[^A-Za-z0-9])Fmask(?![A-Za-z0-9])", re.IGNORECASE), (1, 2, 3),
-     "HLS Fmask bits 1-3: cloud, adjacent to cloud or shadow, cloud shadow", ()),
+     "HLS Fmask bits 1-3: cloud, adjacent to cloud or shadow, cloud shadow"),
     (re.compile(r"(?:^|[^A-Za-z0-9])QA60(?![A-Za-z0-9])", re.IGNORECASE), (10, 11),
-     "Sentinel-2 QA60 bits 10-11: opaque clouds, cirrus", ()),
-    (re.compile(r"(?:^|[^A-Za-z0-9])MSK_CLASSI(?![A-Za-z0-9])(?!_SNOW)", re.IGNORECASE), (0, 1),
-     "Sentinel-2 MSK_CLASSI bands 1-2: opaque clouds, cirrus", (1, 2)),
+     "Sentinel-2 QA60 bits 10-11: opaque clouds, cirrus"),
 )
+MSK_CLASSI = re.compile(r"(?:^|[^A-Za-z0-9])MSK_CLASSI(?![A-Za-z0-9])(?!_SNOW)", re.IGNORECASE)
+MSK_CLASSI_ARE = "Sentinel-2 MSK_CLASSI: opaque clouds, cirrus"
+SCL = re.compile(r"(?:^|[^A-Za-z0-9])SCL(?![A-Za-z0-9])", re.IGNORECASE)
 HINT = ("Give the cloud mask's cloud values, comma-separated: 3,8,9,10 for a Sentinel-2 L2A scene "
         "classification (SCL), 1 for a 0/1 cloud mask.")
+
+
+@dataclass(frozen=True)
+class CloudBands:
+    """Which bands of the cloud raster say cloud, and how."""
+
+    bands: tuple[int, ...] = (1,)  # read; several are one 0/1 flag each, packed as bits 0, 1, … in this order
+    bits: tuple[int, ...] = ()  # cloud where any of these bits is set; () = the cloud values matched whole
+    what: str = ""  # what they are, for the log
 
 
 def format_values(values: Sequence[float]) -> str:
@@ -64,15 +77,33 @@ def parse_cloud_values(text: str) -> tuple[float, ...]:
         raise InputError(f"CLOUD_VALUES '{text}' is not a list of numbers.", HINT) from None
 
 
-def qa_cloud_bits(path: str) -> Optional[tuple[tuple[int, ...], str, tuple[int, ...]]]:
-    """(cloud bits, what they are, flag bands) when `path` names a bit-flag quality raster (QA_PIXEL, Fmask,
-    QA60, MSK_CLASSI), else None. Flag bands: the raster's bands that are one 0/1 flag each, band n read as bit
-    n - 1; () = band 1 holds the flags.
+def named_cloud_bands(path: str) -> Optional[CloudBands]:
+    """How to read a bit-flag quality raster (QA_PIXEL, Fmask, QA60, MSK_CLASSI) that `path` names, else None.
 
     Their values are sums of flags (e.g. 21824 for clear land in QA_PIXEL), which no list of cloud values
     can match: the bits are tested instead."""
     name = os.path.basename((path or "").rstrip("/"))
-    for pattern, bits, what, flag_bands in QA_BIT_BANDS:
+    if MSK_CLASSI.search(name):
+        return CloudBands((1, 2), (0, 1), MSK_CLASSI_ARE)
+    for pattern, bits, what in QA_BIT_BANDS:
         if pattern.search(name):
-            return bits, what, flag_bands
+            return CloudBands((1,), bits, what)
+    return None
+
+
+def described_cloud_bands(descriptions: Sequence[Optional[str]], default_values: bool) -> Optional[CloudBands]:
+    """The cloud bands of a raster known by their descriptions (e.g. a Google Earth Engine export of the
+    reflectance bands with SCL, QA60 or MSK_CLASSI_OPAQUE and _CIRRUS), else None. The band is chosen whatever
+    the cloud values; bit flags are tested only while the values are the default ones."""
+    names = [(i + 1, d or "") for i, d in enumerate(descriptions)]
+    flags = tuple(band for band, d in names if MSK_CLASSI.search(d))
+    if flags and default_values:
+        return CloudBands(flags, tuple(range(len(flags))), MSK_CLASSI_ARE)
+    for band, d in names:
+        for pattern, bits, what in QA_BIT_BANDS:
+            if pattern.search(d):
+                return CloudBands((band,), bits if default_values else (), f"{what}, band {band}" if default_values
+                                  else f"band {band}, {d}")
+        if SCL.search(d):
+            return CloudBands((band,), (), f"band {band}, {d}")
     return None

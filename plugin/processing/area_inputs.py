@@ -60,7 +60,9 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
     p.setHelp(tr("3,8,9,10 are cloud shadow, medium and high probability cloud and thin cirrus in the Sentinel-2 "
                  "L2A scene classification (SCL); use 1 for a 0/1 cloud mask. With these default values, a Landsat "
                  "QA_PIXEL, HLS Fmask or Sentinel-2 QA60 band (known by its file name) is read by its cloud bits "
-                 "instead, and a Sentinel-2 MSK_CLASSI_B00 by its opaque-cloud and cirrus bands."))
+                 "instead, and a Sentinel-2 MSK_CLASSI_B00 by its opaque-cloud and cirrus bands. A multi-band "
+                 "cloud mask (e.g. an Earth Engine export with an SCL or QA60 band) is read by the band so "
+                 "described."))
     alg.addParameter(p)
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_PIXELS, tr("Cloud-masked pixels")))
     alg.addOutput(QgsProcessingOutputNumber(CLOUD_FRACTION, tr("Cloud-masked share of the pixels with data")))

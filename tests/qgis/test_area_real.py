@@ -232,7 +232,7 @@ def test_an_l1c_msk_classi_jp2_masks_opaque_clouds_and_cirrus(provider_loaded, v
     cloud = np.repeat(np.repeat(flags[0] | flags[1], 6, 0), 6, 1)[:320, :384].astype(bool)
     np.testing.assert_array_equal(classes == 255, cloud)
     assert result["CLOUD_PIXELS"] == int(cloud.sum()) == 36 * (10 * 20 + 8 * 30 - 3 * 10)
-    assert "MSK_CLASSI bands 1-2: opaque clouds, cirrus" in log, log
+    assert "cloud flags in bands 1, 2 (Sentinel-2 MSK_CLASSI: opaque clouds, cirrus)" in log, log
     assert iou(classes, np.where(cloud, 255, truth)) >= MIN_IOU
 
 

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from plugin.core.area_mask import build_mask
 from plugin.core.area_of_interest import AreaMask, plan_area
 from plugin.core.bands import select_bands
-from plugin.core.cloud_values import check_cloud_values, parse_cloud_values, qa_cloud_bits
+from plugin.core.cloud_values import check_cloud_values, named_cloud_bands, parse_cloud_values
 from plugin.core.errors import InputError
 from plugin.core.raster import inspect
 from tests.fixtures.world import write_scene
@@ -136,12 +136,14 @@ def test_polygons_between_pixel_centres_are_a_clear_error(scene):
 
 
 # ------------------------------------------------------------------------------------------------ clouds
-def write_cloud(path, data, px=40, x0=X0, y0=Y0, crs="EPSG:32633", nodata=None):
+def write_cloud(path, data, px=40, x0=X0, y0=Y0, crs="EPSG:32633", nodata=None, descriptions=None):
     """A cloud raster of `data` [h, w] (one band) or [bands, h, w]."""
     data = data[np.newaxis] if data.ndim == 2 else data
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                        dtype=data.dtype, crs=crs, transform=from_origin(x0, y0, px, px), nodata=nodata) as dst:
         dst.write(data)
+        if descriptions:
+            dst.descriptions = descriptions
     return str(path)
 
 
@@ -183,13 +185,13 @@ def test_bit_flag_quality_bands_mask_their_cloud_bits(scene, tmp_path, name, bit
     flags[30, :] = clear | 1 << 5 | 1 << 7  # snow, water: not cloud
     path = write_cloud(tmp_path / name, flags)
     area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
-    assert area.cloud_bits == bits and "bits" in area.describe(scene)
+    assert area.cloud_bands.bits == bits and "bits" in area.describe(scene)
     assert area.cloud_pixels == len(bits) * 4 * 2 * 80  # 4 rows of 40 m each bit, 2x2 pixels of 20 m
     mapped = area.mask.read(Window(0, 0, 80, 64))
     assert not mapped[:len(bits) * 8].any() and mapped[len(bits) * 8:].all()
     # cloud values given: they are matched whole, as the user asked
     values = build_mask(scene, plan_area(scene, cloud_path=path, cloud_values=[clear]), BANDS)
-    assert values.cloud_bits == () and values.cloud_pixels == 2 * 80 * (32 - len(bits) * 4 - 1)
+    assert values.cloud_bands.bits == () and values.cloud_pixels == 2 * 80 * (32 - len(bits) * 4 - 1)
 
 
 def test_a_cloud_mask_beside_the_area_is_a_warning(scene, tmp_path):
@@ -309,11 +311,56 @@ def test_sentinel2_msk_classi_masks_opaque_clouds_and_cirrus_not_snow(scene, tmp
     flags[2, 20:24] = 1  # snow and ice: not cloud
     path = write_cloud(tmp_path / "MSK_CLASSI_B00.tif", flags)
     area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
-    assert area.cloud_flag_bands == (1, 2) and "opaque clouds, cirrus" in area.describe(scene)
+    assert area.cloud_bands.bands == (1, 2) and "opaque clouds, cirrus" in area.describe(scene)
     mapped = area.mask.read(Window(0, 0, 80, 64))
     assert not mapped[:16].any() and mapped[16:].all()
     assert area.cloud_pixels == 16 * 80
     # one band of it, as exported alone: that band's flags; the snow band is no cloud mask
     opaque = write_cloud(tmp_path / "T33TWM_20240501_MSK_CLASSI_OPAQUE.tif", flags[0])
     assert build_mask(scene, plan_area(scene, cloud_path=opaque), BANDS).cloud_pixels == 8 * 80
-    assert qa_cloud_bits(str(tmp_path / "T33TWM_20240501_MSK_CLASSI_SNOW_ICE.tif")) is None
+    assert named_cloud_bands(str(tmp_path / "T33TWM_20240501_MSK_CLASSI_SNOW_ICE.tif")) is None
+
+
+def _export_with(cloud_band_name, cloud_band):
+    """A Google Earth Engine-like export: reflectance bands (whose values include SCL's cloud classes) and the
+    cloud band, each described by its name."""
+    data = np.full((4, 32, 40), 9, np.uint16)  # 0.09 % reflectance: 9, a cloud class if read as SCL
+    data[3] = cloud_band
+    return data, ("B2", "B3", "B4", cloud_band_name)
+
+
+def test_a_multi_band_export_is_read_by_its_scl_band(scene, tmp_path):
+    scl = np.full((32, 40), 4, np.uint16)
+    scl[0:4] = 8
+    data, names = _export_with("SCL", scl)
+    path = write_cloud(tmp_path / "export.tif", data, descriptions=names)
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
+    assert area.cloud_bands.bands == (4,) and "(band 4, SCL)" in area.describe(scene)
+    assert area.cloud_pixels == 8 * 80  # band 1 is 9 everywhere: read, it would be all cloud
+
+
+def test_a_multi_band_export_is_read_by_its_qa60_bits_or_the_values_given(scene, tmp_path):
+    qa60 = np.zeros((32, 40), np.uint16)
+    qa60[0:4] = 1 << 10  # opaque clouds
+    qa60[4:6] = 1 << 11  # cirrus
+    data, names = _export_with("QA60", qa60)
+    path = write_cloud(tmp_path / "export.tif", data, descriptions=names)
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS)
+    assert area.cloud_bands.bands == (4,) and area.cloud_bands.bits == (10, 11)
+    assert area.cloud_pixels == 12 * 80
+    given = build_mask(scene, plan_area(scene, cloud_path=path, cloud_values=[2048]), BANDS)
+    assert given.cloud_bands.bands == (4,) and given.cloud_bands.bits == () and given.cloud_pixels == 4 * 80
+
+
+def test_a_multi_band_export_is_read_by_its_msk_classi_flag_bands(scene, tmp_path):
+    data = np.zeros((5, 32, 40), np.uint8)
+    data[0:2] = 9  # reflectance-like bands
+    data[2, 0:4] = 1  # MSK_CLASSI_OPAQUE
+    data[3, 2:6] = 1  # MSK_CLASSI_CIRRUS
+    data[4, 10:20] = 1  # MSK_CLASSI_SNOW_ICE: not cloud
+    names = ("B2", "B3", "MSK_CLASSI_OPAQUE", "MSK_CLASSI_CIRRUS", "MSK_CLASSI_SNOW_ICE")
+    area = build_mask(scene, plan_area(scene, cloud_path=write_cloud(tmp_path / "export.tif", data,
+                                                                     descriptions=names)), BANDS)
+    assert area.cloud_bands.bands == (3, 4) and area.cloud_bands.bits == (0, 1)
+    assert "cloud flags in bands 3, 4 (Sentinel-2 MSK_CLASSI: opaque clouds, cirrus)" in area.describe(scene)
+    assert area.cloud_pixels == 12 * 80
