@@ -171,7 +171,7 @@ def _cloud_values(cloud, info: RasterInfo, area: Area, transform, shape: tuple[i
     band, or its flag bands packed as bits 0, 1, … (a flag band that the raster lacks stays 0)."""
     bands = area.cloud_bands.bands
     if len(bands) == 1:
-        return _cloud_band(cloud, min(bands[0], cloud.count), info, transform, shape)
+        return _cloud_band(cloud, bands[0], info, transform, shape)
     packed, seen = np.zeros(shape), np.zeros(shape, dtype=bool)
     for bit, band in enumerate(bands):
         if band <= cloud.count:

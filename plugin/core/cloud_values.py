@@ -94,16 +94,17 @@ def named_cloud_bands(path: str) -> Optional[CloudBands]:
 def described_cloud_bands(descriptions: Sequence[Optional[str]], default_values: bool) -> Optional[CloudBands]:
     """The cloud bands of a raster known by their descriptions (e.g. a Google Earth Engine export of the
     reflectance bands with SCL, QA60 or MSK_CLASSI_OPAQUE and _CIRRUS), else None. The band is chosen whatever
-    the cloud values; bit flags are tested only while the values are the default ones."""
+    the cloud values; bit flags are tested only while the values are the default ones (else the values given are
+    matched whole, in the first such band)."""
     names = [(i + 1, d or "") for i, d in enumerate(descriptions)]
-    flags = tuple(band for band, d in names if MSK_CLASSI.search(d))
+    flags = [(band, d) for band, d in names if MSK_CLASSI.search(d)]
     if flags and default_values:
-        return CloudBands(flags, tuple(range(len(flags))), MSK_CLASSI_ARE)
-    for band, d in names:
+        return CloudBands(tuple(band for band, _ in flags), tuple(range(len(flags))), MSK_CLASSI_ARE)
+    for band, d in flags + names:
+        valued = CloudBands((band,), (), f"band {band}, {d}")
+        if MSK_CLASSI.search(d) or SCL.search(d):
+            return valued
         for pattern, bits, what in QA_BIT_BANDS:
             if pattern.search(d):
-                return CloudBands((band,), bits if default_values else (), f"{what}, band {band}" if default_values
-                                  else f"band {band}, {d}")
-        if SCL.search(d):
-            return CloudBands((band,), (), f"band {band}, {d}")
+                return CloudBands((band,), bits, f"{what}, band {band}") if default_values else valued
     return None

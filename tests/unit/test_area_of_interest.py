@@ -363,4 +363,6 @@ def test_a_multi_band_export_is_read_by_its_msk_classi_flag_bands(scene, tmp_pat
                                                                      descriptions=names)), BANDS)
     assert area.cloud_bands.bands == (3, 4) and area.cloud_bands.bits == (0, 1)
     assert "cloud flags in bands 3, 4 (Sentinel-2 MSK_CLASSI: opaque clouds, cirrus)" in area.describe(scene)
+    given = build_mask(scene, plan_area(scene, cloud_path=str(tmp_path / "export.tif"), cloud_values=[1]), BANDS)
+    assert given.cloud_bands.bands == (3,) and given.cloud_pixels == 8 * 80  # the opaque clouds' band, matched whole
     assert area.cloud_pixels == 12 * 80
