@@ -270,17 +270,23 @@ def test_tensor_tiles_wholly_nodata_are_neither_sent_nor_counted(tensor_world):
     assert any(m.startswith("Tile 3/3") for m in progress.infos)
 
 
-def test_tensor_cloud_pixels_are_nodata_and_zero_in_the_tiles(tensor_world):
-    world = tensor_world
+def record_tiles(world) -> list:
+    """The tensors the fake server is sent, tile by tile (it answers them as usual)."""
+    from tests.fixtures.fake_vllm import decode_tensor
+
     sent = []
 
     def server(n, body):
-        from tests.fixtures.fake_vllm import decode_tensor
-
         sent.append(decode_tensor(body["messages"][0]["content"][0]["image_embeds"]["pixel_values"])[0])
         return world.tensor_answer(body)
 
     world.fault = server
+    return sent
+
+
+def test_tensor_cloud_pixels_are_nodata_and_zero_in_the_tiles(tensor_world):
+    world = tensor_world
+    sent = record_tiles(world)
     ones = np.zeros((64, 80), np.uint8)
     ones[:, :32] = 1  # the first column of tiles (x 0-32) is all cloud; the second (x 28-60) starts with 4 px
     cloud = world.tmp / "clouds.tif"
@@ -327,19 +333,11 @@ def test_the_layers_no_data_values_are_nodata_in_the_map(world, kind):
 
 def test_the_layers_no_data_values_reach_the_model_as_zero_and_spare_tiles_wholly_covered(tensor_world):
     world = tensor_world
-    sent = []
-
-    def server(n, body):
-        from tests.fixtures.fake_vllm import decode_tensor
-
-        sent.append(decode_tensor(body["messages"][0]["content"][0]["image_embeds"]["pixel_values"])[0])
-        return world.tensor_answer(body)
-
+    sent = record_tiles(world)
     with rasterio.open(world.input) as src:
         data = src.read()
     data[:, :, 28:] = 65535  # tiles start at x 0, 28, 56: only the first column of tiles has data
     inp = write_scene(world.tmp / "in" / "wide_edge.tif", fill=data)
-    world.fault = server
     result = map_floods(world.request(input_path=inp, layer_nodata=EDGE), world.client())
     assert len(sent) == 3 and result.valid_pixels == 28 * 64
     assert all((tile[:, :, 28:] == 0).all() for tile in sent)  # normalised: the mean, as for any nodata
