@@ -100,11 +100,13 @@ def described_cloud_bands(descriptions: Sequence[Optional[str]], default_values:
     flags = [(band, d) for band, d in names if MSK_CLASSI.search(d)]
     if flags and default_values:
         return CloudBands(tuple(band for band, _ in flags), tuple(range(len(flags))), MSK_CLASSI_ARE)
-    for band, d in flags + names:
-        valued = CloudBands((band,), (), f"band {band}, {d}")
-        if MSK_CLASSI.search(d) or SCL.search(d):
-            return valued
-        for pattern, bits, what in QA_BIT_BANDS:
-            if pattern.search(d):
-                return CloudBands((band,), bits, f"{what}, band {band}") if default_values else valued
+    if flags:  # cloud values given: the first flag band, its values matched whole
+        band, d = flags[0]
+        return CloudBands((band,), (), f"band {band}, {d}")
+    for band, d in names:
+        qa = next(((bits, what) for pattern, bits, what in QA_BIT_BANDS if pattern.search(d)), None)
+        if qa is not None and default_values:
+            return CloudBands((band,), qa[0], f"{qa[1]}, band {band}")
+        if qa is not None or SCL.search(d):
+            return CloudBands((band,), (), f"band {band}, {d}")
     return None
