@@ -2,7 +2,8 @@
 reference water.
 
     check everything (pre-event bands, references, outputs) -> the event image -> its water map (temporary)
-    -> the pre-event image with the same backend, server, model, bands, scaling and transport -> its water map
+    -> the pre-event image with the same backend, server, model, bands, scaling and transport (and its own
+       cloud mask) -> its water map
     -> flood_extent.classify against the pre-event water and REFERENCE_WATER -> OUTPUT (+ PROBABILITY) at once
 
 Each mapping is an ordinary pipeline run without references; the pipeline hands itself in as `map_water`
@@ -92,9 +93,27 @@ def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo) -> raste
 
 def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
     """Request fields that map the pre-event image over the event's area: the window's bounds in the event's CRS.
-    The mask polygons and the cloud mask are the event's: the flood map is nodata where they leave it out."""
+    The mask polygons and the event's cloud mask are the event's: the flood map is nodata where they leave it
+    out."""
     return {"extent": None if aoi.whole else aoi.bounds, "extent_crs": "" if aoi.whole else (info.crs or ""),
-            "mask_polygons": None, "mask_crs": "", "cloud_mask_path": ""}
+            "mask_polygons": None, "mask_crs": ""}
+
+
+def pre_event_clouds(request: MapFloodsRequest) -> tuple[str, str]:
+    """The pre-event image's cloud mask and what the log says of it. An event image that is its own cloud mask
+    (a band described SCL, QA60, ...) has a pre-event image with the same bands: it is its own cloud mask too.
+    Its clouds are nodata in its water map, so the event's water there has no reference."""
+    if request.pre_event_cloud_mask_path:
+        return request.pre_event_cloud_mask_path, (
+            f"Its clouds (cloud mask '{request.pre_event_cloud_mask_path}') give no reference water: the "
+            "event's water under them counts as flood")
+    if request.cloud_mask_path and os.path.abspath(request.cloud_mask_path) == os.path.abspath(request.input_path):
+        return request.pre_event_path, ("The event image is its own cloud mask, so the pre-event image (same "
+                                        "bands) is its own cloud mask too: its clouds give no reference water")
+    if request.cloud_mask_path:
+        return "", ("It has no cloud mask (PRE_EVENT_CLOUD_MASK), so its clouds are mapped as land and their "
+                    "shadows may be mapped as water; give its cloud mask to leave them out")
+    return "", ""
 
 
 def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map_water: MapWater) -> MapFloodsResult:
@@ -108,8 +127,9 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
 
     info = raster.inspect(request.input_path)
     check_outputs(request.output_path, request.probability_path, request.input_path)
-    if request.cloud_mask_path:  # an input too: never written over
-        check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
+    for cloud_mask in (request.cloud_mask_path, request.pre_event_cloud_mask_path):
+        if cloud_mask:  # an input too: never written over
+            check_outputs(request.output_path, request.probability_path, cloud_mask)
     aoi = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs)
     refs = request_references(request)
     for ref in refs:
@@ -144,10 +164,17 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             scratch.append(temp_beside(request.output_path))
             progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
                           f"(model {event.model}, {event.transport} transport)")
-            map_water(replace(plain, input_path=request.pre_event_path, output_path=scratch[2], probability_path="",
-                              transport=event.transport, model=event.model,
-                              layer_nodata=request.pre_event_layer_nodata, **_same_area(aoi, info)),
-                      backend, _Part(progress, rest, "Pre-event image: ", warn))
+            cloud_mask, said = pre_event_clouds(request)
+            if said:
+                progress.info("Pre-event image: " + said)
+            try:
+                map_water(replace(plain, input_path=request.pre_event_path, output_path=scratch[2],
+                                  probability_path="", transport=event.transport, model=event.model,
+                                  layer_nodata=request.pre_event_layer_nodata, cloud_mask_path=cloud_mask,
+                                  **_same_area(aoi, info)),
+                          backend, _Part(progress, rest, "Pre-event image: ", warn))
+            except InputError as err:
+                raise InputError(f"The pre-event image '{request.pre_event_path}': {err.message}", err.hint) from None
             refs = [replace(pre_ref, path=scratch[2])] + refs
         progress.info(f"Comparing the water with {describe(refs) or 'no reference'}")
         probability = bool(request.probability_path and event.probability_path)

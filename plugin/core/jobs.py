@@ -72,6 +72,7 @@ class MapFloodsRequest:
     # flood extent (flood_job.py): water compared with reference water, united from any of these
     pre_event_path: str = ""  # the same place before the event: mapped like input_path, its water is reference
     pre_event_layer_nodata: tuple[NodataRange, ...] = ()  # its QGIS layer's additional no data values
+    pre_event_cloud_mask_path: str = ""  # its cloud raster, read with cloud_values; "" = none
     reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
     reference_threshold: float = 1.0
     reference_polygons: Optional[PolygonReference] = None  # such polygons already read (from a QGIS layer)

@@ -43,6 +43,7 @@ from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
 from .reference_inputs import (
     CLASSES_HELP,
     PRE_EVENT,
+    PRE_EVENT_CLOUD_MASK,
     ReferenceInputs,
     add_extent_outputs,
     add_reference_parameters,
@@ -148,8 +149,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             "Outputs the water pixel count, valid pixel count, water fraction and water area in km² "
             "(equal-area for geographic CRSs).\n\n"
             "<b>Flood extent</b>: give PRE_EVENT (an image of the same place before the event, mapped the same "
-            "way) and/or REFERENCE_WATER (permanent water: polygons or a raster) to tell the flood from the water "
-            "that is always there. "
+            "way; PRE_EVENT_CLOUD_MASK leaves its clouds out) and/or REFERENCE_WATER (permanent water: polygons "
+            "or a raster) to tell the flood from the water that is always there. "
         ) + tr(CLASSES_HELP)
 
     # --- parameters -------------------------------------------------------------------------------------
@@ -260,7 +261,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             self, tr("Pre-event image (same place before the event; optional)"),
             tr("Mapped with the same backend, server, model, bands, scaling and transport as INPUT (the local "
                "engine is reused); its water, brought onto INPUT's grid, is reference water. Any CRS, resolution "
-               "or extent; where it does not cover INPUT there is no reference."))
+               "or extent; where it does not cover INPUT there is no reference."), pre_event_clouds=True)
         add_extent_outputs(self)
         self.addOutput(QgsProcessingOutputNumber(self.WATER_PIXELS, tr("Water pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.VALID_PIXELS, tr("Valid pixels")))
@@ -270,7 +271,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
     def checkParameterValues(self, parameters, context):
         """The area parameters' clear messages (the problem and the fix) before QGIS's generic ones; raster
         sources Processing cannot load from text (URLs, zip members) loaded with GDAL first."""
-        load_gdal_sources(parameters, context, (self.INPUT, PRE_EVENT, area_inputs.CLOUD_MASK))
+        load_gdal_sources(parameters, context, (self.INPUT, PRE_EVENT, PRE_EVENT_CLOUD_MASK, area_inputs.CLOUD_MASK))
         ok, message = area_inputs.check_values(self, parameters, context)
         if not ok:
             qlog.log(f"Map floods: {message}", Qgis.MessageLevel.Critical)
@@ -278,7 +279,8 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         return super().checkParameterValues(parameters, context)
 
     def validateInputCrs(self, parameters, context) -> bool:
-        """EXTENT, MASK and CLOUD_MASK may have any CRS: each is brought onto the input's grid."""
+        """EXTENT, MASK, CLOUD_MASK and the pre-event inputs may have any CRS: each is brought onto its image's
+        grid."""
         return True
 
     # --- run ----------------------------------------------------------------------------------------------

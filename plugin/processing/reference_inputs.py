@@ -1,7 +1,7 @@
-"""The flood-extent parameters and outputs the algorithms share: PRE_EVENT, REFERENCE_WATER and
-REFERENCE_THRESHOLD in, as the core takes them (paths, or polygons already in the map's CRS), and the flood
-figures out. The core's reference module (numpy) is imported only when the algorithm runs, after its
-dependency check."""
+"""The flood-extent parameters and outputs the algorithms share: PRE_EVENT (and Map floods'
+PRE_EVENT_CLOUD_MASK), REFERENCE_WATER and REFERENCE_THRESHOLD in, as the core takes them (paths, or polygons
+already in the map's CRS), and the flood figures out. The core's reference module (numpy) is imported only when
+the algorithm runs, after its dependency check."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from ..toolbelt.i18n import tr
 from .layer_inputs import layer_nodata, layer_source
 
 PRE_EVENT = "PRE_EVENT"
+PRE_EVENT_CLOUD_MASK = "PRE_EVENT_CLOUD_MASK"
 REFERENCE_WATER = "REFERENCE_WATER"
 REFERENCE_THRESHOLD = "REFERENCE_THRESHOLD"
 FLOOD_PIXELS = "FLOOD_PIXELS"
@@ -48,11 +49,21 @@ CLASSES_HELP = ("With a reference, the map's classes are 0 = not water, 1 = floo
                 "gives how many pixels had no reference).")
 
 
-def add_reference_parameters(alg: QgsProcessingAlgorithm, pre_event_label: str, pre_event_help: str) -> None:
-    """PRE_EVENT, REFERENCE_WATER and REFERENCE_THRESHOLD, all optional."""
+def add_reference_parameters(alg: QgsProcessingAlgorithm, pre_event_label: str, pre_event_help: str,
+                             pre_event_clouds: bool = False) -> None:
+    """PRE_EVENT (with PRE_EVENT_CLOUD_MASK when the pre-event image is mapped), REFERENCE_WATER and
+    REFERENCE_THRESHOLD, all optional."""
     p = QgsProcessingParameterRasterLayer(PRE_EVENT, pre_event_label, optional=True)
     p.setHelp(pre_event_help)
     alg.addParameter(p)
+    if pre_event_clouds:
+        p = QgsProcessingParameterRasterLayer(
+            PRE_EVENT_CLOUD_MASK, tr("Cloud mask of the pre-event image (read with CLOUD_VALUES)"), optional=True)
+        p.setHelp(tr("The pre-event image's own cloud raster (e.g. its SCL band), any CRS and resolution, read like "
+                     "CLOUD_MASK. Its clouds and cloud shadows are then no reference rather than land or water: the "
+                     "event's water there counts as flood, unless REFERENCE_WATER says otherwise. Empty: none, or "
+                     "the pre-event image itself when INPUT is its own cloud mask."))
+        alg.addParameter(p)
     p = QgsProcessingParameterMapLayer(
         REFERENCE_WATER, tr("Reference water: water that is always there (polygons or raster)"), optional=True,
         types=[QgsProcessing.SourceType.TypeVectorPolygon, QgsProcessing.SourceType.TypeRaster])
@@ -122,6 +133,7 @@ class ReferenceInputs:
 
     pre_event_path: str = ""
     pre_event_nodata: tuple = ()  # the pre-event layer's additional no data values (layer_nodata.NodataRange)
+    pre_event_cloud_path: str = ""  # the pre-event image's cloud mask
     warnings: list = field(default_factory=list)  # what the layers' settings leave unfollowed
     reference_path: str = ""
     reference_threshold: float = 1.0
@@ -140,6 +152,7 @@ class ReferenceInputs:
             p = self.polygons
             reference_polygons = polygons_from(p.geometries, p.crs_wkt, p.label, p.kind)
         return {"pre_event_path": self.pre_event_path, "pre_event_layer_nodata": self.pre_event_nodata,
+                "pre_event_cloud_mask_path": self.pre_event_cloud_path,
                 "reference_path": self.reference_path,
                 "reference_threshold": self.reference_threshold, "reference_polygons": reference_polygons}
 
@@ -156,6 +169,17 @@ def read_reference_inputs(alg: QgsProcessingAlgorithm, parameters: dict, context
                                  tr("Choose a raster of the same place before the event, or leave it empty."))
             inputs.pre_event_path = layer_source(layer)
             inputs.pre_event_nodata, inputs.warnings = layer_nodata(layer)
+        if parameters.get(PRE_EVENT_CLOUD_MASK):
+            layer = alg.parameterAsRasterLayer(parameters, PRE_EVENT_CLOUD_MASK, context)
+            if layer is None:
+                raise InputError(tr("PRE_EVENT_CLOUD_MASK is not a raster layer or a readable raster file."),
+                                 tr("Choose the pre-event scene's cloud raster (e.g. its SCL band), or leave it "
+                                    "empty."))
+            if inputs.pre_event_path:
+                inputs.pre_event_cloud_path = layer_source(layer)
+            else:
+                inputs.warnings.append(tr("PRE_EVENT_CLOUD_MASK is set but PRE_EVENT is empty, so it is not used. "
+                                          "Give the pre-event image too, or leave PRE_EVENT_CLOUD_MASK empty."))
         if parameters.get(REFERENCE_WATER):
             layer = alg.parameterAsLayer(parameters, REFERENCE_WATER, context)
             if isinstance(layer, QgsRasterLayer):

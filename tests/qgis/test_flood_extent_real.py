@@ -129,6 +129,42 @@ def test_pre_event_on_another_grid(provider_loaded, vllm_server, tmp_path):
     assert flood >= MIN_FLOOD_IOU and permanent >= 0.7  # 20 m pixels blur the shores of the permanent water
 
 
+def test_pre_event_cloud_mask_at_20_m(provider_loaded, vllm_server, tmp_path):
+    """The pre-event image's own SCL raster at 20 m (PRE_EVENT_CLOUD_MASK): under its clouds there is no
+    reference, so the event's water there is flood water and counted as without reference; elsewhere the classes
+    are as without clouds."""
+    import processing
+    from rasterio.transform import Affine
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    truth = flood_classes(*generate_pair(pre, post, seed=9164, width=256, height=256))
+    with rasterio.open(pre) as src:
+        crs, transform = src.crs, src.transform * Affine.scale(2)
+    scl = np.full((128, 128), 4, np.uint8)
+    scl[:32] = 9  # high-probability cloud over the top quarter (rows 0-63 at 10 m)
+    clouds = tmp_path / "pre_SCL_20m.tif"
+    with rasterio.open(clouds, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint8", crs=crs,
+                       transform=transform) as dst:
+        dst.write(scl, 1)
+    plain = processing.run("floodmapper:map_floods", _params(post, tmp_path / "plain.tif", vllm_server,
+                                                             PRE_EVENT=str(pre)))
+    before, _, _ = _read(plain["OUTPUT"])
+    out = tmp_path / "flood.tif"
+    result = processing.run("floodmapper:map_floods", _params(
+        post, out, vllm_server, PRE_EVENT=str(pre), PRE_EVENT_CLOUD_MASK=str(clouds)))
+    classes, transform, _ = _read(out)
+    _check_figures(result, classes, transform)
+    assert result["NO_REFERENCE_PIXELS"] == 64 * 256 and result["CLOUD_PIXELS"] == 0  # the event has no clouds
+    assert (before[:64] == 2).sum() > 100  # there was permanent water under the clouds
+    np.testing.assert_array_equal(classes[:64], np.where(before[:64] == 2, 1, before[:64]))  # now flood water
+    np.testing.assert_array_equal(classes[64:], before[64:])  # the clear rows as without clouds
+    assert result["FLOOD_PIXELS"] == plain["FLOOD_PIXELS"] + int((before[:64] == 2).sum())
+    expected = truth.copy()
+    expected[:64][expected[:64] == 2] = 1  # no reference under the clouds: all the event's water there is flood
+    flood, _ = _ious("pre-event clouds over a quarter", classes, expected)
+    assert flood >= MIN_FLOOD_IOU
+
+
 def test_reference_polygons_in_another_crs(provider_loaded, vllm_server, tmp_path):
     """OpenStreetMap-like water polygons in EPSG:4326 for an event raster in UTM."""
     import processing
@@ -238,3 +274,27 @@ def test_bad_reference_input_fails_before_anything_is_written(provider_loaded, v
     print(f"{case}: {message}")
     assert all(text in message for text in expected), message
     assert {p.name for p in tmp_path.iterdir()} == before  # nothing written, no temporary file left
+
+
+def test_the_pre_event_cloud_mask_is_read_with_the_pre_event_image_only(provider_loaded, tmp_path):
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsRectangle
+
+    from plugin.processing.reference_inputs import read_reference_inputs
+
+    pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
+    generate_pair(pre, post, seed=9159, width=64, height=64)
+    alg = QgsApplication.processingRegistry().createAlgorithmById("floodmapper:map_floods")
+    context = QgsProcessingContext()
+
+    def read(**parameters):
+        return read_reference_inputs(alg, parameters, context, alg.parameterAsRasterLayer(
+            {"INPUT": str(post)}, "INPUT", context).crs(), QgsRectangle())
+
+    both = read(PRE_EVENT=str(pre), PRE_EVENT_CLOUD_MASK=str(post))
+    assert both.error is None and both.pre_event_cloud_path == str(post) and both.warnings == []
+    assert both.request_fields()["pre_event_cloud_mask_path"] == str(post)
+    alone = read(PRE_EVENT_CLOUD_MASK=str(post))
+    assert alone.pre_event_cloud_path == "" and len(alone.warnings) == 1
+    assert "PRE_EVENT is empty, so it is not used" in alone.warnings[0]
+    missing = read(PRE_EVENT=str(pre), PRE_EVENT_CLOUD_MASK=str(tmp_path / "nowhere.tif"))
+    assert "PRE_EVENT_CLOUD_MASK is not a raster layer" in str(missing.error)

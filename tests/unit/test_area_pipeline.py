@@ -409,3 +409,96 @@ def test_the_pre_event_layers_no_data_values_apply_to_the_pre_event_image_only(t
     result = map_floods(world.request(pre_event_path=pre, pre_event_layer_nodata=EDGE), world.client())
     assert len(world.jobs()) == 9 + 3  # the event's 3x3 tiles, the pre-event's first column of tiles
     assert (read(world.output) != 255).all() and result.valid_pixels == 80 * 64  # the event's pixels all count
+
+
+def write_clouds(path, rows: tuple[int, int], value: int = 3, count: int = 1) -> str:
+    """An SCL-like cloud raster on the scene's grid: `value` in rows [rows[0], rows[1]), 4 (vegetation) elsewhere."""
+    scl = np.full((count, 64, 80), 4, np.uint8)
+    scl[:, rows[0]:rows[1]] = value
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=64, count=count, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(X0, Y0, PX, PX)) as dst:
+        dst.write(scl)
+    return str(path)
+
+
+def pre_event_with_shadow(world) -> np.ndarray:
+    """The scene before the flood: water (low NIR) in rows 0-15, land in rows 24-31, and over rows 16-23 a cloud
+    shadow as dark as water in the NIR."""
+    with rasterio.open(world.input) as src:
+        data = src.read()
+    data[3, 24:32, :] = 9000
+    return data
+
+
+@pytest.mark.parametrize("kind", ["image", "tensor"])
+def test_the_pre_event_images_clouds_give_no_reference_water(world, kind):
+    world.kind = kind
+    pre = write_scene(world.tmp / "in" / "pre.tif", fill=pre_event_with_shadow(world))
+    shadow = write_clouds(world.tmp / "in" / "pre_SCL.tif", (16, 24), value=3)  # SCL 3: cloud shadow
+    unmasked = map_floods(world.request(pre_event_path=pre), world.client())
+    assert (read(world.output)[16:24] == 2).all()  # the shadow read as water: flood taken for permanent water
+    progress = Recorder()
+    result = map_floods(world.request(pre_event_path=pre, pre_event_cloud_mask_path=shadow), world.client(), progress)
+    got = read(world.output)
+    assert (got[:16] == 2).all() and (got[16:32] == 1).all()
+    assert result.flood_pixels == unmasked.flood_pixels + 8 * 80
+    assert result.no_reference_pixels == 8 * 80 and unmasked.no_reference_pixels == 0
+    assert result.cloud_pixels == 0 and result.valid_pixels == 80 * 64  # the event's figures: it has no clouds
+    assert any(m.startswith("Pre-event image: Cloud mask: 640 of the area's 5120 pixels") for m in progress.infos)
+    assert any("pre_SCL.tif') give no reference water" in m for m in progress.infos)
+    assert os.listdir(tempfile.gettempdir()) == []
+
+
+def test_without_a_pre_event_cloud_mask_the_log_says_its_clouds_are_mapped(tensor_world):
+    world = tensor_world
+    pre = write_scene(world.tmp / "in" / "pre.tif", fill=pre_event_with_shadow(world))
+    clouds = write_clouds(world.tmp / "in" / "SCL.tif", (40, 48), value=9)
+    progress = Recorder()
+    result = map_floods(world.request(pre_event_path=pre, cloud_mask_path=clouds), world.client(), progress)
+    assert result.cloud_pixels == 8 * 80 and result.no_reference_pixels == 0  # the event's clouds only
+    assert any("no cloud mask (PRE_EVENT_CLOUD_MASK)" in m for m in progress.infos)
+
+
+def with_scl_band(path, data: np.ndarray, scl_rows: tuple[int, int]) -> str:
+    """The six described bands and an SCL band (cloud shadow in `scl_rows`), as an Earth Engine export has it."""
+    scl = np.full((64, 80), 4, np.uint16)
+    scl[scl_rows[0]:scl_rows[1]] = 3
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=64, count=7, dtype="uint16", crs="EPSG:32633",
+                       transform=from_origin(X0, Y0, PX, PX), nodata=0) as dst:
+        dst.write(np.concatenate([data, scl[None]]))
+        dst.descriptions = ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2", "SCL")
+    return str(path)
+
+
+def test_an_event_image_that_is_its_own_cloud_mask_makes_the_pre_event_image_its_own_too(tensor_world):
+    world = tensor_world
+    with rasterio.open(world.input) as src:
+        event = with_scl_band(world.tmp / "in" / "event7.tif", src.read(), (0, 0))  # no clouds
+    pre = with_scl_band(world.tmp / "in" / "pre7.tif", pre_event_with_shadow(world), (16, 24))
+    progress = Recorder()
+    result = map_floods(world.request(input_path=event, cloud_mask_path=event, pre_event_path=pre), world.client(),
+                        progress)
+    got = read(world.output)
+    assert (got[:16] == 2).all() and (got[16:32] == 1).all()
+    assert result.cloud_pixels == 0 and result.no_reference_pixels == 8 * 80
+    assert any("the pre-event image (same bands) is its own cloud mask too" in m for m in progress.infos)
+
+
+def test_a_pre_event_image_all_cloud_fails_naming_it_and_writes_nothing(tensor_world):
+    world = tensor_world
+    pre = write_scene(world.tmp / "in" / "pre.tif", fill=pre_event_with_shadow(world))
+    overcast = write_clouds(world.tmp / "in" / "pre_SCL.tif", (0, 64), value=9)
+    with pytest.raises(InputError, match=r"^The pre-event image '.*pre\.tif': Every pixel of the area with data is "
+                                         "cloud"):
+        map_floods(world.request(pre_event_path=pre, pre_event_cloud_mask_path=overcast), world.client())
+    nothing_left(world)
+
+
+def test_the_pre_event_cloud_mask_is_never_written_over(world):
+    pre = write_scene(world.tmp / "in" / "pre.tif", fill=pre_event_with_shadow(world))
+    clouds = write_clouds(world.tmp / "in" / "pre_SCL.tif", (16, 24))
+    before = open(clouds, "rb").read()
+    with pytest.raises(OutputError, match="is the input"):
+        map_floods(world.request(pre_event_path=pre, pre_event_cloud_mask_path=clouds, output_path=clouds),
+                   world.client())
+    assert open(clouds, "rb").read() == before and world.srv.requests == []
