@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from .archive_members import folder_of, is_file, join, read_text
 from .errors import InputError
 from .landsat import is_reflective, level1_band
 from .vrt_sources import source_folders
@@ -78,13 +78,14 @@ def _number(values: dict[str, str], key: str, mtl: str) -> float:
 
 
 def _find_mtl(scene: str, path: str) -> Optional[str]:
-    """The scene's MTL file beside the raster or beside the band files a VRT names."""
-    folders = [os.path.dirname(os.path.abspath(path)), *source_folders(path)]
+    """The scene's MTL file beside the raster or beside the band files a VRT names, in a folder or in the
+    downloaded .tar the band files are read from."""
+    folders = [folder_of(path), *source_folders(path)]
     for folder in dict.fromkeys(folders):
         for suffix in ("_MTL.txt", "_MTL.json"):
             for name in (scene + suffix, scene.lower() + suffix.lower()):
-                candidate = os.path.join(folder, name)
-                if os.path.isfile(candidate):
+                candidate = join(folder, name)
+                if is_file(candidate):
                     return candidate
     return None
 
@@ -92,8 +93,7 @@ def _find_mtl(scene: str, path: str) -> Optional[str]:
 def _read_mtl(path: str) -> dict[str, str]:
     """The MTL file's KEY = value pairs (the .txt's lines, or the .json's leaves), keys upper case."""
     try:
-        with open(path, encoding="utf-8") as mtl:
-            text = mtl.read()
+        text = read_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"Cannot read the MTL file '{path}': {exc}.", "Check that it is a Landsat MTL file "
                          "and readable.") from None

@@ -13,6 +13,8 @@ import os
 import re
 from typing import Any, Optional
 
+from .archive_members import folder_of
+
 log = logging.getLogger("floodmapper.raster")
 
 _FILENAME = re.compile(r"<SourceFilename(?P<attrs>[^>]*)>(?P<name>[^<]+)</SourceFilename>")
@@ -29,7 +31,8 @@ def band_labels(src: Any) -> tuple[Optional[str], ...]:
 
 
 def source_folders(path: str) -> list[str]:
-    """The folders of the files a VRT's bands come from ([] when it is no VRT file or cannot be read)."""
+    """The folders of the files a VRT's bands come from, inside an archive for its members ([] when it is no VRT
+    file or cannot be read)."""
     if not path.lower().endswith(".vrt") or not os.path.isfile(path):
         return []
     try:
@@ -41,7 +44,7 @@ def source_folders(path: str) -> list[str]:
     folder = os.path.dirname(os.path.abspath(path))
     folders: list[str] = []
     for match in _FILENAME.finditer(text):
-        source_folder = os.path.dirname(os.path.abspath(_source_path(match, folder)))
+        source_folder = folder_of(_source_path(match, folder))
         if source_folder not in folders:
             folders.append(source_folder)
     return folders

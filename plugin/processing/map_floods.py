@@ -142,7 +142,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             "<b>Bands</b>: empty picks the model's bands from band descriptions (B02, B03, B04, B8A, B11, "
             "B12 or BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2; Landsat Collection 2 SR_B2 … SR_B7, Level-1 "
             "and HLS L30 band files as Landsat numbers them, Collection 2 with its own scaling, Level-1 made "
-            "reflectance by the MTL file beside it), else the first bands with a warning.\n\n"
+            "reflectance by the MTL file beside it or in the same .tar), else the first bands with a warning.\n\n"
             "<b>Area</b>: EXTENT and MASK polygons (any CRS) limit what is mapped and sent to the server; the map is "
             "the input's grid cut to them. CLOUD_MASK (e.g. the Sentinel-2 SCL band) with CLOUD_VALUES leaves "
             "clouds out as nodata and reports the cloud-masked pixels.\n\n"

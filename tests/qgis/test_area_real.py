@@ -11,6 +11,9 @@ Bad area parameters fail with a clear message and write nothing (those need no s
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -337,7 +340,8 @@ def test_vrt_of_landsat_level1_band_files_and_their_mtl_file(provider_loaded, vl
     """Landsat 8 Level-1 band files in their download folder, stacked by a VRT elsewhere: the values become
     top-of-atmosphere reflectance by the MTL file beside them; without it the run stops before any request."""
     import processing
-    from qgis.core import QgsProcessingException
+    from osgeo import gdal
+    from qgis.core import QgsProcessingException, QgsRasterLayer
 
     refl, truth = synthesize(9309, 256, 224)
     scene, sun = "LC08_L1TP_013032_20230612_20230620_02_T1", 58.25
@@ -360,6 +364,21 @@ def test_vrt_of_landsat_level1_band_files_and_their_mtl_file(provider_loaded, vl
     classes, *_ = _read(out)
     assert iou(classes, truth) >= MIN_IOU
     assert result["WATER_PIXELS"] == int((classes == 1).sum())
+
+    # the same scene as USGS delivers it, one .tar, its bands added to QGIS from it and stacked by a VRT
+    archive = tmp_path / f"{scene}.tar"
+    with tarfile.open(archive, "w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    members = [f"/vsitar/{archive}/{os.path.basename(f)}" for f in files]  # the layers' sources in QGIS
+    assert all(QgsRasterLayer(member, "band", "gdal").isValid() for member in members)
+    from_tar = str(tmp_path / "from_tar.vrt")
+    gdal.BuildVRT(from_tar, members, separate=True).FlushCache()  # what Build virtual raster writes for them
+    shutil.rmtree(folder)  # the band files and the MTL file are in the archive only
+    out_tar = tmp_path / "flood_tar.tif"
+    _, log = _run(_params(from_tar, out_tar, vllm_tensor_server, "tensor"))
+    assert f"from '/vsitar/{archive}/{scene}_MTL.txt'" in log, log
+    np.testing.assert_array_equal(_read(out_tar)[0], classes)
 
 
 @pytest.mark.vllm

@@ -226,6 +226,44 @@ def test_landsat_level1_mtl_beside_the_band_files_a_vrt_names(tmp_path):
     assert mtl in toa_scaling(vrt, info.descriptions).said
 
 
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_landsat_level1_mtl_inside_the_downloaded_archive(tmp_path, kind):
+    """USGS delivers a Level-1 scene as a .tar of its band files and MTL file; QGIS adds its bands as
+    /vsitar/ (or /vsizip/) layers, and a VRT stacks them: the MTL file is read from the same archive."""
+    import tarfile
+    import zipfile
+
+    from osgeo import gdal
+
+    from plugin.core.landsat_level1 import toa_scaling
+
+    names = []
+    for band in (2, 3):
+        write(tmp_path / f"{L1_SCENE}_B{band}.TIF", np.full((1, 4, 4), 9000, "uint16"))
+        names.append(f"{L1_SCENE}_B{band}.TIF")
+    write_mtl(tmp_path, L1_SCENE, sun=30.0)
+    archive = tmp_path / f"{L1_SCENE}.{kind}"
+    if kind == "tar":
+        with tarfile.open(archive, "w") as t:
+            for name in names + [f"{L1_SCENE}_MTL.txt"]:
+                t.add(tmp_path / name, arcname=name)
+    else:
+        with zipfile.ZipFile(archive, "w") as z:
+            for name in names + [f"{L1_SCENE}_MTL.txt"]:
+                z.write(tmp_path / name, arcname=f"{L1_SCENE}/{name}")
+    for name in names + [f"{L1_SCENE}_MTL.txt"]:
+        os.remove(tmp_path / name)  # only the archive is left
+    folder = f"/vsitar/{archive}" if kind == "tar" else f"/vsizip/{archive}/{L1_SCENE}"
+    vrt = str(tmp_path / "stack.vrt")
+    gdal.BuildVRT(vrt, [f"{folder}/{name}" for name in names], separate=True).FlushCache()
+    info = inspect(vrt)
+    assert info.descriptions == (f"{L1_SCENE}_B2", f"{L1_SCENE}_B3")
+    got = toa_scaling(vrt, info.descriptions)
+    assert got.scale == pytest.approx(4e-5) and f"from '{folder}/{L1_SCENE}_MTL.txt'" in got.said
+    band = toa_scaling(f"{folder}/{names[0]}", (f"{L1_SCENE}_B2",))  # one band file of the archive
+    assert band.scale == pytest.approx(4e-5)
+
+
 def test_landsat_level1_without_its_mtl_or_with_factors_that_differ(tmp_path):
     from plugin.core.landsat_level1 import toa_scaling
 
