@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.errors import RasterioError
 
 from .area_of_interest import Area, AreaMask
-from .cloud_values import format_values
+from .cloud_values import DEFAULT_CLOUD_VALUES, MAX_SCL_CLASS, format_values
 from .errors import Cancelled, InputError
 from .layer_nodata import covered, describe, used
 from .raster import RasterInfo, has_valid_pixels, iter_windows, valid_mask
@@ -115,6 +115,16 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
             warn(f"The cloud mask holds only 0 and 1 over the area and no pixel has a cloud value "
                  f"({format_values(area.cloud_values)}), so nothing was masked as cloud. For a 0/1 cloud mask, "
                  "set CLOUD_VALUES=1.")
+        elif (not area.cloud_bands.bits and area.cloud_values == DEFAULT_CLOUD_VALUES
+              and any(v > MAX_SCL_CLASS for v in seen)):
+            warn(f"The cloud mask's values (e.g. {format_values(sorted(seen)[-3:])}) are no Sentinel-2 scene "
+                 f"classes (0 to 11), which the default cloud values ({format_values(area.cloud_values)}) are: "
+                 + ("nothing was masked as cloud. " if cloud_total == 0 else
+                    f"the {cloud_total} pixels masked as cloud merely equal them. ")
+                 + "For the bit flags of a quality band whose file name no longer says what it is, give its cloud "
+                 "bits: CLOUD_VALUES=bits:1,2,3,4 for Landsat QA_PIXEL, bits:1-3 for HLS Fmask, bits:10,11 for "
+                 "Sentinel-2 QA60. A cloud probability (0-100) needs a threshold first (Raster calculator, e.g. "
+                 "\"probability@1\" >= 40) and CLOUD_VALUES=1. Else give its cloud values.")
     return replace(area, mask=mask, data_pixels=data_total, cloud_pixels=cloud_total,
                    layer_nodata_pixels=layer_nodata_total)
 

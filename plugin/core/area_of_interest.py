@@ -155,11 +155,11 @@ def whole_area(info: Any) -> Area:
 def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str = "",
               polygons: Optional[Sequence[dict]] = None, polygons_crs: str = "", cloud_path: str = "",
               cloud_values: Optional[Sequence[float]] = None, note=None,
-              layer_nodata: Sequence[NodataRange] = ()) -> Area:
+              layer_nodata: Sequence[NodataRange] = (), cloud_bits: Sequence[int] = ()) -> Area:
     """The window the job maps: the raster, cut to `extent` and to the polygons' bounds; InputError when
     nothing is left. `polygons=None` is no mask; an empty list is a mask without polygons (an error).
     `note(message)` hears what was cut (e.g. an extent reaching past the raster). `layer_nodata`: the values
-    the QGIS layer adds to the raster's nodata."""
+    the QGIS layer adds to the raster's nodata. `cloud_bits`, when given, mark cloud instead of `cloud_values`."""
     window = Window(0, 0, info.width, info.height)
     if extent is not None:
         bounds = _checked_extent(extent)
@@ -180,17 +180,18 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
                                   + (" and inside the extent" if extent is not None else "")
                                   + "; a layer in another CRS is reprojected, so check that its CRS is set right.")
     values = tuple(DEFAULT_CLOUD_VALUES if cloud_values is None else check_cloud_values(cloud_values))
-    cloud_bands = _cloud_bands(cloud_path, values) if cloud_path else CloudBands()
+    cloud_bands = _cloud_bands(cloud_path, values, tuple(cloud_bits)) if cloud_path else CloudBands()
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
     transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
     return Area(window, transform, whole, shapes, cloud_path or "", values, cloud_bands, tuple(layer_nodata))
 
 
-def _cloud_bands(path: str, values: tuple[float, ...]) -> CloudBands:
+def _cloud_bands(path: str, values: tuple[float, ...], bits: tuple[int, ...] = ()) -> CloudBands:
     """The cloud raster's bands to read: a bit-flag quality raster given with the default (Sentinel-2 SCL) values
-    by its name, with its own cloud bits; else a band known by its description (SCL, QA60, …), else band 1."""
-    default = values == DEFAULT_CLOUD_VALUES
+    by its name, with its own cloud bits; else a band known by its description (SCL, QA60, …), else band 1. Bits
+    given (CLOUD_VALUES bits:…) are tested in the band a QA description names, else in band 1."""
+    default = values == DEFAULT_CLOUD_VALUES and not bits
     named = named_cloud_bands(path) if default else None
     if named is not None:
         return named
@@ -198,8 +199,12 @@ def _cloud_bands(path: str, values: tuple[float, ...]) -> CloudBands:
         with rasterio.open(path) as src:
             descriptions = src.descriptions
     except RasterioError:  # reported with its fix when the mask is read (area_mask.py)
-        return CloudBands()
-    return described_cloud_bands(descriptions, default) or CloudBands()
+        descriptions = ()
+    read = described_cloud_bands(descriptions, default) or CloudBands()
+    if bits:
+        band = read.bands[0]
+        return CloudBands((band,), bits, "CLOUD_VALUES" + (f", band {band}" if band != 1 else ""))
+    return read
 
 
 # ------------------------------------------------------------------------------------------------ extent

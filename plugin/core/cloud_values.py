@@ -1,8 +1,8 @@
 """The cloud mask's cloud values: the Sentinel-2 L2A scene classification's cloud classes by default, a user's
-list (CLOUD_VALUES) read and checked, and which band of the cloud raster to read, with the cloud bits of the
-quality bands that are bit flags (Landsat's QA_PIXEL, HLS's Fmask, Sentinel-2's QA60 and MSK_CLASSI), known by
-their file names or band descriptions. Nothing here needs numpy or GDAL, so the algorithm's parameters
-can be defined before the plugin's packages are installed."""
+list (CLOUD_VALUES) read and checked, or the user's cloud bits ("bits:1,2,3,4"), and which band of the cloud
+raster to read, with the cloud bits of the quality bands that are bit flags (Landsat's QA_PIXEL, HLS's Fmask,
+Sentinel-2's QA60 and MSK_CLASSI), known by their file names or band descriptions. Nothing here needs numpy or
+GDAL, so the algorithm's parameters can be defined before the plugin's packages are installed."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .errors import InputError
 # Sentinel-2 L2A scene classification (SCL): 3 cloud shadow, 8 cloud medium probability, 9 cloud high
 # probability, 10 thin cirrus
 DEFAULT_CLOUD_VALUES = (3.0, 8.0, 9.0, 10.0)
+MAX_SCL_CLASS = 11  # the scene classification's classes are 0 (no data) to 11 (snow)
 # Quality rasters whose values are bit flags, by their file names or band descriptions: (name, bits that mark
 # cloud, what they are). Landsat Collection 2 QA_PIXEL: bit 1 dilated cloud, 2 cirrus, 3 cloud,
 # 4 cloud shadow. HLS v2.0 Fmask: bit 1 cloud, 2 adjacent to cloud or shadow, 3 cloud shadow. Sentinel-2 QA60 (the
@@ -37,7 +38,11 @@ MSK_CLASSI = re.compile(r"(?:^|[^A-Za-z0-9])MSK_CLASSI(?![A-Za-z0-9])(?!_SNOW)",
 MSK_CLASSI_ARE = "Sentinel-2 MSK_CLASSI: opaque clouds, cirrus"
 SCL = re.compile(r"(?:^|[^A-Za-z0-9])SCL(?![A-Za-z0-9])", re.IGNORECASE)
 HINT = ("Give the cloud mask's cloud values, comma-separated: 3,8,9,10 for a Sentinel-2 L2A scene "
-        "classification (SCL), 1 for a 0/1 cloud mask.")
+        "classification (SCL), 1 for a 0/1 cloud mask; or the cloud bits of a bit-flag quality band, e.g. "
+        "bits:1,2,3,4 for Landsat QA_PIXEL.")
+_BITS_TEXT = re.compile(r"^\s*bits?\b\s*[:=]?\s*(?P<bits>.*)$", re.IGNORECASE | re.DOTALL)
+_BIT_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+MAX_BIT = 31
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,28 @@ def parse_cloud_values(text: str) -> tuple[float, ...]:
         return check_cloud_values([float(p) for p in parts])
     except (ValueError, InputError):
         raise InputError(f"CLOUD_VALUES '{text}' is not a list of numbers.", HINT) from None
+
+
+def parse_cloud_bits(text: str) -> Optional[tuple[int, ...]]:
+    """'bits:1,2,3,4' or 'bits 1-4' -> (1, 2, 3, 4): cloud where any of these bits of the cloud mask's values is
+    set (a bit-flag quality band whose name no longer says what it is, e.g. a clipped copy of QA_PIXEL); None
+    when the text gives cloud values instead."""
+    match = _BITS_TEXT.match(text or "")
+    if match is None:
+        return None
+    bits: set[int] = set()
+    for part in filter(None, re.split(r"[,;\s]+", match.group("bits").strip())):
+        found = _BIT_RANGE.fullmatch(part)
+        low, high = (int(found.group(1)), int(found.group(2) or found.group(1))) if found else (1, 0)
+        if low > high or high > MAX_BIT:
+            bits.clear()
+            break
+        bits.update(range(low, high + 1))
+    if not bits:
+        raise InputError(f"CLOUD_VALUES '{text.strip()}' gives no bit numbers from 0 to {MAX_BIT}.",
+                         "Write the bits that mark cloud, e.g. bits:1,2,3,4 for Landsat QA_PIXEL (dilated cloud, "
+                         "cirrus, cloud, cloud shadow), bits:1-3 for HLS Fmask, bits:10,11 for Sentinel-2 QA60.")
+    return tuple(sorted(bits))
 
 
 def named_cloud_bands(path: str) -> Optional[CloudBands]:

@@ -67,6 +67,7 @@ class MapFloodsRequest:
     mask_crs: str = ""  # the polygons' CRS; "" = the raster's
     cloud_mask_path: str = ""  # a raster whose cloud_values are cloud (e.g. Sentinel-2 L2A SCL); "" = none
     cloud_values: Optional[tuple[float, ...]] = None  # None = 3, 8, 9, 10 (SCL cloud shadow, clouds, cirrus)
+    cloud_bits: tuple[int, ...] = ()  # instead of the values: cloud where any of these bits is set (QA bands)
     # values the QGIS layer adds to the raster's nodata (Layer Properties ▸ Transparency; layer_nodata.py)
     layer_nodata: tuple[NodataRange, ...] = ()
     # flood extent (flood_job.py): water compared with reference water, united from any of these

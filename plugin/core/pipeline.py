@@ -226,7 +226,7 @@ def _planned_area(info: raster.RasterInfo, request: MapFloodsRequest, progress: 
         check_outputs(request.output_path, request.probability_path, request.cloud_mask_path)
     area = plan_area(info, request.extent, request.extent_crs, request.mask_polygons, request.mask_crs,
                      request.cloud_mask_path, request.cloud_values, note=progress.info,
-                     layer_nodata=request.layer_nodata)
+                     layer_nodata=request.layer_nodata, cloud_bits=request.cloud_bits)
     if not area.whole or area.polygons or area.cloud_path or area.layer_nodata:
         progress.info(area.describe(info))
     return area

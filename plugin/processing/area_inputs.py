@@ -22,7 +22,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..core.cloud_values import DEFAULT_CLOUD_VALUES, format_values, parse_cloud_values
+from ..core.cloud_values import DEFAULT_CLOUD_VALUES, format_values, parse_cloud_bits, parse_cloud_values
 from ..core.errors import InputError
 from ..core.jobs import MapFloodsRequest, MapFloodsResult
 from ..toolbelt.i18n import tr
@@ -58,7 +58,8 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
                                      defaultValue=format_values(DEFAULT_CLOUD_VALUES).replace(" ", ""),
                                      optional=True)
     p.setHelp(tr("3,8,9,10 are cloud shadow, medium and high probability cloud and thin cirrus in the Sentinel-2 "
-                 "L2A scene classification (SCL); use 1 for a 0/1 cloud mask. With these default values, a Landsat "
+                 "L2A scene classification (SCL); use 1 for a 0/1 cloud mask, bits:1,2,3,4 for the cloud bits of a "
+                 "bit-flag quality band whose name no longer says what it is. With these default values, a Landsat "
                  "QA_PIXEL, HLS Fmask or Sentinel-2 QA60 band (known by its file name) is read by its cloud bits "
                  "instead, and a Sentinel-2 MSK_CLASSI_B00 by its opaque-cloud and cirrus bands. A multi-band "
                  "cloud mask (e.g. an Earth Engine export with an SCL or QA60 band) is read by the band so "
@@ -71,7 +72,7 @@ def add_parameters(alg: QgsProcessingAlgorithm) -> None:
 def check_values(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext) -> tuple[bool, str]:
     """The area parameters' own checks, before any run: (ok, message with the problem and the fix)."""
     try:
-        parse_cloud_values(alg.parameterAsString(parameters, CLOUD_VALUES, context))
+        _cloud_rule(alg.parameterAsString(parameters, CLOUD_VALUES, context))
         _extent_problem(alg, parameters, context)
     except InputError as err:
         return False, str(err)
@@ -126,7 +127,14 @@ def fill_request(request: MapFloodsRequest, alg: QgsProcessingAlgorithm, paramet
     if parameters.get(MASK) not in (None, ""):
         request.mask_polygons = _mask_polygons(alg, parameters, context, raster_crs)
     request.cloud_mask_path = cloud_path
-    request.cloud_values = parse_cloud_values(alg.parameterAsString(parameters, CLOUD_VALUES, context))
+    request.cloud_values, request.cloud_bits = _cloud_rule(alg.parameterAsString(parameters, CLOUD_VALUES, context))
+
+
+def _cloud_rule(text: str) -> tuple:
+    """CLOUD_VALUES as (cloud values, cloud bits): "3,8,9,10" -> ((3, 8, 9, 10), ()); "bits:1-4" -> (None,
+    (1, 2, 3, 4)). InputError (the problem and the fix) for anything else."""
+    bits = parse_cloud_bits(text)
+    return (None, bits) if bits is not None else (parse_cloud_values(text), ())
 
 
 def _mask_polygons(alg: QgsProcessingAlgorithm, parameters: dict, context: QgsProcessingContext,

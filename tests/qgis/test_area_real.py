@@ -198,6 +198,36 @@ def test_scl_cloud_mask_at_20_m_over_a_10_m_scene(provider_loaded, request, tmp_
 
 
 @pytest.mark.vllm
+def test_a_clipped_qa_pixel_band_is_read_by_the_bits_given(provider_loaded, vllm_tensor_server, tmp_path):
+    """A Landsat QA_PIXEL band clipped to the area (Clip raster by extent) has lost the file name that says what
+    it is: its flags match no scene class, which the log says, and CLOUD_VALUES=bits:1,2,3,4 reads its cloud bits."""
+    src = tmp_path / "scene.tif"
+    truth = generate_scene(src, seed=9316, width=256, height=256)
+    with rasterio.open(src) as ds:
+        t_in = ds.transform
+    qa = np.full((128, 128), 21824, np.uint16)  # clear land, at 20 m
+    qa[10:40, 20:70] |= 1 << 3 | 1 << 1  # cloud, dilated
+    qa[40:48, 20:90] |= 1 << 4  # its shadow
+    qa[90:94, :] = 22080 | 1 << 2  # cirrus
+    qa[110:120, 0:30] = 21952  # water: not cloud
+    clipped = tmp_path / "OUTPUT.tif"  # what QGIS names a temporary clip
+    with rasterio.open(clipped, "w", driver="GTiff", width=128, height=128, count=1, dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(t_in.c, t_in.f, 20, 20), nodata=1) as dst:
+        dst.write(qa, 1)
+    out = tmp_path / "flood.tif"
+    result, log = _run(_params(src, out, vllm_tensor_server, "tensor", CLOUD_MASK=str(clipped)))
+    assert result["CLOUD_PIXELS"] == 0 and "are no Sentinel-2 scene classes" in log and "bits:1,2,3,4" in log, log
+    result, log = _run(_params(src, out, vllm_tensor_server, "tensor", CLOUD_MASK=str(clipped),
+                               CLOUD_VALUES="bits:1,2,3,4"))
+    cloud = np.repeat(np.repeat((qa & 0b11110) != 0, 2, 0), 2, 1)
+    classes, *_ = _read(out)
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert result["CLOUD_PIXELS"] == int(cloud.sum()) and "cloud bits 1, 2, 3, 4 (CLOUD_VALUES)" in log, log
+    assert "scene classes" not in log
+    assert iou(classes, np.where(cloud, 255, truth)) >= MIN_IOU
+
+
+@pytest.mark.vllm
 def test_a_cloud_mask_beside_the_scene_is_a_warning(provider_loaded, vllm_server, tmp_path):
     src = tmp_path / "scene.tif"
     generate_scene(src, seed=9304, width=256, height=256)
@@ -521,3 +551,6 @@ def test_cloud_values_must_be_numbers(provider_loaded, tmp_path):
     text = _bad(tmp_path, "CLOUD_VALUES '3,8,cirrus' is not a list of numbers", CLOUD_MASK=str(scl),
                 CLOUD_VALUES="3,8,cirrus")
     assert "1 for a 0/1 cloud mask" in text
+    text = _bad(tmp_path, "CLOUD_VALUES 'bits:1,2,40' gives no bit numbers from 0 to 31", CLOUD_MASK=str(scl),
+                CLOUD_VALUES="bits:1,2,40")
+    assert "bits:10,11 for Sentinel-2 QA60" in text

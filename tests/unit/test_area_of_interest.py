@@ -3,6 +3,8 @@ and band files stacked in a VRT recognised by name."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import rasterio
@@ -13,7 +15,14 @@ from rasterio.windows import Window
 from plugin.core.area_mask import build_mask
 from plugin.core.area_of_interest import AreaMask, plan_area
 from plugin.core.bands import select_bands
-from plugin.core.cloud_values import check_cloud_values, named_cloud_bands, parse_cloud_values
+from plugin.core.cloud_values import (
+    CloudBands,
+    check_cloud_values,
+    format_values,
+    named_cloud_bands,
+    parse_cloud_bits,
+    parse_cloud_values,
+)
 from plugin.core.errors import InputError
 from plugin.core.raster import inspect
 from tests.fixtures.world import write_scene
@@ -192,6 +201,63 @@ def test_bit_flag_quality_bands_mask_their_cloud_bits(scene, tmp_path, name, bit
     # cloud values given: they are matched whole, as the user asked
     values = build_mask(scene, plan_area(scene, cloud_path=path, cloud_values=[clear]), BANDS)
     assert values.cloud_bands.bits == () and values.cloud_pixels == 2 * 80 * (32 - len(bits) * 4 - 1)
+
+
+@pytest.mark.parametrize("bits, text, clear", [  # a quality band's copy whose file name no longer says what it is
+    ((1, 2, 3, 4), "bits:1,2,3,4", 21824),  # Landsat QA_PIXEL: clear land
+    ((1, 2, 3), "bits 1-3", 64),  # HLS Fmask
+    ((10, 11), "Bits=10, 11", 0),  # Sentinel-2 QA60
+])
+def test_a_renamed_bit_flag_band_warns_and_takes_its_bits_from_cloud_values(scene, tmp_path, bits, text, clear):
+    flags = np.full((32, 40), clear, np.uint16)
+    for i, bit in enumerate(bits):
+        flags[i * 4:i * 4 + 4] |= 1 << bit
+    path = write_cloud(tmp_path / "clipped.tif", flags)
+    warnings = []
+    unread = build_mask(scene, plan_area(scene, cloud_path=path), BANDS, warn=warnings.append)
+    assert unread.cloud_pixels == 0 and len(warnings) == 1
+    assert "are no Sentinel-2 scene classes (0 to 11)" in warnings[0] and "nothing was masked" in warnings[0]
+    assert "CLOUD_VALUES=bits:1,2,3,4" in warnings[0]
+    given = parse_cloud_bits(text)
+    assert given == bits
+    warnings.clear()
+    area = build_mask(scene, plan_area(scene, cloud_path=path, cloud_bits=given), BANDS, warn=warnings.append)
+    assert area.cloud_pixels == len(bits) * 4 * 2 * 80 and warnings == []
+    assert area.cloud_bands == CloudBands((1,), bits, "CLOUD_VALUES")
+    assert f"cloud bits {format_values(bits)} (CLOUD_VALUES) of {path}" in area.describe(scene)
+
+
+def test_a_cloud_probability_given_the_scene_classes_warns_of_the_pixels_that_merely_equal_them(scene, tmp_path):
+    probability = np.tile(np.arange(1, 100, 2.5, dtype=np.float32), (32, 1))  # 1 to 98.5 % across the columns
+    path = write_cloud(tmp_path / "s2cloudless.tif", probability)
+    warnings = []
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS, warn=warnings.append)
+    assert area.cloud_pixels == 0 and len(warnings) == 1  # 3, 8, 9, 10: no column is exactly one of them
+    probability[:, 4] = 10.0  # now one column is
+    path = write_cloud(tmp_path / "s2cloudless_10.tif", probability)
+    warnings.clear()
+    area = build_mask(scene, plan_area(scene, cloud_path=path), BANDS, warn=warnings.append)
+    assert area.cloud_pixels == 2 * 64 and len(warnings) == 1
+    assert f"the {2 * 64} pixels masked as cloud merely equal them" in warnings[0]
+    assert "needs a threshold first" in warnings[0] and "CLOUD_VALUES=1" in warnings[0]
+
+
+def test_cloud_bits_are_read_in_the_band_a_description_names(scene, tmp_path):
+    data = np.zeros((3, 32, 40), np.uint16)
+    data[0:2] = 9  # reflectance-like bands, 9 as an SCL cloud class would be
+    data[2, 0:4] = 1 << 3 | 1 << 6
+    path = write_cloud(tmp_path / "export.tif", data, descriptions=("B2", "B3", "QA_PIXEL"))
+    area = build_mask(scene, plan_area(scene, cloud_path=path, cloud_bits=(3,)), BANDS)
+    assert area.cloud_bands == CloudBands((3,), (3,), "CLOUD_VALUES, band 3") and area.cloud_pixels == 8 * 80
+
+
+def test_bad_cloud_bits_say_how_to_write_them():
+    assert parse_cloud_bits("3,8,9,10") is None and parse_cloud_bits("") is None
+    for text in ("bits:", "bits:32", "bits:a", "bits:4-1", "bits:1,x"):
+        with pytest.raises(InputError, match=f"CLOUD_VALUES '{re.escape(text)}' gives no bit numbers from 0 to 31") \
+                as err:
+            parse_cloud_bits(text)
+        assert "bits:1,2,3,4 for Landsat QA_PIXEL" in err.value.hint
 
 
 def test_a_cloud_mask_beside_the_area_is_a_warning(scene, tmp_path):
