@@ -114,15 +114,7 @@ def select_bands(
             "(Raster > Miscellaneous > Build Virtual Raster, 'Place each input file into a separate band').",
         )
 
-    found: dict[str, list[int]] = {}
-    known = tuple(BAND_ALIASES) if names else ()
-    lookup = tuple(dict.fromkeys((*names, *known)))  # model names first, then every band name we know
-    landsat = landsat_band_names(info.descriptions)  # Landsat's band numbers are not Sentinel-2's
-    for index, description in enumerate(info.descriptions):
-        canonical = _band_canonical(landsat[index] if landsat else description, lookup)
-        if canonical:
-            found.setdefault(canonical, []).append(index)
-
+    found = _named_bands(info, names)
     if names and any(n in found for n in names):
         chosen: list[int] = []
         missing: list[str] = []
@@ -164,6 +156,26 @@ def select_bands(
         "Set 'Bands' if that is wrong."
     )
     return chosen, warnings
+
+
+def _named_bands(info: RasterInfo, names: tuple[str, ...]) -> dict[str, list[int]]:
+    """The raster's 0-based bands by the band name their descriptions (or band files' names) stand for."""
+    found: dict[str, list[int]] = {}
+    known = tuple(BAND_ALIASES) if names else ()
+    lookup = tuple(dict.fromkeys((*names, *known)))  # model names first, then every band name we know
+    landsat = landsat_band_names(info.descriptions)  # Landsat's band numbers are not Sentinel-2's
+    for index, description in enumerate(info.descriptions):
+        canonical = _band_canonical(landsat[index] if landsat else description, lookup)
+        if canonical:
+            found.setdefault(canonical, []).append(index)
+    return found
+
+
+def names_give_bands(info: RasterInfo, names: tuple[str, ...] = DEFAULT_MODEL_BANDS) -> bool:
+    """Whether the raster's band names give every one of the model's bands (the broad NIR standing in for the
+    narrow one), so that they are chosen by name whatever its product and band order."""
+    found = _named_bands(info, names)
+    return all(n in found or (n.upper() == "NIR_NARROW" and "NIR_BROAD" in found) for n in names)
 
 
 def _describe_found(info: RasterInfo) -> str:

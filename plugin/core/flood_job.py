@@ -2,8 +2,8 @@
 reference water.
 
     check everything (pre-event bands, references, outputs) -> the event image -> its water map (temporary)
-    -> the pre-event image with the same backend, server, model, bands, scaling and transport (and its own
-       cloud mask) -> its water map
+    -> the pre-event image with the same backend, server, model and transport, the same bands and scaling (or,
+       another product, its own by their names) and its own cloud mask -> its water map
     -> flood_extent.classify against the pre-event water and REFERENCE_WATER -> OUTPUT (+ PROBABILITY) at once
 
 Each mapping is an ordinary pipeline run without references; the pipeline hands itself in as `map_water`
@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from . import raster
 from .area_of_interest import Area, plan_area
+from .bands import names_give_bands
 from .errors import InputError
 from .flood_extent import (
     check_references,
@@ -66,29 +67,44 @@ def request_references(request: MapFloodsRequest) -> list[Reference]:
     return refs
 
 
-def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo) -> raster.RasterInfo:
-    """The pre-event image must have the event image's bands, in the same order: it is mapped with the same
-    band choice and scaling."""
+def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo, warn: Callable[[str], None]) -> str:
+    """The pre-event image is mapped with the event image's band choice and scaling when it has the same bands in
+    the same order. Another product (Landsat or HLS L30 before a Sentinel-2 event, another export) works when
+    BANDS is empty and the band names of both give the model's bands: each image's bands are then chosen by their
+    names, and its scaling found on its own. Returns what the log says of that ("" for the same bands)."""
     pre = raster.inspect(request.pre_event_path)
 
     def bands(i: raster.RasterInfo) -> str:
         names = [d for d in i.descriptions if d]
         return f"{i.count} band(s)" + (f" ({', '.join(names)})" if len(names) == i.count else "")
 
-    named = all(info.descriptions) and all(pre.descriptions)
-    same_names = [d.upper() for d in info.descriptions] == [d.upper() for d in pre.descriptions] if named else True
-    if pre.count != info.count or not same_names:
-        raise InputError(
-            f"The pre-event image '{request.pre_event_path}' has {bands(pre)}, the event image has {bands(info)}: "
-            "the pre-event image is mapped with the same bands and scaling as the event image, so both must have "
-            "the same bands in the same order.",
-            "Give a pre-event image of the same product with the same bands (Raster > Extract > Clip, or "
-            "gdal_translate -b ... to pick and order bands).")
     if pre.crs is None and info.crs is not None:
         raise InputError(f"The pre-event image '{request.pre_event_path}' has no CRS, so where it lies is unknown.",
                          "Assign its CRS (Raster > Projections > Assign Projection) and run again.")
     check_output_path(request.output_path, request.pre_event_path)
-    return pre
+    named = all(info.descriptions) and all(pre.descriptions)
+    same_names = [d.upper() for d in info.descriptions] == [d.upper() for d in pre.descriptions] if named else True
+    if pre.count == info.count and same_names:
+        return ""
+    differ = f"The pre-event image '{request.pre_event_path}' has {bands(pre)}, the event image has {bands(info)}"
+    if request.bands:
+        raise InputError(
+            f"{differ}: BANDS ({', '.join(map(str, request.bands))}) picks the same band numbers in both, so both "
+            "must have the same bands in the same order.",
+            "Leave BANDS empty so that each image's bands are chosen by their names, or give a pre-event image "
+            "with the same bands (gdal_translate -b ... picks and orders bands).")
+    if not (names_give_bands(info) and names_give_bands(pre)):
+        raise InputError(
+            f"{differ}, and their band names do not say which is which (blue, green, red, narrow NIR, SWIR 1 and "
+            "2), so the pre-event image is mapped with the event image's bands and both must have the same bands "
+            "in the same order.",
+            "Give a pre-event image of the same product with the same bands (Raster > Extract > Clip, or "
+            "gdal_translate -b ... to pick and order bands), or name the bands of both (e.g. B02 ... B12).")
+    if request.scale is not None or request.offset is not None:
+        warn(f"{differ}. SCALE and OFFSET apply to both: check that both products store reflectance the same "
+             "way, or leave them empty so that each image's own scaling is found.")
+    return (f"The pre-event image is another product ({bands(pre)}): its bands are chosen by their names and its "
+            "scaling is its own")
 
 
 def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
@@ -137,9 +153,10 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             check_output_path(request.output_path, ref.path)
     grid = Grid.of(aoi.view(info))  # the references are weighed over the area mapped
     pre_ref: Optional[RasterReference] = None
+    other_product = ""
     if request.pre_event_path:
         require_crs(grid)
-        check_pre_event(request, info)
+        other_product = check_pre_event(request, info, warn)
         pre_ref = RasterReference(request.pre_event_path, 1.0,
                                   f"the pre-event image '{os.path.basename(request.pre_event_path)}'")
     asked = describe(([pre_ref] if pre_ref else []) + refs)
@@ -165,6 +182,8 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
                           f"(model {event.model}, {event.transport} transport)")
             cloud_mask, said = pre_event_clouds(request)
+            if other_product:
+                progress.info(other_product)
             if said:
                 progress.info("Pre-event image: " + said)
             try:

@@ -259,9 +259,11 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         # flood extent: water compared with reference water (reference_inputs.py)
         add_reference_parameters(
             self, tr("Pre-event image (same place before the event; optional)"),
-            tr("Mapped with the same backend, server, model, bands, scaling and transport as INPUT (the local "
-               "engine is reused); its water, brought onto INPUT's grid, is reference water. Any CRS, resolution "
-               "or extent; where it does not cover INPUT there is no reference."), pre_event_clouds=True)
+            tr("Mapped with the same backend, server, model and transport as INPUT (the local engine is reused), "
+               "and INPUT's bands and scaling when it has the same bands; another product (e.g. Landsat before a "
+               "Sentinel-2 event) with BANDS empty gets its own, by its band names. Its water, brought onto INPUT's "
+               "grid, is reference water. Any CRS, resolution or extent; where it does not cover INPUT there is no "
+               "reference."), pre_event_clouds=True)
         add_extent_outputs(self)
         self.addOutput(QgsProcessingOutputNumber(self.WATER_PIXELS, tr("Water pixels")))
         self.addOutput(QgsProcessingOutputNumber(self.VALID_PIXELS, tr("Valid pixels")))

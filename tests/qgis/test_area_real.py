@@ -25,6 +25,7 @@ from rasterio.warp import transform as warp_transform
 from plugin.core.layer_nodata import NodataRange
 from scripts.scenes import generate_scene, iou, synthesize
 from tests.fixtures.landsat_mtl import write_mtl
+from tests.fixtures.processing_log import run_logged
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_IOU = 0.85  # as tests/qgis/test_map_floods_real.py: the demo model's gate on whole scenes
@@ -45,25 +46,8 @@ def _params(src, out, server, transport, **extra):
 
 
 def _run(params):
-    """processing.run with a feedback that keeps the log, as the dialog shows it."""
-    import processing
-    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
-
-    logs: list[str] = []
-
-    class Feedback(QgsProcessingFeedback):
-        def pushInfo(self, info):  # noqa: N802 (Qt API)
-            logs.append(info)
-            super().pushInfo(info)
-
-        def pushWarning(self, warning):  # noqa: N802 (Qt API)
-            logs.append("WARNING " + warning)
-            super().pushWarning(warning)
-
-    context = QgsProcessingContext()
-    context.setProject(QgsProject.instance())  # layers given by id, as the dialog gives them
-    result = processing.run("floodmapper:map_floods", params, context=context, feedback=Feedback())
-    return result, "\n".join(logs)
+    """Map floods and its log, layers given by id as the dialog gives them."""
+    return run_logged("floodmapper:map_floods", params, project=True)
 
 
 def _read(path):

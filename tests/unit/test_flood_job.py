@@ -113,6 +113,46 @@ def test_bad_pre_event_bands_cost_no_request(world):
     assert world.srv.requests == [] and not os.path.exists(world.output) and leftovers(world) == []
 
 
+def landsat_pre_event(world, name="pre_landsat.tif") -> str:
+    """pre_event_scene's reflectance as a Landsat 9 Collection 2 Level-2 export stores it: SR_B1 (coastal) first,
+    then SR_B2 ... SR_B7 in reverse order, values (reflectance + 0.2) / 0.0000275."""
+    with rasterio.open(pre_event_scene(world)) as src:
+        profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
+    order = [5, 4, 3, 2, 1, 0]  # SR_B7 (SWIR 2) ... SR_B2 (blue)
+    stored = np.round((np.concatenate([reflectance[:1], reflectance[order]]) + 0.2) / 2.75e-5).astype("uint16")
+    profile.update(count=7)
+    path = world.tmp / "in" / name
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(stored)
+        dst.descriptions = ("SR_B1", "SR_B7", "SR_B6", "SR_B5", "SR_B4", "SR_B3", "SR_B2")
+    return str(path)
+
+
+def test_a_pre_event_image_of_another_product_is_mapped_with_its_own_bands_and_scaling(world):
+    same = map_floods(world.request(pre_event_path=pre_event_scene(world)), world.client())
+    expected = read(world.output)
+    progress = Recorder()
+    result = map_floods(world.request(pre_event_path=landsat_pre_event(world)), world.client(), progress)
+    np.testing.assert_array_equal(read(world.output), expected)
+    assert (result.flood_pixels, result.permanent_water_pixels) == (same.flood_pixels, same.permanent_water_pixels)
+    assert any(m.startswith("The pre-event image is another product (7 band(s) (SR_B1, SR_B7") for m in progress.infos)
+    assert any(m.startswith("Pre-event image: Landsat Collection 2") for m in progress.infos), progress.infos
+    assert any(m.startswith("Pre-event image: Input:") and "input bands [7, 6, 5, 4, 3, 2]" in m
+               for m in progress.infos), progress.infos
+    assert progress.warnings == [] and leftovers(world) == []
+
+
+def test_another_product_with_bands_or_scale_given(world):
+    landsat = landsat_pre_event(world)
+    with pytest.raises(InputError) as err:
+        map_floods(world.request(pre_event_path=landsat, bands=[1, 2, 3, 4, 5, 6]), world.client())
+    assert "BANDS (1, 2, 3, 4, 5, 6) picks the same band numbers in both" in err.value.message
+    assert "Leave BANDS empty" in err.value.hint and world.srv.requests == [] and leftovers(world) == []
+    progress = Recorder()
+    map_floods(world.request(pre_event_path=landsat, scale=1e-4), world.client(), progress)
+    assert any("SCALE and OFFSET apply to both" in w for w in progress.warnings), progress.warnings
+
+
 def test_pre_event_elsewhere_is_not_mapped_and_everything_is_flood(world):
     pre = pre_event_scene(world)
     with rasterio.open(pre, "r+") as ds:
