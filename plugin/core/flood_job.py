@@ -19,6 +19,7 @@ from typing import Callable, Optional
 from . import raster
 from .area_of_interest import Area, plan_area
 from .bands import names_give_bands
+from .cloud_values import described_cloud_bands
 from .errors import InputError
 from .flood_extent import (
     check_references,
@@ -67,11 +68,13 @@ def request_references(request: MapFloodsRequest) -> list[Reference]:
     return refs
 
 
-def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo, warn: Callable[[str], None]) -> str:
+def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo,
+                    warn: Callable[[str], None]) -> tuple[raster.RasterInfo, str]:
     """The pre-event image is mapped with the event image's band choice and scaling when it has the same bands in
     the same order. Another product (Landsat or HLS L30 before a Sentinel-2 event, another export) works when
     BANDS is empty and the band names of both give the model's bands: each image's bands are then chosen by their
-    names, and its scaling found on its own. Returns what the log says of that ("" for the same bands)."""
+    names, and its scaling found on its own. Returns the pre-event image's facts and what the log says of its
+    bands ("" for the same bands)."""
     pre = raster.inspect(request.pre_event_path)
 
     def bands(i: raster.RasterInfo) -> str:
@@ -85,7 +88,7 @@ def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo, warn: Ca
     named = all(info.descriptions) and all(pre.descriptions)
     same_names = [d.upper() for d in info.descriptions] == [d.upper() for d in pre.descriptions] if named else True
     if pre.count == info.count and same_names:
-        return ""
+        return pre, ""
     differ = f"The pre-event image '{request.pre_event_path}' has {bands(pre)}, the event image has {bands(info)}"
     if request.bands:
         raise InputError(
@@ -103,8 +106,8 @@ def check_pre_event(request: MapFloodsRequest, info: raster.RasterInfo, warn: Ca
     if request.scale is not None or request.offset is not None:
         warn(f"{differ}. SCALE and OFFSET apply to both: check that both products store reflectance the same "
              "way, or leave them empty so that each image's own scaling is found.")
-    return (f"The pre-event image is another product ({bands(pre)}): its bands are chosen by their names and its "
-            "scaling is its own")
+    return pre, (f"The pre-event image is another product ({bands(pre)}): its bands are chosen by their names and "
+                 "its scaling is its own")
 
 
 def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
@@ -115,17 +118,18 @@ def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
             "mask_polygons": None, "mask_crs": ""}
 
 
-def pre_event_clouds(request: MapFloodsRequest) -> tuple[str, str]:
-    """The pre-event image's cloud mask and what the log says of it. An event image that is its own cloud mask
-    (a band described SCL, QA60, ...) has a pre-event image with the same bands: it is its own cloud mask too.
-    Its clouds are nodata in its water map, so the event's water there has no reference."""
+def pre_event_clouds(request: MapFloodsRequest, pre: raster.RasterInfo) -> tuple[str, str]:
+    """The pre-event image's cloud mask and what the log says of it. When the event image is its own cloud mask
+    (a band described SCL, QA60, ...), so is a pre-event image with such a band (the same product has it). Its
+    clouds are nodata in its water map, so the event's water there has no reference."""
     if request.pre_event_cloud_mask_path:
         return request.pre_event_cloud_mask_path, (
             f"Its clouds (cloud mask '{request.pre_event_cloud_mask_path}') give no reference water: the "
             "event's water under them counts as flood")
-    if request.cloud_mask_path and os.path.abspath(request.cloud_mask_path) == os.path.abspath(request.input_path):
-        return request.pre_event_path, ("The event image is its own cloud mask, so the pre-event image (same "
-                                        "bands) is its own cloud mask too: its clouds give no reference water")
+    own = os.path.abspath(request.cloud_mask_path) == os.path.abspath(request.input_path)
+    if request.cloud_mask_path and own and described_cloud_bands(pre.descriptions, True) is not None:
+        return request.pre_event_path, ("The event image is its own cloud mask, and so is the pre-event image, "
+                                        "which has a cloud band too: its clouds give no reference water")
     if request.cloud_mask_path:
         return "", ("It has no cloud mask (PRE_EVENT_CLOUD_MASK), so its clouds are mapped as land and their "
                     "shadows may be mapped as water; give its cloud mask to leave them out")
@@ -156,7 +160,7 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
     other_product = ""
     if request.pre_event_path:
         require_crs(grid)
-        other_product = check_pre_event(request, info, warn)
+        pre_info, other_product = check_pre_event(request, info, warn)
         pre_ref = RasterReference(request.pre_event_path, 1.0,
                                   f"the pre-event image '{os.path.basename(request.pre_event_path)}'")
     asked = describe(([pre_ref] if pre_ref else []) + refs)
@@ -181,7 +185,7 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             scratch.append(temp_beside(request.output_path))
             progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
                           f"(model {event.model}, {event.transport} transport)")
-            cloud_mask, said = pre_event_clouds(request)
+            cloud_mask, said = pre_event_clouds(request, pre_info)
             if other_product:
                 progress.info(other_product)
             if said:

@@ -481,7 +481,39 @@ def test_an_event_image_that_is_its_own_cloud_mask_makes_the_pre_event_image_its
     got = read(world.output)
     assert (got[:16] == 2).all() and (got[16:32] == 1).all()
     assert result.cloud_pixels == 0 and result.no_reference_pixels == 8 * 80
-    assert any("the pre-event image (same bands) is its own cloud mask too" in m for m in progress.infos)
+    assert any("and so is the pre-event image, which has a cloud band too" in m for m in progress.infos)
+
+
+@pytest.mark.parametrize("qa_band", [False, True])
+def test_a_landsat_pre_event_image_is_its_own_cloud_mask_only_with_a_cloud_band(tensor_world, qa_band):
+    """The event image is its own cloud mask (SCL band); the pre-event image is a Landsat Collection 2 export, with
+    or without its QA_PIXEL band (cloud shadow, bit 4, over rows 16-23)."""
+    world = tensor_world
+    with rasterio.open(world.input) as src:
+        event = with_scl_band(world.tmp / "in" / "event7.tif", src.read(), (0, 0))
+    stored = np.round((pre_event_with_shadow(world) * 1e-4 + 0.2) / 2.75e-5).astype(np.uint16)
+    names = ["SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7"]
+    if qa_band:
+        qa = np.full((1, 64, 80), 21824, np.uint16)
+        qa[0, 16:24] |= 1 << 4
+        stored, names = np.concatenate([stored, qa]), names + ["QA_PIXEL"]
+    pre = world.tmp / "in" / "landsat.tif"
+    with rasterio.open(pre, "w", driver="GTiff", width=80, height=64, count=len(names), dtype="uint16",
+                       crs="EPSG:32633", transform=from_origin(X0, Y0, PX, PX), nodata=0) as dst:
+        dst.write(stored)
+        dst.descriptions = names
+    progress = Recorder()
+    result = map_floods(world.request(input_path=event, cloud_mask_path=event, pre_event_path=str(pre)),
+                        world.client(), progress)
+    got = read(world.output)
+    assert any(m.startswith("The pre-event image is another product") for m in progress.infos)
+    if qa_band:
+        assert (got[16:24] == 1).all() and result.no_reference_pixels == 8 * 80
+        assert any("which has a cloud band too" in m for m in progress.infos)
+        assert any("Landsat QA_PIXEL bits 1-4" in m and m.startswith("Pre-event image: ") for m in progress.infos)
+    else:  # its shadow is read as water: the flood there becomes permanent water, and the log says why
+        assert (got[16:24] == 2).all() and result.no_reference_pixels == 0
+        assert any("It has no cloud mask (PRE_EVENT_CLOUD_MASK)" in m for m in progress.infos)
 
 
 def test_a_pre_event_image_all_cloud_fails_naming_it_and_writes_nothing(tensor_world):
