@@ -183,8 +183,8 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
                           backend, _Part(progress, event_span, "", warn))
         if pre_ref is not None:
             scratch.append(temp_beside(request.output_path))
-            progress.info(f"Mapping the pre-event image {request.pre_event_path} the same way "
-                          f"(model {event.model}, {event.transport} transport)")
+            progress.info(f"Mapping the pre-event image {request.pre_event_path} with the same model "
+                          f"({event.model}) and transport ({event.transport})")
             cloud_mask, said = pre_event_clouds(request, pre_info)
             if other_product:
                 progress.info(other_product)
