@@ -119,17 +119,18 @@ def _same_area(aoi: Area, info: raster.RasterInfo) -> dict:
 
 
 def pre_event_clouds(request: MapFloodsRequest, pre: raster.RasterInfo) -> tuple[str, str]:
-    """The pre-event image's cloud mask and what the log says of it. When the event image is its own cloud mask
-    (a band described SCL, QA60, ...), so is a pre-event image with such a band (the same product has it). Its
-    clouds are nodata in its water map, so the event's water there has no reference."""
+    """The pre-event image's cloud mask and what the log says of it: PRE_EVENT_CLOUD_MASK, else, when the event
+    image is cloud-masked, the pre-event image's own cloud band (a band described SCL, QA60, QA_PIXEL, ...: an
+    export that carries one). Its clouds are nodata in its water map, so the event's water there has no
+    reference."""
     if request.pre_event_cloud_mask_path:
         return request.pre_event_cloud_mask_path, (
             f"Its clouds (cloud mask '{request.pre_event_cloud_mask_path}') give no reference water: the "
             "event's water under them counts as flood")
-    own = os.path.abspath(request.cloud_mask_path) == os.path.abspath(request.input_path)
-    if request.cloud_mask_path and own and described_cloud_bands(pre.descriptions, True) is not None:
-        return request.pre_event_path, ("The event image is its own cloud mask, and so is the pre-event image, "
-                                        "which has a cloud band too: its clouds give no reference water")
+    own = described_cloud_bands(pre.descriptions, True)
+    if request.cloud_mask_path and own is not None:
+        return request.pre_event_path, (f"It is its own cloud mask ({own.what}): its clouds give no reference "
+                                        "water")
     if request.cloud_mask_path:
         return "", ("It has no cloud mask (PRE_EVENT_CLOUD_MASK), so its clouds are mapped as land and their "
                     "shadows may be mapped as water; give its cloud mask to leave them out")

@@ -61,8 +61,9 @@ def add_reference_parameters(alg: QgsProcessingAlgorithm, pre_event_label: str, 
             PRE_EVENT_CLOUD_MASK, tr("Cloud mask of the pre-event image (read with CLOUD_VALUES)"), optional=True)
         p.setHelp(tr("The pre-event image's own cloud raster (e.g. its SCL band), any CRS and resolution, read like "
                      "CLOUD_MASK. Its clouds and cloud shadows are then no reference rather than land or water: the "
-                     "event's water there counts as flood, unless REFERENCE_WATER says otherwise. Empty: none, or "
-                     "the pre-event image itself when INPUT is its own cloud mask."))
+                     "event's water there counts as flood, unless REFERENCE_WATER says otherwise. Empty: with a "
+                     "CLOUD_MASK, the pre-event image's own cloud band if a band's description names one (SCL, "
+                     "QA60, QA_PIXEL, ...), else none."))
         alg.addParameter(p)
     p = QgsProcessingParameterMapLayer(
         REFERENCE_WATER, tr("Reference water: water that is always there (polygons or raster)"), optional=True,

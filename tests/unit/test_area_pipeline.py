@@ -481,7 +481,8 @@ def test_an_event_image_that_is_its_own_cloud_mask_makes_the_pre_event_image_its
     got = read(world.output)
     assert (got[:16] == 2).all() and (got[16:32] == 1).all()
     assert result.cloud_pixels == 0 and result.no_reference_pixels == 8 * 80
-    assert any("and so is the pre-event image, which has a cloud band too" in m for m in progress.infos)
+    assert any(m == "Pre-event image: It is its own cloud mask (band 7, SCL): its clouds give no reference water"
+               for m in progress.infos), progress.infos
 
 
 @pytest.mark.parametrize("qa_band", [False, True])
@@ -509,11 +510,23 @@ def test_a_landsat_pre_event_image_is_its_own_cloud_mask_only_with_a_cloud_band(
     assert any(m.startswith("The pre-event image is another product") for m in progress.infos)
     if qa_band:
         assert (got[16:24] == 1).all() and result.no_reference_pixels == 8 * 80
-        assert any("which has a cloud band too" in m for m in progress.infos)
+        assert any("It is its own cloud mask (Landsat QA_PIXEL bits 1-4" in m for m in progress.infos)
         assert any("Landsat QA_PIXEL bits 1-4" in m and m.startswith("Pre-event image: ") for m in progress.infos)
     else:  # its shadow is read as water: the flood there becomes permanent water, and the log says why
         assert (got[16:24] == 2).all() and result.no_reference_pixels == 0
         assert any("It has no cloud mask (PRE_EVENT_CLOUD_MASK)" in m for m in progress.infos)
+
+
+def test_a_pre_event_export_with_a_cloud_band_is_its_own_cloud_mask_beside_an_event_scl_file(tensor_world):
+    world = tensor_world
+    clouds = write_clouds(world.tmp / "in" / "SCL.tif", (40, 48), value=9)  # the event's own SCL file
+    pre = with_scl_band(world.tmp / "in" / "pre7.tif", pre_event_with_shadow(world), (16, 24))
+    progress = Recorder()
+    result = map_floods(world.request(cloud_mask_path=clouds, pre_event_path=pre), world.client(), progress)
+    got = read(world.output)
+    assert (got[16:24] == 1).all() and (got[40:48] == 255).all()
+    assert result.cloud_pixels == 8 * 80 and result.no_reference_pixels == 8 * 80
+    assert any(m.startswith("Pre-event image: It is its own cloud mask (band 7, SCL)") for m in progress.infos)
 
 
 def test_a_pre_event_image_all_cloud_fails_naming_it_and_writes_nothing(tensor_world):
