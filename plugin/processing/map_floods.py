@@ -148,9 +148,10 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             "clouds out as nodata and reports the cloud-masked pixels.\n\n"
             "Outputs the water pixel count, valid pixel count, water fraction and water area in km² "
             "(equal-area for geographic CRSs).\n\n"
-            "<b>Flood extent</b>: give PRE_EVENT (an image of the same place before the event, mapped the same "
-            "way; PRE_EVENT_CLOUD_MASK leaves its clouds out) and/or REFERENCE_WATER (permanent water: polygons "
-            "or a raster) to tell the flood from the water that is always there. "
+            "<b>Flood extent</b>: give PRE_EVENT (an image of the same place before the event, of this or another "
+            "product, mapped with the same model; PRE_EVENT_CLOUD_MASK leaves its clouds out) and/or "
+            "REFERENCE_WATER (permanent water: polygons or a raster) to tell the flood from the water that is "
+            "always there. "
         ) + tr(CLASSES_HELP)
 
     # --- parameters -------------------------------------------------------------------------------------
