@@ -46,8 +46,8 @@ def folder_of(path: str) -> str:
 
 
 def join(folder: str, name: str) -> str:
-    """`name` in `folder`, a folder of the file system or inside an archive."""
-    return f"{folder}/{name}" if split_member(folder + "/" + name) is not None else os.path.join(folder, name)
+    """`name` in `folder`, a folder of the file system or inside an archive (GDAL's paths use "/")."""
+    return f"{folder}/{name}" if _VSI.match(folder) else os.path.join(folder, name)
 
 
 def is_file(path: str) -> bool:
