@@ -11,6 +11,7 @@ import pytest
 import rasterio
 
 from scripts.scenes import class_iou, flood_classes, generate_pair, generate_scene, regrid_scene
+from tests.fixtures.landsat_values import as_collection2
 from tests.fixtures.processing_log import run_logged
 from tests.fixtures.references import water_shapes, write_occurrence, write_vector
 
@@ -136,7 +137,7 @@ def _as_landsat_collection2(src, dst) -> None:
     with rasterio.open(src) as ds:
         profile, reflectance = ds.profile, ds.read().astype(np.float64) * 1e-4
         empty = ds.read_masks(1) == 0
-    stored = np.round((reflectance[[0, 5, 4, 3, 2, 1, 0]] + 0.2) / 2.75e-5).astype("uint16")
+    stored = as_collection2(reflectance[[0, 5, 4, 3, 2, 1, 0]])
     stored[:, empty] = 0
     profile.update(count=7, nodata=0)
     with rasterio.open(dst, "w", **profile) as out:

@@ -15,6 +15,7 @@ from plugin.core.errors import InputError, ServerError
 from plugin.core.jobs import MapFloodsRequest, MapFloodsResult
 from plugin.core.pipeline import map_floods
 from tests.fixtures.fake_http import Reply, vllm_error
+from tests.fixtures.landsat_values import as_collection2
 from tests.fixtures.progress import Recorder
 from tests.fixtures.world import World, write_scene
 
@@ -119,7 +120,7 @@ def landsat_pre_event(world, name="pre_landsat.tif") -> str:
     with rasterio.open(pre_event_scene(world)) as src:
         profile, reflectance = src.profile, src.read().astype(np.float64) * 1e-4
     order = [5, 4, 3, 2, 1, 0]  # SR_B7 (SWIR 2) ... SR_B2 (blue)
-    stored = np.round((np.concatenate([reflectance[:1], reflectance[order]]) + 0.2) / 2.75e-5).astype("uint16")
+    stored = as_collection2(np.concatenate([reflectance[:1], reflectance[order]]))
     profile.update(count=7)
     path = world.tmp / "in" / name
     with rasterio.open(path, "w", **profile) as dst:
