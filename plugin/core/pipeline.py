@@ -1,6 +1,7 @@
 """Map floods, QGIS-free, in one pass: a plain request in, a plain result out.
 
-    inspect the input -> check the outputs -> the scaling it carries or its names imply -> (the model's bands,
+    (a Sentinel-2 product: its bands stacked, product_inputs.py)
+    -> inspect the input -> check the outputs -> the scaling it carries or its names imply -> (the model's bands,
     when known here) -> reach the server
     -> ask it what it is -> choose the transport -> (the model's bands, else) -> ImageJob | TensorJob
     -> transport -> MapFloodsResult
@@ -41,6 +42,7 @@ from .layer_nodata import describe as describe_nodata
 from .model_spec import ModelSpec, normalise_dtype, resolve_model_spec, served_spec_source
 from .outage import Outage, answered_before, remember_answered
 from .output import check_outputs
+from .product_inputs import has_products, stacked
 from .product_scaling import scaling_of
 from .progress import NullProgress, Progress, ProgressSpan, check_cancel
 from .tensor.runner import run_tensor
@@ -58,6 +60,9 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     if isinstance(backend, VllmClient):
         backend = RemoteBackend(backend)
     progress = progress or NullProgress()
+    if has_products(request):  # Sentinel-2 products: their stacks are mapped (this function again)
+        with stacked(request, progress) as request:
+            return map_floods(request, backend, progress)
     if request.wants_flood_extent():  # the event (and pre-event) image mapped by this function, then compared
         return map_flood_extent(request, backend, progress, map_water=map_floods)
     warnings: list[str] = []
