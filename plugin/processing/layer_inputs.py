@@ -7,6 +7,7 @@ import os
 
 from ..core.errors import InputError
 from ..core.layer_nodata import NodataRange
+from ..core.sentinel2_product import metadata_of
 
 
 def parse_bands(text: str) -> list[int] | None:
@@ -54,19 +55,49 @@ def load_gdal_sources(parameters: dict, context, names: tuple[str, ...]) -> None
     `qgis_process` and `processing.run` load a layer from text only when it names a file (QGIS 3.22-3.3x): a
     URL (`https://…`, `/vsicurl/…`), a member of a zip (`/vsizip/…`) or a subdataset fails their check with
     "Could not load source layer". Each such value of the parameters `names` that GDAL opens becomes a layer
-    in the context's temporary store, where Processing finds it by its source.
+    in the context's temporary store, where Processing finds it by its source. A Sentinel-2 product's folder,
+    .zip or metadata file becomes the layer of its first subdataset.
     """
     from qgis.core import QgsProcessingUtils, QgsRasterLayer
 
     for name in names:
         value = parameters.get(name)
-        if not isinstance(value, str) or not value.strip() or os.path.exists(value):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if _load_product(value, context):
+            continue
+        if os.path.exists(value):
             continue
         if QgsProcessingUtils.mapLayerFromString(value, context, False) is not None:
             continue  # a layer id or name of the project, or a source Processing loads itself
         layer = QgsRasterLayer(value, os.path.basename(value.rstrip("/")) or value, "gdal")
         if layer.isValid():
             context.temporaryLayerStore().addMapLayer(layer)
+
+
+def _load_product(value: str, context) -> bool:
+    """A Sentinel-2 product given as its folder, .zip or metadata file, which QGIS opens only as subdatasets,
+    loaded as its first one (10 m) under the name `value`, where Processing finds it; the core stacks the whole
+    product from it. False for anything else."""
+    from qgis.core import QgsProcessingUtils, QgsRasterLayer
+
+    if value.upper().startswith("SENTINEL2_") or QgsProcessingUtils.mapLayerFromString(value, context, False):
+        return False
+    metadata = metadata_of(value)
+    if metadata is None:
+        return False
+    from osgeo import gdal
+
+    try:
+        dataset = gdal.OpenEx(metadata, gdal.OF_RASTER)
+        subdatasets = dataset.GetSubDatasets() if dataset is not None else []
+    except RuntimeError:  # GDAL's exceptions, when something turned them on
+        subdatasets = []
+    if subdatasets:
+        layer = QgsRasterLayer(subdatasets[0][0], value, "gdal")
+        if layer.isValid():
+            context.temporaryLayerStore().addMapLayer(layer)
+    return True
 
 
 def layer_nodata(layer) -> tuple[tuple[NodataRange, ...], list[str]]:
