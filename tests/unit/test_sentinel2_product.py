@@ -216,3 +216,17 @@ def test_a_pre_event_product_is_its_own_cloud_mask_when_the_event_is_cloud_maske
     assert any("PRE_EVENT_CLOUD_MASK: the pre-event product's scene classification (SCL)" in m and
                "since CLOUD_MASK is given" in m for m in progress.infos), progress.infos
     assert os.listdir(tempfile.gettempdir()) == []
+
+
+def test_a_product_from_before_the_offset_is_read_without_it(tensor_world, tmp_path):
+    """Processing baseline 03.01 (2021): values are reflectance x 10000, no BOA_ADD_OFFSET; the product's name in
+    the stack's file name says so, and no warning about band files acquired before the offset is given."""
+    world = tensor_world
+    dn = product_values() - 1000
+    safe = write_l2a(tmp_path, dn, offset=False, name="S2A_MSIL2A_20210501T100031_N0301_R122_T33TWM_20210501T123456")
+    progress = Recorder()
+    result = map_floods(world.request(input_path=str(safe)), world.client(), progress)
+    assert any("processing baseline 03.01, before the offset" in m for m in progress.infos), progress.infos
+    assert not progress.warnings
+    assert "Reflectance scale auto-detected: x0.0001" in progress.infos  # no offset
+    assert result.water_pixels == 36 * W
