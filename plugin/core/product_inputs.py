@@ -2,7 +2,8 @@
 of its bands, in a temporary folder removed when the run ends, whatever happens.
 
 INPUT and PRE_EVENT become the product's stack; a product given as CLOUD_MASK or PRE_EVENT_CLOUD_MASK becomes its
-scene classification (SCL) or, for L1C, its cloud classification mask. With CLOUD_MASK given and
+scene classification (SCL) or, for L1C, its cloud classification mask. A layer's additional no data values
+follow its bands onto the stack. With CLOUD_MASK given and
 PRE_EVENT_CLOUD_MASK empty, a pre-event product is its own cloud mask, as a pre-event image with a cloud band is.
 Any other input is left as it is.
 """
@@ -15,20 +16,22 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any, Optional
 
 from .errors import InputError
 from .jobs import MapFloodsRequest
+from .layer_nodata import NodataRange
 from .progress import Progress
 from .sentinel2_product import Product, metadata_of, read_product, write_stack
 
-IMAGES = (("input_path", "INPUT"), ("pre_event_path", "PRE_EVENT"))
+IMAGES = (("input_path", "INPUT", "layer_nodata"), ("pre_event_path", "PRE_EVENT", "pre_event_layer_nodata"))
 CLOUD_MASKS = (("cloud_mask_path", "CLOUD_MASK", "input_path"),
                ("pre_event_cloud_mask_path", "PRE_EVENT_CLOUD_MASK", "pre_event_path"))
 
 
 def has_products(request: MapFloodsRequest) -> bool:
     """Whether any input of the request is a Sentinel-2 product."""
-    return any(metadata_of(getattr(request, name)) for name, *_ in IMAGES + CLOUD_MASKS)
+    return any(metadata_of(getattr(request, fields[0])) for fields in IMAGES + CLOUD_MASKS)
 
 
 @contextlib.contextmanager
@@ -36,9 +39,9 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
     """The request with its Sentinel-2 products replaced by their stacks (and cloud masks), for the run."""
     folder = tempfile.mkdtemp(prefix="floodmapper-stack-")
     try:
-        changes: dict[str, str] = {}
+        changes: dict[str, Any] = {}
         products: dict[str, Product] = {}
-        for name, label in IMAGES:
+        for name, label, nodata in IMAGES:
             metadata = metadata_of(getattr(request, name))
             if metadata is None:
                 continue
@@ -48,6 +51,8 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
             progress.info(f"{label} is the Sentinel-2 {product.level} product {product.name}: its {len(product.bands)} "
                           f"spectral bands are read from its band files ({product.describe()}), on the "
                           f"{min(res for _, res, _ in product.bands)} m grid")
+            if getattr(request, nodata):
+                changes[nodata] = _on_stack(getattr(request, nodata), getattr(request, name), product, label, progress)
         for name, label, image in CLOUD_MASKS:
             value = getattr(request, name)
             metadata = metadata_of(value)
@@ -73,6 +78,35 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
         yield replace(request, **changes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _on_stack(ranges: tuple[NodataRange, ...], source: str, product: Product, label: str,
+              progress: Progress) -> tuple[NodataRange, ...]:
+    """The layer's additional no data values, set on the bands of the subdataset the layer shows (the 10 m one:
+    B4, B3, B2, B8), moved to the same bands of the stack; those on no spectral band are left out, with a note."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(source) as src:
+            names = [_band_name(d) for d in src.descriptions]
+    except RasterioError:
+        names = []
+    stack = [band for band, _, _ in product.bands]
+    moved = tuple(replace(r, band=stack.index(names[r.band - 1]) + 1) for r in ranges
+                  if 0 < r.band <= len(names) and names[r.band - 1] in stack)
+    if len(moved) < len(ranges):
+        progress.warning(f"{label}: {len(ranges) - len(moved)} of the layer's additional no data values are on no "
+                         f"spectral band of the product, and are not used")
+    return moved
+
+
+def _band_name(description: Optional[str]) -> str:
+    """'B4, central wavelength 665 nm' -> 'B04'; 'B8A, …' -> 'B8A'; '' for anything else."""
+    head = (description or "").split(",")[0].strip().upper()
+    if head == "B8A":
+        return head
+    return f"B{int(head[1:]):02d}" if head[:1] == "B" and head[1:].isdigit() else ""
 
 
 def _own_folder(folder: str, label: str) -> str:

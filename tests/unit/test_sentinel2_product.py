@@ -230,3 +230,22 @@ def test_a_product_from_before_the_offset_is_read_without_it(tensor_world, tmp_p
     assert not progress.warnings
     assert "Reflectance scale auto-detected: x0.0001" in progress.infos  # no offset
     assert result.water_pixels == 36 * W
+
+
+def test_the_layers_no_data_values_follow_its_bands_onto_the_stack(tensor_world, safe):
+    """A no data range set on band 3 of the 10 m subdataset layer (B2 there) applies to B02, band 2 of the stack;
+    one on band 6 (WVP, no spectral band) is left out with a warning."""
+    from plugin.core.layer_nodata import NodataRange
+
+    world = tensor_world
+    dn = product_values()
+    low = float(dn[0].min())
+    subdataset = f"SENTINEL2_L2A:{safe}/MTD_MSIL2A.xml:10m:EPSG_32633"
+    progress = Recorder()
+    result = map_floods(world.request(input_path=subdataset, layer_nodata=(
+        NodataRange(3, low, low), NodataRange(6, 0.0, 100000.0))), world.client(), progress)
+    classes, _ = read(world.output)
+    np.testing.assert_array_equal(classes == 255, dn[0] == low)
+    assert result.valid_pixels == H * W - int((dn[0] == low).sum()) < H * W
+    assert any("INPUT: 1 of the layer's additional no data values are on no spectral band" in m
+               for m in progress.warnings), progress.warnings
