@@ -16,6 +16,8 @@ from scripts.scenes import iou, synthesize
 from tests.fixtures.processing_log import run_logged
 from tests.fixtures.sentinel2_safe import NAME, write_l2a
 
+pytestmark = [pytest.mark.vllm, pytest.mark.qgis_versions]
+
 ROOT = Path(__file__).resolve().parents[2]
 MIN_IOU = 0.85  # as tests/qgis/test_area_real.py's band files at 10 and 20 m
 W, H = 384, 324
@@ -37,7 +39,6 @@ def _read(path):
         return ds.read(1), ds.transform
 
 
-@pytest.mark.vllm
 def test_the_downloaded_zip_is_mapped_with_its_own_scl(provider_loaded, vllm_tensor_server, tmp_path):
     archive, truth = _product(tmp_path, seed=9501, zipped=True, cloud=True)
     out = tmp_path / "flood.tif"
@@ -58,7 +59,6 @@ def test_the_downloaded_zip_is_mapped_with_its_own_scl(provider_loaded, vllm_ten
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, out.name, "flood.qml"])
 
 
-@pytest.mark.vllm
 def test_the_10_m_subdataset_layer_maps_the_whole_product(provider_loaded, vllm_server, tmp_path):
     from qgis.core import QgsProject, QgsRasterLayer
 
