@@ -55,6 +55,9 @@ BAND_FILES = (r"scripts/qgis-process run gdal:buildvirtualraster -- INPUT=B02_10
 AREA = (r'scripts/qgis-process run floodmapper:map_floods -- INPUT=stack\.vrt '
         r'"EXTENT=15\.20,15\.35,45\.10,45\.20 \[EPSG:4326\]" CLOUD_MASK=SCL_20m\.jp2 OFFSET=-0\.1 BACKEND=0 '
         r"SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
+PRODUCT_ZIP = "S2B_MSIL2A_20240501T100031_N0510_R122_T33TWM_20240501T123456.zip"
+PRODUCT = (rf"scripts/qgis-process run floodmapper:map_floods -- INPUT={re.escape(PRODUCT_ZIP)} "
+           rf"CLOUD_MASK={re.escape(PRODUCT_ZIP)} BACKEND=0 SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
 REFERENCE_TEST = "tests/e2e/test_reference_model.py"
 # what a test that covers README commands must contain (it runs them with these)
 COVERING_TESTS = {
@@ -65,6 +68,7 @@ COVERING_TESTS = {
 KNOWN = [  # (full-match pattern, kind, what checks it)
     (BAND_FILES, "run", "test_band_files_to_a_flood_map_of_an_area"),
     (AREA, "run", "test_band_files_to_a_flood_map_of_an_area"),
+    (PRODUCT, "run", "test_a_downloaded_product_to_a_flood_map"),
     (r"make demo", "run", "test_make_demo_and_batch_on_a_folder"),
     (r"make package", "run", "test_make_package"),
     (r"scripts/qgis-process help floodmapper:map_floods", "run", "test_qgis_process_help"),
@@ -338,6 +342,34 @@ def test_band_files_to_a_flood_map_of_an_area(vllm_server, tmp_path):
     np.testing.assert_array_equal(classes == 255, cloud)
     assert f"CLOUD_PIXELS:\t{int(cloud.sum())}" in stdout, stdout[-2000:]
     assert iou(classes, np.where(cloud, 255, truth[row:row + h, col:col + w])) >= 0.85
+
+
+@pytest.mark.vllm
+def test_a_downloaded_product_to_a_flood_map(vllm_server, tmp_path):
+    """A Sentinel-2 L2A product's .zip as the Copernicus Data Space delivers it (B02-B04 at 10 m; B8A, B11, B12 and
+    SCL at 20 m; reflectance x 10000 + 1000) -> the README's one command -> a flood map, clouds left out."""
+    import numpy as np
+    import rasterio
+
+    from scripts.scenes import iou, synthesize
+    from tests.fixtures.sentinel2_safe import NAME, write_l2a
+
+    assert PRODUCT_ZIP == f"{NAME}.zip"
+    refl, truth = synthesize(9402, 384, 324)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2 = B02 ... B12
+    dn = (np.rint(refl * 10000) + 1000).clip(1, 65535).astype(np.uint16)
+    scl = np.full((162, 192), 4, np.uint8)
+    scl[100:130, 20:80] = 9  # a cloud
+    archive = write_l2a(tmp_path / "download", dn, scl=scl, zipped=True)
+    out = tmp_path / "flood.tif"
+    stdout = run(readme_command(PRODUCT), {PRODUCT_ZIP: str(archive), "http://127.0.0.1:8000": vllm_server.url,
+                                           "flood.tif": str(out)}, tmp_path, 600)
+    with rasterio.open(out) as ds:
+        classes = ds.read(1)
+    cloud = np.zeros(truth.shape, bool)
+    cloud[200:260, 40:160] = True  # the SCL cloud at 10 m
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert f"CLOUD_PIXELS:\t{int(cloud.sum())}" in stdout, stdout[-2000:]
+    assert iou(classes, np.where(cloud, 255, truth)) >= 0.85
 
 
 def _free_port() -> int:
