@@ -40,6 +40,12 @@ def _norm(text: str) -> str:
     return "B" + match.group(1) if match else token
 
 
+def band_token(text: Optional[str]) -> str:
+    """A description's first word as a band token: 'B4, central wavelength 665 nm' and 'B04' -> 'B4'; 'B8A' -> 'B8A'."""
+    words = [t for t in re.split(r"[^A-Za-z0-9]+", text or "") if t]
+    return _norm(words[0]) if words else ""
+
+
 def _aliases(name: str) -> set[str]:
     key = name.upper()
     return {_norm(a) for a in BAND_ALIASES.get(key, ())} | {_norm(name)}

@@ -16,8 +16,9 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any
 
+from .bands import band_token
 from .errors import InputError
 from .jobs import MapFloodsRequest
 from .layer_nodata import NodataRange
@@ -89,24 +90,16 @@ def _on_stack(ranges: tuple[NodataRange, ...], source: str, product: Product, la
 
     try:
         with rasterio.open(source) as src:
-            names = [_band_name(d) for d in src.descriptions]
+            names = [band_token(d) for d in src.descriptions]
     except RasterioError:
         names = []
-    stack = [band for band, _, _ in product.bands]
+    stack = [band_token(band) for band, _, _ in product.bands]
     moved = tuple(replace(r, band=stack.index(names[r.band - 1]) + 1) for r in ranges
                   if 0 < r.band <= len(names) and names[r.band - 1] in stack)
     if len(moved) < len(ranges):
         progress.warning(f"{label}: {len(ranges) - len(moved)} of the layer's additional no data values are on no "
                          f"spectral band of the product, and are not used")
     return moved
-
-
-def _band_name(description: Optional[str]) -> str:
-    """'B4, central wavelength 665 nm' -> 'B04'; 'B8A, …' -> 'B8A'; '' for anything else."""
-    head = (description or "").split(",")[0].strip().upper()
-    if head == "B8A":
-        return head
-    return f"B{int(head[1:]):02d}" if head[:1] == "B" and head[1:].isdigit() else ""
 
 
 def _own_folder(folder: str, label: str) -> str:
