@@ -42,11 +42,18 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
     try:
         changes: dict[str, Any] = {}
         products: dict[str, Product] = {}
+        read: dict[str, Product] = {}  # by metadata file: the same product as INPUT and CLOUD_MASK is read once
+
+        def product_of(metadata: str) -> Product:
+            if metadata not in read:
+                read[metadata] = read_product(metadata)
+            return read[metadata]
+
         for name, label, nodata in IMAGES:
             metadata = metadata_of(getattr(request, name))
             if metadata is None:
                 continue
-            product = read_product(metadata)
+            product = product_of(metadata)
             products[name] = product
             changes[name] = write_stack(product, _own_folder(folder, label))
             progress.info(f"{label} is the Sentinel-2 {product.level} product {product.name}: its {len(product.bands)} "
@@ -58,7 +65,7 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
             value = getattr(request, name)
             metadata = metadata_of(value)
             if metadata is not None:
-                product = read_product(metadata)
+                product = product_of(metadata)
                 if not product.cloud_file:
                     raise InputError(f"{label} is the Sentinel-2 product {product.name}, which has no cloud mask "
                                      "(no SCL band, no MSK_CLASSI_B00 file).",
