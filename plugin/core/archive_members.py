@@ -66,6 +66,29 @@ def is_file(path: str) -> bool:
         return False
 
 
+def files_in(folder: str) -> list[str]:
+    """The names of the files directly in `folder`, of the file system or inside a local archive; [] when it
+    cannot be read."""
+    found = split_member(folder.rstrip("/") + "/")
+    if found is None:
+        try:
+            return sorted(e.name for e in os.scandir(folder) if e.is_file())
+        except OSError:
+            return []
+    kind, archive, member = found
+    prefix = member.strip("/") + "/" if member.strip("/") else ""
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as z:
+                names = [i.filename for i in z.infolist() if not i.is_dir()]
+        else:
+            with tarfile.open(archive) as t:
+                names = [i.name[2:] if i.name.startswith("./") else i.name for i in t.getmembers() if i.isfile()]
+    except (OSError, tarfile.TarError, zipfile.BadZipFile):
+        return []
+    return sorted(n[len(prefix):] for n in names if n.startswith(prefix) and "/" not in n[len(prefix):])
+
+
 def read_text(path: str, encoding: str = "utf-8") -> str:
     """The text of a file of the file system or of an archive member. OSError (or UnicodeDecodeError) when it
     cannot be read."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -167,14 +168,21 @@ def select_bands(
 def _named_bands(info: RasterInfo, names: tuple[str, ...]) -> dict[str, list[int]]:
     """The raster's 0-based bands by the band name their descriptions (or band files' names) stand for."""
     found: dict[str, list[int]] = {}
-    known = tuple(BAND_ALIASES) if names else ()
-    lookup = tuple(dict.fromkeys((*names, *known)))  # model names first, then every band name we know
-    landsat = landsat_band_names(info.descriptions)  # Landsat's band numbers are not Sentinel-2's
-    for index, description in enumerate(info.descriptions):
-        canonical = _band_canonical(landsat[index] if landsat else description, lookup)
+    for index, canonical in enumerate(band_names(info.descriptions, names)):
         if canonical:
             found.setdefault(canonical, []).append(index)
     return found
+
+
+def band_names(labels: Sequence[Optional[str]], names: tuple[str, ...] = DEFAULT_MODEL_BANDS
+               ) -> tuple[Optional[str], ...]:
+    """Per label (a band description or a band file's name), the band name it stands for: one of `names` first,
+    else any band name known here; None for a label that names no spectral band (a Landsat panchromatic or
+    thermal band too)."""
+    known = tuple(BAND_ALIASES) if names else ()
+    lookup = tuple(dict.fromkeys((*names, *known)))  # model names first, then every band name we know
+    landsat = landsat_band_names(labels)  # Landsat's band numbers are not Sentinel-2's
+    return tuple(_band_canonical(landsat[index] if landsat else label, lookup) for index, label in enumerate(labels))
 
 
 def names_give_bands(info: RasterInfo, names: tuple[str, ...] = DEFAULT_MODEL_BANDS) -> bool:

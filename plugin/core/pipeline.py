@@ -1,6 +1,6 @@
 """Map floods, QGIS-free, in one pass: a plain request in, a plain result out.
 
-    (a Sentinel-2 product: its bands stacked, product_inputs.py)
+    (a Sentinel-2 product, or one band file of a set: its bands stacked, product_inputs.py)
     -> inspect the input -> check the outputs -> the scaling it carries or its names imply -> (the model's bands,
     when known here) -> reach the server
     -> ask it what it is -> choose the transport -> (the model's bands, else) -> ImageJob | TensorJob
@@ -60,7 +60,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
     if isinstance(backend, VllmClient):
         backend = RemoteBackend(backend)
     progress = progress or NullProgress()
-    if has_products(request):  # Sentinel-2 products: their stacks are mapped (this function again)
+    if has_products(request):  # products and band files: their stacks are mapped (this function again)
         with stacked(request, progress) as request:
             return map_floods(request, backend, progress)
     if request.wants_flood_extent():  # the event (and pre-event) image mapped by this function, then compared

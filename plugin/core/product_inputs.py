@@ -1,29 +1,33 @@
-"""A request's inputs that are Sentinel-2 products (sentinel2_product.py), each replaced for the run by the stack
-of its bands, in a temporary folder removed when the run ends, whatever happens.
+"""A request's inputs that are downloads to stack, each replaced for the run by its stack, in a temporary folder
+removed when the run ends, whatever happens.
 
-INPUT and PRE_EVENT become the product's stack; a product given as CLOUD_MASK or PRE_EVENT_CLOUD_MASK becomes its
-scene classification (SCL) or, for L1C, its cloud classification mask. A layer's additional no data values
-follow its bands onto the stack. With CLOUD_MASK given and
-PRE_EVENT_CLOUD_MASK empty, a pre-event product is its own cloud mask, as a pre-event image with a cloud band is.
-Any other input is left as it is.
+A Sentinel-2 product (sentinel2_product.py), given whole or as one of its band files, becomes the stack of its
+bands as INPUT or PRE_EVENT, and its scene classification (SCL) or, for L1C, its cloud classification mask as
+CLOUD_MASK or PRE_EVENT_CLOUD_MASK. With CLOUD_MASK given and PRE_EVENT_CLOUD_MASK empty, a pre-event product is
+its own cloud mask, as a pre-event image with a cloud band is. A single band file of a set (band_files.py) as
+INPUT or PRE_EVENT, with no BANDS given, becomes the stack of its set. A layer's additional no data values
+follow its bands onto the stack. Any other input is left as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Optional
 
-from .bands import band_token
+from .band_files import BandFiles, band_files_of
+from .band_files import write_stack as write_band_stack
+from .bands import DEFAULT_MODEL_BANDS, band_token
 from .errors import InputError
 from .jobs import MapFloodsRequest
 from .layer_nodata import NodataRange
 from .progress import Progress
-from .sentinel2_product import Product, metadata_of, read_product, write_stack
+from .sentinel2_product import Product, metadata_of, metadata_of_band_file, read_product, write_stack
 
 IMAGES = (("input_path", "INPUT", "layer_nodata"), ("pre_event_path", "PRE_EVENT", "pre_event_layer_nodata"))
 CLOUD_MASKS = (("cloud_mask_path", "CLOUD_MASK", "input_path"),
@@ -31,13 +35,26 @@ CLOUD_MASKS = (("cloud_mask_path", "CLOUD_MASK", "input_path"),
 
 
 def has_products(request: MapFloodsRequest) -> bool:
-    """Whether any input of the request is a Sentinel-2 product."""
-    return any(metadata_of(getattr(request, fields[0])) for fields in IMAGES + CLOUD_MASKS)
+    """Whether any input of the request is a Sentinel-2 product or a band file of a set, to be stacked."""
+    return (any(metadata_of(getattr(request, fields[0])) for fields in CLOUD_MASKS)
+            or any(_image_metadata(getattr(request, fields[0])) or _band_files(request, getattr(request, fields[0]))
+                   for fields in IMAGES))
+
+
+def _image_metadata(source: str) -> Optional[str]:
+    """The metadata file of the Sentinel-2 product an image is, or is a band file of."""
+    return metadata_of(source) or metadata_of_band_file(source)
+
+
+def _band_files(request: MapFloodsRequest, source: str) -> Optional[BandFiles]:
+    """The set of band files an image is one of, unless BANDS says which of its bands to map."""
+    return None if request.bands else band_files_of(source)
 
 
 @contextlib.contextmanager
 def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloodsRequest]:
-    """The request with its Sentinel-2 products replaced by their stacks (and cloud masks), for the run."""
+    """The request with its Sentinel-2 products and band files replaced by their stacks (and cloud masks), for
+    the run."""
     folder = tempfile.mkdtemp(prefix="floodmapper-stack-")
     try:
         changes: dict[str, Any] = {}
@@ -50,8 +67,12 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
             return read[metadata]
 
         for name, label, nodata in IMAGES:
-            metadata = metadata_of(getattr(request, name))
+            metadata = _image_metadata(getattr(request, name))
             if metadata is None:
+                band_files = _band_files(request, getattr(request, name))
+                if band_files is not None:
+                    changes.update(_set_stacked(band_files, request, name, label, nodata,
+                                                _own_folder(folder, label), progress))
                 continue
             product = product_of(metadata)
             products[name] = product
@@ -88,10 +109,29 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _set_stacked(band_files: BandFiles, request: MapFloodsRequest, name: str, label: str, nodata: str,
+                 folder: str, progress: Progress) -> dict[str, Any]:
+    """The request's changes for an image that is one band file of a set: the set's stack, and the layer's
+    additional no data values (on its one band) on that file's band of the stack."""
+    changes: dict[str, Any] = {name: write_band_stack(band_files, folder)}
+    progress.info(f"{label} is one of {len(band_files.files)} band files in {band_files.folder} "
+                  f"({band_files.describe()}): they are stacked in this order, at the finest resolution among them")
+    missing = band_files.missing()
+    if missing:
+        progress.warning(f"{label}: no band file in {band_files.folder} gives {', '.join(missing)}, which "
+                         f"Prithvi-EO-2.0 models fine-tuned on Sen1Floods11 take ({', '.join(DEFAULT_MODEL_BANDS)}). "
+                         "If the model needs them, download their band files into the same folder.")
+    ranges = getattr(request, nodata)
+    if ranges:
+        changes[nodata] = tuple(replace(r, band=band_files.given + 1) for r in ranges if r.band == 1)
+    return changes
+
+
 def _on_stack(ranges: tuple[NodataRange, ...], source: str, product: Product, label: str,
               progress: Progress) -> tuple[NodataRange, ...]:
-    """The layer's additional no data values, set on the bands of the subdataset the layer shows (the 10 m one:
-    B4, B3, B2, B8), moved to the same bands of the stack; those on no spectral band are left out, with a note."""
+    """The layer's additional no data values, set on the bands of the subdataset or band file the layer shows
+    (the 10 m subdataset: B4, B3, B2, B8), moved to the same bands of the stack; those on no spectral band are
+    left out, with a note."""
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -100,6 +140,8 @@ def _on_stack(ranges: tuple[NodataRange, ...], source: str, product: Product, la
             names = [band_token(d) for d in src.descriptions]
     except RasterioError:
         names = []
+    if metadata_of_band_file(source):  # one band file of the product (T33TWM_20240501T100031_B02_10m.jp2)
+        names = [band_token(posixpath.basename(source.replace("\\", "/")).split("_")[2])]
     stack = [band_token(band) for band, _, _ in product.bands]
     moved = tuple(replace(r, band=stack.index(names[r.band - 1]) + 1) for r in ranges
                   if 0 < r.band <= len(names) and names[r.band - 1] in stack)

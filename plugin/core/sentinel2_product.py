@@ -27,6 +27,7 @@ from .errors import InputError
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 METADATA = re.compile(r"^MTD_MSIL(2A|1C)\.xml$", re.IGNORECASE)
 _SUBDATASET = re.compile(r"^SENTINEL2_L(?:2A|1C):(?P<rest>.+)$", re.IGNORECASE)
+_GRANULE_BAND_FILE = re.compile(r"^T\d{2}[A-Z]{3}_\d{8}T\d{6}_B(?:\d{2}|8A)(?:_\d{2}m)?\.jp2$", re.IGNORECASE)
 _BAND_FILE = re.compile(r"_(?P<band>B\d{2}|B8A|SCL)(?:_(?P<res>\d{2})m)?$", re.IGNORECASE)
 
 
@@ -82,6 +83,20 @@ def metadata_of(source: str) -> Optional[str]:
             parts = member.rstrip("/").split("/")
             if len(parts) == 2 and METADATA.match(parts[1]):
                 return f"/vsizip/{os.path.abspath(source)}/{member}"
+    return None
+
+
+def metadata_of_band_file(source: str) -> Optional[str]:
+    """The product's metadata file when `source` is one of its spectral band files (`GRANULE/…/IMG_DATA/R10m/
+    T33TWM_20240501T100031_B02_10m.jp2`, as the Browser shows them, inside the .zip too), else None."""
+    path = (source or "").strip().replace("\\", "/")
+    if not _GRANULE_BAND_FILE.match(posixpath.basename(path)) or "/GRANULE/" not in path:
+        return None
+    safe = path.rsplit("/GRANULE/", 1)[0]
+    for level in ("2A", "1C"):
+        metadata = join(safe, f"MTD_MSIL{level}.xml")
+        if is_file(metadata):
+            return metadata
     return None
 
 
