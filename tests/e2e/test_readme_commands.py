@@ -58,6 +58,9 @@ AREA = (r'scripts/qgis-process run floodmapper:map_floods -- INPUT=stack\.vrt '
 PRODUCT_ZIP = "S2B_MSIL2A_20240501T100031_N0510_R122_T33TWM_20240501T123456.zip"
 PRODUCT = (rf"scripts/qgis-process run floodmapper:map_floods -- INPUT={re.escape(PRODUCT_ZIP)} "
            rf"CLOUD_MASK={re.escape(PRODUCT_ZIP)} BACKEND=0 SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
+LANDSAT_SCENE = "LC09_L2SP_013032_20231008_20231009_02_T1"
+LANDSAT = (rf"scripts/qgis-process run floodmapper:map_floods -- INPUT={LANDSAT_SCENE}_SR_B5\.TIF "
+           rf"CLOUD_MASK={LANDSAT_SCENE}_QA_PIXEL\.TIF BACKEND=0 SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
 REFERENCE_TEST = "tests/e2e/test_reference_model.py"
 # what a test that covers README commands must contain (it runs them with these)
 COVERING_TESTS = {
@@ -69,6 +72,7 @@ KNOWN = [  # (full-match pattern, kind, what checks it)
     (BAND_FILES, "run", "test_band_files_to_a_flood_map_of_an_area"),
     (AREA, "run", "test_band_files_to_a_flood_map_of_an_area"),
     (PRODUCT, "run", "test_a_downloaded_product_to_a_flood_map"),
+    (LANDSAT, "run", "test_one_band_file_of_a_landsat_scene_to_a_flood_map"),
     (r"make demo", "run", "test_make_demo_and_batch_on_a_folder"),
     (r"make package", "run", "test_make_package"),
     (r"scripts/qgis-process help floodmapper:map_floods", "run", "test_qgis_process_help"),
@@ -370,6 +374,45 @@ def test_a_downloaded_product_to_a_flood_map(vllm_server, tmp_path):
     np.testing.assert_array_equal(classes == 255, cloud)
     assert f"CLOUD_PIXELS:\t{int(cloud.sum())}" in stdout, stdout[-2000:]
     assert iou(classes, np.where(cloud, 255, truth)) >= 0.85
+
+
+def test_one_band_file_of_a_landsat_scene_to_a_flood_map(vllm_server, tmp_path):
+    """A Landsat 9 Collection 2 Level-2 scene as USGS delivers it (SR_B1-SR_B7 band files at 30 m, values
+    (reflectance + 0.2) / 0.0000275, a QA_PIXEL band of bit flags) -> the README's one command on its SR_B5 file ->
+    a flood map of the whole scene, clouds left out, the band files unchanged."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from scripts.scenes import iou, synthesize
+    from tests.fixtures.landsat_values import as_collection2
+
+    refl, truth = synthesize(9603, 256, 224)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2
+    folder = tmp_path / "download"
+    folder.mkdir()
+    qa = np.full(truth.shape, 21824, np.uint16)  # clear land: flags, none of them cloud
+    qa[:32, :64] |= 1 << 3  # cloud
+    bands = {f"SR_B{b}": data for b, data in enumerate(as_collection2(np.concatenate([refl[:1], refl])), start=1)}
+    for name, data in {**bands, "QA_PIXEL": qa}.items():
+        with rasterio.open(folder / f"{LANDSAT_SCENE}_{name}.TIF", "w", driver="GTiff", width=256, height=224,
+                           count=1, dtype="uint16", nodata=1 if name == "QA_PIXEL" else 0, crs="EPSG:32618",
+                           transform=from_origin(500000.0, 4500000.0, 30, 30)) as dst:
+            dst.write(data, 1)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    out = tmp_path / "flood.tif"
+    stdout = run(readme_command(LANDSAT), {
+        f"{LANDSAT_SCENE}_SR_B5.TIF": str(folder / f"{LANDSAT_SCENE}_SR_B5.TIF"),
+        f"{LANDSAT_SCENE}_QA_PIXEL.TIF": str(folder / f"{LANDSAT_SCENE}_QA_PIXEL.TIF"),
+        "http://127.0.0.1:8000": vllm_server.url, "flood.tif": str(out)}, tmp_path, 600)
+    with rasterio.open(out) as ds:
+        classes, transform = ds.read(1), ds.transform
+    assert transform == from_origin(500000.0, 4500000.0, 30, 30)
+    cloud = np.zeros(truth.shape, bool)
+    cloud[:32, :64] = True
+    np.testing.assert_array_equal(classes == 255, cloud)
+    assert f"CLOUD_PIXELS:\t{int(cloud.sum())}" in stdout, stdout[-2000:]
+    assert iou(classes, np.where(cloud, 255, truth)) >= 0.85
+    assert {name: (folder / name).read_bytes() for name in before} == before  # QGIS may add .aux.xml statistics
 
 
 def _free_port() -> int:
