@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from typing import Optional
@@ -190,6 +191,19 @@ def names_give_bands(info: RasterInfo, names: tuple[str, ...] = DEFAULT_MODEL_BA
     narrow one), so that they are chosen by name whatever its product and band order."""
     found = _named_bands(info, names)
     return all(n in found or (n.upper() == "NIR_NARROW" and "NIR_BROAD" in found) for n in names)
+
+
+def describe_choice(info: RasterInfo, bands: list[int], names: tuple[str, ...]) -> str:
+    """The chosen bands as the model takes them, each with the input band's own name shortened to what tells
+    the bands apart: 'BLUE (SR_B2), GREEN (SR_B3), …' for a stack of `LC09_L2SP_…_SR_B2` files."""
+    labels = [info.descriptions[b] if b < len(info.descriptions) else None for b in bands]
+    named = [label.split(",")[0].strip() for label in labels if label]
+    prefix = os.path.commonprefix(named) if len(named) > 1 else ""
+    cut = max(prefix.rfind(c) for c in "_.-") + 1
+    words = [label.split(",")[0].strip()[cut:] if label else "" for label in labels]
+    names = names if len(names) == len(bands) else tuple(f"channel {i}" for i in range(1, len(bands) + 1))
+    return ", ".join(f"{name} ({word})" if word and _norm(word) != _norm(name) else name
+                     for name, word in zip(names, words))
 
 
 def _describe_found(info: RasterInfo) -> str:

@@ -22,7 +22,7 @@ from . import raster
 from .area_mask import build_mask
 from .area_of_interest import Area, plan_area
 from .backends import Backend, Connection, RemoteBackend
-from .bands import choose_bands
+from .bands import DEFAULT_MODEL_BANDS, choose_bands, describe_choice
 from .errors import FloodMapperError, ModelSpecError
 from .flood_job import map_flood_extent
 from .image_copy import copy_reason
@@ -201,8 +201,9 @@ def _bands(info: raster.RasterInfo, request: MapFloodsRequest, spec: Optional[Mo
     raster.require_valid_pixels(request.input_path, bands, cancel=progress.is_canceled)
     for message in band_warnings:
         warn(message)
+    names = tuple(spec.bands) if spec is not None else DEFAULT_MODEL_BANDS
     progress.info(f"Input: {info.width}×{info.height} px, {info.count} bands; the model gets input bands "
-                  f"{[b + 1 for b in bands]}")
+                  f"{[b + 1 for b in bands]}: {describe_choice(info, bands, names)}")
     hidden = raster.hidden_nodata_of(request.input_path, bands)
     if hidden:
         progress.info(hidden.describe())

@@ -14,7 +14,7 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 from plugin.core import output, raster, server_map
-from plugin.core.bands import select_bands
+from plugin.core.bands import DEFAULT_MODEL_BANDS, describe_choice, select_bands
 from plugin.core.errors import Cancelled, InputError, OutputError, ServerError
 from plugin.core.raster import RasterInfo, inspect
 from plugin.core.server_map import finalize_classes
@@ -287,6 +287,27 @@ def test_landsat_level1_without_its_mtl_or_with_factors_that_differ(tmp_path):
 def test_sentinel2_file_names_keep_sentinel2_numbers():
     names = tuple(f"T33TWM_20240501T100031_{b}_20m" for b in ("B02", "B03", "B04", "B05", "B8A", "B11", "B12"))
     assert select_bands(info_with(names))[0] == [0, 1, 2, 4, 5, 6]
+
+
+@pytest.mark.parametrize("descriptions, expected", [
+    (tuple(f"LC09_L2SP_013032_20231008_20231009_02_T1_SR_B{b}" for b in range(1, 8)),
+     "BLUE (B2), GREEN (B3), RED (B4), NIR_NARROW (B5), SWIR_1 (B6), SWIR_2 (B7)"),
+    (tuple(f"T33TWM_20240501T100031_{b}" for b in ("B02_10m", "B03_10m", "B04_10m", "B8A_20m", "B11_20m", "B12_20m")),
+     "BLUE (B02_10m), GREEN (B03_10m), RED (B04_10m), NIR_NARROW (B8A_20m), SWIR_1 (B11_20m), SWIR_2 (B12_20m)"),
+    (("B4, central wavelength 665 nm", "B3, central wavelength 560 nm", "B2, central wavelength 490 nm",
+      "B8, central wavelength 842 nm", "B11", "B12"),
+     "BLUE (B2), GREEN (B3), RED (B4), NIR_NARROW (B8), SWIR_1 (B11), SWIR_2 (B12)"),
+    (("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2"), "BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2"),
+    (("Band 1", "Band 2", "Band 3", "Band 4", "Band 5", "Band 6"),
+     "BLUE (Band 1), GREEN (Band 2), RED (Band 3), NIR_NARROW (Band 4), SWIR_1 (Band 5), SWIR_2 (Band 6)"),
+])
+def test_the_log_names_each_chosen_band_by_what_tells_it_apart(descriptions, expected):
+    """The log line "the model gets input bands [...]" goes on with these, so a wrong band is seen at once."""
+    info = info_with(descriptions)
+    bands, _ = select_bands(info)
+    assert describe_choice(info, bands, DEFAULT_MODEL_BANDS) == expected
+    assert describe_choice(info_with((None,) * 6), [0, 1, 2, 3, 4, 5], ()) == ", ".join(
+        f"channel {i}" for i in range(1, 7))
 
 
 @pytest.mark.parametrize("path, labels, expected", [
