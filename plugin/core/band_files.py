@@ -8,7 +8,8 @@ same folder whose names differ from its own only in the band (and, for Sentinel-
 that stand for a spectral band (a Landsat panchromatic or thermal band does not) are stacked in a virtual
 raster in band order, at the finest resolution among them, as *Build virtual raster* does by hand; the stack's
 bands keep their files' names, so the band choice, the scaling and a Landsat MTL file work as for a stack made
-by hand. A Sentinel-2 product's own band file is its product's (sentinel2_product.py).
+by hand. The scene's cloud file beside them (QA_PIXEL, Fmask, SCL) is found too. A Sentinel-2 product's own band
+file is its product's (sentinel2_product.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class BandFiles:
     files: tuple[str, ...]  # their paths, in band order
     bands: tuple[str, ...]  # the band each stands for (BLUE, NIR_NARROW, …)
     given: int  # the index of the file the set was found from
+    cloud_file: str = ""  # the scene's quality or classification file beside them (QA_PIXEL, Fmask, SCL), or ""
 
     def describe(self) -> str:
         """'B1, B2, …, B7' as the files name them."""
@@ -74,10 +76,12 @@ def band_files_of(source: str) -> Optional[BandFiles]:
         return None
     stem = os.path.splitext(file_name)[0]
     match = list(_BAND.finditer(stem))[-1]
+    cloud = _cloud_file(stem[:match.start()], files_in(folder))
     return BandFiles(name=(stem[:match.start()] + _RESOLUTION.sub("", stem[match.end():])).strip("_.-") or "bands",
                      folder=folder, files=tuple(join(folder, member) for _, member, _ in chosen),
                      bands=tuple(name for _, _, name in chosen),
-                     given=[member for _, member, _ in chosen].index(file_name))
+                     given=[member for _, member, _ in chosen].index(file_name),
+                     cloud_file=join(folder, cloud) if cloud else "")
 
 
 def write_stack(band_files: BandFiles, folder: str) -> str:
@@ -108,6 +112,19 @@ def _set_pattern(file_name: str) -> Optional[re.Pattern]:
     resolution = _RESOLUTION.search(after)
     after = re.escape(after[:resolution.start()]) + r"_\d{2,3}m" if resolution else re.escape(after)
     return re.compile(rf"^{before}B\d{{1,2}}A?{after}{re.escape(ext)}$", re.IGNORECASE)
+
+
+def _cloud_file(before_band: str, names: list[str]) -> str:
+    """The scene's cloud file among `names`: Landsat's `…_QA_PIXEL.TIF` beside `…_SR_B5.TIF`, HLS's
+    `….Fmask.tif`, Sentinel-2's `…_SCL_20m.jp2` or `SCL.tif`; "" when there is none."""
+    scene = re.sub(r"SR_$", "", before_band, flags=re.IGNORECASE)
+    pattern = re.compile(rf"^{re.escape(scene)}(?:QA_PIXEL|Fmask|SCL(?:_\d{{2}}m)?)\.(?:tif|tiff|jp2)$", re.IGNORECASE)
+    found = [name for name in names if pattern.match(name)]
+    return sorted(found, key=_resolution_of_name)[0] if found else ""
+
+
+def _resolution_of_name(name: str) -> int:
+    return _resolution(os.path.splitext(name)[0])
 
 
 def _band_count(source: str) -> int:

@@ -3,10 +3,11 @@ removed when the run ends, whatever happens.
 
 A Sentinel-2 product (sentinel2_product.py), given whole or as one of its band files, becomes the stack of its
 bands as INPUT or PRE_EVENT, and its scene classification (SCL) or, for L1C, its cloud classification mask as
-CLOUD_MASK or PRE_EVENT_CLOUD_MASK. With CLOUD_MASK given and PRE_EVENT_CLOUD_MASK empty, a pre-event product is
-its own cloud mask, as a pre-event image with a cloud band is. A single band file of a set (band_files.py) as
-INPUT or PRE_EVENT, with no BANDS given, becomes the stack of its set. A layer's additional no data values
-follow its bands onto the stack. Any other input is left as it is.
+CLOUD_MASK or PRE_EVENT_CLOUD_MASK. A single band file of a set (band_files.py) as INPUT or PRE_EVENT, with no
+BANDS given, becomes the stack of its set. With CLOUD_MASK given and PRE_EVENT_CLOUD_MASK empty, a pre-event
+product or band file brings its own cloud mask (the SCL, the QA_PIXEL beside it), as a pre-event image with a
+cloud band does; otherwise the log names such a file. A layer's additional no data values follow its bands onto
+the stack. Any other input is left as it is.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from .band_files import BandFiles, band_files_of
@@ -58,7 +59,7 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
     folder = tempfile.mkdtemp(prefix="floodmapper-stack-")
     try:
         changes: dict[str, Any] = {}
-        products: dict[str, Product] = {}
+        own_clouds: dict[str, _OwnCloud] = {}  # by image: the cloud file its product or band files come with
         read: dict[str, Product] = {}  # by metadata file: the same product as INPUT and CLOUD_MASK is read once
 
         def product_of(metadata: str) -> Product:
@@ -73,15 +74,22 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
                 if band_files is not None:
                     changes.update(_set_stacked(band_files, request, name, label, nodata,
                                                 _own_folder(folder, label), progress))
+                    if band_files.cloud_file:
+                        file_name = posixpath.basename(band_files.cloud_file.replace("\\", "/"))
+                        own_clouds[name] = _OwnCloud(band_files.cloud_file, f"band files' {file_name}",
+                                                     f"{file_name} lies beside the band files")
                 continue
             product = product_of(metadata)
-            products[name] = product
             changes[name] = write_stack(product, _own_folder(folder, label))
             progress.info(f"{label} is the Sentinel-2 {product.level} product {product.name}: its {len(product.bands)} "
                           f"spectral bands are read from its band files ({product.describe()}), on the "
                           f"{min(res for _, res, _ in product.bands)} m grid")
             if getattr(request, nodata):
                 changes[nodata] = _on_stack(getattr(request, nodata), getattr(request, name), product, label, progress)
+            if product.cloud_file:
+                own_clouds[name] = _OwnCloud(product.cloud_file, f"product's {_mask_name(product)}",
+                                             f"{product.name} has a {_mask_name(product)}",
+                                             " (the product itself will do)")
         for name, label, image in CLOUD_MASKS:
             value = getattr(request, name)
             metadata = metadata_of(value)
@@ -93,20 +101,29 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
                                      f"Give a cloud raster as {label}, or leave it empty.")
                 changes[name] = product.cloud_file
                 progress.info(f"{label}: the product's {_mask_name(product)} ({product.cloud_file})")
-            elif not value and image in products and products[image].cloud_file:
-                product = products[image]
+            elif not value and image in own_clouds:
+                own = own_clouds[image]
                 if name == "pre_event_cloud_mask_path" and request.cloud_mask_path:
                     # as for a pre-event image that carries its own cloud band: the event is cloud-masked, so
                     # the pre-event clouds must give no reference either
-                    changes[name] = product.cloud_file
-                    progress.info(f"{label}: the pre-event product's {_mask_name(product)} "
-                                  f"({product.cloud_file}), since CLOUD_MASK is given")
+                    changes[name] = own.file
+                    progress.info(f"{label}: the pre-event {own.what} ({own.file}), since CLOUD_MASK is given")
                     continue
-                progress.info(f"{product.name} has a {_mask_name(product)} ({product.cloud_file}); it is not "
-                              f"used as a cloud mask unless given as {label} (the product itself will do)")
+                progress.info(f"{own.found} ({own.file}); it is not used as a cloud mask unless given as "
+                              f"{label}{own.given_as}")
         yield replace(request, **changes)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _OwnCloud:
+    """The cloud file an image's product or band files come with, and how the log speaks of it."""
+
+    file: str
+    what: str  # "product's scene classification (SCL)", "band files' …_QA_PIXEL.TIF"
+    found: str  # "S2B_… has a scene classification (SCL)", "…_QA_PIXEL.TIF lies beside the band files"
+    given_as: str = ""  # what else may be given as the cloud mask
 
 
 def _set_stacked(band_files: BandFiles, request: MapFloodsRequest, name: str, label: str, nodata: str,

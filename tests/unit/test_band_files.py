@@ -49,17 +49,20 @@ def coarser(values: np.ndarray, factor: int) -> np.ndarray:
     return values[::factor, ::factor]
 
 
-def write_landsat(folder) -> dict[str, str]:
-    """Collection 2 Level-2 band files at 30 m (the grid is H/3 x W/3) with the files that come with them."""
+def write_landsat(folder, refl=None, qa=None, scene=LANDSAT) -> dict[str, str]:
+    """Collection 2 Level-2 band files at 30 m (the grid is H/3 x W/3) with the files that come with them (QA_PIXEL
+    all clear unless given)."""
     os.makedirs(folder, exist_ok=True)
-    sr = as_collection2(coarser(reflectance().transpose(1, 2, 0), 3).transpose(2, 0, 1))
+    refl = reflectance() if refl is None else refl
+    sr = as_collection2(coarser(refl.transpose(1, 2, 0), 3).transpose(2, 0, 1))
     oli = {2: 0, 3: 1, 4: 2, 5: 3, 6: 4, 7: 5}  # OLI band -> the row of BLUE … SWIR_2
     files = {}
     for band in range(1, 8):
         values = sr[oli.get(band, 0)]
-        files[f"SR_B{band}"] = write_band(os.path.join(folder, f"{LANDSAT}_SR_B{band}.TIF"), values, 30)
-    write_band(os.path.join(folder, f"{LANDSAT}_ST_B10.TIF"), sr[0], 30)  # thermal: another set (ST_)
-    write_band(os.path.join(folder, f"{LANDSAT}_QA_PIXEL.TIF"), sr[0], 30)
+        files[f"SR_B{band}"] = write_band(os.path.join(folder, f"{scene}_SR_B{band}.TIF"), values, 30)
+    write_band(os.path.join(folder, f"{scene}_ST_B10.TIF"), sr[0], 30)  # thermal: another set (ST_)
+    qa = np.full(sr.shape[1:], 21824, np.uint16) if qa is None else qa  # clear land
+    files["QA_PIXEL"] = write_band(os.path.join(folder, f"{scene}_QA_PIXEL.TIF"), qa, 30, nodata=1)
     return files
 
 
@@ -95,6 +98,7 @@ def test_a_landsat_band_file_belongs_to_its_seven_surface_reflectance_bands(tmp_
     assert found.files == tuple(files[f"SR_B{b}"] for b in range(1, 8))  # not ST_B10 or QA_PIXEL
     assert found.bands == ("COASTAL_AEROSOL", "BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
     assert found.given == 3 and found.name == f"{LANDSAT}_SR" and found.missing() == []
+    assert found.cloud_file == files["QA_PIXEL"]
     assert found.describe() == "B1, B2, B3, B4, B5, B6, B7"
 
 
@@ -121,7 +125,7 @@ def test_hls_l30_band_files_are_read_with_landsat_numbers(tmp_path):
     found = band_files_of(str(tmp_path / f"{granule}.B03.tif"))
     assert found.describe() == "B01, B02, B03, B04, B05, B06, B07, B09" and found.given == 2
     assert found.bands[1:7] == ("BLUE", "GREEN", "RED", "NIR_NARROW", "SWIR_1", "SWIR_2")
-    assert found.name == granule
+    assert found.name == granule and found.cloud_file == str(tmp_path / f"{granule}.Fmask.tif")
 
 
 def test_sentinel2_band_files_at_10_20_and_60_m_are_stacked_on_the_10_m_grid(tmp_path):
@@ -134,7 +138,7 @@ def test_sentinel2_band_files_at_10_20_and_60_m_are_stacked_on_the_10_m_grid(tmp
         write_band(tmp_path / f"{other}.tif", coarser(refl[0], 2), 20)
     found = band_files_of(str(tmp_path / "B11.tif"))
     assert found.describe() == "B01, B02, B03, B04, B05, B08, B8A, B11, B12"
-    assert found.given == 7 and found.name == "bands"
+    assert found.given == 7 and found.name == "bands" and found.cloud_file == str(tmp_path / "SCL.tif")
     info = raster.inspect(write_stack(found, str(tmp_path / "..")))
     assert (info.count, info.width, info.height, info.transform.a, info.transform.c, info.transform.f) == \
         (9, W, H, 10.0, X0, Y0)
@@ -148,7 +152,7 @@ def test_band_files_copied_out_of_a_product_take_each_band_at_its_finest_resolut
     found = band_files_of(str(tmp_path / f"{tile}_B11_20m.jp2"))
     assert [os.path.basename(f) for f in found.files] == [f"{tile}_B02_10m.jp2", f"{tile}_B03_10m.jp2",
                                                           f"{tile}_B11_20m.jp2"]
-    assert found.name == tile and found.given == 2
+    assert found.name == tile and found.given == 2 and found.cloud_file == str(tmp_path / f"{tile}_SCL_20m.jp2")
     assert found.missing() == ["RED", "NIR_NARROW", "SWIR_2"]
 
 
@@ -177,6 +181,8 @@ def test_a_landsat_band_file_maps_like_the_stack_of_its_set_made_by_hand(tensor_
     assert any(f"INPUT is one of 7 band files in {tmp_path / 'scene'} (B1, B2, B3, B4, B5, B6, B7): they are "
                "stacked" in m for m in progress.infos), progress.infos
     assert any("Landsat Collection 2 Level-2 surface reflectance" in m for m in progress.infos), progress.infos
+    assert any(f"{LANDSAT}_QA_PIXEL.TIF lies beside the band files ({files['QA_PIXEL']}); it is not used as a "
+               "cloud mask unless given as CLOUD_MASK" in m for m in progress.infos), progress.infos
     assert not progress.warnings, progress.warnings
     assert (classes[:12] == 1).all() and (classes[12:] == 0).all() and result.water_pixels == 12 * W // 3
     assert transform == from_origin(X0, Y0, 30, 30)
@@ -217,6 +223,29 @@ def test_the_layers_no_data_values_follow_its_band_file_onto_the_stack(tensor_wo
     classes, _ = read(world.output)
     np.testing.assert_array_equal(classes == 255, blue == low)
     assert result.valid_pixels == blue.size - int((blue == low).sum())
+
+
+def test_a_pre_event_band_file_brings_its_qa_band_when_the_event_is_cloud_masked(tensor_world, tmp_path):
+    """Before the flood: water in rows 0-5 (of 24 at 30 m) and a cloud shadow, as dark as water, over rows 8-11
+    that its QA_PIXEL flags. With CLOUD_MASK given, the pre-event QA band keeps the shadow from being taken for
+    permanent water, as a pre-event product's SCL does."""
+    world = tensor_world
+    event = write_landsat(tmp_path / "event")
+    refl = reflectance()
+    refl[3, 18:] = 0.4
+    refl[3, 24:36] = 0.03  # the shadow
+    qa = np.full((H // 3, W // 3), 21824, np.uint16)
+    qa[8:12] |= 1 << 4  # cloud shadow
+    before = write_landsat(tmp_path / "before", refl, qa, scene="LC09_L2SP_190029_20240415_20240416_02_T1")
+    progress = Recorder()
+    result = map_floods(world.request(input_path=event["SR_B4"], pre_event_path=before["SR_B4"],
+                                      cloud_mask_path=event["QA_PIXEL"]), world.client(), progress)
+    classes = read(world.output)[0]
+    assert (classes[:6] == 2).all() and (classes[6:12] == 1).all() and (classes[12:] == 0).all()
+    assert result.no_reference_pixels == 4 * W // 3
+    assert any("PRE_EVENT_CLOUD_MASK: the pre-event band files' LC09_L2SP_190029_20240415_20240416_02_T1_QA_PIXEL"
+               ".TIF" in m and "since CLOUD_MASK is given" in m for m in progress.infos), progress.infos
+    assert os.listdir(tempfile.gettempdir()) == []
 
 
 def test_bands_given_keep_the_file_as_it_is(tensor_world, tmp_path):
