@@ -33,7 +33,7 @@ _RESOLUTION = re.compile(r"_\d{2,3}m$", re.IGNORECASE)  # Sentinel-2 band files:
 class BandFiles:
     """A set of band files, in band order."""
 
-    name: str  # what the set is called: the file's name without its band (`LC09_L2SP_…_SR_`)
+    name: str  # what the set is called: the file's name without its band (`LC09_L2SP_…_SR`)
     folder: str
     files: tuple[str, ...]  # their paths, in band order
     bands: tuple[str, ...]  # the band each stands for (BLUE, NIR_NARROW, …)
@@ -59,7 +59,8 @@ def band_files_of(source: str) -> Optional[BandFiles]:
     if pattern is None or not is_file(source) or _band_count(source) != 1:
         return None
     folder = folder_of(source)
-    members = [name for name in files_in(folder) if pattern.match(name)]
+    listing = files_in(folder)
+    members = [name for name in listing if pattern.match(name)]
     if len(members) < 2 or file_name not in members:
         return None
     labels = [os.path.splitext(name)[0] for name in members]
@@ -76,7 +77,7 @@ def band_files_of(source: str) -> Optional[BandFiles]:
         return None
     stem = os.path.splitext(file_name)[0]
     match = list(_BAND.finditer(stem))[-1]
-    cloud = _cloud_file(stem[:match.start()], files_in(folder))
+    cloud = _cloud_file(stem[:match.start()], listing)
     return BandFiles(name=(stem[:match.start()] + _RESOLUTION.sub("", stem[match.end():])).strip("_.-") or "bands",
                      folder=folder, files=tuple(join(folder, member) for _, member, _ in chosen),
                      bands=tuple(name for _, _, name in chosen),
