@@ -77,8 +77,10 @@ def band_files_of(source: str) -> Optional[BandFiles]:
         return None
     stem = os.path.splitext(file_name)[0]
     match = list(_BAND.finditer(stem))[-1]
-    cloud = _cloud_file(stem[:match.start()], listing)
-    return BandFiles(name=(stem[:match.start()] + _RESOLUTION.sub("", stem[match.end():])).strip("_.-") or "bands",
+    before, after = stem[:match.start()], stem[match.end():]
+    cloud = _cloud_file(before, after, listing)
+    name = re.sub(r"([_.-])[_.-]+", r"\1", before + _RESOLUTION.sub("", after)).strip("_.-")
+    return BandFiles(name=name or "bands",
                      folder=folder, files=tuple(join(folder, member) for _, member, _ in chosen),
                      bands=tuple(name for _, _, name in chosen),
                      given=[member for _, member, _ in chosen].index(file_name),
@@ -109,17 +111,22 @@ def _set_pattern(file_name: str) -> Optional[re.Pattern]:
     if not matches:
         return None
     match = matches[-1]
-    before, after = re.escape(stem[:match.start()]), stem[match.end():]
+    return re.compile(rf"^{re.escape(stem[:match.start()])}B\d{{1,2}}A?{_after(stem[match.end():])}"
+                      rf"{re.escape(ext)}$", re.IGNORECASE)
+
+
+def _after(after: str) -> str:
+    """A pattern for what follows the band in the set's names: the same, any resolution for Sentinel-2's."""
     resolution = _RESOLUTION.search(after)
-    after = re.escape(after[:resolution.start()]) + r"_\d{2,3}m" if resolution else re.escape(after)
-    return re.compile(rf"^{before}B\d{{1,2}}A?{after}{re.escape(ext)}$", re.IGNORECASE)
+    return re.escape(after[:resolution.start()]) + r"_\d{2,3}m" if resolution else re.escape(after)
 
 
-def _cloud_file(before_band: str, names: list[str]) -> str:
-    """The scene's cloud file among `names`: Landsat's `…_QA_PIXEL.TIF` beside `…_SR_B5.TIF`, HLS's
-    `….Fmask.tif`, Sentinel-2's `…_SCL_20m.jp2` or `SCL.tif`; "" when there is none."""
-    scene = re.sub(r"SR_$", "", before_band, flags=re.IGNORECASE)
-    pattern = re.compile(rf"^{re.escape(scene)}(?:QA_PIXEL|Fmask|SCL(?:_\d{{2}}m)?)\.(?:tif|tiff|jp2)$", re.IGNORECASE)
+def _cloud_file(before: str, after: str, names: list[str]) -> str:
+    """The scene's cloud file among `names`, named as the band files are with the band word replaced: Landsat's
+    `…_QA_PIXEL.TIF` beside `…_SR_B5.TIF`, HLS's `….Fmask.tif`, Sentinel-2's `…_SCL_20m.jp2`, `SCL.tif` or
+    `…_L2A_SCL_(Raw).tiff`; "" when there is none."""
+    scene = re.escape(re.sub(r"SR_$", "", before, flags=re.IGNORECASE))
+    pattern = re.compile(rf"^{scene}(?:QA_PIXEL|Fmask|SCL){_after(after)}\.(?:tif|tiff|jp2)$", re.IGNORECASE)
     found = [name for name in names if pattern.match(name)]
     return sorted(found, key=_resolution_of_name)[0] if found else ""
 

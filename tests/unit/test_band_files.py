@@ -144,6 +144,18 @@ def test_sentinel2_band_files_at_10_20_and_60_m_are_stacked_on_the_10_m_grid(tmp
         (9, W, H, 10.0, X0, Y0)
 
 
+def test_band_files_as_the_copernicus_browser_downloads_them(tmp_path):
+    """Analytical downloads name each band file by the time range, the product and the band."""
+    prefix = "2024-05-01-00_00_2024-05-01-23_59_Sentinel-2_L2A_"
+    values = np.full((H, W), 1500, np.uint16)
+    for band in ("B02", "B03", "B04", "B08", "B8A", "B11", "B12", "SCL", "True_color"):
+        write_band(tmp_path / f"{prefix}{band}_(Raw).tiff", values, 10)
+    found = band_files_of(str(tmp_path / f"{prefix}B8A_(Raw).tiff"))
+    assert found.describe() == "B02, B03, B04, B08, B8A, B11, B12" and found.given == 4
+    assert found.name == "2024-05-01-00_00_2024-05-01-23_59_Sentinel-2_L2A_(Raw)"
+    assert found.cloud_file == str(tmp_path / f"{prefix}SCL_(Raw).tiff")
+
+
 def test_band_files_copied_out_of_a_product_take_each_band_at_its_finest_resolution(tmp_path):
     tile = "T33TWM_20240501T100031"
     values = np.full((H, W), 1500, np.uint16)
