@@ -13,7 +13,7 @@ from rasterio.transform import from_origin
 
 from scripts.scenes import iou, synthesize
 from tests.fixtures.landsat_values import as_collection2
-from tests.fixtures.processing_log import run_logged
+from tests.fixtures.processing_log import run_logged, run_on_layer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.qgis_versions]
 
@@ -51,19 +51,14 @@ def _sentinel2_band_files(folder: Path, seed: int, width: int, height: int):
 def test_the_layer_of_one_sentinel2_band_file_maps_like_its_stack_made_by_hand(provider_loaded, vllm_server,
                                                                               tmp_path):
     import processing
-    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.core import QgsRasterLayer
 
     files, truth = _sentinel2_band_files(tmp_path / "bands", seed=9601, width=384, height=320)
     layer = QgsRasterLayer(files[1], "B03", "gdal")
     assert layer.isValid() and layer.bandCount() == 1
-    QgsProject.instance().addMapLayer(layer)
-    try:
-        out = tmp_path / "flood.tif"
-        result, log = run_logged("floodmapper:map_floods", {
-            "INPUT": layer.id(), "BACKEND": 0, "SERVER_URL": vllm_server.url, "TRANSPORT": 1,
-            "OUTPUT": str(out)}, project=True)
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
+    out = tmp_path / "flood.tif"
+    result, log = run_on_layer(layer, {"BACKEND": 0, "SERVER_URL": vllm_server.url, "TRANSPORT": 1,
+                                       "OUTPUT": str(out)})
     assert f"INPUT is one of 6 band files in {tmp_path / 'bands'} (B02, B03, B04, B8A, B11, B12)" in log, log
     assert "the model gets input bands [1, 2, 3, 4, 5, 6]" in log, log
     assert "Sentinel-2 acquired on 2024-05-01 (in the band files' names): reflectance offset -0.1" in log, log

@@ -13,7 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from scripts.scenes import iou, synthesize
-from tests.fixtures.processing_log import run_logged
+from tests.fixtures.processing_log import run_logged, run_on_layer
 from tests.fixtures.sentinel2_safe import NAME, write_l2a
 
 pytestmark = [pytest.mark.vllm, pytest.mark.qgis_versions]
@@ -60,20 +60,15 @@ def test_the_downloaded_zip_is_mapped_with_its_own_scl(provider_loaded, vllm_ten
 
 
 def test_the_10_m_subdataset_layer_maps_the_whole_product(provider_loaded, vllm_server, tmp_path):
-    from qgis.core import QgsProject, QgsRasterLayer
+    from qgis.core import QgsRasterLayer
 
     safe, truth = _product(tmp_path, seed=9502, zipped=False)
     layer = QgsRasterLayer(f"SENTINEL2_L2A:{safe}/MTD_MSIL2A.xml:10m:EPSG_32633", "10 m", "gdal")
     # B4, B3, B2, B8 (and AOT, WVP with GDAL 3.7+): not what the model reads
     assert layer.isValid() and layer.bandCount() in (4, 6)
-    QgsProject.instance().addMapLayer(layer)
-    try:
-        out = tmp_path / "flood.tif"
-        result, log = run_logged("floodmapper:map_floods", {
-            "INPUT": layer.id(), "BACKEND": 0, "SERVER_URL": vllm_server.url, "TRANSPORT": 1,
-            "OUTPUT": str(out)}, project=True)
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
+    out = tmp_path / "flood.tif"
+    result, log = run_on_layer(layer, {"BACKEND": 0, "SERVER_URL": vllm_server.url, "TRANSPORT": 1,
+                                       "OUTPUT": str(out)})
     assert f"INPUT is the Sentinel-2 L2A product {NAME}" in log, log
     assert "temporary GeoTIFF" in log, log  # the image server reads the stack's copy
     assert "has a scene classification (SCL)" in log and "not used as a cloud mask" in log, log

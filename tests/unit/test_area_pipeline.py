@@ -18,14 +18,9 @@ from plugin.core.layer_nodata import NodataRange
 from plugin.core.pipeline import map_floods
 from tests.fixtures.landsat_values import as_collection2
 from tests.fixtures.progress import Recorder
-from tests.fixtures.world import image_answer, image_world, write_scene
+from tests.fixtures.world import image_answer, write_scene
 
 X0, Y0, PX = 500000, 5000000, 20  # the World's scene: 80x64 px, water (low NIR) in rows 0-31
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    yield from image_world(tmp_path, monkeypatch)
 
 
 def extent(c0, r0, c1, r1):
@@ -215,12 +210,6 @@ def test_bad_areas_fail_before_any_request_and_write_nothing(world, request_fiel
 
 
 # ----------------------------------------------------------------------------------------------- tensor
-@pytest.fixture
-def tensor_world(world):
-    world.kind = "tensor"
-    return world
-
-
 def test_tensor_extent_maps_exactly_like_the_raster_cut_beforehand(tensor_world):
     world = tensor_world
     with rasterio.open(world.input) as src:

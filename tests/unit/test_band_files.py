@@ -21,7 +21,6 @@ from plugin.core.sentinel2_product import metadata_of_band_file
 from tests.fixtures.landsat_values import as_collection2
 from tests.fixtures.progress import Recorder
 from tests.fixtures.sentinel2_safe import NAME, write_l2a
-from tests.fixtures.world import image_world
 
 H, W = 72, 96  # at the finest resolution
 X0, Y0 = 500000.0, 4990020.0
@@ -77,17 +76,6 @@ def hand_made_stack(files: list[str], path) -> str:
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.transform
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    yield from image_world(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def tensor_world(world):
-    world.kind = "tensor"
-    return world
 
 
 # ---------------------------------------------------------------------------------------------- the set

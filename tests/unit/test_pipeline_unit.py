@@ -28,12 +28,7 @@ from tests.fixtures.fake_http import Reply, vllm_error
 from tests.fixtures.fake_vllm import decode_tensor
 from tests.fixtures.landsat_mtl import write_mtl
 from tests.fixtures.progress import Recorder
-from tests.fixtures.world import MODEL, image_answer, image_world, model_config, write_scene
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    yield from image_world(tmp_path, monkeypatch)
+from tests.fixtures.world import MODEL, image_answer, model_config, write_scene
 
 
 def jobs(world) -> list[dict]:

@@ -17,7 +17,6 @@ from plugin.core.pipeline import map_floods
 from plugin.core.sentinel2_product import BANDS, metadata_of, read_product, write_stack
 from tests.fixtures.progress import Recorder
 from tests.fixtures.sentinel2_safe import L1C_RES, NAME, write_l1c, write_l2a
-from tests.fixtures.world import image_world
 
 H, W = 72, 96  # the product's 10 m grid
 X0, Y0 = 500000.0, 4990020.0
@@ -110,17 +109,6 @@ def test_a_product_missing_a_band_file_is_refused_naming_the_band(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ mapped
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    yield from image_world(tmp_path, monkeypatch)
-
-
-@pytest.fixture
-def tensor_world(world):
-    world.kind = "tensor"
-    return world
-
-
 def hand_made_stack(folder) -> str:
     """The README's way: the six band files in a VRT (gdalbuildvrt -separate -resolution highest)."""
     from osgeo import gdal
