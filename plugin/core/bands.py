@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, MissingBands
 from .landsat import landsat_band_names
 from .raster import RasterInfo
 
@@ -116,7 +116,7 @@ def select_bands(
         return [int(b) - 1 for b in bands], warnings
 
     if info.count < n_model_bands:
-        raise InputError(
+        raise MissingBands(
             f"The raster has {info.count} band(s); the model needs {n_model_bands} ({label}).",
             "Use a multispectral raster with those bands (e.g. Sentinel-2 or HLS), or stack them first "
             "(Raster > Miscellaneous > Build Virtual Raster, 'Place each input file into a separate band').",
@@ -142,7 +142,7 @@ def select_bands(
                 warnings.append(f"Several bands look like {name} ({[h + 1 for h in hits]}); using band {hits[0] + 1}.")
             chosen.append(hits[0])
         if missing:
-            raise InputError(
+            raise MissingBands(
                 f"The raster names its bands, but none is {', '.join(missing)} (found: "
                 f"{_describe_found(info)}).",
                 f"Give the band numbers for {label} explicitly in the 'Bands' parameter.",

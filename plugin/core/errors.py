@@ -28,6 +28,10 @@ class InputError(FloodMapperError):
     """The input raster or a parameter cannot be used."""
 
 
+class MissingBands(InputError):
+    """The raster lacks a band the model takes: too few bands, or none named as one of the model's."""
+
+
 class OutputError(FloodMapperError):
     """The output cannot be written where asked."""
 

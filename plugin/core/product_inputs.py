@@ -24,7 +24,7 @@ from typing import Any, Optional
 from .band_files import BandFiles, band_files_of
 from .band_files import write_stack as write_band_stack
 from .bands import DEFAULT_MODEL_BANDS, band_token
-from .errors import InputError
+from .errors import InputError, MissingBands
 from .jobs import MapFloodsRequest
 from .layer_nodata import NodataRange
 from .progress import Progress
@@ -59,6 +59,7 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
     folder = tempfile.mkdtemp(prefix="floodmapper-stack-")
     try:
         changes: dict[str, Any] = {}
+        incomplete: list[tuple[str, BandFiles]] = []  # (label, set) of the sets that lack a Sen1Floods11 band
         own_clouds: dict[str, _OwnCloud] = {}  # by image: the cloud file its product or band files come with
         read: dict[str, Product] = {}  # by metadata file: the same product as INPUT and CLOUD_MASK is read once
 
@@ -74,6 +75,8 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
                 if band_files is not None:
                     changes.update(_set_stacked(band_files, request, name, label, nodata,
                                                 _own_folder(folder, label), progress))
+                    if band_files.missing():
+                        incomplete.append((label, band_files))
                     if band_files.cloud_file:
                         file_name = posixpath.basename(band_files.cloud_file.replace("\\", "/"))
                         own_clouds[name] = _OwnCloud(band_files.cloud_file, f"band files' {file_name}",
@@ -111,7 +114,17 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
                     continue
                 progress.info(f"{own.found} ({own.file}); it is not used as a cloud mask unless given as "
                               f"{label}{own.given_as}")
-        yield replace(request, **changes)
+        try:
+            yield replace(request, **changes)
+        except MissingBands as exc:
+            if not incomplete:
+                raise
+            label, band_files = incomplete[0]
+            raise MissingBands(f"{exc.message} {label} was stacked from the band files in {band_files.folder} "
+                               f"({band_files.describe()}), and none of them gives "
+                               f"{', '.join(band_files.missing())}.",
+                               "Put the band files of the missing bands (the same scene, named as these) into "
+                               "that folder and run again.") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

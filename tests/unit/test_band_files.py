@@ -260,8 +260,11 @@ def test_a_set_without_the_models_bands_says_which_are_missing(tensor_world, tmp
     for band, row in (("B02", 0), ("B03", 1), ("B04", 2), ("B08", 3)):
         write_band(tmp_path / f"{band}.tif", refl[row], 10)
     progress = Recorder()
-    with pytest.raises(InputError, match=r"The raster has 4 band\(s\); the model needs 6"):
+    with pytest.raises(InputError, match=r"The raster has 4 band\(s\); the model needs 6") as err:
         map_floods(world.request(input_path=str(tmp_path / "B04.tif")), world.client(), progress)
+    assert (f"INPUT was stacked from the band files in {tmp_path} (B02, B03, B04, B08), and none of them gives "
+            "SWIR_1, SWIR_2." in err.value.message)
+    assert err.value.hint.startswith("Put the band files of the missing bands") and "stack them" not in str(err.value)
     assert any(f"INPUT: no band file in {tmp_path} gives SWIR_1, SWIR_2" in m and "download their band files" in m
                for m in progress.warnings), progress.warnings
     assert os.listdir(tempfile.gettempdir()) == [] and not world.jobs() and not os.path.exists(world.output)

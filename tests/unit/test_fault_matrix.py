@@ -64,7 +64,7 @@ outcome, the job's worker threads are gone when it returns.
 | 44 | output-folder-removed-image | the output folder is deleted while waiting | OutputError: folder does not exist |
 | 45 | output-folder-removed-tensor | the output folder is deleted mid-run | OutputError: folder |
 | 46 | probability-folder-removed | the probability's folder is deleted mid-run | OutputError: no flood.tif |
-| 47 | too-few-bands | a 3-band raster for a 6-band model | InputError: has 3 band(s), needs 6 / stack them |
+| 47 | too-few-bands | a 3-band raster for a 6-band model | MissingBands: has 3 band(s), needs 6 / stack them |
 | 48 | all-nodata | every pixel is the nodata value | InputError: every pixel is nodata / nodata value |
 | 49 | nan-inf-everywhere | float32 NaN, +Inf, -Inf, no nodata value | InputError: every pixel is nodata |
 | 50 | single-pixel-image | a 1x1 raster, image transport | success: a 1x1 map, 1 valid pixel |
@@ -117,6 +117,7 @@ from plugin.core.errors import (
     EngineDied,
     FloodMapperError,
     InputError,
+    MissingBands,
     ModelSpecError,
     OutputError,
     ServerError,
@@ -673,7 +674,7 @@ CASES: list[Case] = [
          setup_folder_removed("prob", 3, probability_elsewhere=True), OutputError,
          r"The output folder '.*prob' went away while the flood map was written", r"output folder still exists",
          kind="tensor"),
-    Case("too-few-bands", "a 3-band raster for a 6-band model", setup_input(count=3), InputError,
+    Case("too-few-bands", "a 3-band raster for a 6-band model", setup_input(count=3), MissingBands,
          r"The raster has 3 band\(s\); the model needs 6", r"stack them first"),
     Case("all-nodata", "every pixel is the nodata value", setup_input(fill=0), InputError, _NODATA,
          r"Check the raster and its nodata value"),
