@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .archive_members import files_in, folder_of, is_file, join
-from .bands import DEFAULT_MODEL_BANDS, band_names
+from .bands import DEFAULT_MODEL_BANDS, band_names, missing_names
 from .errors import InputError
 
 # a band in a file's name: B2, B02, B8A, SR_B5 (the last such word of the name)
@@ -45,8 +45,8 @@ class BandFiles:
         return ", ".join(_band_word(posixpath.basename(f.replace("\\", "/"))) for f in self.files)
 
     def missing(self, names: tuple[str, ...] = DEFAULT_MODEL_BANDS) -> list[str]:
-        """Those of `names` no file gives (the broad NIR standing in for the narrow one, as the band choice does)."""
-        return [n for n in names if n not in self.bands and not (n == "NIR_NARROW" and "NIR_BROAD" in self.bands)]
+        """Those of `names` no file gives."""
+        return missing_names(self.bands, names)
 
 
 def band_files_of(source: str) -> Optional[BandFiles]:
@@ -76,7 +76,7 @@ def band_files_of(source: str) -> Optional[BandFiles]:
     if len(chosen) < 2 or file_name not in [member for _, member, _ in chosen]:
         return None
     stem = os.path.splitext(file_name)[0]
-    match = list(_BAND.finditer(stem))[-1]
+    match = _last_band(stem)
     before, after = stem[:match.start()], stem[match.end():]
     cloud = _cloud_file(before, after, listing)
     name = re.sub(r"([_.-])[_.-]+", r"\1", before + _RESOLUTION.sub("", after)).strip("_.-")
@@ -107,10 +107,9 @@ def write_stack(band_files: BandFiles, folder: str) -> str:
 def _set_pattern(file_name: str) -> Optional[re.Pattern]:
     """The names of the files of the same set as `file_name`: the same name with any band (and resolution)."""
     stem, ext = os.path.splitext(file_name)
-    matches = list(_BAND.finditer(stem))
-    if not matches:
+    match = _last_band(stem)
+    if match is None:
         return None
-    match = matches[-1]
     return re.compile(rf"^{re.escape(stem[:match.start()])}B\d{{1,2}}A?{_after(stem[match.end():])}"
                       rf"{re.escape(ext)}$", re.IGNORECASE)
 
@@ -146,13 +145,19 @@ def _band_count(source: str) -> int:
         return 0
 
 
+def _last_band(stem: str) -> Optional[re.Match]:
+    """The band word of a file's name (its last), or None."""
+    matches = list(_BAND.finditer(stem))
+    return matches[-1] if matches else None
+
+
 def _band_word(label: str) -> str:
-    return list(_BAND.finditer(os.path.splitext(label)[0]))[-1].group(0).upper()
+    return _last_band(os.path.splitext(label)[0]).group(0).upper()
 
 
 def _band_key(label: str) -> tuple[int, str]:
     """Band order: B1 < B2 < … < B8 < B8A < B9 < B10."""
-    match = list(_BAND.finditer(label))[-1]
+    match = _last_band(label)
     return int(match.group("number")), match.group("a").upper()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Optional
 
 import numpy as np
@@ -189,8 +189,13 @@ def band_names(labels: Sequence[Optional[str]], names: tuple[str, ...] = DEFAULT
 def names_give_bands(info: RasterInfo, names: tuple[str, ...] = DEFAULT_MODEL_BANDS) -> bool:
     """Whether the raster's band names give every one of the model's bands (the broad NIR standing in for the
     narrow one), so that they are chosen by name whatever its product and band order."""
-    found = _named_bands(info, names)
-    return all(n in found or (n.upper() == "NIR_NARROW" and "NIR_BROAD" in found) for n in names)
+    return not missing_names(_named_bands(info, names), names)
+
+
+def missing_names(found: Collection[str], names: tuple[str, ...] = DEFAULT_MODEL_BANDS) -> list[str]:
+    """Those of the model's band `names` that no band in `found` gives (the broad NIR standing in for the narrow
+    one, as the band choice takes it)."""
+    return [n for n in names if n not in found and not (n.upper() == "NIR_NARROW" and "NIR_BROAD" in found)]
 
 
 def describe_choice(info: RasterInfo, bands: list[int], names: tuple[str, ...]) -> str:

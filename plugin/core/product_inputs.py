@@ -28,7 +28,7 @@ from .errors import InputError, MissingBands
 from .jobs import MapFloodsRequest
 from .layer_nodata import NodataRange
 from .progress import Progress
-from .sentinel2_product import Product, metadata_of, metadata_of_band_file, read_product, write_stack
+from .sentinel2_product import Product, band_of_file, metadata_of, metadata_of_band_file, read_product, write_stack
 
 IMAGES = (("input_path", "INPUT", "layer_nodata"), ("pre_event_path", "PRE_EVENT", "pre_event_layer_nodata"))
 CLOUD_MASKS = (("cloud_mask_path", "CLOUD_MASK", "input_path"),
@@ -171,7 +171,7 @@ def _on_stack(ranges: tuple[NodataRange, ...], source: str, product: Product, la
     except RasterioError:
         names = []
     if metadata_of_band_file(source):  # one band file of the product (T33TWM_20240501T100031_B02_10m.jp2)
-        names = [band_token(posixpath.basename(source.replace("\\", "/")).split("_")[2])]
+        names = [band_token(band_of_file(source))]
     stack = [band_token(band) for band, _, _ in product.bands]
     moved = tuple(replace(r, band=stack.index(names[r.band - 1]) + 1) for r in ranges
                   if 0 < r.band <= len(names) and names[r.band - 1] in stack)

@@ -100,6 +100,13 @@ def metadata_of_band_file(source: str) -> Optional[str]:
     return None
 
 
+def band_of_file(path: str) -> str:
+    """The band a product's band file holds ('B02' for `…/T33TWM_20240501T100031_B02_10m.jp2`), else ""."""
+    stem = posixpath.splitext(posixpath.basename(path.replace("\\", "/")))[0]
+    match = _BAND_FILE.search(stem)
+    return match.group("band").upper() if match else ""
+
+
 def read_product(metadata: str) -> Product:
     """The product whose metadata file is `metadata`; InputError when it cannot be read or lacks a band."""
     try:
