@@ -15,14 +15,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import rasterio
-from affine import Affine
 from rasterio.errors import RasterioError
+from rasterio.windows import transform as window_transform
 
 from .area_of_interest import Area, AreaMask
 from .cloud_values import DEFAULT_CLOUD_VALUES, MAX_SCL_CLASS, format_values
 from .errors import Cancelled, InputError
 from .layer_nodata import covered, describe, used
-from .raster import RasterInfo, has_valid_pixels, iter_windows, valid_mask
+from .raster import RasterInfo, grid_bounds, has_valid_pixels, iter_windows, valid_mask
 
 log = logging.getLogger("floodmapper.area")
 
@@ -66,7 +66,7 @@ def _masked(info: RasterInfo, area: Area, bands: list[int], cloud, cancel: Optio
         for block in iter_windows(area.width, area.height):
             if cancel is not None and cancel():
                 raise Cancelled()
-            transform = area.transform * Affine.translation(block.col_off, block.row_off)
+            transform = window_transform(block, area.transform)
             shape = (int(block.height), int(block.width))
             if area.polygons:
                 inside = rasterize(area.polygons, out_shape=shape, transform=transform, fill=0, default_value=1,
@@ -150,15 +150,13 @@ def _open_cloud(info: RasterInfo, area: Area, warn: WarnFn):
         left, bottom, right, top = cloud.bounds
         if cloud.crs is not None:
             left, bottom, right, top = transform_bounds(cloud.crs, info.crs, left, bottom, right, top)
-        t = area.transform
-        xs = sorted((t * (c, r))[0] for c in (0, area.width) for r in (0, area.height))
-        ys = sorted((t * (c, r))[1] for c in (0, area.width) for r in (0, area.height))
-        if right <= xs[0] or left >= xs[-1] or top <= ys[0] or bottom >= ys[-1]:
+        xmin, ymin, xmax, ymax = grid_bounds(area.transform, area.width, area.height)
+        if right <= xmin or left >= xmax or top <= ymin or bottom >= ymax:
             warn(f"The cloud mask '{area.cloud_path}' does not overlap the area mapped, so no pixel is masked as "
                  "cloud. Check that it belongs to this scene.")
             cloud.close()
             return None
-        if left > xs[0] or right < xs[-1] or bottom > ys[0] or top < ys[-1]:
+        if left > xmin or right < xmax or bottom > ymin or top < ymax:
             warn(f"The cloud mask '{area.cloud_path}' covers only part of the area mapped; the pixels outside it "
                  "are mapped as if clear.")
         return cloud

@@ -20,6 +20,7 @@ import rasterio
 from affine import Affine
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 from .cloud_values import (
     DEFAULT_CLOUD_VALUES,
@@ -32,7 +33,7 @@ from .cloud_values import (
 from .errors import InputError
 from .layer_nodata import NodataRange
 from .layer_nodata import describe as describe_nodata
-from .raster import RasterInfo
+from .raster import RasterInfo, grid_bounds
 
 EDGE_TOLERANCE = 1e-6  # of a pixel: an extent on a pixel edge (up to float noise) does not take the next pixel
 
@@ -109,9 +110,7 @@ class Area:
     @property
     def bounds(self) -> Bounds:
         """(xmin, ymin, xmax, ymax) of the window, in the input's CRS."""
-        t = self.transform
-        xs, ys = zip(*(t * (c, r) for c in (0, self.width) for r in (0, self.height)))
-        return min(xs), min(ys), max(xs), max(ys)
+        return grid_bounds(self.transform, self.width, self.height)
 
     def on_input(self, window: Window) -> Window:
         """A window of the area as the same pixels' window on the input's grid."""
@@ -183,7 +182,7 @@ def plan_area(info: RasterInfo, extent: Optional[Bounds] = None, extent_crs: str
     cloud_bands = _cloud_bands(cloud_path, values, tuple(cloud_bits)) if cloud_path else CloudBands()
     whole = (int(window.col_off), int(window.row_off), int(window.width), int(window.height)) == (
         0, 0, info.width, info.height)
-    transform = info.transform if whole else info.transform * Affine.translation(window.col_off, window.row_off)
+    transform = info.transform if whole else window_transform(window, info.transform)
     return Area(window, transform, whole, shapes, cloud_path or "", values, cloud_bands, tuple(layer_nodata))
 
 
@@ -248,9 +247,10 @@ def _to_raster_crs(info: RasterInfo, bounds: Bounds, crs: str, what: str) -> Bou
 
 def _pixel_span(info: RasterInfo, bounds: Bounds) -> Window:
     """Every pixel the bounds touch (outward), unclipped; rotated grids through their four corners."""
-    inverse = ~info.transform
+    from rasterio.transform import rowcol
+
     xmin, ymin, xmax, ymax = bounds
-    cols, rows = zip(*(inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)))
+    rows, cols = rowcol(info.transform, [xmin, xmin, xmax, xmax], [ymin, ymax, ymin, ymax], op=float)
     c0, c1 = math.floor(min(cols) + EDGE_TOLERANCE), math.ceil(max(cols) - EDGE_TOLERANCE)
     r0, r1 = math.floor(min(rows) + EDGE_TOLERANCE), math.ceil(max(rows) - EDGE_TOLERANCE)
     return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0))
@@ -274,10 +274,8 @@ def _window_of(info: RasterInfo, bounds: Bounds, within: Window, what: str, hint
 
 
 def _bounds_text(info: RasterInfo) -> str:
-    t = info.transform
-    xs = [(t * (c, r))[0] for c in (0, info.width) for r in (0, info.height)]
-    ys = [(t * (c, r))[1] for c in (0, info.width) for r in (0, info.height)]
-    return f"{min(xs):.10g}, {min(ys):.10g} to {max(xs):.10g}, {max(ys):.10g}"
+    xmin, ymin, xmax, ymax = grid_bounds(info.transform, info.width, info.height)
+    return f"{xmin:.10g}, {ymin:.10g} to {xmax:.10g}, {ymax:.10g}"
 
 
 # ---------------------------------------------------------------------------------------------- polygons

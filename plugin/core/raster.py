@@ -77,6 +77,14 @@ def inspect(path: str) -> RasterInfo:
         ) from None
 
 
+def grid_bounds(transform: Affine, width: float, height: float) -> tuple[float, float, float, float]:
+    """(xmin, ymin, xmax, ymax) of a grid of width x height pixels, whichever way its axes point."""
+    from rasterio.transform import array_bounds
+
+    west, south, east, north = array_bounds(height, width, transform)
+    return min(west, east), min(south, north), max(west, east), max(south, north)
+
+
 def _add_offset(tags: dict[str, str]) -> Optional[float]:
     """A band's Sentinel-2 BOA_ADD_OFFSET (L2A) or RADIO_ADD_OFFSET (L1C), as GDAL's SENTINEL2 driver gives it
     and a GeoTIFF saved from it keeps; None when the band has neither."""

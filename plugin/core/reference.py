@@ -20,7 +20,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from .errors import InputError
-from .raster import RasterInfo, inspect
+from .raster import RasterInfo, grid_bounds, inspect
 
 POLYGON_TYPES = ("Polygon", "MultiPolygon")
 
@@ -129,9 +129,7 @@ def overlaps(ref: Reference, grid: Grid) -> bool:
 
     if isinstance(ref, RasterReference):
         info = inspect(ref.path)
-        west, north = info.transform * (0, 0)
-        east, south = info.transform * (info.width, info.height)
-        bounds = (min(west, east), min(south, north), max(west, east), max(south, north))
+        bounds = grid_bounds(info.transform, info.width, info.height)
         crs = info.crs
     else:
         if not ref.shapes:

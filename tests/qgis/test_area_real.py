@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio.transform import from_origin, rowcol, xy
 from rasterio.warp import transform as warp_transform
 
 from plugin.core.layer_nodata import NodataRange
@@ -57,7 +57,7 @@ def _read(path):
 
 def _window_of(out_transform, in_transform):
     """(col, row) of the output's origin on the input's grid: integers when the grids are aligned."""
-    col, row = ~in_transform * (out_transform.c, out_transform.f)
+    row, col = rowcol(in_transform, out_transform.c, out_transform.f, op=float)
     return col, row
 
 
@@ -71,7 +71,7 @@ def test_extent_in_another_crs_cuts_the_input_grid(provider_loaded, request, tmp
     with rasterio.open(src) as ds:
         t_in = ds.transform
     # an extent in lon/lat over pixels ~(90..350, 60..300) of the scene
-    xs, ys = t_in * (np.array([90.3, 350.6]), np.array([300.2, 60.7]))
+    xs, ys = xy(t_in, [300.2, 60.7], [90.3, 350.6], offset="ul")
     (lon0, lon1), (lat0, lat1) = warp_transform("EPSG:32633", "EPSG:4326", list(xs), list(ys))
     out = tmp_path / "flood.tif"
     result, log = _run(_params(src, out, server, transport,
@@ -87,7 +87,7 @@ def test_extent_in_another_crs_cuts_the_input_grid(provider_loaded, request, tmp
     lats = np.concatenate([np.full(200, lat0), np.linspace(lat0, lat1, 200), np.full(200, lat1),
                            np.linspace(lat1, lat0, 200)])
     ex, ey = warp_transform("EPSG:4326", "EPSG:32633", list(lons), list(lats))
-    cols, rows = ~t_in * (np.array(ex), np.array(ey))
+    rows, cols = (np.asarray(v) for v in rowcol(t_in, ex, ey, op=float))
     assert (col, row) == (math.floor(cols.min()), math.floor(rows.min()))
     assert (col + width, row + height) == (math.ceil(cols.max()), math.ceil(rows.max()))
     assert result["VALID_PIXELS"] == width * height and "Area: " in log
@@ -121,8 +121,8 @@ def test_mask_polygon_with_a_hole(provider_loaded, request, tmp_path, transport)
         t_in = ds.transform
     # a triangle (the window is its box: 580x460 px, 3x2 demo tiles of 256 px, one wholly outside it) with a
     # rectangular hole
-    ring = [t_in * (c, r) for c, r in ((20, 20), (600, 20), (20, 480), (20, 20))]
-    hole = [t_in * (c, r) for c, r in ((120, 100), (260, 100), (260, 200), (120, 200), (120, 100))]
+    ring = list(zip(*xy(t_in, [20, 20, 480, 20], [20, 600, 20, 20], offset="ul")))
+    hole = list(zip(*xy(t_in, [100, 100, 200, 200, 100], [120, 260, 260, 120, 120], offset="ul")))
     utm = {"type": "Polygon", "coordinates": [ring, hole]}
     lonlat = transform_geom("EPSG:32633", "EPSG:4326", utm)
     wkt = "POLYGON(" + ",".join("(" + ",".join(f"{x!r} {y!r}" for x, y in part) + ")"

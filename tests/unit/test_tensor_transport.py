@@ -443,8 +443,8 @@ def test_location_coords_are_each_tile_centre(tmp_path):
         run_tensor(request(tmp_path, inp, p, overlap=0.0), c, spec, SIX)
         locs = sorted(tuple(loc.ravel()) for loc in p.locations)
     with rasterio.open(inp) as src:
-        centres = [src.transform * (x, y) for y in (64, 192) for x in (64, 192)]
-        lons, lats = warp_transform(src.crs, "EPSG:4326", [c[0] for c in centres], [c[1] for c in centres])
+        xs, ys = src.xy([64, 64, 192, 192], [64, 192, 64, 192], offset="ul")
+        lons, lats = warp_transform(src.crs, "EPSG:4326", xs, ys)
     expected = sorted(zip(lons, lats))
     assert len(locs) == 4
     for (lon, lat), (elon, elat) in zip(locs, expected):

@@ -70,6 +70,7 @@ def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...],
                    mode: str = "tile", area: Optional[Area] = None) -> dict[tuple[int, int], np.ndarray]:
     """location_coords (lon, lat) per tile, in float32: the tile centre, or the raster's (the area's) centre as
     the IOProcessor does. The payload encoder casts them to the server's dtype."""
+    from rasterio.transform import xy as rasterio_xy
     from rasterio.warp import transform as warp_transform
 
     if ds.crs is None:
@@ -87,11 +88,7 @@ def tile_locations(ds: Any, grid: TileGrid, location_shape: tuple[int, ...],
         rows = [t.y0 + min(t.height, height - t.y0) / 2.0 for t in tiles]
     else:
         raise ValueError(f"location mode {mode!r}: use 'tile' or 'raster'")
-    xs, ys = [], []
-    for c, r in zip(cols, rows):
-        x, y = transform * (c, r)
-        xs.append(x)
-        ys.append(y)
+    xs, ys = rasterio_xy(transform, rows, cols, offset="ul")
     lons, lats = warp_transform(ds.crs, "EPSG:4326", xs, ys)
     return {t.index: np.array([lon, lat], dtype=np.float32).reshape(location_shape)
             for t, lon, lat in zip(tiles, lons, lats)}
