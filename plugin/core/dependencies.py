@@ -330,13 +330,16 @@ def modules_of(pins: list[Pin]) -> list[str]:
 
 
 def import_failures(modules: tuple[str, ...] = ("numpy", "rasterio", "requests", "urllib3")) -> dict[str, str]:
-    """Really import each module: {module: why it failed} (empty when all import)."""
+    """Really import each module: {module: why it failed, and from which folder} (empty when all import). The
+    folder tells a broken copy from a copy made for another Python that sits first on the path (PYTHONPATH)."""
     failures: dict[str, str] = {}
     for name in modules:
+        found = probe(Requirement(name, name))
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a broken package raises anything; it is reported, not raised
-            failures[name] = f"{type(exc).__name__}: {exc}"
+            where = f" (the copy in {found.location})" if found is not None and found.location else ""
+            failures[name] = f"{type(exc).__name__}: {exc}{where}"
     return failures
 
 

@@ -51,6 +51,6 @@ def require_dependencies() -> None:
         text = ("Flood Mapper's Python packages are installed but do not import: "
                 + "; ".join(f"{name}: {why}" for name, why in failures.items())
                 + f". Reinstall them for this QGIS (the plugin's package folder is {package_folder()}), "
-                  "then restart QGIS.")
+                  "or take a copy made for another Python off PYTHONPATH, then restart QGIS.")
         qlog.log(text, Qgis.MessageLevel.Critical)
         raise QgsProcessingException(text)

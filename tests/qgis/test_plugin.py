@@ -200,3 +200,38 @@ def test_algorithm_model_and_batch_dialogs_build(plugin, main_window_iface, tmp_
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
         _flush_deletes()
+
+
+def test_a_broken_copy_first_on_the_path_is_named_in_the_error(plugin, tmp_path, monkeypatch):
+    """A package copy that shadows QGIS's own and does not import (here: its compiled part is missing, as in a
+    copy made for another Python): the algorithm stops before any work and names that copy's folder."""
+    import sys
+
+    import numpy as np
+    import processing
+    import rasterio
+    from qgis.core import QgsProcessingException
+    from rasterio.transform import from_origin
+
+    site = tmp_path / "other-python-site-packages"
+    (site / "requests").mkdir(parents=True)
+    (site / "requests" / "__init__.py").write_text("import requests._compiled\n")
+    (site / "requests-2.32.3.dist-info").mkdir()
+    (site / "requests-2.32.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: requests\nVersion: 2.32.3\n")
+    water = tmp_path / "water.tif"
+    with rasterio.open(water, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(500000, 4600000, 10, 10)) as ds:
+        ds.write(np.ones((1, 8, 8), np.uint8))
+    monkeypatch.syspath_prepend(str(site))
+    for name in [m for m in sys.modules if m == "requests" or m.startswith("requests.")]:
+        monkeypatch.delitem(sys.modules, name)
+    out = tmp_path / "extent.tif"
+    with pytest.raises(QgsProcessingException) as err:
+        processing.run("floodmapper:compare_water_maps", {"INPUT": str(water), "PRE_EVENT": str(water),
+                                                          "OUTPUT": str(out)})
+    text = str(err.value)
+    assert "requests: ModuleNotFoundError: No module named 'requests._compiled'" in text
+    assert f"(the copy in {site})" in text
+    assert "PYTHONPATH" in text
+    assert not out.exists()

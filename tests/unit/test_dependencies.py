@@ -168,7 +168,7 @@ def test_probe_finds_without_importing_and_reads_the_version_beside_it(tmp_path,
     found = deps.probe(deps.Requirement("fmfakepkg", "fmfakepkg"))
     assert found == deps.Found(str(tmp_path), "1.2.3")
     assert "fmfakepkg" not in sys.modules
-    assert deps.import_failures(("fmfakepkg",)) == {"fmfakepkg": "RuntimeError: imported!"}
+    assert deps.import_failures(("fmfakepkg",)) == {"fmfakepkg": f"RuntimeError: imported! (the copy in {tmp_path})"}
     assert deps.probe(deps.Requirement("fmnosuchpkg", "fmnosuchpkg")) is None
 
 
