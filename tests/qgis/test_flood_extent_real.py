@@ -54,7 +54,8 @@ def _nothing_written(folder: Path, out: Path) -> None:
     assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
-def test_pre_event_image_to_image_styled_with_polygons(provider_loaded, vllm_server, tmp_path):
+@pytest.mark.qgis_versions
+def test_pre_event_image_to_image_styled_with_polygons(provider_loaded, main_window_iface, vllm_server, tmp_path):
     """The pair through image-to-image: classes, figures, IoUs, the two-colour style and its .qml, polygons."""
     import processing
     from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
