@@ -13,7 +13,7 @@ from qgis.core import Qgis, QgsApplication, QgsRasterLayer
 from qgis.PyQt.QtWidgets import QAction
 
 from .core.dependencies import Plan
-from .gui.dependency_bar import DependencyBar
+from .gui.dependency_bar import DependencyBar, bar_text
 from .gui.options import FloodMapperOptionsFactory
 from .processing.provider import FloodMapperProvider
 from .toolbelt import dependencies as plugin_packages
@@ -147,7 +147,7 @@ class FloodMapperPlugin:
         if open_in_model_designer(OUTLINE_MODEL) is None:
             self.iface.messageBar().pushMessage(
                 tr("Flood Mapper"),
-                tr("The model {path} could not be read; reinstall the plugin.").format(path=OUTLINE_MODEL),
+                bar_text(tr("The model {path} could not be read; reinstall the plugin.").format(path=OUTLINE_MODEL)),
                 Qgis.MessageLevel.Warning,
                 8,
             )

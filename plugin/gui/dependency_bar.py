@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Optional
 
 from qgis.core import Qgis, QgsApplication
@@ -14,6 +15,12 @@ from .install_task import InstallDependenciesTask
 
 TITLE = "Flood Mapper"
 BUTTON_NAME = "floodmapper_install_dependencies"
+
+
+def bar_text(text: str) -> str:
+    """A message bar item shows its text as HTML (its title is bold markup): a '<' in a version range
+    ("< 3") or an error would start a tag and hide the rest of the message."""
+    return html.escape(text, quote=False)
 
 
 class DependencyBar:
@@ -36,7 +43,7 @@ class DependencyBar:
             text = tr("Python packages missing from QGIS's Python: {missing}. The algorithms are listed but "
                       "cannot run until they are installed. Install puts {pins} into {folder}.").format(
                 missing=plan.summary(), pins=plan.install_text(), folder=plugin_packages.package_folder())
-        item = bar.createMessage(TITLE, text)
+        item = bar.createMessage(TITLE, bar_text(text))
         if plan.install and not plan.blocked:
             button = QPushButton(tr("Install"), item)
             button.setObjectName(BUTTON_NAME)
@@ -62,8 +69,8 @@ class DependencyBar:
         self.task = InstallDependenciesTask(self.plan, plugin_packages.package_folder(), self._done)
         QgsApplication.taskManager().addTask(self.task)
         self.iface.messageBar().pushMessage(
-            TITLE, tr("Installing {pins}… (progress and Cancel in the task manager)").format(
-                pins=self.plan.install_text()), Qgis.MessageLevel.Info, 10)
+            TITLE, bar_text(tr("Installing {pins}… (progress and Cancel in the task manager)").format(
+                pins=self.plan.install_text())), Qgis.MessageLevel.Info, 10)
         return self.task
 
     def _done(self, task: InstallDependenciesTask) -> None:
@@ -73,18 +80,19 @@ class DependencyBar:
             if task.cancelled or not task.error:
                 bar.pushMessage(TITLE, tr("Installation cancelled; nothing was changed."), Qgis.MessageLevel.Info, 8)
             else:
-                bar.pushMessage(TITLE, tr("Installing the Python packages failed: {error}").format(error=task.error),
-                                Qgis.MessageLevel.Critical, 0)
+                bar.pushMessage(TITLE, bar_text(tr("Installing the Python packages failed: {error}").format(
+                    error=task.error)), Qgis.MessageLevel.Critical, 0)
             return
         if task.restart_for:
-            bar.pushMessage(TITLE, tr("Installed {pins} into {folder}. Restart QGIS to use them: this session "
-                                      "already loaded another {modules}.").format(
-                pins=task.plan.install_text(), folder=task.folder, modules=", ".join(task.restart_for)),
+            bar.pushMessage(TITLE, bar_text(tr("Installed {pins} into {folder}. Restart QGIS to use them: this "
+                                               "session already loaded another {modules}.").format(
+                pins=task.plan.install_text(), folder=task.folder, modules=", ".join(task.restart_for))),
                 Qgis.MessageLevel.Warning, 0)
         elif task.failures:
-            bar.pushMessage(TITLE, tr("Installed into {folder}, but {failures}. Restart QGIS and try again.").format(
-                folder=task.folder, failures="; ".join(f"{k}: {v}" for k, v in task.failures.items())),
+            bar.pushMessage(TITLE, bar_text(tr("Installed into {folder}, but {failures}. Restart QGIS and try "
+                                               "again.").format(
+                folder=task.folder, failures="; ".join(f"{k}: {v}" for k, v in task.failures.items()))),
                 Qgis.MessageLevel.Warning, 0)
         else:
-            bar.pushMessage(TITLE, tr("Installed {pins}: Flood Mapper is ready, no restart needed.").format(
-                pins=task.plan.install_text()), Qgis.MessageLevel.Success, 10)
+            bar.pushMessage(TITLE, bar_text(tr("Installed {pins}: Flood Mapper is ready, no restart needed.").format(
+                pins=task.plan.install_text())), Qgis.MessageLevel.Success, 10)

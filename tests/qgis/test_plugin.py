@@ -6,6 +6,7 @@ import pytest
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
+from qgis.PyQt.QtWidgets import QPushButton
 
 # QGIS-facing: also run on QGIS 3.40 and the newest QGIS (scripts/test-qgis-versions)
 pytestmark = pytest.mark.qgis_versions
@@ -235,3 +236,26 @@ def test_a_broken_copy_first_on_the_path_is_named_in_the_error(plugin, tmp_path,
     assert f"(the copy in {site})" in text
     assert "PYTHONPATH" in text
     assert not out.exists()
+
+
+def test_the_dependency_bar_shows_a_version_range_whole(qgis_app, qgis_iface):
+    """A message bar item renders its text as HTML: the '<' of a version range must not start a tag and hide
+    the rest of the message (the packages after it, the folder, the Install button's reason)."""
+    from types import SimpleNamespace
+
+    from qgis.PyQt.QtWidgets import QTextEdit
+
+    from floodmapper.plugin.gui.dependency_bar import BUTTON_NAME, DependencyBar
+
+    summary = "rasterio (missing), affine 3.0.1 (needs >= 2.3 and < 3), requests (missing)"
+    plan = SimpleNamespace(blocked=[], install=["rasterio==1.4.4", "requests==2.32.3"], summary=lambda: summary,
+                           install_text=lambda: "rasterio==1.4.4 & requests==2.32.3")
+    bar = DependencyBar(qgis_iface)
+    bar.show(plan)
+    try:
+        shown = "\n".join(w.toPlainText() for w in bar.item.findChildren(QTextEdit))
+        assert "affine 3.0.1 (needs >= 2.3 and < 3), requests (missing). The algorithms are listed" in shown
+        assert "rasterio==1.4.4 & requests==2.32.3 into" in shown
+        assert qgis_iface.messageBar().findChild(QPushButton, BUTTON_NAME) is not None
+    finally:
+        bar.clear()
