@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from plugin.core import dependencies as deps
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +45,7 @@ def _phase(phase: str, workdir: Path, scene: Path) -> str:
     return output
 
 
+@pytest.mark.qgis_versions
 def test_plugin_without_packages_loads_installs_and_reloads(tmp_path):
     from scripts import scenes
 
