@@ -334,10 +334,10 @@ def import_failures(modules: tuple[str, ...] = ("numpy", "rasterio", "requests",
     folder tells a broken copy from a copy made for another Python that sits first on the path (PYTHONPATH)."""
     failures: dict[str, str] = {}
     for name in modules:
-        found = probe(Requirement(name, name))
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - a broken package raises anything; it is reported, not raised
+            found = probe(Requirement(name, name))  # finds the copy again without importing it
             where = f" (the copy in {found.location})" if found is not None and found.location else ""
             failures[name] = f"{type(exc).__name__}: {exc}{where}"
     return failures

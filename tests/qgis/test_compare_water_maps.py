@@ -90,7 +90,7 @@ def test_compare_water_maps_in_a_model(provider_loaded, tmp_path):
     ok, problems = model.validate()
     assert ok, problems
     out = tmp_path / "model-extent.tif"
-    # the model's own name for its output: "compare:extent" up to QGIS 3.2x, the output's name since
+    # the model's own name for its output: "compare:extent" on QGIS 3.22, "flood_extent" on 3.40 and 3.44
     (dest,) = [p.name() for p in model.destinationParameterDefinitions()]
     result = processing.run(model, {"event": str(event), "before": str(before), dest: str(out)})
     assert result[dest] == str(out)
