@@ -80,7 +80,9 @@ def serve_command(settings: Settings, info: EngineInfo, port: int, *, io_process
         dtype = plan_local_engine(s, "image", None, 0, device).dtype
     else:
         dtype = engine_dtype(s, device).dtype
-    cmd = [info.python, str(entry), "serve", s.model, "--host", HOST, "--port", str(port)]
+    # the engine runs in a folder of its own: a model folder given relative to this one is made absolute
+    model = os.path.abspath(s.model) if os.path.isdir(s.model) else s.model
+    cmd = [info.python, str(entry), "serve", model, "--host", HOST, "--port", str(port)]
     if is_demo_model(s.model):
         cmd += ["--served-model-name", DEMO_MODEL_NAME]
     cmd += ["--model-impl", "terratorch", "--skip-tokenizer-init", "--enforce-eager"]

@@ -113,6 +113,17 @@ def test_command_line_and_environment(settings, tmp_path, monkeypatch):
     assert info.raw["pythonpath"] is None
 
 
+def test_a_model_folder_given_relative_to_the_caller_is_served_by_its_absolute_path(settings, tmp_path,
+                                                                                    monkeypatch):
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    info = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0", "cpu", ("terratorch_segmentation",))
+    cmd = make(replace(settings, model="models/m"), tmp_path).build_command(info, 1234)
+    assert cmd[cmd.index("serve") + 1] == str(tmp_path / "models" / "m")
+    hub_id = make(replace(settings, model="ibm-nasa-geospatial/Prithvi"), tmp_path).build_command(info, 1234)
+    assert hub_id[hub_id.index("serve") + 1] == "ibm-nasa-geospatial/Prithvi"  # a Hugging Face id stays as it is
+
+
 def test_flags_follow_vllm_version_and_device(settings, tmp_path):
     engine = make(settings, tmp_path)
     old = engine_env.EngineInfo(sys.executable, "0.10.2", "1.1", "2.8.0", "cpu", ("terratorch_segmentation",))
