@@ -4,7 +4,7 @@ Run with the vLLM environment's Python from the checkout root:
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
-        [--reference FILE [--reference-threshold T]]
+        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order; with --recursive those of its subfolders too. The batch's own outputs (`*_flood.tif` in the
@@ -12,7 +12,9 @@ output folder) are never taken as inputs, so a run can write into the folder it 
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
 IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
-start-up per run; the engine is built once and fed raster after raster.
+start-up per run; the engine is built once and fed raster after raster. The IOProcessor sends float16 only, so
+on a CPU that runs float16 slowly the batch maps through the plugin's local engine instead, started once, in
+the CPU's fastest dtype (batch_engine.py says which and why; `--engine` forces either).
 
 Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/classes.py): uint8
 class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data; same CRS,
@@ -36,11 +38,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .batch_engine import (
+    ENGINE_AUTO,
+    ENGINE_LOCAL,
+    ENGINE_OFFLINE,
+    ENGINES,
+    LocalBatch,
+    choose_engine,
+    local_settings,
+    torch_device,
+)
 from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
-from .core.errors import FloodMapperError, InputError, ServerError
+from .core.errors import EngineError, FloodMapperError, InputError, ServerError
 from .core.flood_extent import ExtentStats, compare_water_maps, summary
-from .core.jobs import Stats
+from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
 from .core.reference import RasterReference, Reference, check_raster_reference
 from .core.reference_files import reference_from_path
@@ -61,7 +73,7 @@ class Job:
     output_path: str
     error: Optional[str] = None
     seconds: float = 0.0
-    stats: Optional[Stats | ExtentStats] = None
+    stats: Optional[Stats | ExtentStats | MapFloodsResult] = None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,6 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reference-threshold", type=float, default=1.0,
                    help="a raster reference is water where its value is >= this (1 for a 0/1 mask, 50 for the JRC "
                         "Global Surface Water occurrence in percent)")
+    p.add_argument("--engine", choices=ENGINES, default=ENGINE_AUTO,
+                   help="offline: vLLM in this process with TerraTorch's IOProcessor (float16 only); local: the "
+                        "plugin's local engine, a vLLM server on 127.0.0.1 started once for the batch, tensor "
+                        "transport in this computer's fastest dtype; auto (default): offline where float16 runs "
+                        "fast (a GPU, a CPU with AVX512-FP16 or AMX-FP16 and no faster dtype), else local")
     args = p.parse_args(argv)
     try:
         args.indices = [int(i) for i in args.indices.split(",") if i.strip()]
@@ -177,14 +194,19 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
     )
 
 
-class _Warnings:
-    """Progress for the comparison: only its warnings are printed, under the raster's line."""
+class _Console:
+    """Progress printed under the raster's line: warnings always, the pipeline's steps with `steps` (the local
+    engine's start, tiles and ETA: a raster can take minutes on a CPU)."""
+
+    def __init__(self, steps: bool = False) -> None:
+        self.steps = steps
 
     def set_progress(self, percent: float) -> None:
         pass
 
     def info(self, message: str) -> None:
-        pass
+        if self.steps:
+            print(f"  {message}", flush=True)
 
     def warning(self, message: str) -> None:
         print(f"  warning: {message}", flush=True)
@@ -221,7 +243,7 @@ def run_one(llm, job: Job, indices: list[int], work_dir: str,
             return finalize_classes(produced, job.input_path, indices, job.output_path)
         water = os.path.join(folder, "water.tif")  # the water map, then its comparison into place
         finalize_classes(produced, job.input_path, indices, water)
-        return compare_water_maps(water, refs, job.output_path, _Warnings())
+        return compare_water_maps(water, refs, job.output_path, _Console())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -262,42 +284,98 @@ def main(argv: Optional[list[str]] = None) -> int:
         if job.error:
             print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
         else:
-            s = job.stats
-            assert s is not None
-            extent = f"; {summary(s)}" if isinstance(s, ExtentStats) else ""
-            print(f"[{i}/{total}] ok {name} -> {job.output_path}: water {s.water_fraction:.1%} of "
-                  f"{s.valid_pixels} valid pixels{extent} ({job.seconds:.1f} s)", flush=True)
+            assert job.stats is not None
+            print(f"[{i}/{total}] ok {name} -> {job.output_path}: {figures(job.stats)} ({job.seconds:.1f} s)",
+                  flush=True)
 
-    work_dir = tempfile.mkdtemp(prefix=".floodmapper-batch-", dir=str(out_dir))
-    try:
-        todo = [j for j in jobs if not j.error]
-        llm = None
-        if todo:
-            print(f"Loading the model {args.model} into vLLM (this takes a minute on a CPU)…", flush=True)
-            t0 = time.monotonic()
-            try:
-                llm = build_llm(args.model, args.max_num_seqs, work_dir)
-            except Exception as exc:  # noqa: BLE001 - vLLM raises many types; report and stop
-                print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
-                return 2
-            print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
+    code = None
+    if any(not j.error for j in jobs):
+        try:
+            settings = local_settings(args.model, args.max_num_seqs)
+            choice = choose_engine(args.engine, settings, torch_device() if args.engine != ENGINE_OFFLINE else "cpu")
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Engine: {choice.reason}", flush=True)
+        if choice.engine == ENGINE_LOCAL:
+            code = map_on_local_engine(LocalBatch(settings), jobs, args, report)
+        else:
+            code = map_offline(jobs, args, refs, out_dir, report)
+    else:
         for i, job in enumerate(jobs, 1):
-            if not job.error:
-                t0 = time.monotonic()
-                try:
-                    job.stats = run_one(llm, job, args.indices, work_dir, refs)
-                except FloodMapperError as exc:
-                    job.error = str(exc)
-                except Exception as exc:  # noqa: BLE001 - one bad raster must not stop the batch
-                    job.error = f"{type(exc).__name__}: {exc}"
-                job.seconds = time.monotonic() - t0
             report(i, job)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+    if code is not None:
+        return code
     failed = sum(1 for j in jobs if j.error)
     print(f"Done: {total - failed} of {total} raster(s) mapped, {failed} failed, "
           f"in {time.monotonic() - t_start:.1f} s", flush=True)
     return 0 if failed == 0 else 1
+
+
+def figures(stats: Stats | ExtentStats | MapFloodsResult) -> str:
+    """A mapped raster's water, and its flood and permanent water when it was compared with a reference."""
+    line = f"water {stats.water_fraction:.1%} of {stats.valid_pixels} valid pixels"
+    if isinstance(stats, ExtentStats):
+        return f"{line}; {summary(stats)}"
+    if isinstance(stats, MapFloodsResult) and stats.reference:
+        return (f"{line}; flood water {stats.flood_pixels:,} px, permanent water {stats.permanent_water_pixels:,} px "
+                f"(reference: {stats.reference})")
+    return line
+
+
+def map_each(jobs: list[Job], report, map_one, fatal: tuple[type[Exception], ...] = ()) -> Optional[int]:
+    """`map_one(job)` for every raster not failed yet, each reported as it ends. A raster that fails is reported
+    and the batch goes on; a `fatal` error (an engine that cannot run: every later raster would wait for it in
+    vain) ends the batch with 2."""
+    for i, job in enumerate(jobs, 1):
+        if not job.error:
+            t0 = time.monotonic()
+            try:
+                job.stats = map_one(job)
+            except fatal as exc:
+                job.error = str(exc)
+                report(i, job)
+                left = sum(1 for j in jobs[i:] if not j.error)
+                print(f"error: the engine cannot run, so the batch stops ({left} raster(s) not mapped): {exc}",
+                      file=sys.stderr)
+                return 2
+            except FloodMapperError as exc:
+                job.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - one bad raster must not stop the batch
+                job.error = f"{type(exc).__name__}: {exc}"
+            job.seconds = time.monotonic() - t0
+        report(i, job)
+    return None
+
+
+def map_offline(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], out_dir: Path,
+                report) -> Optional[int]:
+    """Every raster through vLLM in this process; 2 if the engine cannot start, else None."""
+    work_dir = tempfile.mkdtemp(prefix=".floodmapper-batch-", dir=str(out_dir))
+    try:
+        print(f"Loading the model {args.model} into vLLM (this takes a minute on a CPU)…", flush=True)
+        t0 = time.monotonic()
+        try:
+            llm = build_llm(args.model, args.max_num_seqs, work_dir)
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many types; report and stop
+            print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
+        print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
+        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs))
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def map_on_local_engine(engine: LocalBatch, jobs: list[Job], args: argparse.Namespace, report) -> Optional[int]:
+    """Every raster through the plugin's pipeline on one local engine (its start, tiles and ETA printed), which
+    stops at the end; 2 if the engine cannot run, else None."""
+    console = _Console(steps=True)
+    try:
+        return map_each(jobs, report, lambda job: engine.map(job.input_path, job.output_path, args.indices,
+                                                             args.reference, args.reference_threshold, console),
+                        fatal=(EngineError,))
+    finally:
+        engine.close()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Offline batch (plugin/batch.py) with the real vLLM engine in the vLLM environment's Python.
+"""Offline batch (plugin/batch.py) with the real vLLM engine in the vLLM environment's Python, on both of its
+engines: vLLM in the batch's process (IOProcessor, float16) and the plugin's local engine (tensor transport).
 
 Three rasters, one of them corrupt: the two good ones become flood maps on the input grid (0/1, nodata 255
 where the input has none), the bad one is reported, the exit code says that not all succeeded, and no
@@ -19,15 +20,18 @@ import rasterio
 from plugin.core.engine import is_demo_model
 from plugin.core.settings import DEMO_MODEL_DIR, Settings
 from scripts import scenes
+from tests.fixtures.engine_processes import engine_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
+MODEL = os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR)
 
-def test_batch_three_rasters_one_corrupt(tmp_path):
+
+def _batch(tmp_path: Path, engine_args: list[str], env: dict[str, str] | None = None) -> tuple[str, dict, Path]:
+    """Runs the batch on three rasters, one corrupt; its output, the scenes' known water and the output folder."""
     settings = Settings().with_env()
-    model = os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR)
     assert Path(settings.vllm_python).exists(), f"no vLLM environment at {settings.vllm_python}"
     a, b, bad = tmp_path / "a.tif", tmp_path / "b.tif", tmp_path / "broken.tif"
     # Synthetic scenes with known water (scripts/scenes.py); seeds the demo model never trained on.
@@ -40,8 +44,9 @@ def test_batch_three_rasters_one_corrupt(tmp_path):
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [settings.vllm_python, "-m", "plugin.batch", str(a), str(bad), str(b), "--out", str(out),
-         "--model", model, "--max-num-seqs", "4"],
+         "--model", MODEL, "--max-num-seqs", "4", *engine_args],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     try:
         output, _ = proc.communicate(timeout=900)
@@ -54,20 +59,6 @@ def test_batch_three_rasters_one_corrupt(tmp_path):
     assert "[2/3] FAILED broken.tif" in output
     assert "[1/3] ok a.tif" in output and "[3/3] ok b.tif" in output
     assert "Done: 2 of 3 raster(s) mapped, 1 failed" in output
-
-    for src_path, name in ((a, "a_flood.tif"), (b, "b_flood.tif")):
-        truth = truths[name]
-        with rasterio.open(src_path) as src, rasterio.open(out / name) as dst:
-            assert (dst.width, dst.height, dst.crs, dst.transform) == (src.width, src.height, src.crs, src.transform)
-            assert dst.count == 1 and dst.dtypes[0] == "uint8" and dst.nodata == 255
-            data = dst.read(1)
-        assert ((data == 255) == (truth == 255)).all(), "output nodata exactly where the input has none"
-        assert set(np.unique(data[truth != 255]).tolist()) <= {0, 1}
-        if is_demo_model(model):
-            iou = scenes.iou(np.where(data == 1, 1, 0), truth)
-            print(f"{name}: water IoU {iou:.3f}")
-            assert iou > 0.8, f"the demo model should find the scene's water (IoU {iou:.3f})"
-    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "b_flood.tif"], "no temp files left"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -78,3 +69,41 @@ def test_batch_three_rasters_one_corrupt(tmp_path):
     else:
         os.killpg(proc.pid, 9)
         pytest.fail("the batch left processes of its group running")
+    return output, truths, out
+
+
+def _check_maps(tmp_path: Path, truths: dict, out: Path) -> None:
+    for name, truth in truths.items():
+        with rasterio.open(tmp_path / name.replace("_flood", "")) as src, rasterio.open(out / name) as dst:
+            assert (dst.width, dst.height, dst.crs, dst.transform) == (src.width, src.height, src.crs, src.transform)
+            assert dst.count == 1 and dst.dtypes[0] == "uint8" and dst.nodata == 255
+            data = dst.read(1)
+        assert ((data == 255) == (truth == 255)).all(), "output nodata exactly where the input has none"
+        assert set(np.unique(data[truth != 255]).tolist()) <= {0, 1}
+        if is_demo_model(MODEL):
+            iou = scenes.iou(np.where(data == 1, 1, 0), truth)
+            print(f"{name}: water IoU {iou:.3f}")
+            assert iou > 0.8, f"the demo model should find the scene's water (IoU {iou:.3f})"
+    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "b_flood.tif"], "no temp files left"
+
+
+def test_batch_three_rasters_one_corrupt(tmp_path):
+    output, truths, out = _batch(tmp_path, ["--engine", "offline"])
+    assert "Engine: --engine offline: vLLM in this process, float16" in output
+    _check_maps(tmp_path, truths, out)
+
+
+def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path):
+    """oneDNN held to AVX2, as on most workstations: float16 would run one to two orders of magnitude slower than
+    float32 there, so `--engine auto` maps through the local engine in float32 (tensor transport), which is
+    started once for the batch and stopped at its end."""
+    before = engine_pids()
+    output, truths, out = _batch(tmp_path, [], env={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert "Engine: float32 (this CPU has neither" in output and "the local engine" in output
+    assert output.count("Starting the local vLLM engine") == 1, "one engine for the whole batch"
+    assert output.count("npy tensors in float32") == 2, "both good rasters went as float32 tiles"
+    _check_maps(tmp_path, truths, out)
+    deadline = time.monotonic() + 30
+    while engine_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not engine_pids() - before, "the batch's local engine was stopped at its end"

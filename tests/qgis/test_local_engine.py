@@ -16,34 +16,11 @@ import pytest
 import rasterio
 
 from scripts.scenes import class_iou, flood_classes, generate_pair, generate_scene, iou
+from tests.fixtures.engine_processes import engine_pids
 
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def engine_pids() -> set[int]:
-    """Every live process of the engines the plugin started from this checkout: the process groups of the
-    processes that run this checkout's vLLM entry point with the plugin's engine markers in their environment
-    (a server that scripts/serve-demo started, here or in another checkout, is not one)."""
-    script = str(ROOT / "plugin" / "core" / "vllm_entry.py").encode()
-    live: dict[int, int] = {}  # pid -> process group
-    groups = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if "State:\tZ" in (entry / "status").read_text():
-                continue
-            pid = int(entry.name)
-            live[pid] = os.getpgid(pid)
-            if script in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
-                environ = (entry / "environ").read_bytes()
-                if b"FLOODMAPPER_WATCH_PID=" in environ or b"FLOODMAPPER_KEEP_RECORD=" in environ:
-                    groups.add(live[pid])
-        except (OSError, ProcessLookupError):
-            continue
-    return {pid for pid, group in live.items() if group in groups}
 
 
 def _map(src, out):

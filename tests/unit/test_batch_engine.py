@@ -1,0 +1,115 @@
+"""plugin/batch_engine.py: which engine the offline batch maps with, and how the batch goes on when a raster or
+the engine fails. The real runs on both engines are tests/e2e/test_batch.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pytest
+
+from plugin import batch
+from plugin.batch_engine import ENGINE_LOCAL, ENGINE_OFFLINE, choose_engine, local_settings
+from plugin.core.errors import EngineError, InputError
+from plugin.core.settings import Settings
+
+AVX2 = frozenset({"avx2", "fma"})
+FP16 = AVX2 | {"avx512f", "avx512_fp16"}
+BF16 = AVX2 | {"avx512f", "avx512_bf16"}
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Sets the flags of this computer's CPU as /proc/cpuinfo would give them."""
+    def use(flags: frozenset[str]) -> None:
+        monkeypatch.setattr("plugin.core.cpu.cpu_flags", lambda cpuinfo="/proc/cpuinfo": flags)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    return use
+
+
+def test_auto_maps_offline_where_float16_is_fast(cpu):
+    cpu(FP16)
+    choice = choose_engine("auto", Settings(), "cpu")
+    assert choice.engine == ENGINE_OFFLINE
+    assert "avx512_fp16" in choice.reason and "IOProcessor" in choice.reason
+    assert choose_engine("auto", Settings(), "gpu").engine == ENGINE_OFFLINE
+
+
+@pytest.mark.parametrize("flags, dtype", [(AVX2, "float32"), (BF16, "bfloat16")])
+def test_auto_maps_on_the_local_engine_where_float16_is_slow(cpu, flags, dtype):
+    cpu(flags)
+    choice = choose_engine("auto", Settings(), "cpu")
+    assert choice.engine == ENGINE_LOCAL
+    assert choice.reason.startswith(f"{dtype} (") and "tensor transport" in choice.reason
+
+
+def test_auto_honours_a_dtype_set_for_the_engine(cpu):
+    cpu(FP16)
+    assert choose_engine("auto", Settings(dtype="float32"), "cpu").engine == ENGINE_LOCAL
+    cpu(AVX2)
+    assert choose_engine("auto", Settings(dtype="float16"), "cpu").engine == ENGINE_OFFLINE
+
+
+def test_forced_engines(cpu):
+    cpu(AVX2)
+    assert choose_engine("offline", Settings(), "cpu").engine == ENGINE_OFFLINE
+    cpu(FP16)
+    local = choose_engine("local", Settings(), "cpu")
+    assert local.engine == ENGINE_LOCAL and "float16" in local.reason
+
+
+def test_offline_refuses_a_dtype_it_cannot_run(cpu):
+    cpu(AVX2)
+    with pytest.raises(EngineError) as err:
+        choose_engine("offline", Settings(dtype="float32"), "cpu")
+    assert "float16" in err.value.message and "--engine local" in err.value.hint
+
+
+def test_local_settings_run_this_python_with_the_batch_model():
+    settings = local_settings("/models/x", 3, {"FLOODMAPPER_DTYPE": "float32", "FLOODMAPPER_MODEL": "/other"})
+    assert settings.vllm_python == sys.executable
+    assert (settings.model, settings.max_num_seqs, settings.dtype) == ("/models/x", 3, "float32")
+
+
+class _Engine:
+    """The local engine as the batch sees it, failing as it is told: by raster name."""
+
+    def __init__(self, failures: dict[str, Exception]) -> None:
+        self.failures = failures
+        self.mapped: list[str] = []
+        self.closed = False
+
+    def map(self, input_path, output_path, indices, reference, threshold, progress):
+        name = input_path.rsplit("/", 1)[-1]
+        if name in self.failures:
+            raise self.failures[name]
+        self.mapped.append(name)
+        return batch.Stats(water_pixels=1, valid_pixels=4, water_fraction=0.25, water_area_km2=0.0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _run(engine: _Engine, names: list[str], capsys) -> tuple[int | None, list[batch.Job], str]:
+    jobs = [batch.Job(f"/in/{n}", f"/out/{n}") for n in names]
+    args = argparse.Namespace(indices=[0, 1, 2, 3, 4, 5], reference="", reference_threshold=1.0)
+    lines: list[str] = []
+    code = batch.map_on_local_engine(engine, jobs, args, lambda i, job: lines.append(f"{i} {job.error or 'ok'}"))
+    return code, jobs, "\n".join(lines) + "\n" + capsys.readouterr().err
+
+
+def test_a_failing_raster_is_reported_and_the_batch_goes_on(capsys):
+    engine = _Engine({"b.tif": InputError("b.tif is unreadable.", "Check it.")})
+    code, jobs, out = _run(engine, ["a.tif", "b.tif", "c.tif"], capsys)
+    assert code is None and engine.mapped == ["a.tif", "c.tif"] and engine.closed
+    assert "2 b.tif is unreadable." in out and "3 ok" in out
+
+
+def test_an_engine_that_cannot_run_stops_the_batch_and_says_what_was_left(capsys):
+    engine = _Engine({"b.tif": EngineError("The local vLLM engine did not start.", "See its log.")})
+    code, jobs, out = _run(engine, ["a.tif", "b.tif", "c.tif", "d.tif"], capsys)
+    assert code == 2 and engine.mapped == ["a.tif"] and engine.closed
+    assert "2 The local vLLM engine did not start." in out
+    assert "the batch stops (2 raster(s) not mapped)" in out
+    assert jobs[2].error is None and jobs[2].stats is None
