@@ -23,6 +23,7 @@ from typing import Optional
 from .archive_members import files_in, folder_of, is_file, join
 from .bands import DEFAULT_MODEL_BANDS, band_names, missing_names
 from .errors import InputError
+from .gdal_bindings import gdal_for
 
 # a band in a file's name: B2, B02, B8A, SR_B5 (the last such word of the name)
 _BAND = re.compile(r"(?<![A-Za-z0-9])B(?P<number>\d{1,2})(?P<a>A?)(?![A-Za-z0-9])", re.IGNORECASE)
@@ -90,8 +91,7 @@ def band_files_of(source: str) -> Optional[BandFiles]:
 def write_stack(band_files: BandFiles, folder: str) -> str:
     """The virtual raster of the band files (separate bands, the finest resolution), written in `folder`; its
     path."""
-    from osgeo import gdal
-
+    gdal = gdal_for(f"the band files {band_files.describe()}")
     path = os.path.join(folder, f"{band_files.name}.vrt")
     options = gdal.BuildVRTOptions(separate=True, resolution="highest")
     vrt = gdal.BuildVRT(path, list(band_files.files), options=options)

@@ -22,6 +22,7 @@ from xml.etree import ElementTree
 
 from .archive_members import folder_of, is_file, join, read_text
 from .errors import InputError
+from .gdal_bindings import gdal_for
 
 # the product's spectral bands in its own order (band_id 0-12 in its metadata)
 BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
@@ -149,8 +150,7 @@ def read_product(metadata: str) -> Product:
 
 def write_stack(product: Product, folder: str) -> str:
     """The virtual raster of the product's bands, written in `folder` under the product's name; its path."""
-    from osgeo import gdal
-
+    gdal = gdal_for(f"the bands of the Sentinel-2 product {product.name}")
     path = os.path.join(folder, f"{product.name}.vrt")
     files = [file for _, _, file in product.bands]
     options = gdal.BuildVRTOptions(separate=True, resolution="highest", srcNodata=product.nodata,
