@@ -1,14 +1,22 @@
-"""Offline batch flood mapping: many rasters, one in-process vLLM engine, no server and no QGIS.
+"""Batch flood mapping without QGIS: many rasters, one vLLM engine (in this process, or the plugin's local engine).
 
-Run with the vLLM environment's Python from the checkout root:
+Run from the checkout root with the vLLM environment's Python (either engine, below), or with QGIS's Python (the
+checkout's .venv/bin/python: the local engine only, and the one that stacks Sentinel-2 products, with GDAL's own
+bindings):
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
-        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local]
+        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
-in name order; with --recursive those of its subfolders too. The batch's own outputs (`*_flood.tif` in the
-output folder) are never taken as inputs, so a run can write into the folder it reads.
+in name order, and the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`); with --recursive those of
+its subfolders too. The batch's own outputs (`*_flood.tif` in the output folder) are never taken as inputs, so
+a run can write into the folder it reads.
+
+A Sentinel-2 product, or one band file of a set (B02.tif beside B03.tif ...), is mapped as the plugin maps it:
+its bands stacked, its scaling applied, and with --clouds its own cloud classification (L2A SCL, L1C MSK_CLASSI)
+as the cloud mask. That is the local engine's work (the plugin's pipeline); the offline engine reads one raster
+file with its bands in the model's order.
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
 IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
@@ -17,10 +25,11 @@ on a CPU that runs float16 slowly the batch maps through the plugin's local engi
 the CPU's fastest dtype (batch_engine.py says which and why; `--engine` forces either).
 
 Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/classes.py): uint8
-class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data; same CRS,
-transform and size as the input; written to a temp file and moved into place. With `--reference` (water
-that is always there: a raster, water where its value is >= `--reference-threshold`, or a polygon file) the
-water is split as in the plugin: 1 = flood water, 2 = permanent water. A raster that fails is
+class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data (or a cloud, with
+--clouds); same CRS, transform and size as the input (a product's: its 10 m bands'); written to a temp file and
+moved into place. With `--reference` (water that is always there: a raster, water where its value is >=
+`--reference-threshold`, or a polygon file) the water is split as in the plugin: 1 = flood water, 2 = permanent
+water. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
 engine errors).
 """
@@ -45,6 +54,7 @@ from .batch_engine import (
     ENGINES,
     LocalBatch,
     choose_engine,
+    has_vllm,
     local_settings,
     torch_device,
 )
@@ -56,11 +66,14 @@ from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
 from .core.reference import RasterReference, Reference, check_raster_reference
 from .core.reference_files import reference_from_path
+from .core.sentinel2_product import metadata_of
 from .core.server_map import finalize_classes
 from .core.settings import DEMO_MODEL_DIR
 
 IO_PROCESSOR = "terratorch_segmentation"
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+PRODUCT_SUFFIXES = (".zip", ".safe")  # Sentinel-2 products as downloaded (checked by their metadata file)
+OFFLINE_INDICES = [0, 1, 2, 3, 4, 5]  # the IOProcessor's own default
 OUTPUT_SUFFIX = "_flood.tif"
 
 if __name__ in ("__main__", "__mp_main__"):  # also in vLLM's spawned engine core, which re-imports this
@@ -86,8 +99,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default=os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR),
                    help="TerraTorch model folder for vLLM (default: the demo model, or $FLOODMAPPER_MODEL)")
     p.add_argument("--max-num-seqs", type=int, default=8, help="tiles processed together by the engine")
-    p.add_argument("--indices", default="0,1,2,3,4,5",
-                   help="0-based input band indices in the model's band order (default 0,1,2,3,4,5)")
+    p.add_argument("--indices", default="",
+                   help="0-based input band indices in the model's band order; default: the local engine chooses as "
+                        "the plugin does (band names, a product's own bands, else the first six), the offline "
+                        "engine takes 0,1,2,3,4,5")
     p.add_argument("--reference", default="",
                    help="water that is always there (a raster, or a polygon file such as OpenStreetMap water): "
                         "water also in it is permanent water (class 2), the rest of the water flood water (1)")
@@ -99,13 +114,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "plugin's local engine, a vLLM server on 127.0.0.1 started once for the batch, tensor "
                         "transport in this computer's fastest dtype; auto (default): offline where float16 runs "
                         "fast (a GPU, a CPU with AVX512-FP16 or AMX-FP16 and no faster dtype), else local")
+    p.add_argument("--clouds", action="store_true",
+                   help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
+                        "MSK_CLASSI), as the plugin's CLOUD_MASK does (local engine)")
     args = p.parse_args(argv)
+    if not args.indices.strip():
+        args.indices = None
+        return _checked(p, args)
     try:
         args.indices = [int(i) for i in args.indices.split(",") if i.strip()]
     except ValueError:
         p.error(f"--indices must be comma-separated integers, got {args.indices!r}")
     if not args.indices or min(args.indices) < 0:
         p.error("--indices needs at least one band index, all >= 0")
+    return _checked(p, args)
+
+
+def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
     return args
@@ -115,25 +140,37 @@ def _is_output(path: Path, out_dir: Path) -> bool:
     return path.name.endswith(OUTPUT_SUFFIX) and path.resolve().parent == out_dir.resolve()
 
 
+def is_product(path: str) -> bool:
+    """A Sentinel-2 product as downloaded (its .zip, its .SAFE folder or its metadata file)."""
+    return metadata_of(path) is not None
+
+
+def _is_input(f: Path, folder: Path, out_dir: Path) -> bool:
+    parts = f.relative_to(folder).parts
+    if any(part.startswith(".") for part in parts) or any(p.lower().endswith(".safe") for p in parts[:-1]):
+        return False  # hidden, or inside a product (its band files are the product's)
+    suffix = f.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return f.is_file() and not _is_output(f, out_dir)
+    return suffix in PRODUCT_SUFFIXES and is_product(str(f))
+
+
 def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False) -> list[str]:
-    """Files as given; a folder becomes its rasters (sorted; subfolders with `recursive`), minus our outputs."""
+    """Files and products as given; a folder becomes its rasters and products (sorted; subfolders with
+    `recursive`), minus our outputs."""
     expanded: list[str] = []
     for item in inputs:
         folder = Path(item)
-        if not folder.is_dir():
+        if not folder.is_dir() or is_product(item):
             expanded.append(item)
             continue
         candidates = folder.rglob("*") if recursive else folder.iterdir()
-        found = sorted(
-            f for f in candidates
-            if f.suffix.lower() in RASTER_SUFFIXES and f.is_file() and not _is_output(f, out_dir)
-            and not any(part.startswith(".") for part in f.relative_to(folder).parts)
-        )
+        found = sorted(f for f in candidates if _is_input(f, folder, out_dir))
         if not found:
             where = "it or its subfolders" if recursive else "it"
             raise InputError(
                 f"The folder '{item}' has no rasters: no " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES)
-                + f" file in {where}.",
+                + f" file and no Sentinel-2 product (*.zip, *.SAFE) in {where}.",
                 "Pass the raster files themselves, or --recursive for rasters in subfolders.",
             )
         expanded += [str(f) for f in found]
@@ -156,17 +193,22 @@ def plan(inputs: list[str], out_dir: Path) -> list[Job]:
     return jobs
 
 
-def validate(job: Job, indices: list[int]) -> None:
-    """Cheap checks before the engine spends time on the raster."""
-    info = raster.inspect(job.input_path)
-    if not info.is_file:
-        raise InputError(f"'{job.input_path}' is not a local file.", "The offline engine reads local files only.")
-    if max(indices) >= info.count:
+def validate(job: Job, indices: Optional[list[int]]) -> None:
+    """Cheap checks before the engine spends time on the raster (a product's, when its bands are stacked)."""
+    if not is_product(job.input_path):
+        info = raster.inspect(job.input_path)
+        if not info.is_file:
+            raise InputError(f"'{job.input_path}' is not a local file.", "The batch reads local files only.")
+        check_indices(job.input_path, info.count, indices)
+    check_output_path(job.output_path, job.input_path)
+
+
+def check_indices(path: str, count: int, indices: Optional[list[int]]) -> None:
+    if indices and max(indices) >= count:
         raise InputError(
-            f"'{job.input_path}' has {info.count} band(s); --indices asks for band index {max(indices)}.",
+            f"'{path}' has {count} band(s); the model would get its band index {max(indices)}.",
             "Pass --indices with the 0-based bands in the model's order (e.g. 1,2,3,8,11,12 for Sentinel-2 L1C).",
         )
-    check_output_path(job.output_path, job.input_path)
 
 
 def engine_environment() -> None:
@@ -225,8 +267,14 @@ def load_reference(path: str, threshold: float) -> list[Reference]:
     return [ref]
 
 
-def run_one(llm, job: Job, indices: list[int], work_dir: str,
+def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str,
             refs: Optional[list[Reference]] = None) -> Stats | ExtentStats:
+    if is_product(job.input_path):
+        raise InputError(
+            f"'{job.input_path}' is a Sentinel-2 product, and the offline engine reads one raster file with the "
+            "model's bands.", "Map products with --engine local, which stacks their bands as the plugin does.")
+    indices = indices or OFFLINE_INDICES
+    check_indices(job.input_path, raster.inspect(job.input_path).count, indices)
     # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
     folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
     prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
@@ -291,12 +339,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     code = None
     if any(not j.error for j in jobs):
         try:
-            settings = local_settings(args.model, args.max_num_seqs)
-            choice = choose_engine(args.engine, settings, torch_device() if args.engine != ENGINE_OFFLINE else "cpu")
+            in_process = has_vllm()
+            settings = local_settings(args.model, args.max_num_seqs, in_process=in_process)
+            device = torch_device() if in_process and args.engine != ENGINE_OFFLINE else "cpu"
+            choice = choose_engine(args.engine, settings, device, in_process)
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"Engine: {choice.reason}", flush=True)
+        if args.clouds and choice.engine != ENGINE_LOCAL:
+            print("error: --clouds masks clouds in the plugin's pipeline, which the offline engine does not run; "
+                  "add --engine local.", file=sys.stderr)
+            return 2
         if choice.engine == ENGINE_LOCAL:
             code = map_on_local_engine(LocalBatch(settings), jobs, args, report)
         else:
@@ -313,8 +367,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def figures(stats: Stats | ExtentStats | MapFloodsResult) -> str:
-    """A mapped raster's water, and its flood and permanent water when it was compared with a reference."""
+    """A mapped raster's water (and the clouds left out), and its flood and permanent water when it was compared
+    with a reference."""
     line = f"water {stats.water_fraction:.1%} of {stats.valid_pixels} valid pixels"
+    if isinstance(stats, MapFloodsResult) and stats.cloud_pixels:
+        line += f" ({stats.cloud_pixels} cloud pixels left out, {stats.cloud_fraction:.1%} of those with data)"
     if isinstance(stats, ExtentStats):
         return f"{line}; {summary(stats)}"
     if isinstance(stats, MapFloodsResult) and stats.reference:
@@ -371,8 +428,7 @@ def map_on_local_engine(engine: LocalBatch, jobs: list[Job], args: argparse.Name
     stops at the end; 2 if the engine cannot run, else None."""
     console = _Console(steps=True)
     try:
-        return map_each(jobs, report, lambda job: engine.map(job.input_path, job.output_path, args.indices,
-                                                             args.reference, args.reference_threshold, console),
+        return map_each(jobs, report, lambda job: engine.map(job.input_path, job.output_path, args, console),
                         fatal=(EngineError,))
     finally:
         engine.close()

@@ -10,12 +10,16 @@ Two engines can map a batch:
   tiling, blending, nodata and the flood-extent classes are the plugin's own.
 
 `auto` takes offline where float16 runs fast (a GPU, or a CPU with fast float16 that has no faster dtype) and
-the local engine everywhere else.
+the local engine everywhere else. Run by a Python without vLLM (QGIS's, which also has GDAL's bindings that stacking
+a Sentinel-2 product's band files needs), the batch maps on the local engine, in the vLLM environment the plugin
+uses (FLOODMAPPER_VLLM_PYTHON, else the one scripts/setup-vllm-env builds).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+from argparse import Namespace
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -37,6 +41,11 @@ class EngineChoice:
     reason: str
 
 
+def has_vllm() -> bool:
+    """Whether this Python can run vLLM in-process (the offline engine)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
 def torch_device() -> str:
     """gpu or cpu, as the local engine's environment check tells it (this process is that environment)."""
     try:
@@ -46,8 +55,16 @@ def torch_device() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def choose_engine(asked: str, settings: Settings, device: str) -> EngineChoice:
-    """The engine for `--engine asked` on `device`; EngineError for a dtype setting offline cannot run."""
+def choose_engine(asked: str, settings: Settings, device: str, in_process: bool = True) -> EngineChoice:
+    """The engine for `--engine asked` on `device`; `in_process`: this Python has vLLM. EngineError for an
+    offline engine this Python or the dtype setting cannot run."""
+    if not in_process:
+        if asked == ENGINE_OFFLINE:
+            raise EngineError(
+                f"The offline engine runs vLLM in the batch's own Python, and {sys.executable} has no vLLM.",
+                "Run the batch with the vLLM environment's Python, or use --engine local (or auto).")
+        return EngineChoice(ENGINE_LOCAL, f"this Python has no vLLM: the local engine in the vLLM environment "
+                            f"({settings.vllm_python}), its dtype and transport chosen as for the plugin")
     if asked == ENGINE_OFFLINE:
         dtype = (settings.dtype or "auto").strip().lower()
         if dtype not in FLOAT16_NAMES:
@@ -78,14 +95,23 @@ class LocalBatch:
 
         self.backend = LocalBackend(settings, on_log=on_log)
 
-    def map(self, input_path: str, output_path: str, indices: list[int], reference: str, threshold: float,
-            progress: Progress) -> MapFloodsResult:
+    def map(self, input_path: str, output_path: str, options: Namespace, progress: Progress) -> MapFloodsResult:
+        """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds)."""
         from .core.pipeline import map_floods
+        from .core.sentinel2_product import metadata_of
 
+        cloud_mask = ""
+        if options.clouds:
+            if metadata_of(input_path):
+                cloud_mask = input_path  # the product's own classification (product_inputs.py)
+            else:
+                progress.warning("--clouds: not a Sentinel-2 product, so no cloud classification of its own; "
+                                 "mapped without a cloud mask")
         request = MapFloodsRequest(
             input_path=input_path, output_path=output_path, server_url="", server_can_read_local_files=True,
-            transport=TRANSPORT_AUTO, bands=[i + 1 for i in indices], reference_path=reference,
-            reference_threshold=threshold)
+            transport=TRANSPORT_AUTO, bands=[i + 1 for i in options.indices] if options.indices else None,
+            reference_path=options.reference, reference_threshold=options.reference_threshold,
+            cloud_mask_path=cloud_mask)
         return map_floods(request, self.backend, progress)
 
     def close(self) -> None:
@@ -94,8 +120,12 @@ class LocalBatch:
         stop_all()
 
 
-def local_settings(model: str, max_num_seqs: int, environ: Optional[dict[str, str]] = None) -> Settings:
-    """The local engine's settings for a batch: this Python's environment (the batch runs in the vLLM
-    environment), the model and batch size given, FLOODMAPPER_* variables on top (dtype, keep-alive)."""
-    settings = replace(Settings(), vllm_python=sys.executable).with_env(environ)
+def local_settings(model: str, max_num_seqs: int, environ: Optional[dict[str, str]] = None,
+                   in_process: bool = True) -> Settings:
+    """The local engine's settings for a batch: this Python's environment when it has vLLM (`in_process`), else
+    the plugin's; the model and batch size given; FLOODMAPPER_* variables on top (dtype, keep-alive, Python)."""
+    settings = Settings()
+    if in_process:
+        settings = replace(settings, vllm_python=sys.executable)
+    settings = settings.with_env(environ)
     return replace(settings, model=model, max_num_seqs=max_num_seqs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,3 +108,50 @@ def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not engine_pids() - before, "the batch's local engine was stopped at its end"
+
+
+def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_path):
+    """A folder as a disaster-response team fills it from the Copernicus Data Space: an L2A product's .zip and an
+    L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x 10000 + 1000) beside a plain GeoTIFF.
+    Run by QGIS's Python, which has no vLLM, the batch maps on the local engine; with `--clouds` each product is
+    stacked and scaled as the plugin does, its own classification (SCL, MSK_CLASSI) its cloud mask; the GeoTIFF is
+    mapped with a warning that it has none."""
+    from scripts.scenes import synthesize
+    from tests.fixtures.sentinel2_safe import L1C_NAME, NAME, write_l1c, write_l2a
+
+    downloads = tmp_path / "downloads"
+    refl, truth = synthesize(9411, 384, 324)  # BLUE, GREEN, RED, NIR_NARROW, SWIR_1, SWIR_2 = B02 ... B12
+    dn = (np.rint(refl * 10000) + 1000).clip(1, 65535).astype(np.uint16)
+    scl = np.full((162, 192), 4, np.uint8)
+    scl[100:130, 20:80] = 9  # a cloud (20 m), rows 200-259 and columns 40-159 at 10 m
+    write_l2a(downloads, dn, scl=scl, zipped=True)
+    classi = np.zeros((2, 54, 64), np.uint8)
+    classi[0, 10:20, 5:15] = 1  # an opaque cloud (60 m), rows 60-119 and columns 30-89 at 10 m
+    write_l1c(downloads, dn, classi=classi)
+    plain_truth = scenes.generate_scene(downloads / "plain.tif", seed=9412, width=256, height=256)
+    out = tmp_path / "floods"
+    proc = subprocess.run(  # QGIS's Python: GDAL's bindings stack the products, vLLM runs in its own environment
+        [sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out), "--model", MODEL, "--clouds"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Done: 3 of 3 raster(s) mapped, 0 failed" in proc.stdout
+    assert "Engine: this Python has no vLLM: the local engine" in proc.stdout
+    assert "warning: --clouds: not a Sentinel-2 product" in proc.stdout
+    for name, rows, cols in ((NAME, slice(200, 260), slice(40, 160)), (L1C_NAME, slice(60, 120), slice(30, 90))):
+        with rasterio.open(out / f"{name}_flood.tif") as ds:
+            assert (ds.width, ds.height, ds.res) == (384, 324, (10.0, 10.0))
+            classes = ds.read(1)
+        cloud = np.zeros(truth.shape, bool)
+        cloud[rows, cols] = True
+        np.testing.assert_array_equal(classes == 255, cloud, err_msg=f"{name}: no data exactly under its cloud")
+        assert f"({int(cloud.sum())} cloud pixels left out" in proc.stdout
+        if is_demo_model(MODEL):
+            iou = scenes.iou(np.where(classes == 1, 1, 0), np.where(cloud, 0, truth))
+            print(f"{name}: water IoU {iou:.3f}")
+            assert iou > 0.8, f"the demo model should find the product's water (IoU {iou:.3f})"
+    with rasterio.open(out / "plain_flood.tif") as ds:
+        plain = ds.read(1)
+    assert ((plain == 255) == (plain_truth == 255)).all()
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{NAME}_flood.tif", f"{L1C_NAME}_flood.tif",
+                                                            "plain_flood.tif"]), "no temp files left"

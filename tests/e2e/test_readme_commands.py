@@ -62,9 +62,12 @@ LANDSAT_SCENE = "LC09_L2SP_013032_20231008_20231009_02_T1"
 LANDSAT = (rf"scripts/qgis-process run floodmapper:map_floods -- INPUT={LANDSAT_SCENE}_SR_B5\.TIF "
            rf"CLOUD_MASK={LANDSAT_SCENE}_QA_PIXEL\.TIF BACKEND=0 SERVER_URL=http://127\.0\.0\.1:8000 OUTPUT=flood\.tif")
 REFERENCE_TEST = "tests/e2e/test_reference_model.py"
+BATCH_PRODUCTS = r"\.venv/bin/python -m plugin\.batch downloads/ --out floods/ --clouds"
+BATCH_TEST = "tests/e2e/test_batch.py"
 # what a test that covers README commands must contain (it runs them with these)
 COVERING_TESTS = {
     "tests/qgis/test_flood_outline_model.py": ["floodmapper:flood_outline"],
+    BATCH_TEST: ['[sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out)', '"--clouds"'],
     REFERENCE_TEST: ['"make-reference-model"', '"--dtype", DTYPE', "start_server(", '["--tensor"]',
                      '"--served-model-name", SERVED_NAME', 'SERVED_NAME = "prithvi-reference"'],
 }
@@ -80,6 +83,7 @@ KNOWN = [  # (full-match pattern, kind, what checks it)
     (r"scripts/serve-demo", "run", "test_serve_demo_serves_and_qgis_process_maps_remotely, test_serve_demo_ctrl_c"),
     (PREPARE, "run", "test_prepare_model"),
     (BATCH, "run", "test_make_demo_and_batch_on_a_folder"),
+    (BATCH_PRODUCTS, "covered", BATCH_TEST),
     (LOCAL, "covered", "make demo (scripts/demo)"),
     (r"make setup", "covered", "make demo"),
     (r"python3 -m venv --system-site-packages", "covered", "make setup (scripts/setup)"),

@@ -3,9 +3,9 @@ the engine fails. The real runs on both engines are tests/e2e/test_batch.py."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+import numpy as np
 import pytest
 
 from plugin import batch
@@ -80,7 +80,7 @@ class _Engine:
         self.mapped: list[str] = []
         self.closed = False
 
-    def map(self, input_path, output_path, indices, reference, threshold, progress):
+    def map(self, input_path, output_path, options, progress):
         name = input_path.rsplit("/", 1)[-1]
         if name in self.failures:
             raise self.failures[name]
@@ -93,7 +93,7 @@ class _Engine:
 
 def _run(engine: _Engine, names: list[str], capsys) -> tuple[int | None, list[batch.Job], str]:
     jobs = [batch.Job(f"/in/{n}", f"/out/{n}") for n in names]
-    args = argparse.Namespace(indices=[0, 1, 2, 3, 4, 5], reference="", reference_threshold=1.0)
+    args = batch.parse_args(["/in", "--out", "/out"])
     lines: list[str] = []
     code = batch.map_on_local_engine(engine, jobs, args, lambda i, job: lines.append(f"{i} {job.error or 'ok'}"))
     return code, jobs, "\n".join(lines) + "\n" + capsys.readouterr().err
@@ -113,3 +113,36 @@ def test_an_engine_that_cannot_run_stops_the_batch_and_says_what_was_left(capsys
     assert "2 The local vLLM engine did not start." in out
     assert "the batch stops (2 raster(s) not mapped)" in out
     assert jobs[2].error is None and jobs[2].stats is None
+
+
+def test_a_python_without_vllm_maps_on_the_local_engine_of_the_vllm_environment(cpu):
+    cpu(FP16)  # offline would be chosen, were vLLM here
+    settings = local_settings("/models/x", 8, {"FLOODMAPPER_VLLM_PYTHON": "/envs/vllm/bin/python"}, in_process=False)
+    assert settings.vllm_python == "/envs/vllm/bin/python"
+    choice = choose_engine("auto", settings, "cpu", in_process=False)
+    assert choice.engine == ENGINE_LOCAL and "no vLLM" in choice.reason and "/envs/vllm/bin/python" in choice.reason
+    with pytest.raises(EngineError) as err:
+        choose_engine("offline", settings, "cpu", in_process=False)
+    assert sys.executable in err.value.message and "--engine local" in err.value.hint
+
+
+def test_stacking_without_gdal_s_bindings_says_which_python_has_them(monkeypatch, tmp_path):
+    from plugin.core.sentinel2_product import read_product, write_stack
+    from tests.fixtures.sentinel2_safe import write_l2a
+
+    product = read_product(str(write_l2a(tmp_path, np.full((6, 24, 24), 1500, np.uint16)) / "MTD_MSIL2A.xml"))
+    monkeypatch.setitem(sys.modules, "osgeo", None)  # as in a vLLM environment: no GDAL bindings
+    with pytest.raises(InputError) as err:
+        write_stack(product, str(tmp_path))
+    assert "GDAL's Python bindings (osgeo)" in err.value.message and ".venv/bin/python" in err.value.hint
+
+
+def test_clouds_on_the_offline_engine_are_refused_before_it_loads(tmp_path, monkeypatch, capsys):
+    from scripts.scenes import generate_scene
+
+    generate_scene(tmp_path / "a.tif", seed=9413, width=64, height=64)
+    monkeypatch.setattr(batch, "has_vllm", lambda: True)
+    monkeypatch.setattr(batch, "build_llm", lambda *a: pytest.fail("the engine must not load"))
+    assert batch.main([str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--engine", "offline",
+                       "--clouds"]) == 2
+    assert "--clouds masks clouds in the plugin's pipeline" in capsys.readouterr().err

@@ -38,7 +38,8 @@ def test_outputs_written_into_the_input_folder_are_not_inputs(tmp_path):
 def test_a_folder_without_rasters_is_refused_with_the_way_out(tmp_path):
     (tmp_path / "empty").mkdir()
     _touch(tmp_path / "empty" / "sub" / "a.tif")
-    with pytest.raises(InputError, match=r"no \*\.tif, \*\.tiff, \*\.vrt file in it\.") as caught:
+    no_rasters = r"no \*\.tif, \*\.tiff, \*\.vrt file and no Sentinel-2 product \(\*\.zip, \*\.SAFE\) in it\."
+    with pytest.raises(InputError, match=no_rasters) as caught:
         batch.expand_inputs([str(tmp_path / "empty")], tmp_path / "out")
     assert "--recursive" in caught.value.hint
 
@@ -47,3 +48,44 @@ def test_main_reports_an_empty_folder_before_loading_any_model(tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     assert batch.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "has no rasters" in capsys.readouterr().err
+
+
+def _dn(h: int = 24, w: int = 24):
+    import numpy as np
+
+    return np.full((6, h, w), 1500, np.uint16)
+
+
+def test_a_folder_means_its_sentinel2_products_too_and_never_their_band_files(tmp_path):
+    from tests.fixtures.sentinel2_safe import L1C_NAME, NAME, write_l1c, write_l2a
+
+    downloads = tmp_path / "downloads"
+    archive = write_l2a(downloads, _dn(), zipped=True)
+    safe = write_l1c(downloads / "sub", _dn())
+    _touch(downloads / "a.tif")
+    _touch(downloads / "other.zip", b"PK\x05\x06" + bytes(18))  # an empty zip: no product
+    assert batch.expand_inputs([str(downloads)], tmp_path / "out") == [str(archive), str(downloads / "a.tif")]
+    found = batch.expand_inputs([str(downloads)], tmp_path / "out", recursive=True)
+    assert found == [str(archive), str(downloads / "a.tif"), str(safe)]
+    assert batch.expand_inputs([str(safe)], tmp_path / "out") == [str(safe)], "a product folder given is one input"
+    jobs = batch.plan(found, tmp_path / "out")
+    assert [j.output_path.rsplit("/", 1)[-1] for j in jobs] == [f"{NAME}_flood.tif", "a_flood.tif",
+                                                                 f"{L1C_NAME}_flood.tif"]
+
+
+def test_a_product_is_checked_when_stacked_and_refused_by_the_offline_engine(tmp_path):
+    from tests.fixtures.sentinel2_safe import write_l2a
+
+    archive = write_l2a(tmp_path, _dn(), zipped=True)
+    job = batch.Job(str(archive), str(tmp_path / "p_flood.tif"))
+    batch.validate(job, None)  # no band count to check before the bands are stacked
+    with pytest.raises(InputError) as caught:
+        batch.run_one(None, job, None, str(tmp_path))
+    assert "Sentinel-2 product" in caught.value.message and "--engine local" in caught.value.hint
+
+
+def test_indices_default_to_the_engine_s_own_choice(tmp_path):
+    assert batch.parse_args(["a.tif", "--out", "o"]).indices is None
+    assert batch.parse_args(["a.tif", "--out", "o", "--indices", "1,2,3,8,11,12"]).indices == [1, 2, 3, 8, 11, 12]
+    with pytest.raises(SystemExit):
+        batch.parse_args(["a.tif", "--out", "o", "--indices", "1,x"])
