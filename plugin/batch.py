@@ -99,22 +99,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
                         "MSK_CLASSI), as the plugin's CLOUD_MASK does (local engine)")
     args = p.parse_args(argv)
-    if not args.indices.strip():
-        args.indices = None
-        return _checked(p, args)
-    try:
-        args.indices = [int(i) for i in args.indices.split(",") if i.strip()]
-    except ValueError:
-        p.error(f"--indices must be comma-separated integers, got {args.indices!r}")
-    if not args.indices or min(args.indices) < 0:
-        p.error("--indices needs at least one band index, all >= 0")
-    return _checked(p, args)
-
-
-def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    args.indices = _indices(p, args.indices)
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
     return args
+
+
+def _indices(p: argparse.ArgumentParser, text: str) -> Optional[list[int]]:
+    """--indices as 0-based band indices; None (each engine's own choice) when it is not given."""
+    if not text.strip():
+        return None
+    try:
+        indices = [int(i) for i in text.split(",") if i.strip()]
+    except ValueError:
+        p.error(f"--indices must be comma-separated integers, got {text!r}")
+    if not indices or min(indices) < 0:
+        p.error("--indices needs at least one band index, all >= 0")
+    return indices
 
 
 class _Console:

@@ -90,19 +90,19 @@ class LocalBatch:
     """The rasters of a batch mapped one after another through one local engine, stopped at the end (unless
     the keep-alive setting keeps it for the next run)."""
 
-    def __init__(self, settings: Settings, on_log=None) -> None:
+    def __init__(self, settings: Settings) -> None:
         from .core.backends import LocalBackend
 
-        self.backend = LocalBackend(settings, on_log=on_log)
+        self.backend = LocalBackend(settings)  # the engine's own log stays in its file
 
     def map(self, input_path: str, output_path: str, options: Namespace, progress: Progress) -> MapFloodsResult:
         """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds)."""
+        from .batch_inputs import is_product
         from .core.pipeline import map_floods
-        from .core.sentinel2_product import metadata_of
 
         cloud_mask = ""
         if options.clouds:
-            if metadata_of(input_path):
+            if is_product(input_path):
                 cloud_mask = input_path  # the product's own classification (product_inputs.py)
             else:
                 progress.warning("--clouds: not a Sentinel-2 product, so no cloud classification of its own; "

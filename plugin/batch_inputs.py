@@ -78,10 +78,10 @@ def plan(inputs: list[str], out_dir: Path) -> list[Job]:
     used: set[str] = set()
     for path in inputs:
         stem = Path(path).stem or "raster"
-        name = f"{stem}_flood.tif"
+        name = f"{stem}{OUTPUT_SUFFIX}"
         n = 2
         while name in used:
-            name = f"{stem}_{n}_flood.tif"
+            name = f"{stem}_{n}{OUTPUT_SUFFIX}"
             n += 1
         used.add(name)
         jobs.append(Job(os.path.abspath(path), str(out_dir / name)))
