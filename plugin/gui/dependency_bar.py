@@ -68,31 +68,32 @@ class DependencyBar:
         self.clear()
         self.task = InstallDependenciesTask(self.plan, plugin_packages.package_folder(), self._done)
         QgsApplication.taskManager().addTask(self.task)
-        self.iface.messageBar().pushMessage(
-            TITLE, bar_text(tr("Installing {pins}… (progress and Cancel in the task manager)").format(
-                pins=self.plan.install_text())), Qgis.MessageLevel.Info, 10)
+        self._push(tr("Installing {pins}… (progress and Cancel in the task manager)").format(
+            pins=self.plan.install_text()), Qgis.MessageLevel.Info, 10)
         return self.task
+
+    def _push(self, text: str, level: Qgis.MessageLevel, seconds: int) -> None:
+        """A message under the plugin's title, its text shown whole (bar_text); 0 seconds: until closed."""
+        self.iface.messageBar().pushMessage(TITLE, bar_text(text), level, seconds)
 
     def _done(self, task: InstallDependenciesTask) -> None:
         self.task = None
-        bar = self.iface.messageBar()
         if task.installed is None:
             if task.cancelled or not task.error:
-                bar.pushMessage(TITLE, tr("Installation cancelled; nothing was changed."), Qgis.MessageLevel.Info, 8)
+                self._push(tr("Installation cancelled; nothing was changed."), Qgis.MessageLevel.Info, 8)
             else:
-                bar.pushMessage(TITLE, bar_text(tr("Installing the Python packages failed: {error}").format(
-                    error=task.error)), Qgis.MessageLevel.Critical, 0)
+                self._push(tr("Installing the Python packages failed: {error}").format(error=task.error),
+                           Qgis.MessageLevel.Critical, 0)
             return
         if task.restart_for:
-            bar.pushMessage(TITLE, bar_text(tr("Installed {pins} into {folder}. Restart QGIS to use them: this "
-                                               "session already loaded another {modules}.").format(
-                pins=task.plan.install_text(), folder=task.folder, modules=", ".join(task.restart_for))),
-                Qgis.MessageLevel.Warning, 0)
+            self._push(tr("Installed {pins} into {folder}. Restart QGIS to use them: this session already loaded "
+                          "another {modules}.").format(pins=task.plan.install_text(), folder=task.folder,
+                                                       modules=", ".join(task.restart_for)),
+                       Qgis.MessageLevel.Warning, 0)
         elif task.failures:
-            bar.pushMessage(TITLE, bar_text(tr("Installed into {folder}, but {failures}. Restart QGIS and try "
-                                               "again.").format(
-                folder=task.folder, failures="; ".join(f"{k}: {v}" for k, v in task.failures.items()))),
+            self._push(tr("Installed into {folder}, but {failures}. Restart QGIS and try again.").format(
+                folder=task.folder, failures="; ".join(f"{k}: {v}" for k, v in task.failures.items())),
                 Qgis.MessageLevel.Warning, 0)
         else:
-            bar.pushMessage(TITLE, bar_text(tr("Installed {pins}: Flood Mapper is ready, no restart needed.").format(
-                pins=task.plan.install_text())), Qgis.MessageLevel.Success, 10)
+            self._push(tr("Installed {pins}: Flood Mapper is ready, no restart needed.").format(
+                pins=task.plan.install_text()), Qgis.MessageLevel.Success, 10)
