@@ -13,10 +13,13 @@ in name order, and the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE
 its subfolders too. The batch's own outputs (`*_flood.tif` in the output folder) are never taken as inputs, so
 a run can write into the folder it reads.
 
-A Sentinel-2 product, or one band file of a set (B02.tif beside B03.tif ...), is mapped as the plugin maps it:
-its bands stacked, its scaling applied, and with --clouds its own cloud classification (L2A SCL, L1C MSK_CLASSI)
-as the cloud mask. That is the local engine's work (the plugin's pipeline); the offline engine reads one raster
-file with its bands in the model's order.
+A Sentinel-2 product, or a set of band files (B02.tif beside B03.tif ..., Landsat's *_SR_B2.TIF ..., HLS's), is
+mapped as the plugin maps it: its bands stacked, its scaling applied, and with --clouds its own cloud classification
+(L2A SCL, L1C MSK_CLASSI, the QA_PIXEL, Fmask or SCL file beside band files) as the cloud mask. A set is mapped
+once, however many of its files are named or found in a folder, and the files that come with it in a folder (its
+quality, cloud, thermal and angle files) are not mapped on their own. That is the local engine's work (the
+plugin's pipeline, which auto then takes); the offline engine reads one raster file with its bands in the model's
+order.
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
 IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
@@ -24,7 +27,8 @@ start-up per run; the engine is built once and fed raster after raster. The IOPr
 on a CPU that runs float16 slowly the batch maps through the plugin's local engine instead, started once, in
 the CPU's fastest dtype (batch_engine.py says which and why; `--engine` forces either).
 
-Each output is `<out>/<input stem>_flood.tif`, encoded like the QGIS path (plugin/core/classes.py): uint8
+Each output is `<out>/<name>_flood.tif`, named after the input file, its product (the .SAFE's name) or its set of
+band files (their name without the band), encoded like the QGIS path (plugin/core/classes.py): uint8
 class ids 0 = not water, 1 = water, 255 = nodata wherever a used input band has no data (or a cloud, with
 --clouds); same CRS, transform and size as the input (a product's: its 10 m bands'); written to a temp file and
 moved into place. With `--reference` (water that is always there: a raster, water where its value is >=
@@ -56,7 +60,7 @@ from .batch_engine import (
     local_settings,
     torch_device,
 )
-from .batch_inputs import RASTER_SUFFIXES, Job, expand_inputs, load_reference, plan, validate
+from .batch_inputs import RASTER_SUFFIXES, Job, expand_inputs, load_reference, needs_stacking, plan, validate
 from .batch_offline import build_llm, run_one
 from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError
@@ -97,7 +101,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "fast (a GPU, a CPU with AVX512-FP16 or AMX-FP16 and no faster dtype), else local")
     p.add_argument("--clouds", action="store_true",
                    help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
-                        "MSK_CLASSI), as the plugin's CLOUD_MASK does (local engine)")
+                        "MSK_CLASSI), and of each set of band files with the cloud file beside it (Landsat "
+                        "QA_PIXEL, HLS Fmask, SCL), as the plugin's CLOUD_MASK does (local engine)")
     args = p.parse_args(argv)
     args.indices = _indices(p, args.indices)
     if args.max_num_seqs < 1:
@@ -151,11 +156,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: no model at {args.model} (config.json missing). Pass --model DIR or set FLOODMAPPER_MODEL.",
               file=sys.stderr)
         return 2
+    left_out: list[str] = []
     try:
-        inputs = expand_inputs(args.inputs, out_dir, args.recursive)
+        inputs = expand_inputs(args.inputs, out_dir, args.recursive, left_out)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if left_out:
+        names = ", ".join(os.path.basename(p) for p in left_out[:4]) + (", …" if len(left_out) > 4 else "")
+        print(f"Left out: {len(left_out)} file(s) that come with a set of band files ({names}); each set is mapped "
+              "once, from its band files", flush=True)
     try:
         refs = load_reference(args.reference, args.reference_threshold)
     except FloodMapperError as exc:
@@ -171,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             job.error = str(exc)
 
     def report(i: int, job: Job) -> None:
-        name = os.path.basename(job.input_path)
+        name = job.name
         if job.error:
             print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
         else:
@@ -185,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             in_process = has_vllm()
             settings = local_settings(args.model, args.max_num_seqs, in_process=in_process)
             device = torch_device() if in_process and args.engine != ENGINE_OFFLINE else "cpu"
-            choice = choose_engine(args.engine, settings, device, in_process)
+            choice = choose_engine(args.engine, settings, device, in_process, _pipeline_for(jobs, args.clouds))
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -207,6 +217,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"Done: {total - failed} of {total} raster(s) mapped, {failed} failed, "
           f"in {time.monotonic() - t_start:.1f} s", flush=True)
     return 0 if failed == 0 else 1
+
+
+def _pipeline_for(jobs: list[Job], clouds: bool) -> str:
+    """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds), or ""."""
+    if clouds:
+        return "--clouds"
+    stacked = sum(1 for j in jobs if not j.error and needs_stacking(j.input_path))
+    return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 
 
 def figures(stats: Stats | ExtentStats | MapFloodsResult) -> str:

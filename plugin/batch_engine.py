@@ -55,8 +55,10 @@ def torch_device() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def choose_engine(asked: str, settings: Settings, device: str, in_process: bool = True) -> EngineChoice:
-    """The engine for `--engine asked` on `device`; `in_process`: this Python has vLLM. EngineError for an
+def choose_engine(asked: str, settings: Settings, device: str, in_process: bool = True,
+                  pipeline_for: str = "") -> EngineChoice:
+    """The engine for `--engine asked` on `device`; `in_process`: this Python has vLLM; `pipeline_for`: why the
+    batch needs the plugin's pipeline (inputs to stack, --clouds), which auto then takes. EngineError for an
     offline engine this Python or the dtype setting cannot run."""
     if not in_process:
         if asked == ENGINE_OFFLINE:
@@ -77,6 +79,9 @@ def choose_engine(asked: str, settings: Settings, device: str, in_process: bool 
     if asked == ENGINE_LOCAL:
         return EngineChoice(ENGINE_LOCAL, f"--engine local: the local engine, tensor transport in {choice.dtype} "
                             f"({choice.reason})")
+    if pipeline_for:
+        return EngineChoice(ENGINE_LOCAL, f"{pipeline_for}, which the plugin's pipeline does: the local engine, "
+                            f"tensor transport in {choice.dtype} ({choice.reason})")
     if choice.dtype == "float16":
         return EngineChoice(ENGINE_OFFLINE, f"float16 ({choice.reason}): vLLM in this process with TerraTorch's "
                             "IOProcessor")
@@ -97,16 +102,16 @@ class LocalBatch:
 
     def map(self, input_path: str, output_path: str, options: Namespace, progress: Progress) -> MapFloodsResult:
         """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds)."""
-        from .batch_inputs import is_product
+        from .batch_inputs import own_cloud_mask
         from .core.pipeline import map_floods
 
         cloud_mask = ""
         if options.clouds:
-            if is_product(input_path):
-                cloud_mask = input_path  # the product's own classification (product_inputs.py)
-            else:
-                progress.warning("--clouds: not a Sentinel-2 product, so no cloud classification of its own; "
-                                 "mapped without a cloud mask")
+            cloud_mask = own_cloud_mask(input_path)  # product_inputs.py stacks a product's or takes the file
+            if not cloud_mask:
+                progress.warning("--clouds: neither a Sentinel-2 product nor a set of band files with a cloud file "
+                                 "beside it (QA_PIXEL, Fmask, SCL), so no cloud classification of its own; mapped "
+                                 "without a cloud mask")
         request = MapFloodsRequest(
             input_path=input_path, output_path=output_path, server_url="", server_can_read_local_files=True,
             transport=TRANSPORT_AUTO, bands=[i + 1 for i in options.indices] if options.indices else None,

@@ -1,23 +1,34 @@
 """What a batch maps: the rasters and Sentinel-2 products named on its command line (a folder stands for those in
-it), each with its output path, checked before any engine starts."""
+it), each with its output path, checked before any engine starts.
+
+A download that comes as one file per band (Landsat Collection 2, HLS, Sentinel-2 band files) is one scene: its set
+of band files is mapped once, stacked as the plugin stacks it (band_files.py), and named after the set. The files
+that come with the set in its folder (its quality and cloud files, its thermal band, the angle files) are no inputs
+of their own when the folder is given; given by name, a file is always mapped as it is.
+"""
 
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from .core import raster
+from .core.archive_members import folder_of
+from .core.band_files import BandFiles, band_files_of
 from .core.errors import InputError
 from .core.flood_extent import ExtentStats
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
 from .core.reference import RasterReference, Reference, check_raster_reference
 from .core.reference_files import reference_from_path
-from .core.sentinel2_product import metadata_of
+from .core.sentinel2_product import metadata_of, metadata_of_band_file
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+BAND_FILE_SUFFIXES = (".jp2",)  # Sentinel-2 band files copied out of a product: taken in a folder as a set's only
 PRODUCT_SUFFIXES = (".zip", ".safe")  # Sentinel-2 products as downloaded (checked by their metadata file)
 OUTPUT_SUFFIX = "_flood.tif"
 
@@ -29,6 +40,11 @@ class Job:
     error: Optional[str] = None
     seconds: float = 0.0
     stats: Optional[Stats | ExtentStats | MapFloodsResult] = None
+    label: str = ""  # what the report calls the input, when not its file's name (a set of band files)
+
+    @property
+    def name(self) -> str:
+        return self.label or os.path.basename(self.input_path)
 
 
 def _is_output(path: Path, out_dir: Path) -> bool:
@@ -45,15 +61,18 @@ def _is_input(f: Path, folder: Path, out_dir: Path) -> bool:
     if any(part.startswith(".") for part in parts) or any(p.lower().endswith(".safe") for p in parts[:-1]):
         return False  # hidden, or inside a product (its band files are the product's)
     suffix = f.suffix.lower()
-    if suffix in RASTER_SUFFIXES:
+    if suffix in RASTER_SUFFIXES + BAND_FILE_SUFFIXES:
         return f.is_file() and not _is_output(f, out_dir)
     return suffix in PRODUCT_SUFFIXES and is_product(str(f))
 
 
-def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False) -> list[str]:
+def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
+                  left_out: Optional[list[str]] = None) -> list[str]:
     """Files and products as given; a folder becomes its rasters and products (sorted; subfolders with
-    `recursive`), minus our outputs."""
+    `recursive`), minus our outputs and the files that come with a set of band files (added to `left_out`); a set
+    of band files is one input however many of its files are named or found."""
     expanded: list[str] = []
+    listed: set[str] = set()  # found in a folder, not named
     for item in inputs:
         folder = Path(item)
         if not folder.is_dir() or is_product(item):
@@ -69,23 +88,117 @@ def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False) -> 
                 "Pass the raster files themselves, or --recursive for rasters in subfolders.",
             )
         expanded += [str(f) for f in found]
-    return expanded
+        listed.update(str(f) for f in found)
+    left_out = [] if left_out is None else left_out
+    kept = _one_per_scene(expanded, listed, left_out)
+    if not kept:
+        raise InputError(
+            f"There is nothing to map: the files found ({', '.join(os.path.basename(p) for p in left_out[:4])}"
+            f"{', …' if len(left_out) > 4 else ''}) are files that come with a set of band files, or band files of "
+            "no set.", "Pass the rasters themselves, or a folder with a raster of several bands, a Sentinel-2 product "
+            "or the band files of a scene.")
+    return kept
+
+
+def _one_per_scene(paths: list[str], listed: set[str], left_out: list[str]) -> list[str]:
+    """`paths` with each set of band files once (the first of its files stands for it); of those found in a folder
+    (`listed`), the files that come with a set (its cloud file, the scene's other files) and the band files outside
+    a raster suffix that are no set's are left out."""
+    sets = {path: _set_of(path) for path in paths}
+    companions = [s for s in sets.values() if s is not None]
+    kept: list[str] = []
+    taken: set[tuple[str, ...]] = set()
+    for path in paths:
+        found = sets[path]
+        if found is not None:
+            if found.files not in taken:
+                taken.add(found.files)
+                kept.append(path)
+        elif path in listed and (Path(path).suffix.lower() in BAND_FILE_SUFFIXES
+                                 or any(_comes_with(path, s) for s in companions)):
+            left_out.append(path)
+        else:
+            kept.append(path)
+    return kept
+
+
+def _set_of(path: str) -> Optional[BandFiles]:
+    """The set of band files `path` is one of (not for a Sentinel-2 product's own band file: the product is)."""
+    if metadata_of_band_file(path) or Path(path).suffix.lower() in PRODUCT_SUFFIXES:
+        return None
+    return band_files_of(path)
+
+
+def _comes_with(path: str, band_files: BandFiles) -> bool:
+    """Whether `path` comes with the set in its folder: its cloud file, or a file of the same scene (the set's name
+    up to Landsat's `_SR`, then a separator: `…_T1_QA_PIXEL.TIF`, `…_T1_ST_B10.TIF`, `HLS….v2.0.SAA.tif`)."""
+    if os.path.abspath(path) == os.path.abspath(band_files.cloud_file or "."):
+        return True
+    if folder_of(path) != band_files.folder:
+        return False
+    scene = re.sub(r"[_.-]?SR$", "", band_files.name, flags=re.IGNORECASE)
+    name = os.path.basename(path)
+    return (len(scene) >= 4 and name.lower().startswith(scene.lower())  # not the "bands" of B02.tif, B03.tif, …
+            and name[len(scene):len(scene) + 1] in ("_", ".", "-"))
+
+
+def output_stem(path: str) -> str:
+    """What the map of `path` is named after: a Sentinel-2 product's name (its .SAFE folder's, for its .zip, its
+    folder, its metadata file or one of its band files), a set of band files' name (the file's without the band),
+    else the file's own name without its suffix."""
+    metadata = metadata_of(path) or metadata_of_band_file(path)
+    if metadata:
+        safe = posixpath.basename(folder_of(metadata).replace("\\", "/").rstrip("/"))
+        name = re.sub(r"\.safe$", "", safe, flags=re.IGNORECASE)
+        if name:
+            return name
+    found = _set_of(path)
+    if found is not None:  # a set named by its bands alone (B02.tif, …) by its folder
+        return found.name if found.name != "bands" else posixpath.basename(found.folder.replace("\\", "/"))
+    return Path(path).stem or "raster"
+
+
+def label_of(path: str) -> str:
+    """How the report names an input that stands for more than its file: a set of band files."""
+    found = _set_of(path)
+    if found is None:
+        return ""
+    return f"{found.name} ({len(found.files)} band files: {found.describe()})"
 
 
 def plan(inputs: list[str], out_dir: Path) -> list[Job]:
-    """Output names from input stems, made unique (two folders may both hold scene.tif)."""
+    """Output names from the inputs (output_stem), made unique (two folders may both hold scene.tif)."""
     jobs: list[Job] = []
     used: set[str] = set()
     for path in inputs:
-        stem = Path(path).stem or "raster"
+        stem = output_stem(path)
         name = f"{stem}{OUTPUT_SUFFIX}"
         n = 2
         while name in used:
             name = f"{stem}_{n}{OUTPUT_SUFFIX}"
             n += 1
         used.add(name)
-        jobs.append(Job(os.path.abspath(path), str(out_dir / name)))
+        jobs.append(Job(os.path.abspath(path), str(out_dir / name), label=label_of(path)))
     return jobs
+
+
+def needs_stacking(path: str) -> bool:
+    """Whether the input is mapped from several files (a Sentinel-2 product, a set of band files): the plugin's
+    pipeline stacks them, which the offline engine does not run."""
+    return is_product(path) or metadata_of_band_file(path) is not None or _set_of(path) is not None
+
+
+def own_cloud_mask(path: str) -> str:
+    """The cloud classification an input comes with, as the pipeline takes it as CLOUD_MASK: a Sentinel-2 product
+    itself (its SCL or MSK_CLASSI), or the cloud file beside a set of band files (Landsat QA_PIXEL, HLS Fmask, SCL);
+    "" when it has none."""
+    if is_product(path):
+        return path
+    metadata = metadata_of_band_file(path)
+    if metadata:
+        return metadata
+    found = _set_of(path)
+    return found.cloud_file if found is not None else ""
 
 
 def validate(job: Job, indices: Optional[list[int]]) -> None:

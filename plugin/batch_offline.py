@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from typing import Optional
 
-from .batch_inputs import Job, check_indices, is_product
+from .batch_inputs import Job, check_indices, needs_stacking
 from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
 from .core.errors import InputError, ServerError
@@ -51,10 +51,11 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
 def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str, refs: Optional[list[Reference]] = None,
             progress: Optional[Progress] = None) -> Stats | ExtentStats:
     """One raster through the in-process engine, into `job.output_path` (compared with `refs` when given)."""
-    if is_product(job.input_path):
+    if needs_stacking(job.input_path):
         raise InputError(
-            f"'{job.input_path}' is a Sentinel-2 product, and the offline engine reads one raster file with the "
-            "model's bands.", "Map products with --engine local, which stacks their bands as the plugin does.")
+            f"'{job.input_path}' is a Sentinel-2 product or one of a set of band files, and the offline engine reads "
+            "one raster file with the model's bands.",
+            "Map products and band files with --engine local, which stacks their bands as the plugin does.")
     indices = indices or OFFLINE_INDICES
     check_indices(job.input_path, raster.inspect(job.input_path).count, indices)
     # Offline, every `path` output is named offline.tiff: a folder per raster keeps them apart.

@@ -111,12 +111,15 @@ def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path
 
 
 def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_path):
-    """A folder as a disaster-response team fills it from the Copernicus Data Space: an L2A product's .zip and an
-    L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x 10000 + 1000) beside a plain GeoTIFF.
-    Run by QGIS's Python, which has no vLLM, the batch maps on the local engine; with `--clouds` each product is
-    stacked and scaled as the plugin does, its own classification (SCL, MSK_CLASSI) its cloud mask; the GeoTIFF is
-    mapped with a warning that it has none."""
+    """A folder as a disaster-response team fills it from the Copernicus Data Space and USGS: an L2A product's .zip
+    and an L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x 10000 + 1000), a Landsat
+    Collection 2 scene's band files (SR_B1-B7, ST_B10, QA_PIXEL at 30 m) and a plain GeoTIFF. Run by QGIS's Python,
+    which has no vLLM, the batch maps on the local engine; with `--clouds` each product is stacked and scaled as the
+    plugin does, its own classification (SCL, MSK_CLASSI) its cloud mask; the Landsat scene is one raster, stacked
+    and scaled, its QA_PIXEL its cloud mask and not mapped on its own; the GeoTIFF is mapped with a warning that it
+    has none."""
     from scripts.scenes import synthesize
+    from tests.fixtures.band_sets import LANDSAT, QA_CLEAR, QA_CLOUD, write_landsat
     from tests.fixtures.sentinel2_safe import L1C_NAME, NAME, write_l1c, write_l2a
 
     downloads = tmp_path / "downloads"
@@ -129,15 +132,21 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
     classi[0, 10:20, 5:15] = 1  # an opaque cloud (60 m), rows 60-119 and columns 30-89 at 10 m
     write_l1c(downloads, dn, classi=classi)
     plain_truth = scenes.generate_scene(downloads / "plain.tif", seed=9412, width=256, height=256)
+    qa = np.full((108, 128), QA_CLEAR, np.uint16)
+    qa[20:40, 10:40] = QA_CLOUD  # a cloud on the Landsat scene's 30 m grid
+    write_landsat(downloads, refl, qa)
     out = tmp_path / "floods"
     proc = subprocess.run(  # QGIS's Python: GDAL's bindings stack the products, vLLM runs in its own environment
         [sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out), "--model", MODEL, "--clouds"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "Done: 3 of 3 raster(s) mapped, 0 failed" in proc.stdout
+    assert "Done: 4 of 4 raster(s) mapped, 0 failed" in proc.stdout
     assert "Engine: this Python has no vLLM: the local engine" in proc.stdout
-    assert "warning: --clouds: not a Sentinel-2 product" in proc.stdout
+    assert f"Left out: 2 file(s) that come with a set of band files ({LANDSAT}_QA_PIXEL.TIF, {LANDSAT}_ST_B10.TIF)" \
+        in proc.stdout
+    assert f"ok {LANDSAT}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7) -> " in proc.stdout
+    assert "warning: --clouds: neither a Sentinel-2 product nor a set of band files" in proc.stdout
     for name, rows, cols in ((NAME, slice(200, 260), slice(40, 160)), (L1C_NAME, slice(60, 120), slice(30, 90))):
         with rasterio.open(out / f"{name}_flood.tif") as ds:
             assert (ds.width, ds.height, ds.res) == (384, 324, (10.0, 10.0))
@@ -150,8 +159,17 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
             iou = scenes.iou(np.where(classes == 1, 1, 0), np.where(cloud, 0, truth))
             print(f"{name}: water IoU {iou:.3f}")
             assert iou > 0.8, f"the demo model should find the product's water (IoU {iou:.3f})"
+    with rasterio.open(out / f"{LANDSAT}_SR_flood.tif") as ds:
+        assert (ds.width, ds.height, ds.res) == (128, 108, (30.0, 30.0))
+        landsat = ds.read(1)
+    np.testing.assert_array_equal(landsat == 255, qa == QA_CLOUD, err_msg="Landsat: no data exactly under its cloud")
+    if is_demo_model(MODEL):
+        iou = scenes.iou(np.where(landsat == 1, 1, 0), np.where(qa == QA_CLOUD, 0, truth[::3, ::3]))
+        print(f"{LANDSAT}: water IoU {iou:.3f}")
+        assert iou > 0.7, f"the demo model should find the Landsat scene's water (IoU {iou:.3f})"
     with rasterio.open(out / "plain_flood.tif") as ds:
         plain = ds.read(1)
     assert ((plain == 255) == (plain_truth == 255)).all()
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{NAME}_flood.tif", f"{L1C_NAME}_flood.tif",
-                                                            "plain_flood.tif"]), "no temp files left"
+                                                            f"{LANDSAT}_SR_flood.tif", "plain_flood.tif"]), \
+        "no temp files left"

@@ -18,13 +18,12 @@ from plugin.core.errors import InputError
 from plugin.core.layer_nodata import NodataRange
 from plugin.core.pipeline import map_floods
 from plugin.core.sentinel2_product import metadata_of_band_file
-from tests.fixtures.landsat_values import as_collection2
+from tests.fixtures import band_sets
+from tests.fixtures.band_sets import LANDSAT, X0, Y0, coarser, write_band
 from tests.fixtures.progress import Recorder
 from tests.fixtures.sentinel2_safe import NAME, write_l2a
 
 H, W = 72, 96  # at the finest resolution
-X0, Y0 = 500000.0, 4990020.0
-LANDSAT = "LC09_L2SP_190029_20240501_20240502_02_T1"
 
 
 def reflectance() -> np.ndarray:
@@ -36,33 +35,8 @@ def reflectance() -> np.ndarray:
     return refl
 
 
-def write_band(path, values: np.ndarray, res: float, nodata=0) -> str:
-    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
-                       dtype=values.dtype, crs="EPSG:32633", transform=from_origin(X0, Y0, res, res),
-                       nodata=nodata) as dst:
-        dst.write(values, 1)
-    return str(path)
-
-
-def coarser(values: np.ndarray, factor: int) -> np.ndarray:
-    return values[::factor, ::factor]
-
-
 def write_landsat(folder, refl=None, qa=None, scene=LANDSAT) -> dict[str, str]:
-    """Collection 2 Level-2 band files at 30 m (the grid is H/3 x W/3) with the files that come with them (QA_PIXEL
-    all clear unless given)."""
-    os.makedirs(folder, exist_ok=True)
-    refl = reflectance() if refl is None else refl
-    sr = as_collection2(coarser(refl.transpose(1, 2, 0), 3).transpose(2, 0, 1))
-    oli = {2: 0, 3: 1, 4: 2, 5: 3, 6: 4, 7: 5}  # OLI band -> the row of BLUE … SWIR_2
-    files = {}
-    for band in range(1, 8):
-        values = sr[oli.get(band, 0)]
-        files[f"SR_B{band}"] = write_band(os.path.join(folder, f"{scene}_SR_B{band}.TIF"), values, 30)
-    write_band(os.path.join(folder, f"{scene}_ST_B10.TIF"), sr[0], 30)  # thermal: another set (ST_)
-    qa = np.full(sr.shape[1:], 21824, np.uint16) if qa is None else qa  # clear land
-    files["QA_PIXEL"] = write_band(os.path.join(folder, f"{scene}_QA_PIXEL.TIF"), qa, 30, nodata=1)
-    return files
+    return band_sets.write_landsat(folder, reflectance() if refl is None else refl, qa, scene)
 
 
 def hand_made_stack(files: list[str], path) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import pytest
 
 from plugin import batch, batch_inputs, batch_offline
@@ -51,8 +54,6 @@ def test_main_reports_an_empty_folder_before_loading_any_model(tmp_path, capsys)
 
 
 def _dn(h: int = 24, w: int = 24):
-    import numpy as np
-
     return np.full((6, h, w), 1500, np.uint16)
 
 
@@ -90,3 +91,96 @@ def test_indices_default_to_the_engine_s_own_choice(tmp_path):
     assert batch.parse_args(["a.tif", "--out", "o", "--indices", "1,2,3,8,11,12"]).indices == [1, 2, 3, 8, 11, 12]
     with pytest.raises(SystemExit):
         batch.parse_args(["a.tif", "--out", "o", "--indices", "1,x"])
+
+
+def _landsat(folder):
+    from tests.fixtures.band_sets import write_landsat
+
+    rng = np.random.default_rng(3)
+    return write_landsat(folder, rng.uniform(0.05, 0.3, (6, 48, 60)))
+
+
+def test_a_folder_of_band_files_is_one_scene_named_after_its_set(tmp_path):
+    """A Landsat Collection 2 download in a folder: its seven SR band files are one raster to map, named after the
+    set; its QA_PIXEL and thermal band come with it and are not mapped on their own; a multi-band GeoTIFF beside
+    it is mapped as before."""
+    from tests.fixtures.band_sets import LANDSAT
+
+    files = _landsat(tmp_path / "downloads")
+    _touch(tmp_path / "downloads" / "a.tif")
+    left_out: list[str] = []
+    found = batch_inputs.expand_inputs([str(tmp_path / "downloads")], tmp_path / "out", left_out=left_out)
+    assert len(found) == 2 and found[1] == str(tmp_path / "downloads" / "a.tif")
+    assert os.path.basename(found[0]).startswith(f"{LANDSAT}_SR_B"), found
+    assert sorted(os.path.basename(p) for p in left_out) == [f"{LANDSAT}_QA_PIXEL.TIF", f"{LANDSAT}_ST_B10.TIF"]
+    jobs = batch_inputs.plan(found, tmp_path / "out")
+    assert [os.path.basename(j.output_path) for j in jobs] == [f"{LANDSAT}_SR_flood.tif", "a_flood.tif"]
+    assert jobs[0].name == f"{LANDSAT}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7)" and jobs[1].name == "a.tif"
+    assert batch_inputs.own_cloud_mask(found[0]) == files["QA_PIXEL"]
+    assert batch_inputs.needs_stacking(found[0]) and not batch_inputs.needs_stacking(found[1])
+
+
+def test_band_files_named_one_by_one_are_one_raster_and_named_files_are_never_left_out(tmp_path):
+    """`…_SR_B*.TIF` as a shell expands it: one raster. A file named on the command line is mapped as it is, even
+    one that only comes with a set (its error then says why)."""
+    files = _landsat(tmp_path / "scene")
+    named = [files[f"SR_B{b}"] for b in range(1, 8)] + [files["QA_PIXEL"]]
+    left_out: list[str] = []
+    got = batch_inputs.expand_inputs(named, tmp_path / "out", left_out=left_out)
+    assert len(got) == 2 and got[1] == files["QA_PIXEL"] and left_out == []
+    assert batch_inputs.own_cloud_mask(files["QA_PIXEL"]) == ""
+
+
+def test_band_files_named_by_band_alone_are_named_after_their_folder(tmp_path):
+    """Band files as cloud archives serve them (B02.tif, B03.tif, …, SCL.tif in a folder named after the scene)."""
+    from tests.fixtures.band_sets import write_band
+
+    scene = tmp_path / "S2B_33TWM_20240501_0_L2A"
+    scene.mkdir()
+    for band in ("B02", "B03", "B04", "B8A", "B11", "B12"):
+        write_band(scene / f"{band}.tif", np.full((8, 8), 1500, np.uint16), 10)
+    write_band(scene / "SCL.tif", np.full((4, 4), 4, np.uint8), 20)
+    left_out: list[str] = []
+    (found,) = batch_inputs.expand_inputs([str(scene)], tmp_path / "out", left_out=left_out)
+    assert [os.path.basename(p) for p in left_out] == ["SCL.tif"]
+    assert batch_inputs.output_stem(found) == scene.name
+    assert batch_inputs.own_cloud_mask(found) == str(scene / "SCL.tif")
+
+
+def test_a_folder_of_lone_jp2_files_has_nothing_to_map(tmp_path):
+    from tests.fixtures.band_sets import write_band
+
+    write_band(tmp_path / "T33TWM_20240501T100031_TCI_10m.jp2", np.ones((8, 8), np.uint8), 10)
+    with pytest.raises(InputError, match="nothing to map") as caught:
+        batch_inputs.expand_inputs([str(tmp_path)], tmp_path / "out")
+    assert "T33TWM_20240501T100031_TCI_10m.jp2" in caught.value.message
+
+
+def test_a_product_is_named_after_its_safe_folder_however_it_is_given(tmp_path):
+    """The Copernicus Data Space names a download `<product>.SAFE.zip`; its metadata file and band files can be
+    given too: each map is `<product>_flood.tif`."""
+    from tests.fixtures.sentinel2_safe import NAME, write_l2a
+
+    archive = write_l2a(tmp_path, _dn(), zipped=True)
+    renamed = archive.rename(tmp_path / f"{NAME}.SAFE.zip")
+    safe = write_l2a(tmp_path / "unzipped", _dn())
+    band = next(safe.glob("GRANULE/*/IMG_DATA/R10m/*_B02_10m.jp2"))
+    for given in (renamed, safe, safe / "MTD_MSIL2A.xml", band):
+        assert batch_inputs.output_stem(str(given)) == NAME, given
+    assert batch_inputs.own_cloud_mask(str(band)) == str(safe / "MTD_MSIL2A.xml")
+
+
+def test_auto_takes_the_local_engine_for_inputs_to_stack_even_where_float16_is_fast():
+    from plugin.batch_engine import ENGINE_LOCAL, choose_engine
+    from plugin.core.settings import Settings
+
+    choice = choose_engine("auto", Settings(), "gpu", pipeline_for="--clouds")
+    assert choice.engine == ENGINE_LOCAL and choice.reason.startswith("--clouds, which the plugin's pipeline does")
+
+
+def test_the_offline_engine_refuses_band_files_with_the_way_out(tmp_path):
+    files = _landsat(tmp_path / "scene")
+    with pytest.raises(InputError) as caught:
+        batch_offline.run_one(None, batch_inputs.Job(files["SR_B2"], str(tmp_path / "o_flood.tif")), None,
+                              str(tmp_path))
+    assert "set of band files" in caught.value.message and "--engine local" in caught.value.hint
