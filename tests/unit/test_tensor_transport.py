@@ -360,8 +360,8 @@ def test_scale_windows_each_decode_one_block_of_the_file(tmp_path):
     from plugin.core.tensor.reader import detect_scale
 
     path = tmp_path / "tiled.tif"
-    data = np.full((6, 2048, 2048), 2500, np.uint16)
-    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=6, dtype="uint16", tiled=True,
+    data = np.full((6, 2048, 2048), 2500, np.float32)  # floats: all 9 windows are read (values may be negative)
+    with rasterio.open(path, "w", driver="GTiff", width=2048, height=2048, count=6, dtype="float32", tiled=True,
                        blockxsize=512, blockysize=512, compress="deflate",
                        transform=from_origin(0, 0, 10, 10)) as dst:
         dst.write(data)
@@ -392,6 +392,80 @@ def test_scale_windows_each_decode_one_block_of_the_file(tmp_path):
             if where is not None:  # still inside the area
                 assert all(w.col_off >= 100 and w.col_off + 256 <= 1900 for w in spy.windows)
                 assert all(w.row_off >= 300 and w.row_off + 256 <= 2000 for w in spy.windows)
+
+
+def _window_reads(ds, bands, area=None):
+    """detect_scale's result on `ds`, and the windows it read."""
+    from plugin.core.tensor.reader import detect_scale
+
+    reads = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(ds, name)
+
+        def read(self, bands, window):
+            reads.append(window)
+            return ds.read(bands, window=window)
+
+    return detect_scale(Spy(), bands, area), reads
+
+
+def test_scale_windows_of_a_striped_file_spread_over_its_width(tmp_path):
+    """A striped GeoTIFF (GDAL's default layout) decodes a whole row wherever a window lies in it: the windows keep
+    their places across the width instead of all moving to its left edge."""
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "striped.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=1, dtype="float32",
+                       transform=from_origin(0, 0, 10, 10)) as dst:
+        dst.write(np.full((1, 1024, 1024), 0.2, np.float32))
+    with rasterio.open(path) as ds:
+        assert ds.block_shapes[0][1] == 1024
+        scale, windows = _window_reads(ds, [1])
+    assert scale == 1.0
+    reads = [(int(w.col_off), int(w.row_off)) for w in windows]
+    assert sorted({x for x, _ in reads}) == [0, 384, 768] and len(set(reads)) == 9, reads
+
+
+def test_digital_numbers_settle_the_scale_in_the_first_window_and_never_change_it(tmp_path):
+    """Unsigned values cannot pull the mean down, so reading stops once the windows left could not bring it to 1:
+    one window for digital numbers in the thousands. The scale is the one all 9 windows give (the same values
+    as signed integers, which are read whole), whatever the values: near a mean of 1, or large only in the last
+    window."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(11)
+
+    def draw(p):  # values 0-3 with these probabilities
+        return rng.choice(4, (3, 1024, 1024), p=p).astype(np.uint16)
+
+    late = np.zeros((3, 1024, 1024), np.uint16)
+    late[:, -256:, -256:] = 3000  # only the last window is not 0: the mean of the 9 is 333
+    cases = [  # name, values, scale, windows read as unsigned (None: not fixed)
+        ("digital numbers", np.full((3, 1024, 1024), 2500, np.uint16), 1e-4, 1),
+        ("mean 0.9", draw((0.5, 0.2, 0.2, 0.1)), 1.0, 9),
+        ("mean 1.1", draw((0.4, 0.25, 0.2, 0.15)), 1e-4, None),
+        ("mean 1.0", draw((0.3, 0.4, 0.3, 0.0)), None, None),
+        ("large in the last window only", late, 1e-4, 9),
+    ]
+    for name, values, scale, unsigned_reads in cases:
+        got = {}
+        for dtype in ("uint16", "int32"):
+            path = tmp_path / f"{dtype}.tif"
+            with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=3, dtype=dtype,
+                               transform=from_origin(0, 0, 10, 10), nodata=60000,  # 0 is a value
+                               tiled=True, blockxsize=256, blockysize=256) as dst:
+                dst.write(values.astype(dtype))
+            with rasterio.open(path) as ds:
+                scale_got, windows = _window_reads(ds, [1, 2, 3])
+            got[dtype] = scale_got, len(windows)
+        assert got["int32"][1] == 9, name
+        assert got["uint16"][0] == got["int32"][0], f"{name}: the early stop changed the scale"
+        if scale is not None:
+            assert got["uint16"][0] == scale, name
+        if unsigned_reads is not None:
+            assert got["uint16"][1] == unsigned_reads, name
 
 
 def test_reads_decode_on_every_core_unless_the_user_set_gdal_threads(tmp_path, peer, client, monkeypatch):

@@ -95,7 +95,9 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
 
     Estimated from up to 9 windows spread over the raster (or the area; nodata excluded), so a 20k x 20k
     file is not read twice. Each window is moved to start on a block of the file where it can, so that it
-    decodes one compressed block rather than up to four.
+    decodes one compressed block rather than up to four. Values that cannot be negative (unsigned integers,
+    the digital numbers of most products) stop the reading as soon as the windows left cannot bring the mean
+    down to 1 even if all their values were 0: one window, for a scene of digital numbers in the hundreds.
     """
     side = 256
     width, height = (ds.width, ds.height) if area is None else (area.width, area.height)
@@ -109,14 +111,16 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
     h = height if len(ys) == 1 else side
     total, count = 0.0, 0
     hidden = hidden_nodata(ds, bands)
-    for y in ys:
-        for x in xs:
-            tile = Tile(0, 0, x, y, w, h)
-            data, valid = read_tile(ds, bands, tile, area=area, hidden=hidden)
-            if valid.any():
-                vals = data[:, valid].astype(np.float64)
-                total += float(vals.sum())
-                count += vals.size
+    windows = [(x, y) for y in ys for x in xs]
+    unsigned = all(np.dtype(ds.dtypes[b - 1]).kind == "u" for b in bands)
+    for i, (x, y) in enumerate(windows):
+        data, valid = read_tile(ds, bands, Tile(0, 0, x, y, w, h), area=area, hidden=hidden)
+        if valid.any():
+            vals = data[:, valid].astype(np.float64)
+            total += float(vals.sum())
+            count += vals.size
+        if unsigned and total > count + (len(windows) - 1 - i) * len(bands) * w * h:
+            break  # the mean stays above 1 whatever the windows left hold
     if count == 0:
         return 1e-4 if np.dtype(ds.dtypes[bands[0] - 1]).kind in "iu" else 1.0
     return 1e-4 if total / count > 1.0 else 1.0
@@ -124,8 +128,9 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
 
 def _on_block(pos: int, offset: int, size: int, length: int, block: int) -> int:
     """`pos` (on an axis of `size` starting at `offset` of the file) moved to the start of its block of the file,
-    or of the next one, where a window of `length` from there lies inside the axis and inside that block."""
-    if length <= block:
+    or of the next one, where a window of `length` from there lies inside the axis and inside that block. A block
+    as long as the axis (a striped file's row) is decoded whole wherever the window lies: `pos` stays."""
+    if length <= block < size:
         first = (offset + pos) // block * block - offset
         for start in (first, first + block):
             if 0 <= start and start + length <= size:
