@@ -184,3 +184,19 @@ def test_the_offline_engine_refuses_band_files_with_the_way_out(tmp_path):
         batch_offline.run_one(None, batch_inputs.Job(files["SR_B2"], str(tmp_path / "o_flood.tif")), None,
                               str(tmp_path))
     assert "set of band files" in caught.value.message and "--engine local" in caught.value.hint
+
+
+def test_an_hls_granule_is_one_scene_with_its_fmask_as_cloud_mask(tmp_path):
+    """HLS: `HLS.S30.<tile>.<time>.v2.0.B02.tif` … with `….Fmask.tif` and the angle files (SAA, SZA, VAA, VZA)."""
+    from tests.fixtures.band_sets import write_band
+
+    granule = "HLS.S30.T33TWM.2024122T100031.v2.0"
+    for band in ("B02", "B03", "B04", "B8A", "B11", "B12"):
+        write_band(tmp_path / f"{granule}.{band}.tif", np.full((8, 8), 1500, np.int16), 30, nodata=-9999)
+    for other in ("Fmask", "SAA", "SZA", "VAA", "VZA"):
+        write_band(tmp_path / f"{granule}.{other}.tif", np.zeros((8, 8), np.uint8), 30, nodata=255)
+    left_out: list[str] = []
+    (found,) = batch_inputs.expand_inputs([str(tmp_path)], tmp_path / "out", left_out=left_out)
+    assert sorted(os.path.basename(p).split(".")[-2] for p in left_out) == ["Fmask", "SAA", "SZA", "VAA", "VZA"]
+    assert batch_inputs.output_stem(found) == granule
+    assert batch_inputs.own_cloud_mask(found) == str(tmp_path / f"{granule}.Fmask.tif")
