@@ -9,15 +9,16 @@ bindings):
         [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
-in name order, and the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`); with --recursive those of
-its subfolders too. The batch's own outputs (`*_flood.tif` in the output folder) are never taken as inputs, so
-a run can write into the folder it reads.
+in name order, the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`), and Landsat scenes as downloaded
+(`*.tar`); with --recursive those of its subfolders too. The batch's own outputs (`*_flood.tif` in the output
+folder) are never taken as inputs, so a run can write into the folder it reads.
 
 A Sentinel-2 product, or a set of band files (B02.tif beside B03.tif ..., Landsat's *_SR_B2.TIF ..., HLS's), is
 mapped as the plugin maps it: its bands stacked, its scaling applied, and with --clouds its own cloud classification
 (L2A SCL, L1C MSK_CLASSI, the QA_PIXEL, Fmask or SCL file beside band files) as the cloud mask. A set is mapped
 once, however many of its files are named or found in a folder, and the files that come with it in a folder (its
-quality, cloud, thermal and angle files) are not mapped on their own. That is the local engine's work (the
+quality, cloud, thermal and angle files) are not mapped on their own. A Landsat scene as USGS serves it (one
+.tar of its files) stands for the band files inside it, read without unpacking. That is the local engine's work (the
 plugin's pipeline, which auto then takes); the offline engine reads one raster file with its bands in the model's
 order.
 
@@ -76,9 +77,9 @@ if __name__ in ("__main__", "__mp_main__"):  # also in vLLM's spawned engine cor
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m plugin.batch", description=__doc__.split("\n\n")[0])
     p.add_argument("inputs", nargs="+",
-                   help="input rasters (GeoTIFF or anything GDAL reads) and Sentinel-2 products (.zip, .SAFE), or "
-                        "folders: their " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES) + " files and products, in "
-                        "name order")
+                   help="input rasters (GeoTIFF or anything GDAL reads), Sentinel-2 products (.zip, .SAFE) and "
+                        "Landsat scenes (.tar), or folders: their " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES)
+                        + " files, products and scenes, in name order (a set of band files is one raster)")
     p.add_argument("--out", required=True, help="output folder (created if missing)")
     p.add_argument("--recursive", action="store_true", help="with a folder, take the rasters of its subfolders too")
     p.add_argument("--model", default=os.environ.get("FLOODMAPPER_MODEL") or str(DEMO_MODEL_DIR),
@@ -164,8 +165,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if left_out:
         names = ", ".join(os.path.basename(p) for p in left_out[:4]) + (", …" if len(left_out) > 4 else "")
-        print(f"Left out: {len(left_out)} file(s) that come with a set of band files ({names}); each set is mapped "
-              "once, from its band files", flush=True)
+        print(f"Left out: {len(left_out)} file(s) not mapped on their own ({names}): files that come with a set of "
+              "band files (each set is mapped once, from its band files), or with no set of band files in them",
+              flush=True)
     try:
         refs = load_reference(args.reference, args.reference_threshold)
     except FloodMapperError as exc:

@@ -4,7 +4,8 @@ it), each with its output path, checked before any engine starts.
 A download that comes as one file per band (Landsat Collection 2, HLS, Sentinel-2 band files) is one scene: its set
 of band files is mapped once, stacked as the plugin stacks it (band_files.py), and named after the set. The files
 that come with the set in its folder (its quality and cloud files, its thermal band, the angle files) are no inputs
-of their own when the folder is given; given by name, a file is always mapped as it is.
+of their own when the folder is given; given by name, a file is always mapped as it is. A Landsat bundle as USGS
+EarthExplorer serves it (a .tar of the scene's files) stands for the set of band files inside it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .core import raster
-from .core.archive_members import folder_of
+from .core.archive_members import files_in, folder_of, join, split_member
 from .core.band_files import BandFiles, band_files_of
 from .core.errors import InputError
 from .core.flood_extent import ExtentStats
@@ -30,6 +31,7 @@ from .core.sentinel2_product import metadata_of, metadata_of_band_file
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 BAND_FILE_SUFFIXES = (".jp2",)  # Sentinel-2 band files copied out of a product: taken in a folder as a set's only
 PRODUCT_SUFFIXES = (".zip", ".safe")  # Sentinel-2 products as downloaded (checked by their metadata file)
+BUNDLE_SUFFIXES = (".tar",)  # a Landsat scene's files as USGS serves them (read inside: /vsitar/)
 OUTPUT_SUFFIX = "_flood.tif"
 
 
@@ -61,7 +63,7 @@ def _is_input(f: Path, folder: Path, out_dir: Path) -> bool:
     if any(part.startswith(".") for part in parts) or any(p.lower().endswith(".safe") for p in parts[:-1]):
         return False  # hidden, or inside a product (its band files are the product's)
     suffix = f.suffix.lower()
-    if suffix in RASTER_SUFFIXES + BAND_FILE_SUFFIXES:
+    if suffix in RASTER_SUFFIXES + BAND_FILE_SUFFIXES + BUNDLE_SUFFIXES:
         return f.is_file() and not _is_output(f, out_dir)
     return suffix in PRODUCT_SUFFIXES and is_product(str(f))
 
@@ -76,7 +78,7 @@ def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
     for item in inputs:
         folder = Path(item)
         if not folder.is_dir() or is_product(item):
-            expanded.append(item)
+            expanded.append((band_set_in(item) or item) if _is_bundle(item) else item)
             continue
         candidates = folder.rglob("*") if recursive else folder.iterdir()
         found = sorted(f for f in candidates if _is_input(f, folder, out_dir))
@@ -84,11 +86,14 @@ def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
             where = "it or its subfolders" if recursive else "it"
             raise InputError(
                 f"The folder '{item}' has no rasters: no " + ", ".join(f"*{s}" for s in RASTER_SUFFIXES)
-                + f" file and no Sentinel-2 product (*.zip, *.SAFE) in {where}.",
+                + f" file, no Sentinel-2 product (*.zip, *.SAFE) and no Landsat scene (*.tar) in {where}.",
                 "Pass the raster files themselves, or --recursive for rasters in subfolders.",
             )
-        expanded += [str(f) for f in found]
-        listed.update(str(f) for f in found)
+        for f in map(str, found):
+            if _is_bundle(f):
+                f = band_set_in(f) or f  # a bundle without band files is left out below
+            expanded.append(f)
+            listed.add(f)
     left_out = [] if left_out is None else left_out
     kept = _one_per_scene(expanded, listed, left_out)
     if not kept:
@@ -114,12 +119,27 @@ def _one_per_scene(paths: list[str], listed: set[str], left_out: list[str]) -> l
             if found.files not in taken:
                 taken.add(found.files)
                 kept.append(path)
-        elif path in listed and (Path(path).suffix.lower() in BAND_FILE_SUFFIXES
+        elif path in listed and (Path(path).suffix.lower() in BAND_FILE_SUFFIXES + BUNDLE_SUFFIXES
                                  or any(_comes_with(path, s) for s in companions)):
             left_out.append(path)
         else:
             kept.append(path)
     return kept
+
+
+def _is_bundle(path: str) -> bool:
+    return path.lower().endswith(BUNDLE_SUFFIXES) and os.path.isfile(path)
+
+
+def band_set_in(bundle: str) -> Optional[str]:
+    """The band file (as GDAL names a member: `/vsitar//data/LC09_….tar/LC09_…_SR_B1.TIF`) that stands for the set of
+    band files a downloaded .tar holds, or None when it holds none."""
+    folder = f"/vsitar/{os.path.abspath(bundle)}"
+    for name in files_in(folder):
+        member = join(folder, name)
+        if band_files_of(member) is not None:
+            return member
+    return None
 
 
 def _set_of(path: str) -> Optional[BandFiles]:
@@ -178,7 +198,8 @@ def plan(inputs: list[str], out_dir: Path) -> list[Job]:
             name = f"{stem}_{n}{OUTPUT_SUFFIX}"
             n += 1
         used.add(name)
-        jobs.append(Job(os.path.abspath(path), str(out_dir / name), label=label_of(path)))
+        given = path if split_member(path) else os.path.abspath(path)  # a member's path keeps GDAL's form
+        jobs.append(Job(given, str(out_dir / name), label=label_of(path)))
     return jobs
 
 
@@ -203,9 +224,12 @@ def own_cloud_mask(path: str) -> str:
 
 def validate(job: Job, indices: Optional[list[int]]) -> None:
     """Cheap checks before the engine spends time on the raster (a product's, when its bands are stacked)."""
+    if _is_bundle(job.input_path):
+        raise InputError(f"'{job.input_path}' holds no set of band files (a Landsat scene's …_SR_B2.TIF, …_SR_B3.TIF, "
+                         "… at its top level).", "Give a Landsat bundle as USGS serves it, or the rasters themselves.")
     if not is_product(job.input_path):
         info = raster.inspect(job.input_path)
-        if not info.is_file:
+        if not info.is_file and split_member(job.input_path) is None:  # a member of a local archive is local
             raise InputError(f"'{job.input_path}' is not a local file.", "The batch reads local files only.")
         check_indices(job.input_path, info.count, indices)
     check_output_path(job.output_path, job.input_path)

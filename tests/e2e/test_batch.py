@@ -113,11 +113,14 @@ def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path
 def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_path):
     """A folder as a disaster-response team fills it from the Copernicus Data Space and USGS: an L2A product's .zip
     and an L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x 10000 + 1000), a Landsat
-    Collection 2 scene's band files (SR_B1-B7, ST_B10, QA_PIXEL at 30 m) and a plain GeoTIFF. Run by QGIS's Python,
+    Collection 2 scene's band files (SR_B1-B7, ST_B10, QA_PIXEL at 30 m), another Landsat scene as the .tar USGS
+    serves, and a plain GeoTIFF. Run by QGIS's Python,
     which has no vLLM, the batch maps on the local engine; with `--clouds` each product is stacked and scaled as the
     plugin does, its own classification (SCL, MSK_CLASSI) its cloud mask; the Landsat scene is one raster, stacked
-    and scaled, its QA_PIXEL its cloud mask and not mapped on its own; the GeoTIFF is mapped with a warning that it
-    has none."""
+    and scaled, its QA_PIXEL its cloud mask and not mapped on its own; the .tar is mapped from inside as one scene;
+    the GeoTIFF is mapped with a warning that it has none."""
+    import tarfile
+
     from scripts.scenes import synthesize
     from tests.fixtures.band_sets import LANDSAT, QA_CLEAR, QA_CLOUD, write_landsat
     from tests.fixtures.sentinel2_safe import L1C_NAME, NAME, write_l1c, write_l2a
@@ -135,17 +138,21 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
     qa = np.full((108, 128), QA_CLEAR, np.uint16)
     qa[20:40, 10:40] = QA_CLOUD  # a cloud on the Landsat scene's 30 m grid
     write_landsat(downloads, refl, qa)
+    bundled = "LC08_L2SP_190029_20240509_20240510_02_T1"
+    with tarfile.open(downloads / f"{bundled}.tar", "w") as tar:
+        for path in write_landsat(tmp_path / "bundle", refl, scene=bundled).values():
+            tar.add(path, arcname=os.path.basename(path))
     out = tmp_path / "floods"
     proc = subprocess.run(  # QGIS's Python: GDAL's bindings stack the products, vLLM runs in its own environment
         [sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out), "--model", MODEL, "--clouds"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "Done: 4 of 4 raster(s) mapped, 0 failed" in proc.stdout
+    assert "Done: 5 of 5 raster(s) mapped, 0 failed" in proc.stdout
     assert "Engine: this Python has no vLLM: the local engine" in proc.stdout
-    assert f"Left out: 2 file(s) that come with a set of band files ({LANDSAT}_QA_PIXEL.TIF, {LANDSAT}_ST_B10.TIF)" \
-        in proc.stdout
+    assert f"Left out: 2 file(s) not mapped on their own ({LANDSAT}_QA_PIXEL.TIF, {LANDSAT}_ST_B10.TIF)" in proc.stdout
     assert f"ok {LANDSAT}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7) -> " in proc.stdout
+    assert f"ok {bundled}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7) -> " in proc.stdout
     assert "warning: --clouds: neither a Sentinel-2 product nor a set of band files" in proc.stdout
     for name, rows, cols in ((NAME, slice(200, 260), slice(40, 160)), (L1C_NAME, slice(60, 120), slice(30, 90))):
         with rasterio.open(out / f"{name}_flood.tif") as ds:
@@ -167,9 +174,18 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
         iou = scenes.iou(np.where(landsat == 1, 1, 0), np.where(qa == QA_CLOUD, 0, truth[::3, ::3]))
         print(f"{LANDSAT}: water IoU {iou:.3f}")
         assert iou > 0.7, f"the demo model should find the Landsat scene's water (IoU {iou:.3f})"
+    with rasterio.open(out / f"{bundled}_SR_flood.tif") as ds:
+        assert (ds.width, ds.height, ds.res) == (128, 108, (30.0, 30.0))
+        bundled_map = ds.read(1)
+    assert not (bundled_map == 255).any(), "its QA_PIXEL is clear everywhere"
+    if is_demo_model(MODEL):
+        iou = scenes.iou(np.where(bundled_map == 1, 1, 0), truth[::3, ::3])
+        print(f"{bundled} (.tar): water IoU {iou:.3f}")
+        assert iou > 0.7, f"the demo model should find the bundled scene's water (IoU {iou:.3f})"
     with rasterio.open(out / "plain_flood.tif") as ds:
         plain = ds.read(1)
     assert ((plain == 255) == (plain_truth == 255)).all()
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{NAME}_flood.tif", f"{L1C_NAME}_flood.tif",
-                                                            f"{LANDSAT}_SR_flood.tif", "plain_flood.tif"]), \
+                                                            f"{LANDSAT}_SR_flood.tif", f"{bundled}_SR_flood.tif",
+                                                            "plain_flood.tif"]), \
         "no temp files left"

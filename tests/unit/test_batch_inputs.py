@@ -41,7 +41,8 @@ def test_outputs_written_into_the_input_folder_are_not_inputs(tmp_path):
 def test_a_folder_without_rasters_is_refused_with_the_way_out(tmp_path):
     (tmp_path / "empty").mkdir()
     _touch(tmp_path / "empty" / "sub" / "a.tif")
-    no_rasters = r"no \*\.tif, \*\.tiff, \*\.vrt file and no Sentinel-2 product \(\*\.zip, \*\.SAFE\) in it\."
+    no_rasters = (r"no \*\.tif, \*\.tiff, \*\.vrt file, no Sentinel-2 product \(\*\.zip, \*\.SAFE\) and no Landsat "
+                  r"scene \(\*\.tar\) in it\.")
     with pytest.raises(InputError, match=no_rasters) as caught:
         batch_inputs.expand_inputs([str(tmp_path / "empty")], tmp_path / "out")
     assert "--recursive" in caught.value.hint
@@ -200,3 +201,36 @@ def test_an_hls_granule_is_one_scene_with_its_fmask_as_cloud_mask(tmp_path):
     assert sorted(os.path.basename(p).split(".")[-2] for p in left_out) == ["Fmask", "SAA", "SZA", "VAA", "VZA"]
     assert batch_inputs.output_stem(found) == granule
     assert batch_inputs.own_cloud_mask(found) == str(tmp_path / f"{granule}.Fmask.tif")
+
+
+def test_a_landsat_bundle_stands_for_the_band_files_inside_it(tmp_path):
+    """USGS EarthExplorer serves a Landsat Collection 2 scene as one .tar of its files: in a folder or named, it is
+    one raster to map, read inside the archive (/vsitar/), named after its set, its QA_PIXEL its cloud mask. A .tar
+    without band files is left out of a folder, and named, it is refused with what it lacks."""
+    import tarfile
+
+    from tests.fixtures.band_sets import LANDSAT
+
+    files = _landsat(tmp_path / "scene")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (tmp_path / "out").mkdir()
+    bundle = downloads / f"{LANDSAT}.tar"
+    with tarfile.open(bundle, "w") as tar:
+        for path in files.values():
+            tar.add(path, arcname=os.path.basename(path))
+    with tarfile.open(downloads / "notes.tar", "w") as tar:
+        tar.add(__file__, arcname="notes.txt")
+    left_out: list[str] = []
+    (found,) = batch_inputs.expand_inputs([str(downloads)], tmp_path / "out", left_out=left_out)
+    member = f"/vsitar/{bundle}/{LANDSAT}_SR_B1.TIF"
+    assert found == member and left_out == [str(downloads / "notes.tar")]
+    assert batch_inputs.expand_inputs([str(bundle)], tmp_path / "out") == [member]
+    (job,) = batch_inputs.plan([found], tmp_path / "out")
+    assert job.input_path == member and os.path.basename(job.output_path) == f"{LANDSAT}_SR_flood.tif"
+    batch_inputs.validate(job, None)
+    assert batch_inputs.own_cloud_mask(found) == f"/vsitar/{bundle}/{LANDSAT}_QA_PIXEL.TIF"
+    (named,) = batch_inputs.plan(batch_inputs.expand_inputs([str(downloads / "notes.tar")], tmp_path / "out"),
+                                 tmp_path / "out")
+    with pytest.raises(InputError, match="holds no set of band files"):
+        batch_inputs.validate(named, None)
