@@ -18,7 +18,8 @@ mapped as the plugin maps it: its bands stacked, its scaling applied, and with -
 (L2A SCL, L1C MSK_CLASSI, the QA_PIXEL, Fmask or SCL file beside band files) as the cloud mask. A set is mapped
 once, however many of its files are named or found in a folder, and the files that come with it in a folder (its
 quality, cloud, thermal and angle files) are not mapped on their own. A Landsat scene as USGS serves it (one
-.tar of its files) stands for the band files inside it, read without unpacking. That is the local engine's work (the
+.tar of its files) stands for the band files inside it, read without unpacking. A scene downloaded twice (a
+product's .zip beside its unpacked .SAFE) is mapped once, from the unpacked copy. That is the local engine's work (the
 plugin's pipeline, which auto then takes); the offline engine reads one raster file with its bands in the model's
 order.
 
@@ -61,7 +62,16 @@ from .batch_engine import (
     local_settings,
     torch_device,
 )
-from .batch_inputs import RASTER_SUFFIXES, Job, expand_inputs, load_reference, needs_stacking, plan, validate
+from .batch_inputs import (
+    RASTER_SUFFIXES,
+    Job,
+    LeftOut,
+    expand_inputs,
+    load_reference,
+    needs_stacking,
+    plan,
+    validate,
+)
 from .batch_offline import build_llm, run_one
 from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError
@@ -157,17 +167,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: no model at {args.model} (config.json missing). Pass --model DIR or set FLOODMAPPER_MODEL.",
               file=sys.stderr)
         return 2
-    left_out: list[str] = []
+    left_out = LeftOut()
     try:
         inputs = expand_inputs(args.inputs, out_dir, args.recursive, left_out)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if left_out:
-        names = ", ".join(os.path.basename(p) for p in left_out[:4]) + (", …" if len(left_out) > 4 else "")
-        print(f"Left out: {len(left_out)} file(s) not mapped on their own ({names}): files that come with a set of "
-              "band files (each set is mapped once, from its band files), or with no set of band files in them",
-              flush=True)
+    for line in left_out.lines():
+        print(line, flush=True)
     try:
         refs = load_reference(args.reference, args.reference_threshold)
     except FloodMapperError as exc:

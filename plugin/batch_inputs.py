@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -68,11 +68,43 @@ def _is_input(f: Path, folder: Path, out_dir: Path) -> bool:
     return suffix in PRODUCT_SUFFIXES and is_product(str(f))
 
 
+@dataclass
+class LeftOut:
+    """What the folders of a batch hold that it does not map, by why."""
+
+    companions: list[str] = field(default_factory=list)  # files that come with a set of band files
+    no_bands: list[str] = field(default_factory=list)  # band files of no set, archives without band files
+    same_scene: list[tuple[str, str]] = field(default_factory=list)  # (a download, the one of its scene mapped)
+
+    def __bool__(self) -> bool:
+        return bool(self.companions or self.no_bands or self.same_scene)
+
+    def paths(self) -> list[str]:
+        return self.companions + self.no_bands + [path for path, _ in self.same_scene]
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.companions:
+            lines.append(f"Left out: {len(self.companions)} file(s) that come with a set of band files "
+                         f"({_names(self.companions)}); each set is mapped once, from its band files")
+        if self.no_bands:
+            lines.append(f"Left out: {len(self.no_bands)} file(s) with no set of band files to map "
+                         f"({_names(self.no_bands)})")
+        lines += [f"Left out: {os.path.basename(path)}, the same scene as {os.path.basename(mapped)}, which is mapped"
+                  for path, mapped in self.same_scene]
+        return lines
+
+
+def _names(paths: list[str]) -> str:
+    return ", ".join(os.path.basename(p) for p in paths[:4]) + (", …" if len(paths) > 4 else "")
+
+
 def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
-                  left_out: Optional[list[str]] = None) -> list[str]:
+                  left_out: Optional[LeftOut] = None) -> list[str]:
     """Files and products as given; a folder becomes its rasters and products (sorted; subfolders with
-    `recursive`), minus our outputs and the files that come with a set of band files (added to `left_out`); a set
-    of band files is one input however many of its files are named or found."""
+    `recursive`), minus our outputs and the files that come with a set of band files; a set of band files is one
+    input however many of its files are named or found, and a scene downloaded twice (a product's .zip beside its
+    unpacked .SAFE, a Landsat .tar beside its band files) is mapped once. What is not mapped goes to `left_out`."""
     expanded: list[str] = []
     listed: set[str] = set()  # found in a folder, not named
     for item in inputs:
@@ -94,21 +126,20 @@ def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
                 f = band_set_in(f) or f  # a bundle without band files is left out below
             expanded.append(f)
             listed.add(f)
-    left_out = [] if left_out is None else left_out
-    kept = _one_per_scene(expanded, listed, left_out)
+    left_out = LeftOut() if left_out is None else left_out
+    kept = _one_download_per_scene(_one_per_set(expanded, listed, left_out), left_out)
     if not kept:
         raise InputError(
-            f"There is nothing to map: the files found ({', '.join(os.path.basename(p) for p in left_out[:4])}"
-            f"{', …' if len(left_out) > 4 else ''}) are files that come with a set of band files, or band files of "
-            "no set.", "Pass the rasters themselves, or a folder with a raster of several bands, a Sentinel-2 product "
-            "or the band files of a scene.")
+            f"There is nothing to map: the files found ({_names(left_out.paths())}) are files that come with a set "
+            "of band files, or band files of no set.", "Pass the rasters themselves, or a folder with a raster of "
+            "several bands, a Sentinel-2 product or the band files of a scene.")
     return kept
 
 
-def _one_per_scene(paths: list[str], listed: set[str], left_out: list[str]) -> list[str]:
+def _one_per_set(paths: list[str], listed: set[str], left_out: LeftOut) -> list[str]:
     """`paths` with each set of band files once (the first of its files stands for it); of those found in a folder
-    (`listed`), the files that come with a set (its cloud file, the scene's other files) and the band files outside
-    a raster suffix that are no set's are left out."""
+    (`listed`), the files that come with a set (its cloud file, the scene's other files), the band files outside
+    a raster suffix that are no set's and the archives without band files are left out."""
     sets = {path: _set_of(path) for path in paths}
     companions = [s for s in sets.values() if s is not None]
     kept: list[str] = []
@@ -119,12 +150,48 @@ def _one_per_scene(paths: list[str], listed: set[str], left_out: list[str]) -> l
             if found.files not in taken:
                 taken.add(found.files)
                 kept.append(path)
-        elif path in listed and (Path(path).suffix.lower() in BAND_FILE_SUFFIXES + BUNDLE_SUFFIXES
-                                 or any(_comes_with(path, s) for s in companions)):
-            left_out.append(path)
+        elif path in listed and any(_comes_with(path, s) for s in companions):
+            left_out.companions.append(path)
+        elif path in listed and Path(path).suffix.lower() in BAND_FILE_SUFFIXES + BUNDLE_SUFFIXES:
+            left_out.no_bands.append(path)
         else:
             kept.append(path)
     return kept
+
+
+def _one_download_per_scene(paths: list[str], left_out: LeftOut) -> list[str]:
+    """`paths` with each scene once: of the downloads of one scene, the first not inside an archive (reading an
+    unpacked product is faster), else the first."""
+    keys = {path: _scene_key(path) for path in paths}
+    chosen: dict[tuple, str] = {}
+    for path in paths:
+        key = keys[path]
+        if key is not None and (key not in chosen or (_in_archive(chosen[key]) and not _in_archive(path))):
+            chosen[key] = path
+    kept: list[str] = []
+    for path in paths:
+        key = keys[path]
+        if key is None or chosen[key] == path:
+            kept.append(path)
+        else:
+            left_out.same_scene.append((path, chosen[key]))
+    return kept
+
+
+def _scene_key(path: str) -> Optional[tuple]:
+    """What names a scene whatever its download: a Sentinel-2 product's name, a set of band files' name with its
+    files' names (L1C and L2A band files of one tile and time share the set's name, not the files'); None for a
+    raster of its own."""
+    if metadata_of(path) or metadata_of_band_file(path):
+        return ("product", output_stem(path))
+    found = _set_of(path)
+    if found is None or found.name == "bands":  # B02.tif, … in two folders may well be two scenes
+        return None
+    return ("band files", found.name, tuple(posixpath.basename(f.replace("\\", "/")) for f in found.files))
+
+
+def _in_archive(path: str) -> bool:
+    return split_member(path) is not None or path.lower().endswith(".zip")
 
 
 def _is_bundle(path: str) -> bool:

@@ -112,13 +112,13 @@ def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path
 
 def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_path):
     """A folder as a disaster-response team fills it from the Copernicus Data Space and USGS: an L2A product's .zip
-    and an L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x 10000 + 1000), a Landsat
-    Collection 2 scene's band files (SR_B1-B7, ST_B10, QA_PIXEL at 30 m), another Landsat scene as the .tar USGS
-    serves, and a plain GeoTIFF. Run by QGIS's Python,
-    which has no vLLM, the batch maps on the local engine; with `--clouds` each product is stacked and scaled as the
-    plugin does, its own classification (SCL, MSK_CLASSI) its cloud mask; the Landsat scene is one raster, stacked
-    and scaled, its QA_PIXEL its cloud mask and not mapped on its own; the .tar is mapped from inside as one scene;
-    the GeoTIFF is mapped with a warning that it has none."""
+    (and the .SAFE unpacked from it) and an L1C product's .SAFE folder (B02-B04 at 10 m, B8A-B12 at 20 m, values x
+    10000 + 1000), a Landsat Collection 2 scene's band files (SR_B1-B7, ST_B10, QA_PIXEL at 30 m), another Landsat
+    scene as the .tar USGS serves, and a plain GeoTIFF. Run by QGIS's Python, which has no vLLM, the batch maps on
+    the local engine; with `--clouds` each product is stacked and scaled as the plugin does, its own classification
+    (SCL, MSK_CLASSI) its cloud mask; the Landsat scene is one raster, stacked and scaled, its QA_PIXEL its cloud
+    mask and not mapped on its own; the .tar is mapped from inside as one scene; the GeoTIFF is mapped with a
+    warning that it has none."""
     import tarfile
 
     from scripts.scenes import synthesize
@@ -131,6 +131,7 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
     scl = np.full((162, 192), 4, np.uint8)
     scl[100:130, 20:80] = 9  # a cloud (20 m), rows 200-259 and columns 40-159 at 10 m
     write_l2a(downloads, dn, scl=scl, zipped=True)
+    write_l2a(downloads, dn, scl=scl)  # unpacked beside its .zip, as often: the same scene, mapped once
     classi = np.zeros((2, 54, 64), np.uint8)
     classi[0, 10:20, 5:15] = 1  # an opaque cloud (60 m), rows 60-119 and columns 30-89 at 10 m
     write_l1c(downloads, dn, classi=classi)
@@ -150,9 +151,11 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Done: 5 of 5 raster(s) mapped, 0 failed" in proc.stdout
     assert "Engine: this Python has no vLLM: the local engine" in proc.stdout
-    assert f"Left out: 2 file(s) not mapped on their own ({LANDSAT}_QA_PIXEL.TIF, {LANDSAT}_ST_B10.TIF)" in proc.stdout
+    assert f"Left out: 2 file(s) that come with a set of band files ({LANDSAT}_QA_PIXEL.TIF, {LANDSAT}_ST_B10.TIF)" \
+        in proc.stdout
     assert f"ok {LANDSAT}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7) -> " in proc.stdout
     assert f"ok {bundled}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7) -> " in proc.stdout
+    assert f"Left out: {NAME}.zip, the same scene as {NAME}.SAFE, which is mapped" in proc.stdout
     assert "warning: --clouds: neither a Sentinel-2 product nor a set of band files" in proc.stdout
     for name, rows, cols in ((NAME, slice(200, 260), slice(40, 160)), (L1C_NAME, slice(60, 120), slice(30, 90))):
         with rasterio.open(out / f"{name}_flood.tif") as ds:

@@ -109,11 +109,13 @@ def test_a_folder_of_band_files_is_one_scene_named_after_its_set(tmp_path):
 
     files = _landsat(tmp_path / "downloads")
     _touch(tmp_path / "downloads" / "a.tif")
-    left_out: list[str] = []
+    left_out = batch_inputs.LeftOut()
     found = batch_inputs.expand_inputs([str(tmp_path / "downloads")], tmp_path / "out", left_out=left_out)
     assert len(found) == 2 and found[1] == str(tmp_path / "downloads" / "a.tif")
     assert os.path.basename(found[0]).startswith(f"{LANDSAT}_SR_B"), found
-    assert sorted(os.path.basename(p) for p in left_out) == [f"{LANDSAT}_QA_PIXEL.TIF", f"{LANDSAT}_ST_B10.TIF"]
+    assert [os.path.basename(p) for p in left_out.companions] == [f"{LANDSAT}_QA_PIXEL.TIF", f"{LANDSAT}_ST_B10.TIF"]
+    assert left_out.lines() == [f"Left out: 2 file(s) that come with a set of band files ({LANDSAT}_QA_PIXEL.TIF, "
+                                f"{LANDSAT}_ST_B10.TIF); each set is mapped once, from its band files"]
     jobs = batch_inputs.plan(found, tmp_path / "out")
     assert [os.path.basename(j.output_path) for j in jobs] == [f"{LANDSAT}_SR_flood.tif", "a_flood.tif"]
     assert jobs[0].name == f"{LANDSAT}_SR (7 band files: B1, B2, B3, B4, B5, B6, B7)" and jobs[1].name == "a.tif"
@@ -126,9 +128,9 @@ def test_band_files_named_one_by_one_are_one_raster_and_named_files_are_never_le
     one that only comes with a set (its error then says why)."""
     files = _landsat(tmp_path / "scene")
     named = [files[f"SR_B{b}"] for b in range(1, 8)] + [files["QA_PIXEL"]]
-    left_out: list[str] = []
+    left_out = batch_inputs.LeftOut()
     got = batch_inputs.expand_inputs(named, tmp_path / "out", left_out=left_out)
-    assert len(got) == 2 and got[1] == files["QA_PIXEL"] and left_out == []
+    assert len(got) == 2 and got[1] == files["QA_PIXEL"] and not left_out
     assert batch_inputs.own_cloud_mask(files["QA_PIXEL"]) == ""
 
 
@@ -141,9 +143,9 @@ def test_band_files_named_by_band_alone_are_named_after_their_folder(tmp_path):
     for band in ("B02", "B03", "B04", "B8A", "B11", "B12"):
         write_band(scene / f"{band}.tif", np.full((8, 8), 1500, np.uint16), 10)
     write_band(scene / "SCL.tif", np.full((4, 4), 4, np.uint8), 20)
-    left_out: list[str] = []
+    left_out = batch_inputs.LeftOut()
     (found,) = batch_inputs.expand_inputs([str(scene)], tmp_path / "out", left_out=left_out)
-    assert [os.path.basename(p) for p in left_out] == ["SCL.tif"]
+    assert [os.path.basename(p) for p in left_out.companions] == ["SCL.tif"]
     assert batch_inputs.output_stem(found) == scene.name
     assert batch_inputs.own_cloud_mask(found) == str(scene / "SCL.tif")
 
@@ -196,9 +198,9 @@ def test_an_hls_granule_is_one_scene_with_its_fmask_as_cloud_mask(tmp_path):
         write_band(tmp_path / f"{granule}.{band}.tif", np.full((8, 8), 1500, np.int16), 30, nodata=-9999)
     for other in ("Fmask", "SAA", "SZA", "VAA", "VZA"):
         write_band(tmp_path / f"{granule}.{other}.tif", np.zeros((8, 8), np.uint8), 30, nodata=255)
-    left_out: list[str] = []
+    left_out = batch_inputs.LeftOut()
     (found,) = batch_inputs.expand_inputs([str(tmp_path)], tmp_path / "out", left_out=left_out)
-    assert sorted(os.path.basename(p).split(".")[-2] for p in left_out) == ["Fmask", "SAA", "SZA", "VAA", "VZA"]
+    assert [os.path.basename(p).split(".")[-2] for p in left_out.companions] == ["Fmask", "SAA", "SZA", "VAA", "VZA"]
     assert batch_inputs.output_stem(found) == granule
     assert batch_inputs.own_cloud_mask(found) == str(tmp_path / f"{granule}.Fmask.tif")
 
@@ -221,10 +223,10 @@ def test_a_landsat_bundle_stands_for_the_band_files_inside_it(tmp_path):
             tar.add(path, arcname=os.path.basename(path))
     with tarfile.open(downloads / "notes.tar", "w") as tar:
         tar.add(__file__, arcname="notes.txt")
-    left_out: list[str] = []
+    left_out = batch_inputs.LeftOut()
     (found,) = batch_inputs.expand_inputs([str(downloads)], tmp_path / "out", left_out=left_out)
     member = f"/vsitar/{bundle}/{LANDSAT}_SR_B1.TIF"
-    assert found == member and left_out == [str(downloads / "notes.tar")]
+    assert found == member and left_out.no_bands == [str(downloads / "notes.tar")] and not left_out.companions
     assert batch_inputs.expand_inputs([str(bundle)], tmp_path / "out") == [member]
     (job,) = batch_inputs.plan([found], tmp_path / "out")
     assert job.input_path == member and os.path.basename(job.output_path) == f"{LANDSAT}_SR_flood.tif"
@@ -234,3 +236,45 @@ def test_a_landsat_bundle_stands_for_the_band_files_inside_it(tmp_path):
                                  tmp_path / "out")
     with pytest.raises(InputError, match="holds no set of band files"):
         batch_inputs.validate(named, None)
+
+
+def test_a_scene_downloaded_twice_is_mapped_once_from_its_unpacked_copy(tmp_path):
+    """A product's .zip kept beside its unpacked .SAFE, a Landsat .tar beside its band files: one map each, from the
+    unpacked copy (faster to read), and the line says which download stood for which. Another product of the same
+    tile and time (L1C beside L2A) is another scene."""
+    import tarfile
+
+    from tests.fixtures.band_sets import LANDSAT
+    from tests.fixtures.sentinel2_safe import L1C_NAME, NAME, write_l1c, write_l2a
+
+    downloads = tmp_path / "downloads"
+    archive = write_l2a(downloads, _dn(), zipped=True)
+    safe = write_l2a(downloads, _dn())
+    l1c = write_l1c(downloads, _dn())
+    files = _landsat(downloads)
+    with tarfile.open(downloads / f"{LANDSAT}.tar", "w") as tar:
+        for path in files.values():
+            tar.add(path, arcname=os.path.basename(path))
+    left_out = batch_inputs.LeftOut()
+    found = batch_inputs.expand_inputs([str(downloads)], tmp_path / "out", left_out=left_out)
+    assert found == [files["SR_B1"], str(l1c), str(safe)]
+    assert left_out.same_scene == [(f"/vsitar/{downloads}/{LANDSAT}.tar/{LANDSAT}_SR_B1.TIF", files["SR_B1"]),
+                                   (str(archive), str(safe))]
+    assert f"Left out: {NAME}.zip, the same scene as {NAME}.SAFE, which is mapped" in left_out.lines()
+    assert [batch_inputs.output_stem(p) for p in found] == [f"{LANDSAT}_SR", L1C_NAME, NAME]
+
+
+def test_band_files_of_the_same_name_in_two_folders_are_two_scenes(tmp_path):
+    """Sets named by their bands alone (B02.tif, …) in folders of the same name, and Sentinel-2 L1C and L2A band
+    files of one tile and time (`T33TWM_20240501T100031_B02.jp2`, `…_B02_10m.jp2`): different scenes, all mapped."""
+    from tests.fixtures.band_sets import write_band
+
+    values = np.full((8, 8), 1500, np.uint16)
+    names = {"a/scene": "{band}.tif", "b/scene": "{band}.tif", "l1c": "T33TWM_20240501T100031_{band}.tif",
+             "l2a": "T33TWM_20240501T100031_{band}_10m.tif"}
+    for folder, name in names.items():
+        (tmp_path / folder).mkdir(parents=True)
+        for band in ("B02", "B03", "B04", "B8A", "B11", "B12"):
+            write_band(tmp_path / folder / name.format(band=band), values, 10)
+    found = batch_inputs.expand_inputs([str(tmp_path)], tmp_path / "out", recursive=True)
+    assert len(found) == 4, found
