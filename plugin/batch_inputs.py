@@ -90,13 +90,19 @@ class LeftOut:
         if self.no_bands:
             lines.append(f"Left out: {len(self.no_bands)} file(s) with no set of band files to map "
                          f"({_names(self.no_bands)})")
-        lines += [f"Left out: {os.path.basename(path)}, the same scene as {os.path.basename(mapped)}, which is mapped"
+        lines += [f"Left out: {_shown(path)}, the same scene as {label_of(mapped) or _shown(mapped)}, which is mapped"
                   for path, mapped in self.same_scene]
         return lines
 
 
 def _names(paths: list[str]) -> str:
-    return ", ".join(os.path.basename(p) for p in paths[:4]) + (", …" if len(paths) > 4 else "")
+    return ", ".join(_shown(p) for p in paths[:4]) + (", …" if len(paths) > 4 else "")
+
+
+def _shown(path: str) -> str:
+    """A file's name, or for a member of an archive the archive's (the download)."""
+    member = split_member(path)
+    return os.path.basename(member[1] if member else path)
 
 
 def expand_inputs(inputs: list[str], out_dir: Path, recursive: bool = False,
