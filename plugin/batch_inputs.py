@@ -300,6 +300,13 @@ def validate(job: Job, indices: Optional[list[int]]) -> None:
     if _is_bundle(job.input_path):
         raise InputError(f"'{job.input_path}' holds no set of band files (a Landsat scene's …_SR_B2.TIF, …_SR_B3.TIF, "
                          "… at its top level).", "Give a Landsat bundle as USGS serves it, or the rasters themselves.")
+    found = _set_of(job.input_path) if indices else None
+    if found is not None:  # the pipeline stacks a band file's set only when no bands are given
+        raise InputError(
+            f"{found.name} is a set of {len(found.files)} band files ({found.describe()}) in {found.folder}, and "
+            "--indices picks the bands of one raster.",
+            "Leave out --indices for band files: their bands are chosen by the files' names, as the plugin chooses "
+            "them. Or stack them yourself (gdalbuildvrt -separate) and give the stack.")
     if not is_product(job.input_path):
         info = raster.inspect(job.input_path)
         if not info.is_file and split_member(job.input_path) is None:  # a member of a local archive is local

@@ -280,3 +280,21 @@ def test_band_files_of_the_same_name_in_two_folders_are_two_scenes(tmp_path):
             write_band(tmp_path / folder / name.format(band=band), values, 10)
     found = batch_inputs.expand_inputs([str(tmp_path)], tmp_path / "out", recursive=True)
     assert len(found) == 4, found
+
+
+def test_indices_for_a_set_of_band_files_are_refused_with_the_way_out(tmp_path):
+    """--indices picks bands of one raster; the pipeline stacks a band file's set only when no bands are given, so
+    a set with --indices would be mapped from its one file."""
+    from tests.fixtures.band_sets import LANDSAT
+
+    files = _landsat(tmp_path / "scene")
+    (tmp_path / "out").mkdir()
+    (job,) = batch_inputs.plan(batch_inputs.expand_inputs([str(tmp_path / "scene")], tmp_path / "out"),
+                               tmp_path / "out")
+    batch_inputs.validate(job, None)
+    with pytest.raises(InputError) as caught:
+        batch_inputs.validate(job, [1, 2, 3, 4, 5, 6])
+    assert caught.value.message == (f"{LANDSAT}_SR is a set of 7 band files (B1, B2, B3, B4, B5, B6, B7) in "
+                                    f"{tmp_path / 'scene'}, and --indices picks the bands of one raster.")
+    assert caught.value.hint.startswith("Leave out --indices for band files")
+    assert job.input_path == files["SR_B1"]
