@@ -26,7 +26,7 @@ from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
 from .core.reference import RasterReference, Reference, check_raster_reference
 from .core.reference_files import reference_from_path
-from .core.sentinel2_product import metadata_of, metadata_of_band_file
+from .core.sentinel2_product import metadata_of, metadata_of_band_file, product_name
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 BAND_FILE_SUFFIXES = (".jp2",)  # Sentinel-2 band files copied out of a product: taken in a folder as a set's only
@@ -240,11 +240,8 @@ def output_stem(path: str) -> str:
     folder, its metadata file or one of its band files), a set of band files' name (the file's without the band),
     else the file's own name without its suffix."""
     metadata = metadata_of(path) or metadata_of_band_file(path)
-    if metadata:
-        safe = posixpath.basename(folder_of(metadata).replace("\\", "/").rstrip("/"))
-        name = re.sub(r"\.safe$", "", safe, flags=re.IGNORECASE)
-        if name:
-            return name
+    if metadata and product_name(metadata):
+        return product_name(metadata)
     found = _set_of(path)
     if found is not None:  # a set named by its bands alone (B02.tif, …) by its folder
         return found.name if found.name != "bands" else posixpath.basename(found.folder.replace("\\", "/"))

@@ -108,6 +108,12 @@ def band_of_file(path: str) -> str:
     return match.group("band").upper() if match else ""
 
 
+def product_name(metadata: str) -> str:
+    """The product's name: its .SAFE folder's, without `.SAFE` (the folder that holds `metadata`)."""
+    name = posixpath.basename(folder_of(metadata).replace("\\", "/").rstrip("/"))
+    return name[:-5] if name.upper().endswith(".SAFE") else name
+
+
 def read_product(metadata: str) -> Product:
     """The product whose metadata file is `metadata`; InputError when it cannot be read or lacks a band."""
     try:
@@ -135,8 +141,7 @@ def read_product(metadata: str) -> Product:
         elif band not in found or res < found[band][0]:
             found[band] = (res, path)
     bands = tuple((band, *found[band]) for band in BANDS if band in found)
-    name = posixpath.basename(folder.replace("\\", "/"))
-    name = name[:-5] if name.upper().endswith(".SAFE") else name
+    name = product_name(metadata)
     missing = [band for band, _, path in bands if not is_file(path)]
     if not bands or missing:
         raise InputError(
