@@ -42,25 +42,32 @@ def split_layer(path: str) -> tuple[str, Optional[str]]:
     return base, None
 
 
+WATER_FILES = "a polygon file GDAL reads (GeoPackage, shapefile, GeoJSON...) or a water raster"
+
+
 def read_polygons(path: str, label: str = "") -> PolygonReference:
     """The file's polygons (in its own CRS) as a PolygonReference; InputError for unreadable files, points
     or lines. `label` names the reference in messages."""
+    geometries, crs, kind = read_geometries(path)
+    return polygons_from(geometries, crs, label or f"the reference water polygons '{path}'", kind)
+
+
+def read_geometries(path: str, what: str = WATER_FILES) -> tuple[list[dict], Optional[str], str]:
+    """The file's geometries (GeoJSON-like, in its own CRS), the CRS (WKT or "EPSG:n"; None when it has none) and
+    the layer's geometry type; InputError, saying to give `what`, when the file cannot be read."""
     file, layer = split_layer(path)
     try:
         import pyogrio  # noqa: F401 - the vLLM environment
     except ImportError:
-        geometries, crs, kind = _read_ogr(file, layer)
-    else:
-        geometries, crs, kind = _read_pyogrio(file, layer)
-    return polygons_from(geometries, crs, label or f"the reference water polygons '{path}'", kind)
+        return _read_ogr(file, layer, what)
+    return _read_pyogrio(file, layer, what)
 
 
-def _not_readable(path: str, detail: str) -> InputError:
-    return InputError(f"Cannot read the vector file '{path}': {detail.rstrip('.')}.",
-                      "Give a polygon file GDAL reads (GeoPackage, shapefile, GeoJSON...) or a water raster.")
+def _not_readable(path: str, detail: str, what: str) -> InputError:
+    return InputError(f"Cannot read the vector file '{path}': {detail.rstrip('.')}.", f"Give {what}.")
 
 
-def _read_pyogrio(path: str, layer: Optional[str]) -> tuple[list[dict], Optional[str], str]:
+def _read_pyogrio(path: str, layer: Optional[str], what: str) -> tuple[list[dict], Optional[str], str]:
     import pyogrio
     import shapely
     from shapely.geometry import mapping
@@ -69,28 +76,29 @@ def _read_pyogrio(path: str, layer: Optional[str]) -> tuple[list[dict], Optional
         info = pyogrio.read_info(path, layer=layer)
         _, _, wkb, _ = pyogrio.raw.read(path, layer=layer, read_geometry=True, columns=[])
     except Exception as exc:  # noqa: BLE001 - pyogrio raises its own and GDAL's errors
-        raise _not_readable(path, str(exc)) from None
+        raise _not_readable(path, str(exc), what) from None
     geometries = [mapping(g) for g in shapely.from_wkb(wkb) if g is not None and not g.is_empty]
     return geometries, info.get("crs"), str(info.get("geometry_type") or "")  # crs: "EPSG:4326" or WKT
 
 
-def _read_ogr(path: str, layer: Optional[str]) -> tuple[list[dict], Optional[str], str]:
+def _read_ogr(path: str, layer: Optional[str], what: str) -> tuple[list[dict], Optional[str], str]:
     try:
         from osgeo import ogr
     except ImportError:
         raise InputError(
             "Reading a vector file needs GDAL's Python bindings (pyogrio or osgeo), and this Python has neither.",
-            "Install python3-gdal (Debian/Ubuntu) or pyogrio, or give a water raster.") from None
+            f"Install python3-gdal (Debian/Ubuntu) or pyogrio{', or give a water raster' * (what == WATER_FILES)}."
+        ) from None
     ogr.UseExceptions()
     try:
         source = ogr.Open(path)
     except RuntimeError as exc:
-        raise _not_readable(path, str(exc)) from None
+        raise _not_readable(path, str(exc), what) from None
     if source is None or source.GetLayerCount() == 0:
-        raise _not_readable(path, "it holds no vector layer")
+        raise _not_readable(path, "it holds no vector layer", what)
     lyr = source.GetLayerByName(layer) if layer else source.GetLayer(0)
     if lyr is None:
-        raise _not_readable(path, f"it has no layer '{layer}'")
+        raise _not_readable(path, f"it has no layer '{layer}'", what)
     srs = lyr.GetSpatialRef()
     kind = ogr.GeometryTypeToName(lyr.GetGeomType())
     geometries = []
