@@ -6,7 +6,7 @@ bindings):
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
-        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds]
+        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds] [--area FILE]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order, the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`), and Landsat scenes as downloaded
@@ -22,6 +22,9 @@ quality, cloud, thermal and angle files) are not mapped on their own. A Landsat 
 product's .zip beside its unpacked .SAFE) is mapped once, from the unpacked copy. That is the local engine's work (the
 plugin's pipeline, which auto then takes); the offline engine reads one raster file with its bands in the model's
 order.
+
+With --area, each raster is mapped only inside the area of interest's polygons, as the plugin's MASK maps it: the
+map covers the polygons' bounds on the raster's grid, with nodata outside them (local engine).
 
 Why offline: for a folder of scenes, `vllm.LLM(...)` with TerraTorch's `terratorch_segmentation`
 IOProcessor (as vLLM's upstream example "prithvi_geospatial_mae_io_processor" does) skips HTTP and the server's
@@ -67,6 +70,7 @@ from .batch_inputs import (
     Job,
     LeftOut,
     expand_inputs,
+    load_area,
     load_reference,
     needs_stacking,
     plan,
@@ -110,12 +114,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "plugin's local engine, a vLLM server on 127.0.0.1 started once for the batch, tensor "
                         "transport in this computer's fastest dtype; auto (default): offline where float16 runs "
                         "fast (a GPU, a CPU with AVX512-FP16 or AMX-FP16 and no faster dtype), else local")
+    p.add_argument("--area", default="",
+                   help="map only inside these polygons, the area of interest (a GeoPackage, shapefile or GeoJSON; "
+                        "FILE|layername=NAME picks a layer), as the plugin's MASK does: the pixels outside are nodata "
+                        "and the tiles outside are never sent (local engine)")
     p.add_argument("--clouds", action="store_true",
                    help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
                         "MSK_CLASSI), and of each set of band files with the cloud file beside it (Landsat "
                         "QA_PIXEL, HLS Fmask, SCL), as the plugin's CLOUD_MASK does (local engine)")
     args = p.parse_args(argv)
     args.indices = _indices(p, args.indices)
+    args.area_polygons = None  # --area's polygons, read by main() before any engine starts
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
     return args
@@ -180,6 +189,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except FloodMapperError as exc:
         print(f"error: --reference: {exc}", file=sys.stderr)
         return 2
+    try:
+        args.area_polygons = load_area(args.area)
+    except FloodMapperError as exc:
+        print(f"error: --area: {exc}", file=sys.stderr)
+        return 2
     jobs = plan(inputs, out_dir)
     total = len(jobs)
     t_start = time.monotonic()
@@ -204,13 +218,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             in_process = has_vllm()
             settings = local_settings(args.model, args.max_num_seqs, in_process=in_process)
             device = torch_device() if in_process and args.engine != ENGINE_OFFLINE else "cpu"
-            choice = choose_engine(args.engine, settings, device, in_process, _pipeline_for(jobs, args.clouds))
+            choice = choose_engine(args.engine, settings, device, in_process, _pipeline_for(jobs, args))
         except EngineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"Engine: {choice.reason}", flush=True)
-        if args.clouds and choice.engine != ENGINE_LOCAL:
-            print("error: --clouds masks clouds in the plugin's pipeline, which the offline engine does not run; "
+        masks = [what for what, given in (("--clouds masks clouds", args.clouds),
+                                          ("--area masks the area of interest", args.area)) if given]
+        if masks and choice.engine != ENGINE_LOCAL:
+            print(f"error: {' and '.join(masks)} in the plugin's pipeline, which the offline engine does not run; "
                   "add --engine local.", file=sys.stderr)
             return 2
         if choice.engine == ENGINE_LOCAL:
@@ -228,10 +244,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if failed == 0 else 1
 
 
-def _pipeline_for(jobs: list[Job], clouds: bool) -> str:
-    """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds), or ""."""
-    if clouds:
-        return "--clouds"
+def _pipeline_for(jobs: list[Job], args: argparse.Namespace) -> str:
+    """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds or the area), or ""."""
+    options = [name for name, given in (("--clouds", args.clouds), ("--area", args.area)) if given]
+    if options:
+        return " and ".join(options)
     stacked = sum(1 for j in jobs if not j.error and needs_stacking(j.input_path))
     return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 

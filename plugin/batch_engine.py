@@ -101,10 +101,12 @@ class LocalBatch:
         self.backend = LocalBackend(settings)  # the engine's own log stays in its file
 
     def map(self, input_path: str, output_path: str, options: Namespace, progress: Progress) -> MapFloodsResult:
-        """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds)."""
+        """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds, and the area
+        read from --area as `area_polygons`)."""
         from .batch_inputs import own_cloud_mask
         from .core.pipeline import map_floods
 
+        area = options.area_polygons
         cloud_mask = ""
         if options.clouds:
             cloud_mask = own_cloud_mask(input_path)  # product_inputs.py stacks a product's or takes the file
@@ -116,7 +118,7 @@ class LocalBatch:
             input_path=input_path, output_path=output_path, server_url="", server_can_read_local_files=True,
             transport=TRANSPORT_AUTO, bands=[i + 1 for i in options.indices] if options.indices else None,
             reference_path=options.reference, reference_threshold=options.reference_threshold,
-            cloud_mask_path=cloud_mask)
+            cloud_mask_path=cloud_mask, mask_polygons=area.shapes if area else None, mask_crs=area.crs if area else "")
         return map_floods(request, self.backend, progress)
 
     def close(self) -> None:

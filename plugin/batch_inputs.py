@@ -24,8 +24,8 @@ from .core.errors import InputError
 from .core.flood_extent import ExtentStats
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
-from .core.reference import RasterReference, Reference, check_raster_reference
-from .core.reference_files import reference_from_path
+from .core.reference import RasterReference, Reference, check_raster_reference, polygon_parts
+from .core.reference_files import read_geometries, reference_from_path, split_layer
 from .core.sentinel2_product import metadata_of, metadata_of_band_file, product_name
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
@@ -318,6 +318,32 @@ def check_indices(path: str, count: int, indices: Optional[list[int]]) -> None:
             f"'{path}' has {count} band(s); the model would get its band index {max(indices)}.",
             "Pass --indices with the 0-based bands in the model's order (e.g. 1,2,3,8,11,12 for Sentinel-2 L1C).",
         )
+
+
+@dataclass(frozen=True)
+class AreaPolygons:
+    """The area of interest: polygons (GeoJSON-like) and their CRS ("" = each raster's own)."""
+
+    shapes: list[dict]
+    crs: str
+
+
+def load_area(path: str) -> Optional[AreaPolygons]:
+    """--area read once, before any engine starts (InputError for a file that is missing, unreadable or holds no
+    polygon); None when it is not given."""
+    if not path:
+        return None
+    if not os.path.exists(split_layer(path)[0]):
+        raise InputError(f"The area '{path}' does not exist.",
+                         "Give an existing polygon file (GeoPackage, shapefile, GeoJSON...).")
+    geometries, crs, kind = read_geometries(path, "the area as a polygon file GDAL reads (GeoPackage, shapefile, "
+                                                  "GeoJSON...)")
+    shapes = [part for geometry in geometries for part in polygon_parts(geometry)]
+    if not shapes:
+        raise InputError(f"The area '{path}' holds no polygons ({kind or 'no features'}).",
+                         "Give the area of interest as polygons: draw them in QGIS and save the layer as a "
+                         "GeoPackage, or buffer the points or lines.")
+    return AreaPolygons(shapes, crs or "")
 
 
 def load_reference(path: str, threshold: float) -> list[Reference]:

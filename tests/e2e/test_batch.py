@@ -192,3 +192,49 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
                                                             f"{LANDSAT}_SR_flood.tif", f"{bundled}_SR_flood.tif",
                                                             "plain_flood.tif"]), \
         "no temp files left"
+
+
+def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
+    """--area: a flood's area of interest as a GeoJSON polygon (in the scenes' UTM CRS), an L over the left half of
+    one scene, missing the other. Run by the vLLM environment's Python, auto takes the local engine (the area is
+    masked in the plugin's pipeline). As with the plugin's MASK, the map covers the polygon's bounds on the raster's
+    grid, nodata exactly outside the polygon, and only those tiles are sent; the scene the area misses is reported
+    as failed, saying so."""
+    import json
+
+    settings = Settings().with_env()
+    scene, far, out = tmp_path / "scene.tif", tmp_path / "far.tif", tmp_path / "maps"
+    truth = scenes.generate_scene(scene, seed=9004, width=512, height=512)
+    scenes.generate_scene(far, seed=9005, width=256, height=256, centre_lonlat=(16.5, 45.0))  # ~120 km east
+    with rasterio.open(scene) as src:
+        x0, y0, res = src.transform.c, src.transform.f, src.transform.a
+    # columns 0-255 of rows 0-255, columns 0-127 of rows 256-511
+    left, right, top, bottom = x0 - 50, x0 + 256 * res, y0 + 50, y0 - 512 * res - 50
+    x_mid, y_mid = x0 + 128 * res, y0 - 256 * res
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps({
+        "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+            [[left, top], [right, top], [right, y_mid], [x_mid, y_mid], [x_mid, bottom], [left, bottom],
+             [left, top]]]}}]}))
+    proc = subprocess.run(
+        [settings.vllm_python, "-m", "plugin.batch", str(scene), str(far), "--out", str(out), "--model", MODEL,
+         "--area", str(area)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "Engine: --area, which the plugin's pipeline does: the local engine" in proc.stdout
+    assert "Tensor transport: 256x512 px" in proc.stdout, "only the area's tiles are sent"
+    assert "[1/2] ok scene.tif" in proc.stdout
+    assert "[2/2] FAILED far.tif: The mask polygons" in proc.stdout and "do not overlap the raster" in proc.stdout
+    with rasterio.open(scene) as src, rasterio.open(out / "scene_flood.tif") as ds:
+        assert (ds.width, ds.height, ds.transform) == (256, 512, src.transform), "the area's bounds on the grid"
+        classes = ds.read(1)
+    outside = np.zeros((512, 256), bool)
+    outside[256:, 128:] = True
+    np.testing.assert_array_equal(classes == 255, outside, err_msg="nodata exactly outside the polygon")
+    if is_demo_model(MODEL):
+        iou = scenes.iou(np.where(classes == 1, 1, 0), np.where(outside, 255, truth[:, :256]))
+        print(f"inside the area: water IoU {iou:.3f}")
+        assert iou > 0.8, f"the demo model should find the water inside the area (IoU {iou:.3f})"
+    assert sorted(p.name for p in out.iterdir()) == ["scene_flood.tif"], "no temp files left"

@@ -148,3 +148,17 @@ def test_clouds_on_the_offline_engine_are_refused_before_it_loads(tmp_path, monk
     assert batch.main([str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--engine", "offline",
                        "--clouds"]) == 2
     assert "--clouds masks clouds in the plugin's pipeline" in capsys.readouterr().err
+
+
+def test_an_area_on_the_offline_engine_is_refused_before_it_loads(tmp_path, monkeypatch, capsys):
+    from scripts.scenes import generate_scene
+
+    generate_scene(tmp_path / "a.tif", seed=9413, width=64, height=64)
+    (tmp_path / "area.geojson").write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": '
+        '{"type": "Polygon", "coordinates": [[[15, 45], [15.1, 45], [15.1, 45.1], [15, 45]]]}}]}')
+    monkeypatch.setattr(batch, "has_vllm", lambda: True)
+    monkeypatch.setattr(batch, "build_llm", lambda *a: pytest.fail("the engine must not load"))
+    assert batch.main([str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--engine", "offline",
+                       "--area", str(tmp_path / "area.geojson")]) == 2
+    assert "--area masks the area of interest in the plugin's pipeline" in capsys.readouterr().err

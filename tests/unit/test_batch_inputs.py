@@ -298,3 +298,38 @@ def test_indices_for_a_set_of_band_files_are_refused_with_the_way_out(tmp_path):
                                     f"{tmp_path / 'scene'}, and --indices picks the bands of one raster.")
     assert caught.value.hint.startswith("Leave out --indices for band files")
     assert job.input_path == files["SR_B1"]
+
+
+def test_the_area_is_read_once_and_a_file_without_polygons_is_refused(tmp_path):
+    import json
+
+    def geojson(name, geometry):
+        path = tmp_path / name
+        path.write_text(json.dumps({
+            "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32633"}},
+            "features": [{"type": "Feature", "properties": {}, "geometry": geometry}]}))
+        return str(path)
+
+    assert batch_inputs.load_area("") is None
+    square = {"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]}
+    area = batch_inputs.load_area(geojson("area.geojson", square))
+    assert len(area.shapes) == 1 and area.shapes[0]["type"] == "Polygon"
+    assert "32633" in area.crs or "UTM zone 33N" in area.crs, area.crs
+    with pytest.raises(InputError, match="holds no polygons") as caught:
+        batch_inputs.load_area(geojson("points.geojson", {"type": "Point", "coordinates": [1, 2]}))
+    assert "buffer the points or lines" in caught.value.hint
+    with pytest.raises(InputError, match="does not exist"):
+        batch_inputs.load_area(str(tmp_path / "missing.gpkg"))
+    (tmp_path / "broken.geojson").write_text("{not json")
+    with pytest.raises(InputError, match="Cannot read the vector file") as caught:
+        batch_inputs.load_area(str(tmp_path / "broken.geojson"))
+    assert caught.value.hint.startswith("Give the area as a polygon file")
+
+
+def test_area_and_clouds_take_the_local_engine():
+    args = batch.parse_args(["a.tif", "--out", "o", "--area", "flood.gpkg"])
+    assert args.area_polygons is None, "read by main, before any engine starts"
+    assert batch._pipeline_for([], args) == "--area"
+    args = batch.parse_args(["a.tif", "--out", "o", "--area", "flood.gpkg", "--clouds"])
+    assert batch._pipeline_for([], args) == "--clouds and --area"
+    assert batch._pipeline_for([], batch.parse_args(["a.tif", "--out", "o"])) == ""
