@@ -223,11 +223,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"Engine: {choice.reason}", flush=True)
-        masks = [what for what, given in (("--clouds masks clouds", args.clouds),
-                                          ("--area masks the area of interest", args.area)) if given]
+        masks = _masks(args)
         if masks and choice.engine != ENGINE_LOCAL:
-            print(f"error: {' and '.join(masks)} in the plugin's pipeline, which the offline engine does not run; "
-                  "add --engine local.", file=sys.stderr)
+            print(f"error: {' and '.join(f'{name} masks {what}' for name, what in masks)} in the plugin's pipeline, "
+                  "which the offline engine does not run; add --engine local.", file=sys.stderr)
             return 2
         if choice.engine == ENGINE_LOCAL:
             code = map_on_local_engine(LocalBatch(settings), jobs, args, report)
@@ -244,11 +243,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if failed == 0 else 1
 
 
+def _masks(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The masking options given, and what each masks: the plugin's pipeline masks, the offline engine cannot."""
+    return [(name, what) for name, what, given in (("--clouds", "clouds", args.clouds),
+                                                   ("--area", "the area of interest", args.area)) if given]
+
+
 def _pipeline_for(jobs: list[Job], args: argparse.Namespace) -> str:
     """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds or the area), or ""."""
-    options = [name for name, given in (("--clouds", args.clouds), ("--area", args.area)) if given]
-    if options:
-        return " and ".join(options)
+    masks = _masks(args)
+    if masks:
+        return " and ".join(name for name, _ in masks)
     stacked = sum(1 for j in jobs if not j.error and needs_stacking(j.input_path))
     return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 
