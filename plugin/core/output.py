@@ -207,7 +207,7 @@ class AtomicOutputs:
         try:
             for target in self.targets:
                 self.temps.append(temp_beside(target, folder=folders))
-        except OutputError:
+        except BaseException:  # a failure or an interrupt (Ctrl+C) halfway: the temporaries made so far go
             self.discard()
             raise
 

@@ -532,6 +532,39 @@ def test_cancel_keeps_old_output_and_leaves_no_temp(tmp_path):
     assert no_temp_left(tmp_path)
 
 
+def test_an_interrupt_while_the_outputs_are_made_leaves_none_of_them(tmp_path, monkeypatch):
+    """Ctrl+C while the second of two temporaries is being made: the first goes too."""
+    from plugin.core.model_spec import ModelSpec
+    from plugin.core.tensor.writer import MapWriter
+
+    made = []
+    real = output.temp_beside
+
+    def temp_beside(target, folder=False):
+        if made:
+            raise KeyboardInterrupt
+        made.append(real(target, folder))
+        return made[-1]
+    monkeypatch.setattr(output, "temp_beside", temp_beside)
+    with pytest.raises(KeyboardInterrupt):
+        output.AtomicOutputs([str(tmp_path / "flood.tif"), str(tmp_path / "probability.tif")])
+    assert made and sorted(p.name for p in tmp_path.iterdir()) == []
+    monkeypatch.setattr(output, "temp_beside", real)
+
+    inp = write(tmp_path / "in.tif", np.ones((6, 16, 16), np.uint16))
+    real_open = rasterio.open
+
+    def open_(path, mode="r", **kw):  # the class file is made, the interrupt comes as the probability file is
+        if mode == "w" and "probability" in str(path):
+            raise KeyboardInterrupt
+        return real_open(path, mode, **kw)
+    monkeypatch.setattr(rasterio, "open", open_)
+    with real_open(inp) as ds, pytest.raises(KeyboardInterrupt):
+        MapWriter(ds, str(tmp_path / "flood.tif"), str(tmp_path / "probability.tif"),
+                  ModelSpec(channels=6, tile_height=16, tile_width=16, num_classes=2, means=[0.0] * 6, stds=[1.0] * 6))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
 def test_replace_is_atomic_over_existing(tmp_path):
     inp = write(tmp_path / "in.tif", np.ones((6, 16, 16), np.uint16))
     out = tmp_path / "out.tif"

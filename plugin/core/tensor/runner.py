@@ -93,14 +93,14 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
             encoder = PayloadEncoder(job.model, spec, encoding or choose_encoding(job.version),
                                      answer or choose_answer(job.version))
             normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
-            writer = MapWriter(src, job.output_path, job.probability_path, spec, area)
             skipped = len(grid) - int(send.sum())
             progress.info(
                 f"Tensor transport: {area.width}x{area.height} px in {len(grid)} tiles of "
                 f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px)"
                 + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
-            try:
+            writer = MapWriter(src, job.output_path, job.probability_path, spec, area)
+            try:  # right after the writer is made: an interrupt (Ctrl+C) in between would leave its files
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
                                locations, client, spec, writer, area, send, hidden_nodata(src, bands))
                 tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)

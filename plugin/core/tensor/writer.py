@@ -46,6 +46,9 @@ class MapWriter:
             self.discard()
             raise OutputError(f"Cannot create the output next to {output_path}: {exc}.",
                               "Choose a folder you can write to, with free space.") from None
+        except BaseException:  # an interrupt (Ctrl+C) while the files are made: they go too
+            self.discard()
+            raise
 
     def sink(self, row0: int, logits: np.ndarray, valid: np.ndarray) -> None:
         """Rows row0.. of the map from their blended logits [classes, rows, width] and validity."""
