@@ -6,7 +6,8 @@ bindings):
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
-        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds] [--area FILE]
+        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds] [--area FILE] \
+        [--skip-existing]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order, the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`), and Landsat scenes as downloaded
@@ -40,7 +41,11 @@ moved into place. With `--reference` (water that is always there: a raster, wate
 `--reference-threshold`, or a polygon file) the water is split as in the plugin: 1 = flood water, 2 = permanent
 water. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
-engine errors).
+engine errors, 130 when interrupted).
+
+A map is only ever in the output folder complete, so a batch stopped midway (Ctrl+C, a crash, a power cut)
+has lost the raster under way and nothing else: run the same command again with --skip-existing and the rasters
+whose map is there are left out. The same maps a folder that new downloads have joined: only the new ones.
 """
 
 from __future__ import annotations
@@ -122,6 +127,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
                         "MSK_CLASSI), and of each set of band files with the cloud file beside it (Landsat "
                         "QA_PIXEL, HLS Fmask, SCL), as the plugin's CLOUD_MASK does (local engine)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="leave out the inputs whose map is already in the output folder, from an earlier run (a "
+                        "map is moved there only when complete): run a stopped batch again with it to map the "
+                        "rest, or a folder new downloads have joined to map only those")
     args = p.parse_args(argv)
     args.indices = _indices(p, args.indices)
     args.area_polygons = None  # --area's polygons, read by main() before any engine starts
@@ -198,6 +207,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     total = len(jobs)
     t_start = time.monotonic()
     for job in jobs:
+        job.skipped = args.skip_existing and os.path.isfile(job.output_path)
+        if job.skipped:
+            continue
         try:
             validate(job, args.indices)
         except FloodMapperError as exc:
@@ -205,15 +217,39 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def report(i: int, job: Job) -> None:
         name = job.name
-        if job.error:
+        if job.skipped:
+            print(f"[{i}/{total}] skipped {name}: its map {job.output_path} is already there", flush=True)
+        elif job.error:
             print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
         else:
             assert job.stats is not None
             print(f"[{i}/{total}] ok {name} -> {job.output_path}: {figures(job.stats)} ({job.seconds:.1f} s)",
                   flush=True)
 
+    try:
+        code = _map_all(jobs, args, refs, out_dir, report)
+    except KeyboardInterrupt:
+        mapped = sum(1 for j in jobs if j.stats is not None)
+        left = sum(1 for j in jobs if j.stats is None and not j.error and not j.skipped)
+        print(f"\nInterrupted: {mapped} raster(s) mapped before it, {left} not (the one under way left no file "
+              "behind). Run the same command with --skip-existing to map only those.", file=sys.stderr, flush=True)
+        return 130
+    if code is not None:
+        return code
+    failed = sum(1 for j in jobs if j.error)
+    skipped = sum(1 for j in jobs if j.skipped)
+    print(f"Done: {total - failed - skipped} of {total} raster(s) mapped, "
+          + (f"{skipped} already there, " if skipped else "")
+          + f"{failed} failed, in {time.monotonic() - t_start:.1f} s", flush=True)
+    return 0 if failed == 0 else 1
+
+
+def _map_all(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], out_dir: Path,
+             report) -> Optional[int]:
+    """The rasters left to map on the engine chosen for them (none started when none is left), each reported as
+    it ends; 2 when the engine cannot run, else None."""
     code = None
-    if any(not j.error for j in jobs):
+    if any(not j.error and not j.skipped for j in jobs):
         try:
             in_process = has_vllm()
             settings = local_settings(args.model, args.max_num_seqs, in_process=in_process)
@@ -235,12 +271,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         for i, job in enumerate(jobs, 1):
             report(i, job)
-    if code is not None:
-        return code
-    failed = sum(1 for j in jobs if j.error)
-    print(f"Done: {total - failed} of {total} raster(s) mapped, {failed} failed, "
-          f"in {time.monotonic() - t_start:.1f} s", flush=True)
-    return 0 if failed == 0 else 1
+    return code
 
 
 def _masks(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -254,7 +285,7 @@ def _pipeline_for(jobs: list[Job], args: argparse.Namespace) -> str:
     masks = _masks(args)
     if masks:
         return " and ".join(name for name, _ in masks)
-    stacked = sum(1 for j in jobs if not j.error and needs_stacking(j.input_path))
+    stacked = sum(1 for j in jobs if not j.error and not j.skipped and needs_stacking(j.input_path))
     return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 
 
@@ -277,7 +308,7 @@ def map_each(jobs: list[Job], report, map_one, fatal: tuple[type[Exception], ...
     and the batch goes on; a `fatal` error (an engine that cannot run: every later raster would wait for it in
     vain) ends the batch with 2."""
     for i, job in enumerate(jobs, 1):
-        if not job.error:
+        if not job.error and not job.skipped:
             t0 = time.monotonic()
             try:
                 job.stats = map_one(job)

@@ -43,6 +43,7 @@ class Job:
     seconds: float = 0.0
     stats: Optional[Stats | ExtentStats | MapFloodsResult] = None
     label: str = ""  # what the report calls the input, when not its file's name (a set of band files)
+    skipped: bool = False  # its map is already there, from an earlier run (--skip-existing)
 
     @property
     def name(self) -> str:

@@ -238,3 +238,53 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
         print(f"inside the area: water IoU {iou:.3f}")
         assert iou > 0.8, f"the demo model should find the water inside the area (IoU {iou:.3f})"
     assert sorted(p.name for p in out.iterdir()) == ["scene_flood.tif"], "no temp files left"
+
+
+def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
+    """Ctrl+C in the terminal (SIGINT to the batch's process group) while the second of two rasters is being
+    mapped: the batch says what was mapped and how to go on, exits 130, stops its local engine and leaves the
+    first map and no part of the second. The same command with --skip-existing maps the second only."""
+    import signal
+
+    truths = {"a_flood.tif": scenes.generate_scene(tmp_path / "a.tif", seed=9430, width=256, height=256),
+              "b_flood.tif": scenes.generate_scene(tmp_path / "b.tif", seed=9431, width=3072, height=3072)}
+    out = tmp_path / "maps"
+    command = [sys.executable, "-m", "plugin.batch", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"),
+               "--out", str(out), "--model", MODEL]
+    before = engine_pids()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,  # its own group, as a terminal's foreground job has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal has
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("Tensor transport:") and any("[1/2] ok a.tif" in seen for seen in lines):
+                os.killpg(proc.pid, signal.SIGINT)  # the second raster's tiles are under way
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    output = "".join(lines)
+    print(output[-3000:])
+    assert proc.returncode == 130, output[-3000:]
+    assert "[2/2]" not in output and "Traceback" not in output
+    assert "Interrupted: 1 raster(s) mapped before it, 1 not (the one under way left no file behind). Run the same " \
+           "command with --skip-existing to map only those." in output
+    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif"], "the first map, and no part of the second"
+    deadline = time.monotonic() + 30
+    while engine_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not engine_pids() - before, "the interrupted batch stopped its local engine"
+    first = (out / "a_flood.tif").stat().st_mtime_ns
+
+    proc2 = subprocess.run(command + ["--skip-existing"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(proc2.stdout[-3000:])
+    assert proc2.returncode == 0, proc2.stdout[-3000:]
+    assert f"[1/2] skipped a.tif: its map {out / 'a_flood.tif'} is already there" in proc2.stdout
+    assert "[2/2] ok b.tif" in proc2.stdout and "Done: 1 of 2 raster(s) mapped, 1 already there, 0 failed" \
+        in proc2.stdout
+    assert (out / "a_flood.tif").stat().st_mtime_ns == first, "the earlier map is left as it is"
+    _check_maps(tmp_path, truths, out)

@@ -162,3 +162,83 @@ def test_an_area_on_the_offline_engine_is_refused_before_it_loads(tmp_path, monk
     assert batch.main([str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--engine", "offline",
                        "--area", str(tmp_path / "area.geojson")]) == 2
     assert "--area masks the area of interest in the plugin's pipeline" in capsys.readouterr().err
+
+
+class _WritingEngine(_Engine):
+    """The local engine writing a map for each raster, as the pipeline moves a finished map into place."""
+
+    def map(self, input_path, output_path, options, progress):
+        stats = super().map(input_path, output_path, options, progress)
+        with open(output_path, "wb") as fh:
+            fh.write(b"new map")
+        return stats
+
+
+@pytest.fixture
+def three_rasters(tmp_path, monkeypatch):
+    """a.tif, b.tif and c.tif, and the local engine the batch would start (a _WritingEngine), made at most once."""
+    from scripts.scenes import generate_scene
+
+    for i, name in enumerate("abc"):
+        generate_scene(tmp_path / f"{name}.tif", seed=9420 + i, width=32, height=32)
+    made: list[_Engine] = []
+
+    def make(failures: dict[str, BaseException]):
+        def start(settings):
+            assert not made, "one engine for the batch"
+            made.append(_WritingEngine(failures))
+            return made[0]
+        monkeypatch.setattr(batch, "has_vllm", lambda: False)
+        monkeypatch.setattr(batch, "LocalBatch", start)
+        return made
+    return tmp_path, make
+
+
+def test_skip_existing_maps_only_the_rasters_without_a_map(three_rasters, capsys):
+    folder, make = three_rasters
+    out = folder / "maps"
+    out.mkdir()
+    (out / "a_flood.tif").write_bytes(b"earlier map")
+    made = make({})
+    assert batch.main([str(folder), "--out", str(out), "--skip-existing"]) == 0
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["b.tif", "c.tif"] and made[0].closed
+    assert (out / "a_flood.tif").read_bytes() == b"earlier map", "an earlier map is left as it is"
+    assert f"[1/3] skipped a.tif: its map {out / 'a_flood.tif'} is already there" in printed
+    assert "[2/3] ok b.tif" in printed and "Done: 2 of 3 raster(s) mapped, 1 already there, 0 failed" in printed
+
+
+def test_skip_existing_starts_no_engine_when_every_map_is_there(three_rasters, capsys):
+    folder, make = three_rasters
+    out = folder / "maps"
+    out.mkdir()
+    for name in "abc":
+        (out / f"{name}_flood.tif").write_bytes(b"earlier map")
+    made = make({})
+    assert batch.main([str(folder), "--out", str(out), "--skip-existing"]) == 0
+    printed = capsys.readouterr().out
+    assert not made and "Engine:" not in printed
+    assert "Done: 0 of 3 raster(s) mapped, 3 already there, 0 failed" in printed
+
+
+def test_without_skip_existing_a_map_there_is_made_again(three_rasters, capsys):
+    folder, make = three_rasters
+    out = folder / "maps"
+    out.mkdir()
+    (out / "a_flood.tif").write_bytes(b"earlier map")
+    made = make({})
+    assert batch.main([str(folder), "--out", str(out)]) == 0
+    assert made[0].mapped == ["a.tif", "b.tif", "c.tif"]
+    assert (out / "a_flood.tif").read_bytes() == b"new map"
+    assert "Done: 3 of 3 raster(s) mapped, 0 failed" in capsys.readouterr().out
+
+
+def test_an_interrupted_batch_stops_its_engine_and_says_how_to_go_on(three_rasters, capsys):
+    folder, make = three_rasters
+    made = make({"b.tif": KeyboardInterrupt()})
+    assert batch.main([str(folder), "--out", str(folder / "maps")]) == 130
+    printed = capsys.readouterr()
+    assert made[0].mapped == ["a.tif"] and made[0].closed, "the engine is stopped"
+    assert "Interrupted: 1 raster(s) mapped before it, 2 not" in printed.err
+    assert "Run the same command with --skip-existing to map only those." in printed.err
+    assert "Done:" not in printed.out
