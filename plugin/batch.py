@@ -6,8 +6,8 @@ bindings):
 
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
-        [--reference FILE [--reference-threshold T]] [--engine auto|offline|local] [--clouds] [--area FILE] \
-        [--skip-existing]
+        [--reference FILE [--reference-threshold T]] [--pre-event FILE] [--engine auto|offline|local] [--clouds] \
+        [--area FILE] [--skip-existing]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order, the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`), and Landsat scenes as downloaded
@@ -23,6 +23,11 @@ quality, cloud, thermal and angle files) are not mapped on their own. A Landsat 
 product's .zip beside its unpacked .SAFE) is mapped once, from the unpacked copy. That is the local engine's work (the
 plugin's pipeline, which auto then takes); the offline engine reads one raster file with its bands in the model's
 order.
+
+With --pre-event, each raster's water is compared with the water of one image of the same place before the event
+(a raster, a product or a scene, mapped on each raster's area with the same model), as the plugin's PRE_EVENT
+compares it: 1 = flood water, 2 = water already there before (local engine). A series of scenes during a flood is
+so compared with one baseline; the pre-event image itself is not mapped on its own.
 
 With --area, each raster is mapped only inside the area of interest's polygons, as the plugin's MASK maps it: the
 map covers the polygons' bounds on the raster's grid, with nodata outside them (local engine).
@@ -78,7 +83,9 @@ from .batch_inputs import (
     load_area,
     load_reference,
     needs_stacking,
+    one_scene,
     plan,
+    pre_event_input,
     validate,
 )
 from .batch_offline import build_llm, run_one
@@ -114,6 +121,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reference-threshold", type=float, default=1.0,
                    help="a raster reference is water where its value is >= this (1 for a 0/1 mask, 50 for the JRC "
                         "Global Surface Water occurrence in percent)")
+    p.add_argument("--pre-event", default="",
+                   help="an image of the same place before the event (a raster, a Sentinel-2 product or a Landsat "
+                        "scene), mapped on each raster's area with the same model, as the plugin's PRE_EVENT: water "
+                        "already there before is permanent water (class 2), the rest flood water (1) (local engine)")
     p.add_argument("--engine", choices=ENGINES, default=ENGINE_AUTO,
                    help="offline: vLLM in this process with TerraTorch's IOProcessor (float16 only); local: the "
                         "plugin's local engine, a vLLM server on 127.0.0.1 started once for the batch, tensor "
@@ -134,6 +145,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.indices = _indices(p, args.indices)
     args.area_polygons = None  # --area's polygons, read by main() before any engine starts
+    args.pre_event_path = ""  # --pre-event as an input (a .tar's band file, a folder's one scene), found by main()
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
     return args
@@ -191,6 +203,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.pre_event:
+        try:
+            args.pre_event_path = pre_event_input(args.pre_event, out_dir, args.indices)
+        except FloodMapperError as exc:
+            print(f"error: --pre-event: {exc}", file=sys.stderr)
+            return 2
+        left_out.pre_event = [i for i in inputs if one_scene(i, args.pre_event_path)]
+        inputs = [i for i in inputs if i not in left_out.pre_event]
+        if not inputs:
+            print(f"error: the only input is the pre-event image {args.pre_event}; give the rasters of the event "
+                  "too.", file=sys.stderr)
+            return 2
     for line in left_out.lines():
         print(line, flush=True)
     try:
@@ -259,9 +283,9 @@ def _map_all(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], o
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"Engine: {choice.reason}", flush=True)
-        masks = _masks(args)
-        if masks and choice.engine != ENGINE_LOCAL:
-            print(f"error: {' and '.join(f'{name} masks {what}' for name, what in masks)} in the plugin's pipeline, "
+        needs = _pipeline_options(args)
+        if needs and choice.engine != ENGINE_LOCAL:
+            print(f"error: {' and '.join(f'{name} {does}' for name, does in needs)} in the plugin's pipeline, "
                   "which the offline engine does not run; add --engine local.", file=sys.stderr)
             return 2
         if choice.engine == ENGINE_LOCAL:
@@ -274,17 +298,20 @@ def _map_all(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], o
     return code
 
 
-def _masks(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The masking options given, and what each masks: the plugin's pipeline masks, the offline engine cannot."""
-    return [(name, what) for name, what, given in (("--clouds", "clouds", args.clouds),
-                                                   ("--area", "the area of interest", args.area)) if given]
+def _pipeline_options(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The options given that the plugin's pipeline does and the offline engine cannot, and what each does."""
+    return [(name, does) for name, does, given in (("--clouds", "masks clouds", args.clouds),
+                                                   ("--area", "masks the area of interest", args.area),
+                                                   ("--pre-event", "maps the pre-event image", args.pre_event))
+            if given]
 
 
 def _pipeline_for(jobs: list[Job], args: argparse.Namespace) -> str:
-    """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds or the area), or ""."""
-    masks = _masks(args)
-    if masks:
-        return " and ".join(name for name, _ in masks)
+    """Why the batch needs the plugin's pipeline (to stack inputs, to mask clouds or the area, to map the
+    pre-event image), or ""."""
+    needs = _pipeline_options(args)
+    if needs:
+        return " and ".join(name for name, _ in needs)
     stacked = sum(1 for j in jobs if not j.error and not j.skipped and needs_stacking(j.input_path))
     return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 

@@ -101,24 +101,27 @@ class LocalBatch:
         self.backend = LocalBackend(settings)  # the engine's own log stays in its file
 
     def map(self, input_path: str, output_path: str, options: Namespace, progress: Progress) -> MapFloodsResult:
-        """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds, and the area
-        read from --area as `area_polygons`)."""
+        """One raster as `qgis_process` maps it; `options` are the batch's (indices, reference, clouds, the area
+        read from --area as `area_polygons`, the pre-event image as `pre_event_path`)."""
         from .batch_inputs import own_cloud_mask
         from .core.pipeline import map_floods
 
         area = options.area_polygons
-        cloud_mask = ""
+        cloud_mask = pre_event_clouds = ""
         if options.clouds:
             cloud_mask = own_cloud_mask(input_path)  # product_inputs.py stacks a product's or takes the file
             if not cloud_mask:
                 progress.warning("--clouds: neither a Sentinel-2 product nor a set of band files with a cloud file "
                                  "beside it (QA_PIXEL, Fmask, SCL), so no cloud classification of its own; mapped "
                                  "without a cloud mask")
+            if options.pre_event_path:  # without one of its own, the pipeline says what its clouds do
+                pre_event_clouds = own_cloud_mask(options.pre_event_path)
         request = MapFloodsRequest(
             input_path=input_path, output_path=output_path, server_url="", server_can_read_local_files=True,
             transport=TRANSPORT_AUTO, bands=[i + 1 for i in options.indices] if options.indices else None,
             reference_path=options.reference, reference_threshold=options.reference_threshold,
-            cloud_mask_path=cloud_mask, mask_polygons=area.shapes if area else None, mask_crs=area.crs if area else "")
+            cloud_mask_path=cloud_mask, mask_polygons=area.shapes if area else None, mask_crs=area.crs if area else "",
+            pre_event_path=options.pre_event_path, pre_event_cloud_mask_path=pre_event_clouds)
         return map_floods(request, self.backend, progress)
 
     def close(self) -> None:

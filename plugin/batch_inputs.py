@@ -76,12 +76,13 @@ class LeftOut:
     companions: list[str] = field(default_factory=list)  # files that come with a set of band files
     no_bands: list[str] = field(default_factory=list)  # band files of no set, archives without band files
     same_scene: list[tuple[str, str]] = field(default_factory=list)  # (a download, the one of its scene mapped)
+    pre_event: list[str] = field(default_factory=list)  # the pre-event image (or a download of its scene)
 
     def __bool__(self) -> bool:
-        return bool(self.companions or self.no_bands or self.same_scene)
+        return bool(self.companions or self.no_bands or self.same_scene or self.pre_event)
 
     def paths(self) -> list[str]:
-        return self.companions + self.no_bands + [path for path, _ in self.same_scene]
+        return self.companions + self.no_bands + [path for path, _ in self.same_scene] + self.pre_event
 
     def lines(self) -> list[str]:
         lines = []
@@ -93,6 +94,8 @@ class LeftOut:
                          f"({_names(self.no_bands)})")
         lines += [f"Left out: {_shown(path)}, the same scene as {label_of(mapped) or _shown(mapped)}, which is mapped"
                   for path, mapped in self.same_scene]
+        lines += [f"Left out: {label_of(path) or _shown(path)}, the pre-event image (--pre-event), which each raster "
+                  "is compared with" for path in self.pre_event]
         return lines
 
 
@@ -295,22 +298,51 @@ def own_cloud_mask(path: str) -> str:
 
 def validate(job: Job, indices: Optional[list[int]]) -> None:
     """Cheap checks before the engine spends time on the raster (a product's, when its bands are stacked)."""
-    if _is_bundle(job.input_path):
-        raise InputError(f"'{job.input_path}' holds no set of band files (a Landsat scene's …_SR_B2.TIF, …_SR_B3.TIF, "
+    check_input(job.input_path, indices)
+    check_output_path(job.output_path, job.input_path)
+
+
+def check_input(path: str, indices: Optional[list[int]]) -> None:
+    """An input the engine can map: a local raster (with the bands `indices` names), a product or a set of band
+    files (with no `indices`)."""
+    if _is_bundle(path):
+        raise InputError(f"'{path}' holds no set of band files (a Landsat scene's …_SR_B2.TIF, …_SR_B3.TIF, "
                          "… at its top level).", "Give a Landsat bundle as USGS serves it, or the rasters themselves.")
-    found = _set_of(job.input_path) if indices else None
+    found = _set_of(path) if indices else None
     if found is not None:  # the pipeline stacks a band file's set only when no bands are given
         raise InputError(
             f"{found.name} is a set of {len(found.files)} band files ({found.describe()}) in {found.folder}, and "
             "--indices picks the bands of one raster.",
             "Leave out --indices for band files: their bands are chosen by the files' names, as the plugin chooses "
             "them. Or stack them yourself (gdalbuildvrt -separate) and give the stack.")
-    if not is_product(job.input_path):
-        info = raster.inspect(job.input_path)
-        if not info.is_file and split_member(job.input_path) is None:  # a member of a local archive is local
-            raise InputError(f"'{job.input_path}' is not a local file.", "The batch reads local files only.")
-        check_indices(job.input_path, info.count, indices)
-    check_output_path(job.output_path, job.input_path)
+    if not is_product(path):
+        info = raster.inspect(path)
+        if not info.is_file and split_member(path) is None:  # a member of a local archive is local
+            raise InputError(f"'{path}' is not a local file.", "The batch reads local files only.")
+        check_indices(path, info.count, indices)
+
+
+def pre_event_input(path: str, out_dir: Path, indices: Optional[list[int]]) -> str:
+    """The one raster, Sentinel-2 product or set of band files --pre-event names, taken as an input is (a Landsat
+    .tar: the band files inside it; a folder: the one scene in it), and checked as one."""
+    found = expand_inputs([path], out_dir)
+    if len(found) != 1:
+        raise InputError(f"'{path}' holds {len(found)} rasters ({_names(found)}); the pre-event image is one.",
+                         "Give the one raster, product or scene taken before the event.")
+    check_input(found[0], indices)
+    return found[0]
+
+
+def one_scene(a: str, b: str) -> bool:
+    """Whether two inputs are one scene: the same product or set of band files (in any of its downloads), or the
+    same file."""
+    key_a, key_b = _scene_key(a), _scene_key(b)
+    if key_a is not None or key_b is not None:
+        return key_a == key_b
+    set_a, set_b = _set_of(a), _set_of(b)
+    if set_a is not None or set_b is not None:
+        return set_a is not None and set_b is not None and set_a.files == set_b.files
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_indices(path: str, count: int, indices: Optional[list[int]]) -> None:

@@ -288,3 +288,41 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
         in proc2.stdout
     assert (out / "a_flood.tif").stat().st_mtime_ns == first, "the earlier map is left as it is"
     _check_maps(tmp_path, truths, out)
+
+
+def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
+    """--pre-event: a folder holding the image before the flood, one during it and one after the water went back
+    (the same as before). The pre-event image is left out of the rasters; each of the others is compared with it on
+    the local engine: flood water (1) and water already there (2) as in the scenes' truth, and no flood at all in
+    the image after."""
+    from scripts.scenes import class_iou, flood_classes, generate_pair
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    pre_truth, during_truth = generate_pair(downloads / "before.tif", downloads / "during.tif", seed=9440,
+                                            width=256, height=256)
+    scenes.generate_scene(downloads / "later.tif", seed=9440, width=256, height=256, flood=False)
+    out = tmp_path / "floods"
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out), "--model", MODEL,
+         "--pre-event", str(downloads / "before.tif")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Left out: before.tif, the pre-event image (--pre-event), which each raster is compared with" \
+        in proc.stdout
+    assert "Done: 2 of 2 raster(s) mapped, 0 failed" in proc.stdout
+    assert proc.stdout.count("Mapping the pre-event image") == 2
+    assert sorted(p.name for p in out.iterdir()) == ["during_flood.tif", "later_flood.tif"], "no temp files left"
+    with rasterio.open(out / "during_flood.tif") as ds:
+        during = ds.read(1)
+        assert ds.tags()["FLOODMAPPER_REFERENCE"] == "the pre-event image 'before.tif'"
+    with rasterio.open(out / "later_flood.tif") as ds:
+        later = ds.read(1)
+    assert (later == 2).sum() > 0.02 * later.size, "the river and lakes are water already there before"
+    assert (later == 1).sum() <= 0.01 * (later == 2).sum(), "no flood once the water went back"
+    if is_demo_model(MODEL):
+        truth = flood_classes(pre_truth, during_truth)
+        flood, permanent = class_iou(during, truth, 1), class_iou(during, truth, 2)
+        print(f"during_flood.tif: flood water IoU {flood:.3f}, permanent water IoU {permanent:.3f}")
+        assert flood > 0.8 and permanent > 0.8, "the demo model should tell the flood from the water before"

@@ -83,6 +83,7 @@ class _Engine:
         self.closed = False
 
     def map(self, input_path, output_path, options, progress):
+        self.options = options
         name = input_path.rsplit("/", 1)[-1]
         if name in self.failures:
             raise self.failures[name]
@@ -242,3 +243,35 @@ def test_an_interrupted_batch_stops_its_engine_and_says_how_to_go_on(three_raste
     assert "Interrupted: 1 raster(s) mapped before it, 2 not" in printed.err
     assert "Run the same command with --skip-existing to map only those." in printed.err
     assert "Done:" not in printed.out
+
+
+def test_the_pre_event_image_is_left_out_of_the_rasters_and_given_with_each(three_rasters, capsys):
+    folder, make = three_rasters
+    made = make({})
+    assert batch.main([str(folder), "--out", str(folder / "maps"), "--pre-event", str(folder / "a.tif")]) == 0
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["b.tif", "c.tif"] and made[0].options.pre_event_path == str(folder / "a.tif")
+    assert "Left out: a.tif, the pre-event image (--pre-event), which each raster is compared with" in printed
+    assert "Done: 2 of 2 raster(s) mapped, 0 failed" in printed
+
+
+def test_a_pre_event_image_alone_or_unreadable_is_refused_before_any_engine(three_rasters, capsys):
+    folder, make = three_rasters
+    made = make({})
+    a = str(folder / "a.tif")
+    assert batch.main([a, "--out", str(folder / "maps"), "--pre-event", a]) == 2
+    assert f"the only input is the pre-event image {a}; give the rasters of the event too." in capsys.readouterr().err
+    (folder / "broken.tif").write_bytes(b"II*\x00" + bytes(64))
+    assert batch.main([a, "--out", str(folder / "maps"), "--pre-event", str(folder / "broken.tif")]) == 2
+    assert "error: --pre-event: " in capsys.readouterr().err
+    assert not made
+
+
+def test_a_pre_event_image_on_the_offline_engine_is_refused_before_it_loads(three_rasters, monkeypatch, capsys):
+    folder, _ = three_rasters
+    monkeypatch.setattr(batch, "has_vllm", lambda: True)
+    monkeypatch.setattr(batch, "build_llm", lambda *a: pytest.fail("the engine must not load"))
+    assert batch.main([str(folder / "b.tif"), "--out", str(folder / "maps"), "--engine", "offline",
+                       "--pre-event", str(folder / "a.tif")]) == 2
+    assert "--pre-event maps the pre-event image in the plugin's pipeline, which the offline engine does not run; " \
+           "add --engine local." in capsys.readouterr().err

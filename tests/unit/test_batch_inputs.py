@@ -333,3 +333,61 @@ def test_area_and_clouds_take_the_local_engine():
     args = batch.parse_args(["a.tif", "--out", "o", "--area", "flood.gpkg", "--clouds"])
     assert batch._pipeline_for([], args) == "--clouds and --area"
     assert batch._pipeline_for([], batch.parse_args(["a.tif", "--out", "o"])) == ""
+    assert batch._pipeline_for([], batch.parse_args(["a.tif", "--out", "o", "--pre-event", "b.tif"])) == "--pre-event"
+
+
+def test_the_pre_event_image_is_one_scene_whatever_its_download(tmp_path):
+    """--pre-event names one raster, product or scene, taken as an input is (a Landsat .tar: the band files inside
+    it); a folder of several is refused with the way out. It is the same scene as any download of it."""
+    import tarfile
+
+    from scripts.scenes import generate_scene
+    from tests.fixtures.band_sets import LANDSAT
+    from tests.fixtures.sentinel2_safe import write_l2a
+
+    out = tmp_path / "out"
+    downloads = tmp_path / "downloads"
+    archive = write_l2a(downloads, _dn(), zipped=True)
+    safe = write_l2a(downloads, _dn())
+    files = _landsat(downloads)
+    after = downloads / "after.tif"
+    generate_scene(after, seed=9441, width=32, height=32)
+    assert batch_inputs.pre_event_input(str(archive), out, None) == str(archive)
+    assert batch_inputs.one_scene(str(archive), str(safe)), "a product's .zip and its .SAFE"
+    assert batch_inputs.one_scene(files["SR_B5"], files["SR_B1"]), "two band files of one set"
+    assert batch_inputs.one_scene(str(after), str(tmp_path / "downloads" / ".." / "downloads" / "after.tif"))
+    assert not batch_inputs.one_scene(str(after), str(safe)) and not batch_inputs.one_scene(files["SR_B1"], str(after))
+    bundle = tmp_path / f"{LANDSAT}.tar"
+    with tarfile.open(bundle, "w") as tar:
+        for path in files.values():
+            tar.add(path, arcname=os.path.basename(path))
+    member = batch_inputs.pre_event_input(str(bundle), out, None)
+    assert member == f"/vsitar/{bundle}/{LANDSAT}_SR_B1.TIF"
+    assert batch_inputs.one_scene(member, files["SR_B2"]), "a scene's .tar and its band files unpacked"
+    with pytest.raises(InputError) as caught:
+        batch_inputs.pre_event_input(str(downloads), out, None)
+    assert "holds 3 rasters" in caught.value.message and "the pre-event image is one" in caught.value.message
+    assert caught.value.hint == "Give the one raster, product or scene taken before the event."
+    with pytest.raises(InputError):
+        batch_inputs.pre_event_input(str(tmp_path / "missing.tif"), out, None)
+
+
+def test_with_clouds_the_pre_event_image_brings_its_own_cloud_mask(tmp_path, monkeypatch):
+    """A Landsat scene before the event: its QA_PIXEL is its cloud mask, as the event's own is the event's."""
+    from plugin.batch_engine import LocalBatch
+    from plugin.core.settings import Settings
+    from scripts.scenes import generate_scene
+
+    files = _landsat(tmp_path / "before")
+    after = tmp_path / "after.tif"
+    generate_scene(after, seed=9442, width=32, height=32)
+    asked = []
+    monkeypatch.setattr("plugin.core.pipeline.map_floods", lambda request, backend, progress: asked.append(request))
+    args = batch.parse_args([str(after), "--out", str(tmp_path / "out"), "--pre-event", files["SR_B1"], "--clouds"])
+    args.pre_event_path = files["SR_B1"]
+    LocalBatch(Settings()).map(str(after), str(tmp_path / "out" / "after_flood.tif"), args, batch._Console())
+    (request,) = asked
+    assert request.pre_event_path == files["SR_B1"] and request.pre_event_cloud_mask_path == files["QA_PIXEL"]
+    args.clouds = False
+    LocalBatch(Settings()).map(str(after), str(tmp_path / "out" / "after_flood.tif"), args, batch._Console())
+    assert asked[1].pre_event_path == files["SR_B1"] and asked[1].pre_event_cloud_mask_path == ""
