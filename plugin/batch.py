@@ -46,7 +46,7 @@ moved into place. With `--reference` (water that is always there: a raster, wate
 `--reference-threshold`, or a polygon file) the water is split as in the plugin: 1 = flood water, 2 = permanent
 water. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
-engine errors, 130 when interrupted).
+engine errors, 130 when interrupted). `<out>/flood_maps.csv` has a row of figures for each input (batch_summary.py).
 
 A map is only ever in the output folder complete, so a batch stopped midway (Ctrl+C, a crash, a power cut)
 has lost the raster under way and nothing else: run the same command again with --skip-existing and the rasters
@@ -89,6 +89,7 @@ from .batch_inputs import (
     validate,
 )
 from .batch_offline import build_llm, run_one
+from .batch_summary import write_summary
 from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError
 from .core.flood_extent import ExtentStats, summary
@@ -257,7 +258,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         left = sum(1 for j in jobs if j.stats is None and not j.error and not j.skipped)
         print(f"\nInterrupted: {mapped} raster(s) mapped before it, {left} not (the one under way left no file "
               "behind). Run the same command with --skip-existing to map only those.", file=sys.stderr, flush=True)
+        _summarise(jobs, out_dir)
         return 130
+    _summarise(jobs, out_dir)
     if code is not None:
         return code
     failed = sum(1 for j in jobs if j.error)
@@ -266,6 +269,14 @@ def main(argv: Optional[list[str]] = None) -> int:
           + (f"{skipped} already there, " if skipped else "")
           + f"{failed} failed, in {time.monotonic() - t_start:.1f} s", flush=True)
     return 0 if failed == 0 else 1
+
+
+def _summarise(jobs: list[Job], out_dir: Path) -> None:
+    """The table of figures written, and where it is said; a table that cannot be written is only a warning."""
+    try:
+        print(f"Figures of each raster: {write_summary(jobs, out_dir)}", flush=True)
+    except (FloodMapperError, OSError) as exc:
+        print(f"warning: the table of figures could not be written in {out_dir}: {exc}", file=sys.stderr, flush=True)
 
 
 def _map_all(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], out_dir: Path,

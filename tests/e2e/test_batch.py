@@ -85,7 +85,16 @@ def _check_maps(tmp_path: Path, truths: dict, out: Path) -> None:
             iou = scenes.iou(np.where(data == 1, 1, 0), truth)
             print(f"{name}: water IoU {iou:.3f}")
             assert iou > 0.8, f"the demo model should find the scene's water (IoU {iou:.3f})"
-    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "b_flood.tif"], "no temp files left"
+    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "b_flood.tif", "flood_maps.csv"], \
+        "no temp files left"
+
+
+def _table(out: Path) -> list[dict]:
+    """The rows of the batch's table of figures."""
+    import csv
+
+    with open(out / "flood_maps.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
 
 
 def test_batch_three_rasters_one_corrupt(tmp_path):
@@ -190,7 +199,7 @@ def test_batch_maps_a_folder_of_sentinel2_downloads_with_their_own_clouds(tmp_pa
     assert ((plain == 255) == (plain_truth == 255)).all()
     assert sorted(p.name for p in out.iterdir()) == sorted([f"{NAME}_flood.tif", f"{L1C_NAME}_flood.tif",
                                                             f"{LANDSAT}_SR_flood.tif", f"{bundled}_SR_flood.tif",
-                                                            "plain_flood.tif"]), \
+                                                            "plain_flood.tif", "flood_maps.csv"]), \
         "no temp files left"
 
 
@@ -237,7 +246,7 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
         iou = scenes.iou(np.where(classes == 1, 1, 0), np.where(outside, 255, truth[:, :256]))
         print(f"inside the area: water IoU {iou:.3f}")
         assert iou > 0.8, f"the demo model should find the water inside the area (IoU {iou:.3f})"
-    assert sorted(p.name for p in out.iterdir()) == ["scene_flood.tif"], "no temp files left"
+    assert sorted(p.name for p in out.iterdir()) == ["flood_maps.csv", "scene_flood.tif"], "no temp files left"
 
 
 def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
@@ -272,7 +281,9 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
     assert "[2/2]" not in output and "Traceback" not in output
     assert "Interrupted: 1 raster(s) mapped before it, 1 not (the one under way left no file behind). Run the same " \
            "command with --skip-existing to map only those." in output
-    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif"], "the first map, and no part of the second"
+    assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "flood_maps.csv"], \
+        "the first map, and no part of the second"
+    assert [(r["map"], r["status"]) for r in _table(out)] == [("a_flood.tif", "mapped"), ("b_flood.tif", "not mapped")]
     deadline = time.monotonic() + 30
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -288,6 +299,10 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
         in proc2.stdout
     assert (out / "a_flood.tif").stat().st_mtime_ns == first, "the earlier map is left as it is"
     _check_maps(tmp_path, truths, out)
+    a, b = _table(out)
+    assert (a["status"], b["status"]) == ("already there", "mapped")
+    with rasterio.open(out / "a_flood.tif") as ds:
+        assert int(a["water_pixels"]) == int((ds.read(1) == 1).sum()), "figures read from the map there"
 
 
 def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
@@ -313,7 +328,11 @@ def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
         in proc.stdout
     assert "Done: 2 of 2 raster(s) mapped, 0 failed" in proc.stdout
     assert proc.stdout.count("Mapping the pre-event image") == 2
-    assert sorted(p.name for p in out.iterdir()) == ["during_flood.tif", "later_flood.tif"], "no temp files left"
+    assert sorted(p.name for p in out.iterdir()) == ["during_flood.tif", "flood_maps.csv", "later_flood.tif"], \
+        "no temp files left"
+    during_row, later_row = _table(out)
+    assert float(during_row["flood_km2"]) > 0 and later_row["flood_km2"] == "0.0000" < later_row["permanent_water_km2"]
+    assert during_row["compared_with"] == "the pre-event image 'before.tif'"
     with rasterio.open(out / "during_flood.tif") as ds:
         during = ds.read(1)
         assert ds.tags()["FLOODMAPPER_REFERENCE"] == "the pre-event image 'before.tif'"

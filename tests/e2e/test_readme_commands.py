@@ -486,7 +486,7 @@ def test_make_demo_and_batch_on_a_folder(prepared_model, tmp_path):
     batch_out = finish(batch, 1200)
     demo_out = finish(demo, 1200)
     assert "Done: 2 of 2 raster(s) mapped, 0 failed" in batch_out, batch_out[-2000:]
-    assert sorted(p.name for p in floods.iterdir()) == ["a_flood.tif", "b_flood.tif"]
+    assert sorted(p.name for p in floods.iterdir()) == ["a_flood.tif", "b_flood.tif", "flood_maps.csv"]
     for name in ("scene.tif", "flood.tif", "flood.qml", "flood.png"):
         assert (out / name).is_file(), (name, demo_out[-2000:])
     assert "WATER_AREA_KM2" in demo_out

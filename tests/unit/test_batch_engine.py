@@ -3,6 +3,7 @@ the engine fails. The real runs on both engines are tests/e2e/test_batch.py."""
 
 from __future__ import annotations
 
+import csv
 import sys
 
 import numpy as np
@@ -207,6 +208,12 @@ def test_skip_existing_maps_only_the_rasters_without_a_map(three_rasters, capsys
     assert (out / "a_flood.tif").read_bytes() == b"earlier map", "an earlier map is left as it is"
     assert f"[1/3] skipped a.tif: its map {out / 'a_flood.tif'} is already there" in printed
     assert "[2/3] ok b.tif" in printed and "Done: 2 of 3 raster(s) mapped, 1 already there, 0 failed" in printed
+    assert f"Figures of each raster: {out / 'flood_maps.csv'}" in printed
+    with open(out / "flood_maps.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["map"], r["status"], r["water_pixels"]) for r in rows] == [
+        ("a_flood.tif", "already there", ""), ("b_flood.tif", "mapped", "1"), ("c_flood.tif", "mapped", "1")]
+    assert rows[0]["error"].startswith("its figures could not be read"), "the earlier 'map' is no raster"
 
 
 def test_skip_existing_starts_no_engine_when_every_map_is_there(three_rasters, capsys):
@@ -243,6 +250,8 @@ def test_an_interrupted_batch_stops_its_engine_and_says_how_to_go_on(three_raste
     assert "Interrupted: 1 raster(s) mapped before it, 2 not" in printed.err
     assert "Run the same command with --skip-existing to map only those." in printed.err
     assert "Done:" not in printed.out
+    with open(folder / "maps" / "flood_maps.csv", encoding="utf-8") as fh:
+        assert [r["status"] for r in csv.DictReader(fh)] == ["mapped", "not mapped", "not mapped"]
 
 
 def test_the_pre_event_image_is_left_out_of_the_rasters_and_given_with_each(three_rasters, capsys):
