@@ -196,11 +196,18 @@ def three_rasters(tmp_path, monkeypatch):
     return tmp_path, make
 
 
-def test_skip_existing_maps_only_the_rasters_without_a_map(three_rasters, capsys):
-    folder, make = three_rasters
+def _earlier_maps(folder, names: str):
+    """The output folder with a file where the maps of these rasters (a, b, c) go, as an earlier run left it."""
     out = folder / "maps"
     out.mkdir()
-    (out / "a_flood.tif").write_bytes(b"earlier map")
+    for name in names:
+        (out / f"{name}_flood.tif").write_bytes(b"earlier map")
+    return out
+
+
+def test_skip_existing_maps_only_the_rasters_without_a_map(three_rasters, capsys):
+    folder, make = three_rasters
+    out = _earlier_maps(folder, "a")
     made = make({})
     assert batch.main([str(folder), "--out", str(out), "--skip-existing"]) == 0
     printed = capsys.readouterr().out
@@ -218,10 +225,7 @@ def test_skip_existing_maps_only_the_rasters_without_a_map(three_rasters, capsys
 
 def test_skip_existing_starts_no_engine_when_every_map_is_there(three_rasters, capsys):
     folder, make = three_rasters
-    out = folder / "maps"
-    out.mkdir()
-    for name in "abc":
-        (out / f"{name}_flood.tif").write_bytes(b"earlier map")
+    out = _earlier_maps(folder, "abc")
     made = make({})
     assert batch.main([str(folder), "--out", str(out), "--skip-existing"]) == 0
     printed = capsys.readouterr().out
@@ -231,9 +235,7 @@ def test_skip_existing_starts_no_engine_when_every_map_is_there(three_rasters, c
 
 def test_without_skip_existing_a_map_there_is_made_again(three_rasters, capsys):
     folder, make = three_rasters
-    out = folder / "maps"
-    out.mkdir()
-    (out / "a_flood.tif").write_bytes(b"earlier map")
+    out = _earlier_maps(folder, "a")
     made = make({})
     assert batch.main([str(folder), "--out", str(out)]) == 0
     assert made[0].mapped == ["a.tif", "b.tif", "c.tif"]
