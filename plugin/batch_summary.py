@@ -46,9 +46,7 @@ def _figures(stats: Stats | ExtentStats | MapFloodsResult) -> dict[str, str]:
 
 def _figures_of_map(path: str) -> dict[str, str]:
     """The figures of a map on disk (its clouds are not told apart from its other nodata there)."""
-    stats = compute_stats(path)
-    row = {"water_km2": _km2(stats.water_area_km2), "water_pixels": str(stats.water_pixels),
-           "valid_pixels": str(stats.valid_pixels)}
+    row = _figures(compute_stats(path))
     if is_extent_map(path):
         areas = class_areas(path)
         row.update(flood_km2=_km2(areas[CLASS_FLOOD][1]), permanent_water_km2=_km2(areas[CLASS_PERMANENT][1]))
