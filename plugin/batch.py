@@ -379,7 +379,8 @@ def map_offline(jobs: list[Job], args: argparse.Namespace, refs: list[Reference]
             print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
         print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
-        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console()))
+        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console(),
+                                                           args.model))
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from .core.errors import InputError, ServerError
 from .core.flood_extent import ExtentStats, compare_water_maps
 from .core.jobs import Stats
 from .core.progress import Progress
+from .core.provenance import file_name, provenance_tags
 from .core.reference import Reference
 from .core.server_map import finalize_classes
 
@@ -27,6 +28,16 @@ def engine_environment() -> None:
     """Defaults for the in-process engine (the caller's values win)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.update(vllm_cpu_binding())
+
+
+def engine_version() -> str:
+    """The version of the vLLM this process runs ("" when it does not say)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vllm")
+    except PackageNotFoundError:
+        return ""
 
 
 def build_llm(model: str, max_num_seqs: int, work_dir: str):
@@ -49,8 +60,9 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
 
 
 def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str, refs: Optional[list[Reference]] = None,
-            progress: Optional[Progress] = None) -> Stats | ExtentStats:
-    """One raster through the in-process engine, into `job.output_path` (compared with `refs` when given)."""
+            progress: Optional[Progress] = None, model: str = "") -> Stats | ExtentStats:
+    """One raster through the in-process engine, into `job.output_path` (compared with `refs` when given); the map
+    names `model` (the model folder) in its provenance."""
     if needs_stacking(job.input_path):
         raise InputError(
             f"'{job.input_path}' is a Sentinel-2 product or one of a set of band files, and the offline engine reads "
@@ -69,11 +81,13 @@ def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str, refs: Op
         raise ServerError(f"The engine returned no flood map for '{job.input_path}' ({exc!r}).") from None
     if not isinstance(produced, str) or not os.path.isfile(produced):
         raise ServerError(f"The engine's output for '{job.input_path}' is not a file: {str(produced)[:200]}.")
+    server = " ".join(part for part in ("vLLM", engine_version(), "(offline engine)") if part)
+    tags = provenance_tags(job.input_path, file_name(model), server, "image")
     try:
         if not refs:
-            return finalize_classes(produced, job.input_path, indices, job.output_path)
+            return finalize_classes(produced, job.input_path, indices, job.output_path, tags=tags)
         water = os.path.join(folder, "water.tif")  # the water map, then its comparison into place
-        finalize_classes(produced, job.input_path, indices, water)
+        finalize_classes(produced, job.input_path, indices, water, tags=tags)
         return compare_water_maps(water, refs, job.output_path, progress)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

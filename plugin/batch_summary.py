@@ -2,7 +2,8 @@
 
 A situation report wants the flooded area of each scene side by side, not scattered over a console. The figures of
 a raster mapped by this run are the run's own; those of a map already there (--skip-existing) are read from the
-map, so a run that went on where another stopped still has them all.
+map, so a run that went on where another stopped still has them all. The model and the time of each map are
+those its provenance names.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from .core.classes import CLASS_FLOOD, CLASS_PERMANENT
 from .core.flood_extent import ExtentStats, class_areas, is_extent_map
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import AtomicOutputs
+from .core.provenance import DATETIME_TAG, MODEL_TAG, read_provenance
 from .core.stats import compute_stats
 
 SUMMARY_NAME = "flood_maps.csv"
 COLUMNS = ("input", "map", "status", "water_km2", "flood_km2", "permanent_water_km2", "water_pixels",
-           "valid_pixels", "cloud_pixels", "seconds", "compared_with", "error")
+           "valid_pixels", "cloud_pixels", "seconds", "compared_with", "model", "mapped_at_utc", "error")
 MAPPED, THERE, FAILED, NOT_MAPPED = "mapped", "already there", "failed", "not mapped"
 
 
@@ -53,11 +55,20 @@ def _figures_of_map(path: str) -> dict[str, str]:
     return row
 
 
+def _made(path: str) -> dict[str, str]:
+    """The model and the time a map on disk names in its provenance ("" each when it does not say)."""
+    made = read_provenance(path)
+    when = made.get(DATETIME_TAG, "")
+    if len(when) == 19:  # "YYYY:MM:DD HH:MM:SS", as TIFF has it -> "YYYY-MM-DD HH:MM:SS"
+        when = when[:10].replace(":", "-") + when[10:]
+    return {"model": made.get(MODEL_TAG, ""), "mapped_at_utc": when}
+
+
 def row_of(job: Job) -> dict[str, str]:
     row = dict.fromkeys(COLUMNS, "")
     row.update(input=job.input_path, map=os.path.basename(job.output_path))
     if job.skipped:
-        row["status"] = THERE
+        row.update(status=THERE, **_made(job.output_path))
         try:
             row.update(_figures_of_map(job.output_path))
         except Exception as exc:  # noqa: BLE001 - a map that cannot be read still gets its row
@@ -65,7 +76,7 @@ def row_of(job: Job) -> dict[str, str]:
     elif job.error:
         row.update(status=FAILED, error=job.error)
     elif job.stats is not None:
-        row.update(status=MAPPED, seconds=f"{job.seconds:.1f}", **_figures(job.stats))
+        row.update(status=MAPPED, seconds=f"{job.seconds:.1f}", **_figures(job.stats), **_made(job.output_path))
     else:
         row["status"] = NOT_MAPPED
     return row

@@ -21,6 +21,7 @@ from .classes import CLASS_FLOOD, CLASS_NOT_WATER, CLASS_PERMANENT, EXTENT_CLASS
 from .errors import InputError, OutputError
 from .output import AtomicOutputs, check_output_path, output_profile, verify_written
 from .progress import NullProgress, Progress, check_cancel
+from .provenance import carried_over
 from .raster import RasterInfo, inspect, iter_windows
 from .reference import (
     Grid,
@@ -129,8 +130,8 @@ def no_overlap_message(ref: Reference) -> str:
 def classify(water_map: str, refs: list[Reference], dest: str, progress: Optional[Progress] = None,
              tags: Optional[dict] = None) -> ExtentStats:
     """Write the flood-extent classes of `water_map` into `dest` (a new GeoTIFF on the map's grid; the caller
-    makes it atomic) and return the figures. Water is any valid value >= 1 (a 0/1 map, or an earlier
-    flood-extent map)."""
+    makes it atomic, with the water map's provenance and `tags`) and return the figures. Water is any valid value
+    >= 1 (a 0/1 map, or an earlier flood-extent map)."""
     import rasterio
     from rasterio.errors import RasterioError
 
@@ -170,8 +171,9 @@ def classify(water_map: str, refs: list[Reference], dest: str, progress: Optiona
                         area_m2[value] += (float((mask * cell).sum()) if not np.isscalar(cell)
                                            else int(mask.sum()) * float(cell))
                     progress.set_progress(100.0 * (i + 1) / len(windows))
-                dst.update_tags(**{EXTENT_CLASSES_TAG: "0=not water,1=flood water,2=permanent water,255=nodata"},
-                                **(tags or {}))
+                dst.update_tags(**{**carried_over(src.tags()),
+                                   EXTENT_CLASSES_TAG: "0=not water,1=flood water,2=permanent water,255=nodata",
+                                   **(tags or {})})
                 dst.set_band_description(1, "flood extent")
     except RasterioError as exc:
         raise OutputError(f"Making the flood extent map failed: {exc}.",

@@ -192,7 +192,7 @@ def map_flood_extent(request: MapFloodsRequest, backend, progress: Progress, map
             if said:
                 progress.info("Pre-event image: " + said)
             try:
-                map_water(replace(plain, input_path=request.pre_event_path, output_path=scratch[2],
+                map_water(replace(plain, input_path=request.pre_event_path, source="", output_path=scratch[2],
                                   probability_path="", transport=event.transport, model=event.model,
                                   layer_nodata=request.pre_event_layer_nodata, cloud_mask_path=cloud_mask,
                                   **_same_area(aoi, info)),

@@ -185,6 +185,7 @@ def _send(job: ImageJob, data: str, data_format: str, indices: list[int], client
         return finalize_classes(
             server_tiff, info.path, job.bands, job.output_path, cancel=progress.is_canceled,
             on_progress=lambda fraction: progress.set_progress(writing.at(fraction)), area=job.area,
+            tags=job.tags,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -77,6 +77,7 @@ class MapFloodsRequest:
     reference_path: str = ""  # water that is always there: a raster (water >= reference_threshold) or polygons
     reference_threshold: float = 1.0
     reference_polygons: Optional[PolygonReference] = None  # such polygons already read (from a QGIS layer)
+    source: str = ""  # what input_path was made from (a product, band files), named in the map; "" = input_path
 
     def wants_flood_extent(self) -> bool:
         """Whether any reference water was given (else the map stays water / not water)."""
@@ -151,6 +152,7 @@ class ImageJob:
     # so a scaling given makes the server get a copy holding the scaled values
     scale: Optional[float] = None
     offset: Optional[float] = None
+    tags: dict[str, str] = field(default_factory=dict)  # the map's provenance metadata (provenance.py)
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class TensorJob:
     location_mode: str = "tile"  # "raster": the raster's centre for every tile, as the IOProcessor does
     retry_wait: float = 0.0  # seconds to wait for a server that went away before a tile is sent again
     area: Optional[Area] = None  # the part mapped; None = the whole raster
+    tags: dict[str, str] = field(default_factory=dict)  # the maps' provenance metadata (provenance.py)
 
 
 @dataclass

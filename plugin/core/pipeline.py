@@ -45,6 +45,7 @@ from .output import check_outputs
 from .product_inputs import has_products, stacked
 from .product_scaling import scaling_of
 from .progress import NullProgress, Progress, ProgressSpan, check_cancel
+from .provenance import provenance_tags
 from .tensor.runner import run_tensor
 from .transport_choice import check_forced_image, choose_transport
 from .vllm_api import KIND_IMAGE, VllmClient
@@ -119,6 +120,10 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
         if transport == TRANSPORT_TENSOR:
             spec = _in_server_dtype(spec, conn)
             progress.info(f"Tensors in {spec.dtype}: {spec.dtype_reason or 'the model spec'}")
+        tags = provenance_tags(request.source or request.input_path, facts.model,
+                               f"vLLM {facts.version}" if facts.version else "vLLM", transport,
+                               spec.dtype if transport == TRANSPORT_TENSOR else "", request.cloud_mask_path)
+        if transport == TRANSPORT_TENSOR:
             if request.concurrency is None and conn.concurrency:
                 concurrency = conn.concurrency
                 progress.info(f"{concurrency} tiles in flight: {conn.concurrency_reason or 'what the server takes'}")
@@ -126,7 +131,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
                 input=info, bands=bands, spec=spec, model=facts.model, version=facts.version,
                 output_path=request.output_path, probability_path=request.probability_path, overlap=overlap,
                 concurrency=concurrency, scale=request.scale, offset=request.offset, retry_wait=request.retry_wait,
-                area=aoi,
+                area=aoi, tags=tags,
             )
             stats: Stats = run_tensor(job, client, progress, TRANSPORT_SPAN, revive=conn.revive).stats
         else:
@@ -134,7 +139,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
             job = ImageJob(input=info, bands=bands, model=facts.model, version=facts.version, data=data,
                            data_format=data_format, output_path=request.output_path,
                            retry_wait=request.retry_wait, area=aoi, copy_for=conn.reach if copy_why else None,
-                           scale=request.scale, offset=request.offset)
+                           scale=request.scale, offset=request.offset, tags=tags)
             stats = run_image(job, client, progress, TRANSPORT_SPAN, revive=conn.revive)
     finally:
         conn.close()

@@ -114,6 +114,8 @@ def stacked(request: MapFloodsRequest, progress: Progress) -> Iterator[MapFloods
                     continue
                 progress.info(f"{own.found} ({own.file}); it is not used as a cloud mask unless given as "
                               f"{label}{own.given_as}")
+        if "input_path" in changes:  # the map names what the user gave, not the stack made of it
+            changes["source"] = request.source or request.input_path
         try:
             yield replace(request, **changes)
         except MissingBands as exc:

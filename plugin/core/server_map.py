@@ -21,6 +21,7 @@ from .classes import NODATA
 from .errors import Cancelled, ServerError
 from .jobs import Stats
 from .output import AtomicOutputs, output_profile, verify_written, write_failed
+from .provenance import describe_map
 from .raster import iter_windows, valid_mask
 from .stats import StatsAccumulator
 
@@ -78,12 +79,14 @@ def finalize_classes(
     cancel: Optional[CancelFn] = None,
     on_progress: Optional[ProgressFn] = None,
     area: Optional[Area] = None,
+    tags: Optional[dict[str, str]] = None,
 ) -> Stats:
     """Write the flood map: server classes remapped to 0/1, nodata 255 wherever an input band has none.
 
     The server knows nothing of nodata (TerraTorch predicts on the fill value too), so the mask comes from
     the input's own dataset masks, for exactly the bands that were sent. With an `area`, the server's map and
     the output are on the area's window of the input's grid, and what the area leaves out is nodata too.
+    `tags`: the map's provenance metadata.
     """
     memfile, server = _open_server_raster(server_tiff)
     outputs = None
@@ -107,6 +110,7 @@ def finalize_classes(
                     acc.add(window, classes, valid)
                     if on_progress is not None:
                         on_progress((i + 1) / len(windows))
+                describe_map(dst, tags)
         verify_written(outputs.temps[0], output_path)
         outputs.commit()
         outputs = None

@@ -19,6 +19,15 @@ import pytest
 import rasterio
 
 from plugin.core.engine import is_demo_model
+from plugin.core.provenance import (
+    DTYPE_TAG,
+    INPUT_TAG,
+    MODEL_TAG,
+    SERVER_TAG,
+    TRANSPORT_TAG,
+    file_name,
+    read_provenance,
+)
 from plugin.core.settings import DEMO_MODEL_DIR, Settings
 from scripts import scenes
 from tests.fixtures.engine_processes import engine_pids
@@ -101,6 +110,9 @@ def test_batch_three_rasters_one_corrupt(tmp_path):
     output, truths, out = _batch(tmp_path, ["--engine", "offline"])
     assert "Engine: --engine offline: vLLM in this process, float16" in output
     _check_maps(tmp_path, truths, out)
+    made = read_provenance(str(out / "a_flood.tif"))
+    assert (made[INPUT_TAG], made[MODEL_TAG], made[TRANSPORT_TAG]) == ("a.tif", file_name(MODEL), "image")
+    assert made[SERVER_TAG].startswith("vLLM 0.") and made[SERVER_TAG].endswith(" (offline engine)")
 
 
 def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path):
@@ -113,6 +125,8 @@ def test_batch_on_a_workstation_cpu_maps_in_float32_on_the_local_engine(tmp_path
     assert output.count("Starting the local vLLM engine") == 1, "one engine for the whole batch"
     assert output.count("npy tensors in float32") == 2, "both good rasters went as float32 tiles"
     _check_maps(tmp_path, truths, out)
+    made = read_provenance(str(out / "b_flood.tif"))
+    assert (made[INPUT_TAG], made[TRANSPORT_TAG], made[DTYPE_TAG]) == ("b.tif", "tensor", "float32")
     deadline = time.monotonic() + 30
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -333,6 +347,9 @@ def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
     during_row, later_row = _table(out)
     assert float(during_row["flood_km2"]) > 0 and later_row["flood_km2"] == "0.0000" < later_row["permanent_water_km2"]
     assert during_row["compared_with"] == "the pre-event image 'before.tif'"
+    made = read_provenance(str(out / "during_flood.tif"))  # the extent map keeps what made its water
+    assert (made[INPUT_TAG], made[TRANSPORT_TAG]) == ("during.tif", "tensor")
+    assert during_row["model"] == made[MODEL_TAG] != "" and during_row["mapped_at_utc"][:2] == "20"
     with rasterio.open(out / "during_flood.tif") as ds:
         during = ds.read(1)
         assert ds.tags()["FLOODMAPPER_REFERENCE"] == "the pre-event image 'before.tif'"

@@ -18,6 +18,7 @@ import rasterio
 from plugin.core.errors import Cancelled, ServerError, TransportUnsupported
 from plugin.core.jobs import MapFloodsRequest
 from plugin.core.pipeline import map_floods
+from plugin.core.provenance import INPUT_TAG, MODEL_TAG, SERVER_TAG, TRANSPORT_TAG, read_provenance
 from plugin.core.vllm_api import KIND_IMAGE, KIND_TENSOR, VllmClient
 from scripts import scenes
 from tests.fixtures.range_http import serve_directory
@@ -85,6 +86,10 @@ def test_map_floods_image_transport(vllm_server, tmp_path):
     got = _check_output_against_input(out, inp)
     assert set(np.unique(got).tolist()) <= {0, 1}  # no nodata in the input, so none in the output
     assert result.transport == "image" and result.model == vllm_server.model
+    made = read_provenance(out)  # the map names the real server's model and version
+    assert (made[INPUT_TAG], made[MODEL_TAG], made[SERVER_TAG], made[TRANSPORT_TAG]) == (
+        "scene.tif", vllm_server.model, f"vLLM {result.server_version}", "image")
+    assert result.server_version[:1].isdigit()
     assert result.water_pixels == int((got == 1).sum())
     assert result.valid_pixels == got.size
     assert result.water_fraction == pytest.approx(result.water_pixels / got.size)

@@ -24,6 +24,7 @@ import requests
 from plugin.core.errors import EngineDied
 from plugin.core.jobs import MapFloodsRequest
 from plugin.core.pipeline import map_floods
+from plugin.core.provenance import DTYPE_TAG, MODEL_TAG, SERVER_TAG, TRANSPORT_TAG, read_provenance
 from plugin.core.vllm_api import VllmClient
 from scripts.scenes import generate_scene, iou
 from tests.fixtures.progress import Recorder
@@ -126,6 +127,9 @@ def test_float32_server_mapped_with_its_dtype_then_killed_by_another(float32_ser
     truth = generate_scene(inp, seed=5150, width=300, height=280)
     result = run(float32_server.url, inp, tmp_path / "flood.tif", server_dtype="float32")
     assert result.transport == "tensor"
+    made = read_provenance(str(tmp_path / "flood.tif"))  # the map says what made it
+    assert (made[DTYPE_TAG], made[TRANSPORT_TAG], made[MODEL_TAG], made[SERVER_TAG]) == (
+        "float32", "tensor", result.model, f"vLLM {result.server_version}")
     with rasterio.open(tmp_path / "flood.tif") as ds:
         score = iou(ds.read(1), truth)
     print(f"float32 server, SERVER_DTYPE float32: water IoU {score:.3f}")

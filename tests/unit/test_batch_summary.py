@@ -16,16 +16,18 @@ from plugin.batch_inputs import Job
 from plugin.batch_summary import COLUMNS, SUMMARY_NAME, row_of, write_summary
 from plugin.core.flood_extent import EXTENT_CLASSES_TAG, ExtentStats
 from plugin.core.jobs import MapFloodsResult, Stats
+from plugin.core.provenance import provenance_tags
 
 
-def _map(path, classes: np.ndarray, extent: bool = False) -> str:
-    """A class map on a 10 m UTM grid: each pixel 100 m²."""
+def _map(path, classes: np.ndarray, extent: bool = False, tags: dict | None = None) -> str:
+    """A class map on a 10 m UTM grid: each pixel 100 m²; `tags`: its provenance."""
     profile = dict(driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1, dtype="uint8",
                    nodata=255, crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10))
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(classes, 1)
         if extent:
             ds.update_tags(**{EXTENT_CLASSES_TAG: "0=not water,1=flood water,2=permanent water,255=nodata"})
+        ds.update_tags(**(tags or {}))
     return str(path)
 
 
@@ -61,7 +63,8 @@ def test_one_row_per_input_with_its_status_and_figures(tmp_path):
     assert during == {"input": "/in/during.tif", "map": "during_flood.tif", "status": "mapped", "water_km2": "0.0300",
                       "flood_km2": "0.0200", "permanent_water_km2": "0.0100", "water_pixels": "300",
                       "valid_pixels": "1000", "cloud_pixels": "50", "seconds": "12.3",
-                      "compared_with": "the pre-event image 'before.tif'", "error": ""}
+                      "compared_with": "the pre-event image 'before.tif'", "model": "", "mapped_at_utc": "",
+                      "error": ""}
     assert plain_row["water_km2"] == "" and plain_row["flood_km2"] == "" and plain_row["cloud_pixels"] == "0", \
         "no CRS: no area; nothing compared: no flood column"
     assert (offline["flood_km2"], offline["permanent_water_km2"]) == ("0.0002", "0.0003")
@@ -78,7 +81,9 @@ def test_a_map_already_there_gets_its_figures_from_the_map(tmp_path):
     extent = np.zeros((20, 30), np.uint8)
     extent[:4] = 1
     extent[4:6] = 2
-    jobs = [Job("/in/a.tif", _map(tmp_path / "a_flood.tif", water), skipped=True),
+    made = provenance_tags("/in/a.tif", "prithvi-sen1floods11", "vLLM 0.32.0", "tensor", "float32",
+                           when=1764600000)  # 2025-12-01 14:40:00 UTC
+    jobs = [Job("/in/a.tif", _map(tmp_path / "a_flood.tif", water, tags=made), skipped=True),
             Job("/in/b.tif", _map(tmp_path / "b_flood.tif", extent, extent=True), skipped=True)]
     (tmp_path / "c_flood.tif").write_bytes(b"not a map")
     jobs.append(Job("/in/c.tif", str(tmp_path / "c_flood.tif"), skipped=True))
@@ -88,6 +93,15 @@ def test_a_map_already_there_gets_its_figures_from_the_map(tmp_path):
     assert float(b["flood_km2"]) == pytest.approx(120 * 100 / 1e6)
     assert float(b["permanent_water_km2"]) == pytest.approx(60 * 100 / 1e6) and b["water_pixels"] == "180"
     assert c["status"] == "already there" and c["error"].startswith("its figures could not be read")
+    assert (a["model"], a["mapped_at_utc"]) == ("prithvi-sen1floods11", "2025-12-01 14:40:00")
+    assert (b["model"], b["mapped_at_utc"], c["model"]) == ("", "", ""), "a map that does not say: left empty"
+
+
+def test_a_mapped_row_names_the_model_its_map_names(tmp_path):
+    water = np.zeros((4, 4), np.uint8)
+    made = provenance_tags("/in/a.tif", "demo", "vLLM 0.32.0", "image", when=0)
+    job = Job("/in/a.tif", _map(tmp_path / "a_flood.tif", water, tags=made), stats=Stats(0, 16, 0.0, 0.0016))
+    assert (row_of(job)["model"], row_of(job)["mapped_at_utc"]) == ("demo", "1970-01-01 00:00:00")
 
 
 def test_a_row_of_a_job_left_as_it_was():

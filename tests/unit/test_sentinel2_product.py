@@ -14,6 +14,7 @@ from plugin.core import raster
 from plugin.core.bands import choose_bands
 from plugin.core.errors import InputError
 from plugin.core.pipeline import map_floods
+from plugin.core.provenance import INPUT_TAG, read_provenance
 from plugin.core.sentinel2_product import BANDS, metadata_of, read_product, write_stack
 from tests.fixtures.progress import Recorder
 from tests.fixtures.sentinel2_safe import L1C_RES, NAME, write_l1c, write_l2a
@@ -137,6 +138,7 @@ def test_a_zipped_product_maps_like_its_band_files_stacked_by_hand(tensor_world,
     assert any("processing baseline" in m or "BOA_ADD_OFFSET" in m for m in progress.infos), progress.infos
     assert (classes[:36] == 1).all() and (classes[36:] == 0).all()
     assert os.listdir(tempfile.gettempdir()) == []  # the stack's folder is gone
+    assert read_provenance(world.output)[INPUT_TAG] == zipped.name  # the product, not its stack
     map_floods(world.request(input_path=hand_made_stack(safe), offset=-0.1), world.client())
     np.testing.assert_array_equal(classes, read(world.output)[0])
     np.testing.assert_array_equal(probability, read(world.probability)[0])
@@ -151,6 +153,7 @@ def test_the_product_as_cloud_mask_gives_its_scl(tensor_world, tmp_path):
     subdataset = f"SENTINEL2_L2A:{product}/MTD_MSIL2A.xml:10m:EPSG_32633"
     progress = Recorder()
     map_floods(world.request(input_path=subdataset, cloud_mask_path=subdataset), world.client(), progress)
+    assert read_provenance(world.output)[INPUT_TAG] == os.path.basename(product)  # the product's folder
     classes, _ = read(world.output)
     cloud = np.zeros((H, W), bool)
     cloud[40:60, 20:40] = True

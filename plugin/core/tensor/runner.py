@@ -99,7 +99,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px)"
                 + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
-            writer = MapWriter(src, job.output_path, job.probability_path, spec, area)
+            writer = MapWriter(src, job.output_path, job.probability_path, spec, area, job.tags)
             try:  # right after the writer is made: an interrupt (Ctrl+C) in between would leave its files
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
                                locations, client, spec, writer, area, send, hidden_nodata(src, bands))

@@ -12,6 +12,7 @@ from ..classes import NODATA
 from ..errors import OutputError
 from ..model_spec import ModelSpec
 from ..output import AtomicOutputs, output_profile, verify_written, write_failed
+from ..provenance import describe_map
 from ..stats import StatsAccumulator
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ class MapWriter:
     """Class (and probability) rows into temporary files beside the targets; commit() or discard()."""
 
     def __init__(self, ds: Any, output_path: str, probability_path: str, spec: ModelSpec,
-                 area: Optional[Area] = None) -> None:
-        """The maps on `ds`'s grid, or on the `area`'s (the input's grid cut to its window)."""
+                 area: Optional[Area] = None, tags: Optional[dict[str, str]] = None) -> None:
+        """The maps on `ds`'s grid, or on the `area`'s (the input's grid cut to its window), with the provenance
+        metadata `tags`."""
         import rasterio
         from rasterio.errors import RasterioError
 
@@ -42,6 +44,8 @@ class MapWriter:
             if probability_path:
                 self.files.append(rasterio.open(self.outputs.temps[1], "w", **output_profile(
                     grid, dtype="float32", nodata=PROBABILITY_NODATA)))
+            for f, band in zip(self.files, ("water", "water probability")):
+                describe_map(f, tags, band)
         except RasterioError as exc:
             self.discard()
             raise OutputError(f"Cannot create the output next to {output_path}: {exc}.",
