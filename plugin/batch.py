@@ -84,6 +84,7 @@ from .batch_inputs import (
     load_reference,
     needs_stacking,
     one_scene,
+    outside_area,
     plan,
     pre_event_input,
     validate,
@@ -91,7 +92,7 @@ from .batch_inputs import (
 from .batch_offline import build_llm, run_one
 from .batch_summary import write_summary
 from .core import vllm_entry
-from .core.errors import EngineError, FloodMapperError, InputError
+from .core.errors import EngineError, FloodMapperError, InputError, NothingToMap
 from .core.flood_extent import ExtentStats, summary
 from .core.jobs import MapFloodsResult, Stats
 from .core.reference import Reference
@@ -237,13 +238,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         try:
             validate(job, args.indices)
+            job.outside = outside_area(job.input_path, args.area_polygons)
         except FloodMapperError as exc:
             job.error = str(exc)
+    if jobs and all(job.outside for job in jobs):
+        print(f"error: --area: the area of interest {args.area} overlaps none of the {total} raster(s), so there is "
+              "nothing to map. Check that it is the area of these rasters, and that its CRS is set right.",
+              file=sys.stderr)
+        return 2
 
     def report(i: int, job: Job) -> None:
         name = job.name
         if job.skipped:
             print(f"[{i}/{total}] skipped {name}: its map {job.output_path} is already there", flush=True)
+        elif job.outside:
+            print(f"[{i}/{total}] skipped {name}: the area of interest (--area) does not overlap it", flush=True)
         elif job.error:
             print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
         else:
@@ -255,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         code = _map_all(jobs, args, refs, out_dir, report)
     except KeyboardInterrupt:
         mapped = sum(1 for j in jobs if j.stats is not None)
-        left = sum(1 for j in jobs if j.stats is None and not j.error and not j.skipped)
+        left = sum(1 for j in jobs if j.stats is None and not j.error and not j.skipped and not j.outside)
         print(f"\nInterrupted: {mapped} raster(s) mapped before it, {left} not (the one under way left no file "
               "behind). Run the same command with --skip-existing to map only those.", file=sys.stderr, flush=True)
         _summarise(jobs, out_dir)
@@ -265,8 +274,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return code
     failed = sum(1 for j in jobs if j.error)
     skipped = sum(1 for j in jobs if j.skipped)
-    print(f"Done: {total - failed - skipped} of {total} raster(s) mapped, "
+    outside = sum(1 for j in jobs if j.outside)
+    print(f"Done: {total - failed - skipped - outside} of {total} raster(s) mapped, "
           + (f"{skipped} already there, " if skipped else "")
+          + (f"{outside} outside the area, " if outside else "")
           + f"{failed} failed, in {time.monotonic() - t_start:.1f} s", flush=True)
     return 0 if failed == 0 else 1
 
@@ -284,7 +295,7 @@ def _map_all(jobs: list[Job], args: argparse.Namespace, refs: list[Reference], o
     """The rasters left to map on the engine chosen for them (none started when none is left), each reported as
     it ends; 2 when the engine cannot run, else None."""
     code = None
-    if any(not j.error and not j.skipped for j in jobs):
+    if any(j.to_map for j in jobs):
         try:
             in_process = has_vllm()
             settings = local_settings(args.model, args.max_num_seqs, in_process=in_process)
@@ -323,7 +334,7 @@ def _pipeline_for(jobs: list[Job], args: argparse.Namespace) -> str:
     needs = _pipeline_options(args)
     if needs:
         return " and ".join(name for name, _ in needs)
-    stacked = sum(1 for j in jobs if not j.error and not j.skipped and needs_stacking(j.input_path))
+    stacked = sum(1 for j in jobs if j.to_map and needs_stacking(j.input_path))
     return f"{stacked} input(s) to stack (Sentinel-2 products, band files)" if stacked else ""
 
 
@@ -346,10 +357,12 @@ def map_each(jobs: list[Job], report, map_one, fatal: tuple[type[Exception], ...
     and the batch goes on; a `fatal` error (an engine that cannot run: every later raster would wait for it in
     vain) ends the batch with 2."""
     for i, job in enumerate(jobs, 1):
-        if not job.error and not job.skipped:
+        if job.to_map:
             t0 = time.monotonic()
             try:
                 job.stats = map_one(job)
+            except NothingToMap:  # a product's or band files' stack that the area (--area) misses
+                job.outside = True
             except fatal as exc:
                 job.error = str(exc)
                 report(i, job)

@@ -19,8 +19,9 @@ from typing import Optional
 
 from .core import raster
 from .core.archive_members import files_in, folder_of, join, split_member
+from .core.area_of_interest import plan_area
 from .core.band_files import BandFiles, band_files_of
-from .core.errors import InputError
+from .core.errors import InputError, NothingToMap
 from .core.flood_extent import ExtentStats
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
@@ -44,10 +45,16 @@ class Job:
     stats: Optional[Stats | ExtentStats | MapFloodsResult] = None
     label: str = ""  # what the report calls the input, when not its file's name (a set of band files)
     skipped: bool = False  # its map is already there, from an earlier run (--skip-existing)
+    outside: bool = False  # the area of interest (--area) misses it: nothing of it to map
 
     @property
     def name(self) -> str:
         return self.label or os.path.basename(self.input_path)
+
+    @property
+    def to_map(self) -> bool:
+        """Not failed, not already there, not outside the area: left for the engine."""
+        return not (self.error or self.skipped or self.outside)
 
 
 def _is_output(path: Path, out_dir: Path) -> bool:
@@ -377,6 +384,19 @@ def load_area(path: str) -> Optional[AreaPolygons]:
                          "Give the area of interest as polygons: draw them in QGIS and save the layer as a "
                          "GeoPackage, or buffer the points or lines.")
     return AreaPolygons(shapes, crs or "")
+
+
+def outside_area(path: str, area: Optional[AreaPolygons]) -> bool:
+    """Whether the area of interest misses the raster at `path` altogether, found from their bounds alone (as the
+    pipeline finds it). A product or a set of band files is found out when its bands are stacked, in the run; a
+    raster the area cannot be put on (no CRS) raises the pipeline's InputError."""
+    if area is None or needs_stacking(path):
+        return False
+    try:
+        plan_area(raster.inspect(path), polygons=area.shapes, polygons_crs=area.crs)
+    except NothingToMap:
+        return True
+    return False
 
 
 def load_reference(path: str, threshold: float) -> list[Reference]:

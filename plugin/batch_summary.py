@@ -25,7 +25,7 @@ from .core.stats import compute_stats
 SUMMARY_NAME = "flood_maps.csv"
 COLUMNS = ("input", "map", "status", "water_km2", "flood_km2", "permanent_water_km2", "water_pixels",
            "valid_pixels", "cloud_pixels", "seconds", "compared_with", "model", "mapped_at_utc", "error")
-MAPPED, THERE, FAILED, NOT_MAPPED = "mapped", "already there", "failed", "not mapped"
+MAPPED, THERE, OUTSIDE, FAILED, NOT_MAPPED = "mapped", "already there", "outside the area", "failed", "not mapped"
 
 
 def _km2(value: Optional[float]) -> str:
@@ -73,6 +73,8 @@ def row_of(job: Job) -> dict[str, str]:
             row.update(_figures_of_map(job.output_path))
         except Exception as exc:  # noqa: BLE001 - a map that cannot be read still gets its row
             row["error"] = f"its figures could not be read: {exc}"
+    elif job.outside:
+        row["status"] = OUTSIDE
     elif job.error:
         row.update(status=FAILED, error=job.error)
     elif job.stats is not None:

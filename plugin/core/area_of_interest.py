@@ -30,7 +30,7 @@ from .cloud_values import (
     format_values,
     named_cloud_bands,
 )
-from .errors import InputError
+from .errors import InputError, NothingToMap
 from .layer_nodata import NodataRange
 from .layer_nodata import describe as describe_nodata
 from .raster import RasterInfo, grid_bounds
@@ -257,7 +257,7 @@ def _pixel_span(info: RasterInfo, bounds: Bounds) -> Window:
 
 
 def _window_of(info: RasterInfo, bounds: Bounds, within: Window, what: str, hint: str, where: str = "") -> Window:
-    """The pixels of `within` that the bounds touch; InputError ("`what` not overlap the raster`where`") when
+    """The pixels of `within` that the bounds touch; NothingToMap ("`what` not overlap the raster`where`") when
     there are none."""
     span = _pixel_span(info, bounds)
     c0 = max(span.col_off, within.col_off)
@@ -268,8 +268,8 @@ def _window_of(info: RasterInfo, bounds: Bounds, within: Window, what: str, hint
         xmin, ymin, xmax, ymax = bounds
         raster = _bounds_text(info)
         subject, verb = what.rsplit(" ", 1)
-        raise InputError(f"{subject} ({xmin:.10g}, {ymin:.10g} to {xmax:.10g}, {ymax:.10g} in the raster's CRS) {verb} "
-                         f"not overlap the raster{where} ({raster}): there is nothing to map.", hint)
+        raise NothingToMap(f"{subject} ({xmin:.10g}, {ymin:.10g} to {xmax:.10g}, {ymax:.10g} in the raster's CRS) "
+                           f"{verb} not overlap the raster{where} ({raster}): there is nothing to map.", hint)
     return Window(int(c0), int(r0), int(c1 - c0), int(r1 - r0))
 
 

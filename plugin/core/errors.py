@@ -28,6 +28,10 @@ class InputError(FloodMapperError):
     """The input raster or a parameter cannot be used."""
 
 
+class NothingToMap(InputError):
+    """The area asked for (an extent, mask polygons) does not overlap the raster: there is nothing of it to map."""
+
+
 class MissingBands(InputError):
     """The raster lacks a band the model takes: too few bands, or none named as one of the model's."""
 

@@ -221,8 +221,8 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
     """--area: a flood's area of interest as a GeoJSON polygon (in the scenes' UTM CRS), an L over the left half of
     one scene, missing the other. Run by the vLLM environment's Python, auto takes the local engine (the area is
     masked in the plugin's pipeline). As with the plugin's MASK, the map covers the polygon's bounds on the raster's
-    grid, nodata exactly outside the polygon, and only those tiles are sent; the scene the area misses is reported
-    as failed, saying so."""
+    grid, nodata exactly outside the polygon, and only those tiles are sent; the scene the area misses is skipped,
+    found from the bounds before the engine starts, and is no failure."""
     import json
 
     settings = Settings().with_env()
@@ -245,11 +245,14 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
          "--area", str(area)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     print(proc.stdout[-4000:])
-    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Engine: --area, which the plugin's pipeline does: the local engine" in proc.stdout
     assert "Tensor transport: 256x512 px" in proc.stdout, "only the area's tiles are sent"
     assert "[1/2] ok scene.tif" in proc.stdout
-    assert "[2/2] FAILED far.tif: The mask polygons" in proc.stdout and "do not overlap the raster" in proc.stdout
+    assert "[2/2] skipped far.tif: the area of interest (--area) does not overlap it" in proc.stdout
+    assert "Done: 1 of 2 raster(s) mapped, 1 outside the area, 0 failed" in proc.stdout
+    assert [(r["map"], r["status"]) for r in _table(out)] == [("scene_flood.tif", "mapped"),
+                                                              ("far_flood.tif", "outside the area")]
     with rasterio.open(scene) as src, rasterio.open(out / "scene_flood.tif") as ds:
         assert (ds.width, ds.height, ds.transform) == (256, 512, src.transform), "the area's bounds on the grid"
         classes = ds.read(1)

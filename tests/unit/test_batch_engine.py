@@ -286,3 +286,60 @@ def test_a_pre_event_image_on_the_offline_engine_is_refused_before_it_loads(thre
                        "--pre-event", str(folder / "a.tif")]) == 2
     assert "--pre-event maps the pre-event image in the plugin's pipeline, which the offline engine does not run; " \
            "add --engine local." in capsys.readouterr().err
+
+
+def _area_over(path, name: str = "area.geojson"):
+    """A GeoJSON polygon over the raster at `path` (its bounds, in its CRS)."""
+    import json
+
+    import rasterio
+
+    with rasterio.open(path) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs.to_epsg()
+    area = path.parent / name
+    area.write_text(json.dumps({
+        "type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{crs}"}},
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [
+            [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]]]}}]}))
+    return area
+
+
+def test_a_raster_the_area_misses_is_skipped_not_failed(three_rasters, capsys):
+    """A folder of tiles over a region, given with the area of one place: the tile it misses (c.tif, 120 km east) is
+    found from the bounds before the engine starts and left out; one whose stack the area misses (b.tif, as a
+    product is found in the run) is left out too. Neither is a failure."""
+    from plugin.core.errors import NothingToMap
+    from scripts.scenes import generate_scene
+
+    folder, make = three_rasters
+    generate_scene(folder / "c.tif", seed=9422, width=32, height=32, centre_lonlat=(16.5, 45.0))
+    area = _area_over(folder / "a.tif")
+    made = make({"b.tif": NothingToMap("The mask polygons do not overlap the raster.", "")})
+    out = folder / "maps"
+    assert batch.main([str(folder), "--out", str(out), "--area", str(area)]) == 0
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["a.tif"], "c.tif never reaches the engine"
+    assert "[2/3] skipped b.tif: the area of interest (--area) does not overlap it" in printed
+    assert "[3/3] skipped c.tif: the area of interest (--area) does not overlap it" in printed
+    assert "Done: 1 of 3 raster(s) mapped, 2 outside the area, 0 failed" in printed
+    with open(out / "flood_maps.csv", encoding="utf-8") as fh:
+        assert [(r["map"], r["status"], r["error"]) for r in csv.DictReader(fh)] == [
+            ("a_flood.tif", "mapped", ""), ("b_flood.tif", "outside the area", ""),
+            ("c_flood.tif", "outside the area", "")]
+
+
+def test_an_area_that_misses_every_raster_is_an_error_before_any_engine(three_rasters, capsys):
+    from scripts.scenes import generate_scene
+
+    folder, make = three_rasters
+    far = folder / "far"
+    far.mkdir()
+    generate_scene(far / "elsewhere.tif", seed=9423, width=32, height=32, centre_lonlat=(16.5, 45.0))
+    area = _area_over(far / "elsewhere.tif")
+    made = make({})
+    assert batch.main([str(folder), "--out", str(folder / "maps"), "--area", str(area)]) == 2
+    printed = capsys.readouterr()
+    assert not made and "Engine:" not in printed.out
+    assert f"the area of interest {area} overlaps none of the 3 raster(s)" in printed.err
+    assert "its CRS is set right" in printed.err
