@@ -245,20 +245,45 @@ def stages(port: int, path: Path, out: Path) -> dict:
     return {step: 1000 * seconds / len(grid) for step, seconds in cost.items()}
 
 
-def pipeline(port: int, path: Path, out: Path, concurrency: int | None) -> dict:
+def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probability: Path | None = None) -> dict:
     from plugin.core.jobs import MapFloodsRequest
     from plugin.core.vllm_api import VllmClient
     from tests.fixtures.jobs import run_tensor
 
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
-                               concurrency=concurrency)
+                               concurrency=concurrency, probability_path=str(probability or ""))
         t0, c0 = time.perf_counter(), time.process_time()
         stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"tiles": stats.tiles, "requests": stats.requests, "seconds": dt, "tiles_per_s": stats.tiles / dt,
             "cpu_ms_per_tile": 1000 * cpu / stats.tiles, "max_rss_mb": peak_rss_mb(),
             "concurrency": stats.concurrency}
+
+
+def keep_rows(port: int, tmp_path: Path, runs: int) -> dict:
+    """The pipeline on the uncompressed 4096² raster (the client's cheapest read, so keeping weighs most) with its
+    probability raster, keeping every finished band from the first (as a run does after its first minute) and not,
+    alternately; the kept rows are removed after each run, as a completed map removes them."""
+    from plugin.core.tensor import checkpoint
+
+    raster = tmp_path / "keep.tif"
+    make_raster(raster, 4096, sparse=False, compress="none")
+    rates: dict[str, list[float]] = {"kept": [], "not kept": []}
+    saved = checkpoint.KEEP_AFTER_S
+    try:
+        for _ in range(runs):
+            for name, after in (("not kept", 1e9), ("kept", 0.0)):
+                checkpoint.KEEP_AFTER_S = after
+                rates[name].append(pipeline(port, raster, tmp_path / "keep-out.tif", None,
+                                            tmp_path / "keep-p.tif")["tiles_per_s"])
+    finally:
+        checkpoint.KEEP_AFTER_S = saved
+    kept, plain = statistics.median(rates["kept"]), statistics.median(rates["not kept"])
+    print(f"pipeline 4096^2 uncompressed with probability, rows kept from the first band: {kept:.1f} tiles/s "
+          f"median ({', '.join(f'{r:.1f}' for r in rates['kept'])}); not kept: {plain:.1f} "
+          f"({', '.join(f'{r:.1f}' for r in rates['not kept'])}); ratio {kept / plain:.3f}")
+    return {"kept": rates["kept"], "not_kept": rates["not kept"], "ratio": kept / plain}
 
 
 def transports(port: int, args) -> dict:
@@ -308,6 +333,9 @@ def main() -> int:
                     help="seconds the peer waits before each answer (a fast server's time per request; default 0)")
     ap.add_argument("--runs", type=int, default=3, help="pipeline runs per raster (median and best reported)")
     ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline lines and the step costs")
+    ap.add_argument("--keep-rows", action="store_true",
+                    help="only the cost of keeping finished rows for a resume: the pipeline with rows kept from the "
+                         "first band and without, alternately, with the probability raster")
     ap.add_argument("--vllm-python", default=os.environ.get("FLOODMAPPER_VLLM_PYTHON") or str(
         Path(os.environ.get("FLOODMAPPER_HOME", Path.home() / ".local/share/floodmapper")) / "vllm-env/bin/python"))
     ap.add_argument("--child", nargs=3, metavar=("PORT", "RASTER", "OUT"), help=argparse.SUPPRESS)
@@ -328,6 +356,10 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tensor-") as tmp:
             tmp_path = Path(tmp)
+            if args.keep_rows:
+                results["keep_rows"] = keep_rows(port, tmp_path, args.runs)
+                print("RESULT " + json.dumps(results))
+                return 0
             if not args.pipeline_only:
                 results.update(transports(port, args))
             # random values: the worst case for decompression; the third raster has a nodata value, so the

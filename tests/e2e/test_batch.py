@@ -296,7 +296,7 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
     print(output[-3000:])
     assert proc.returncode == 130, output[-3000:]
     assert "[2/2]" not in output and "Traceback" not in output
-    assert "Interrupted: 1 raster(s) mapped before it, 1 not (the one under way left no file behind). Run the same " \
+    assert "Interrupted: 1 raster(s) mapped before it, 1 not (the one under way left no map behind). Run the same " \
            "command with --skip-existing to map only those." in output
     assert sorted(p.name for p in out.iterdir()) == ["a_flood.tif", "flood_maps.csv"], \
         "the first map, and no part of the second"

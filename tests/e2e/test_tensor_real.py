@@ -190,3 +190,32 @@ def test_cancel_against_the_real_server_keeps_it_healthy(vllm_tensor_server, tmp
         assert delay < 3.0  # the run takes far longer; cancel cuts the requests in flight, on a busy machine too
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".")]
     assert requests.get(vllm_tensor_server.url + "/health", timeout=10).status_code == 200
+
+
+def test_a_cancelled_run_goes_on_from_its_kept_rows_to_the_same_map(vllm_tensor_server, tmp_path, monkeypatch):
+    """The real server, one tile in flight (so each tile's logits are the same in every run): a run cancelled
+    midway keeps its finished bands (from the first minute here instead of after it), and the same job run again
+    sends only the rest and gives byte for byte the map of a run that never stopped."""
+    from plugin.core.tensor import checkpoint
+    from tests.fixtures.progress import Recorder
+
+    monkeypatch.setattr(checkpoint, "KEEP_AFTER_S", 0.0)
+    inp = tmp_path / "scene.tif"
+    generate_scene(inp, seed=4242, width=700, height=900)
+    (tmp_path / "whole").mkdir()
+    whole_map, whole = tensor_map(vllm_tensor_server, inp, tmp_path / "whole" / "flood.tif", concurrency=1)
+    out = tmp_path / "flood.tif"
+    progress = Recorder(lambda r: any(m.startswith("This run is long") for m in r.infos))  # after the first band
+    with VllmClient(vllm_tensor_server.url) as client, pytest.raises(Cancelled):
+        req = MapFloodsRequest(input_path=str(inp), output_path=str(out), server_url=vllm_tensor_server.url,
+                               model=vllm_tensor_server.model, concurrency=1)
+        run_tensor(req, client, demo_spec(vllm_tensor_server), SIX, progress)
+    kept = [m for m in progress.infos if "map rows (of 900) are kept in" in m]
+    assert kept and not out.exists(), progress.infos[-5:]
+    resumed_map, resumed = tensor_map(vllm_tensor_server, inp, out, concurrency=1)
+    print(f"undisturbed: {whole.requests} requests; after the cancel: {resumed.requests}")
+    assert 0 < resumed.requests < whole.requests
+    assert resumed_map.tobytes() == whole_map.tobytes()
+    assert (resumed.water_pixels, resumed.valid_pixels) == (whole.water_pixels, whole.valid_pixels)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(checkpoint.PREFIX)]
+    assert requests.get(vllm_tensor_server.url + "/health", timeout=10).status_code == 200

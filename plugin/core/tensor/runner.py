@@ -9,6 +9,9 @@
 As many tiles again are read and encoded ahead, each waiting for a request slot: when an answer comes back, the
 next request goes out at once instead of after a read and an encode (the server does not sit idle meanwhile).
 
+A run that has taken a minute keeps each finished row band beside the output (checkpoint.py); the same job run again
+after a stop puts them in its map and sends the tiles from the first unfinished band on.
+
 Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles on the wire and as
 many read ahead; the whole raster is never held. A run, finished, failed or cancelled, returns only once its
 worker threads and their datasets are done: nothing of it outlives the call.
@@ -31,6 +34,7 @@ from ..model_spec import ModelSpec
 from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from ..raster import HiddenNodata, hidden_nodata
+from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
 from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
 from .reader import SharedDataset, band_numbers, detect_scale, mask_needs_read, read_tile
@@ -99,15 +103,30 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 f"{spec.tile_width}x{spec.tile_height} (overlap {ov} px)"
                 + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
+            hidden = hidden_nodata(src, bands)
+            key = fingerprint(input=file_identity(info.path), bands=bands, scale=scale, offset=offset,
+                              spec=_spec_values(spec), model=job.model, overlap=ov, location=job.location_mode,
+                              window=area.window.flatten(), transform=tuple(area.transform)[:6],
+                              mask=area.mask.bits if area.mask is not None else None, hidden=repr(hidden),
+                              logits=encoder.logits_dtype)
             writer = MapWriter(src, job.output_path, job.probability_path, spec, area, job.tags)
+            kept = None
             try:  # right after the writer is made: an interrupt (Ctrl+C) in between would leave its files
+                kept = KeptRows(Checkpoint(job.output_path, key, bool(job.probability_path)), writer, grid.n_rows,
+                                area.height, t_start, progress)
                 tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
-                               locations, client, spec, writer, area, send, hidden_nodata(src, bands))
+                               locations, client, spec, writer, area, send, hidden, kept.resume(), kept.flushed)
                 tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)
                 n_requests = tiles.run(job.concurrency, progress, span)
                 writer.commit()
-            except BaseException:
+                kept.done()
+            except BaseException as exc:
                 writer.discard()
+                if kept is not None and kept.stopped():
+                    if isinstance(exc, FloodMapperError) and not isinstance(exc, Cancelled):
+                        exc.message += kept.stopped()
+                    else:
+                        progress.info(kept.stopped().strip())
                 raise
             seconds = time.monotonic() - t_start
             total = area.width * area.height
@@ -128,6 +147,14 @@ def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec
     headers = reply.headers
     return decode_logits(reply.content, spec.num_classes, spec.tile_height, spec.tile_width,
                          headers.get("Content-Type", ""), headers.get("metadata", ""), encoder.logits_dtype)
+
+
+def _spec_values(spec: ModelSpec) -> dict:
+    """What of a spec the logits depend on (not where it came from or why)."""
+    return {"channels": spec.channels, "tile": [spec.tile_height, spec.tile_width], "classes": spec.num_classes,
+            "means": list(spec.means), "stds": list(spec.stds), "dtype": spec.dtype, "input": spec.input_name,
+            "location": [spec.location_name, list(spec.location_shape), list(spec.location_order)],
+            "water": spec.water_class, "extra": spec.extra_inputs}
 
 
 def answer_limit(spec: ModelSpec) -> int:
@@ -157,7 +184,10 @@ class _Tiles:
 
     def __init__(self, path: str, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
                  encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter,
-                 area: Area, send: np.ndarray, hidden: HiddenNodata) -> None:
+                 area: Area, send: np.ndarray, hidden: HiddenNodata, resumed: Optional[Resumed] = None,
+                 on_flushed: Optional[Callable] = None) -> None:
+        """`resumed`: the rows an earlier run of the job kept (put in the map already); the tiles of the bands
+        before its next band are not sent. `on_flushed` hears each finished band (checkpoint.KeptRows)."""
         self.grid = grid
         self.area = area
         self.send = send  # [rows, cols]: the tiles with a pixel to map (tile_plan.py)
@@ -170,7 +200,10 @@ class _Tiles:
         self.client = client
         self.spec = spec
         self.dataset = SharedDataset(path)
-        self.stitcher = RowBandStitcher(grid, spec.num_classes, writer.sink)
+        self.start_row = resumed.next_row if resumed is not None else 0
+        self.stitcher = RowBandStitcher(grid, spec.num_classes, writer.sink, self.start_row,
+                                        resumed.rows_done if resumed is not None else 0,
+                                        resumed.carry if resumed is not None else None, on_flushed)
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.tokens: set[CancelToken] = set()  # the requests on the wire
@@ -259,9 +292,9 @@ class _Tiles:
         self.slots = threading.BoundedSemaphore(concurrency)
         workers = concurrency + concurrency * PREPARED_AHEAD
         executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="floodmapper-tile")
-        tiles = iter(self.grid)
+        tiles = (tile for tile in self.grid if tile.row >= self.start_row)  # those before: kept by an earlier run
         pending: set[Future] = set()
-        total = max(int(self.send.sum()), 1)  # progress and ETA count the tiles that are sent
+        total = max(int(self.send[self.start_row:].sum()), 1)  # progress and ETA count the tiles that are sent
         nothing = np.zeros((self.grid.tile_height, self.grid.tile_width), dtype=bool)
         done = 0
         t0 = last_info = time.monotonic()

@@ -163,14 +163,21 @@ class _Band:
 class RowBandStitcher:
     """Blends tile logits into row bands and emits finished rows, top to bottom, exactly once each."""
 
-    def __init__(self, grid: TileGrid, num_classes: int, sink: Sink) -> None:
+    def __init__(self, grid: TileGrid, num_classes: int, sink: Sink, start_row: int = 0, rows_emitted: int = 0,
+                 carry: Optional[tuple[np.ndarray, np.ndarray]] = None,
+                 on_flushed: Optional[Callable[[int, int, int, Optional[tuple[np.ndarray, np.ndarray]]], None]] = None,
+                 ) -> None:
+        """`start_row`, `rows_emitted`, `carry`: go on where an earlier stitcher of the same grid stopped (its bands
+        before `start_row` flushed, its map rows before `rows_emitted` written). `on_flushed(next_row, first, end,
+        carry)` hears each flush: map rows first..end-1 were written, and what the next band is owed."""
         self.grid = grid
         self.num_classes = num_classes
         self.sink = sink
         self._bands: dict[int, _Band] = {}
-        self._next_row = 0  # next band to flush
-        self._carry: Optional[tuple[np.ndarray, np.ndarray]] = None  # overlap rows owed to the next band
-        self.rows_emitted = 0
+        self._next_row = start_row  # next band to flush
+        self._carry = carry  # overlap rows owed to the next band
+        self.rows_emitted = rows_emitted
+        self.on_flushed = on_flushed
 
     @property
     def live_bands(self) -> int:
@@ -205,8 +212,11 @@ class RowBandStitcher:
         band.valid[:h, xs] |= valid[:h, :w]
         band.remaining -= 1
         while self._next_row in self._bands and self._bands[self._next_row].remaining == 0:
+            first = self.rows_emitted
             self._flush(self._next_row)
             self._next_row += 1
+            if self.on_flushed is not None:
+                self.on_flushed(self._next_row, first, self.rows_emitted, self._carry)
 
     def _flush(self, row: int) -> None:
         g = self.grid

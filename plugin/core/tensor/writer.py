@@ -40,9 +40,10 @@ class MapWriter:
                                      keep=ds.name)
         self.files: list[Any] = []
         try:
-            self.files.append(rasterio.open(self.outputs.temps[0], "w", **output_profile(grid)))
+            # w+: rows written can be read back, to be kept for a run that goes on later (checkpoint.py)
+            self.files.append(rasterio.open(self.outputs.temps[0], "w+", **output_profile(grid)))
             if probability_path:
-                self.files.append(rasterio.open(self.outputs.temps[1], "w", **output_profile(
+                self.files.append(rasterio.open(self.outputs.temps[1], "w+", **output_profile(
                     grid, dtype="float32", nodata=PROBABILITY_NODATA)))
             for f, band in zip(self.files, ("water", "water probability")):
                 describe_map(f, tags, band)
@@ -83,6 +84,36 @@ class MapWriter:
                 self.files[1].write(prob, 1, window=window)
         except (RasterioError, OSError) as exc:
             raise write_failed(self.outputs.targets[0], exc) from None
+
+    def read_rows(self, y0: int, y1: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """Map rows y0..y1-1 as written: classes (nodata 255) and, when written, the water probability."""
+        from rasterio.windows import Window
+
+        window = Window(0, y0, self.files[0].width, y1 - y0)
+        return (self.files[0].read(1, window=window),
+                self.files[1].read(1, window=window) if len(self.files) > 1 else None)
+
+    def replay(self, y0: int, classes: np.ndarray, probability: Optional[np.ndarray]) -> None:
+        """Rows an earlier run of the same job made, written as they were (their figures are in `restore`)."""
+        from rasterio.errors import RasterioError
+        from rasterio.windows import Window
+
+        window = Window(0, y0, classes.shape[1], classes.shape[0])
+        try:
+            self.files[0].write(classes, 1, window=window)
+            if len(self.files) > 1 and probability is not None:
+                self.files[1].write(probability, 1, window=window)
+        except (RasterioError, OSError) as exc:
+            raise write_failed(self.outputs.targets[0], exc) from None
+
+    def figures(self) -> dict:
+        """The figures of the rows written so far, to be kept with them."""
+        return {"water": self.stats.water, "valid": self.stats.valid, "water_m2": self.stats.water_m2}
+
+    def restore(self, figures: dict) -> None:
+        """The figures of the rows an earlier run made (`figures()` then)."""
+        self.stats.water, self.stats.valid = int(figures["water"]), int(figures["valid"])
+        self.stats.water_m2 = float(figures["water_m2"])
 
     def commit(self) -> None:
         from rasterio.errors import RasterioError
