@@ -174,6 +174,9 @@ class TensorJob:
     retry_wait: float = 0.0  # seconds to wait for a server that went away before a tile is sent again
     area: Optional[Area] = None  # the part mapped; None = the whole raster
     tags: dict[str, str] = field(default_factory=dict)  # the maps' provenance metadata (provenance.py)
+    # what `input` was made from (a product, band files: `input` is then a temporary stack), "" = `input` itself;
+    # a run that stopped is known again by it (tensor/checkpoint.py)
+    source: str = ""
 
 
 @dataclass

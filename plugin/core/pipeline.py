@@ -131,7 +131,7 @@ def map_floods(request: MapFloodsRequest, backend: Union[Backend, VllmClient],
                 input=info, bands=bands, spec=spec, model=facts.model, version=facts.version,
                 output_path=request.output_path, probability_path=request.probability_path, overlap=overlap,
                 concurrency=concurrency, scale=request.scale, offset=request.offset, retry_wait=request.retry_wait,
-                area=aoi, tags=tags,
+                area=aoi, tags=tags, source=request.source,
             )
             stats: Stats = run_tensor(job, client, progress, TRANSPORT_SPAN, revive=conn.revive).stats
         else:

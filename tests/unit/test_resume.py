@@ -191,3 +191,26 @@ def test_a_stitcher_that_goes_on_from_a_flushed_band_emits_the_same_rows():
     assert resumed.finished and resumed.rows_emitted == 90 and set(rest) == {y for y in whole if y >= rows_done}
     for y0, acc in rest.items():
         np.testing.assert_array_equal(acc, whole[y0])
+
+
+def test_a_sentinel2_product_goes_on_too(world):
+    """A product is mapped through a stack made afresh in a temporary folder by each run: the run is known again by
+    the product itself."""
+    from tests.fixtures.sentinel2_safe import write_l2a
+
+    rng = np.random.default_rng(5)
+    dn = rng.integers(1500, 2500, (6, 144, 96)).astype(np.uint16)
+    dn[3, :60] = 1300  # water (low NIR) in the first rows
+    product = str(write_l2a(world.tmp / "product", dn, zipped=True))
+    stop = len(world.jobs()) + 12  # 144x96 in 32-px tiles: 5 rows of 4, so the first two bands are done by then
+    world.fault = lambda n, body: Reply(400, vllm_error("the model is being replaced")) if n >= stop else None
+    with pytest.raises(ServerError) as error:
+        map_floods(world.request(input_path=product), world.client())
+    assert "are kept in" in error.value.message, error.value.message
+    world.fault = None
+    before = len(world.jobs())
+    progress = Recorder()
+    map_floods(world.request(input_path=product), world.client(), progress)
+    assert any(m.startswith("Going on from an earlier run of this job that stopped") for m in progress.infos)
+    assert len(world.jobs()) - before < 20
+    assert kept_folders(world) == []

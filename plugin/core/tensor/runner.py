@@ -104,7 +104,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits")
             hidden = hidden_nodata(src, bands)
-            key = fingerprint(input=file_identity(info.path), bands=bands, scale=scale, offset=offset,
+            key = fingerprint(input=file_identity(job.source or info.path), bands=bands, scale=scale, offset=offset,
                               spec=_spec_values(spec), model=job.model, overlap=ov, location=job.location_mode,
                               window=area.window.flatten(), transform=tuple(area.transform)[:6],
                               mask=area.mask.bits if area.mask is not None else None, hidden=repr(hidden),
