@@ -214,3 +214,19 @@ def test_a_sentinel2_product_goes_on_too(world):
     assert any(m.startswith("Going on from an earlier run of this job that stopped") for m in progress.infos)
     assert len(world.jobs()) - before < 20
     assert kept_folders(world) == []
+
+
+def test_a_crash_between_a_band_s_files_leaves_the_state_before_it(tmp_path):
+    """The next band's carry written, the state not yet: the kept state is the one before, with its own carry."""
+    kept = checkpoint.Checkpoint(str(tmp_path / "flood.tif"), "k", probability=False)
+    kept.start()
+    carry_2 = (np.full((2, 4, 8), 2.0, np.float32), np.ones((4, 8), bool))
+    kept.keep(0, np.zeros((10, 8), np.uint8), None)
+    kept.flushed(2, 10, [0], carry_2, {"water": 1, "valid": 80, "water_m2": 100.0})
+    np.savez(kept._carry_file(3), acc=np.full((2, 4, 8), 3.0, np.float32), valid=np.zeros((4, 8), bool))
+    kept.keep(10, np.ones((6, 8), np.uint8), None)  # the crash comes before flushed(3, ...)
+    resumed = checkpoint.Checkpoint(str(tmp_path / "flood.tif"), "k", probability=False).load()
+    assert (resumed.next_row, resumed.rows_done, resumed.bands) == (2, 10, [0])
+    np.testing.assert_array_equal(resumed.carry[0], carry_2[0])
+    assert resumed.stats == {"water": 1, "valid": 80, "water_m2": 100.0}
+    assert checkpoint.Checkpoint(str(tmp_path / "flood.tif"), "other", probability=False).load() is None

@@ -8,12 +8,13 @@ KEEP_AFTER_S, each finished row band is kept beside the output:
         state.json            the job's fingerprint, the next row band, the figures so far
         rows-<y0>.npy         class rows of the map (uint8, nodata 255), one file per finished band
         probability-<y0>.npy  water-probability rows (float32), when the job writes them
-        carry.npy             blended logits of the rows the next band shares (float32; none without overlap)
+        carry-<row>.npz       blended logits (float32) and validity of the rows band <row>, the next one, is
+                              owed (none without overlap)
 
-The fingerprint covers everything the rows depend on (the input file's size and time, the bands, scaling, model
-and spec, tiling, the area's pixels), not the output's name: a flood-extent run, which maps into a temporary
-file, goes on too. A job that differs starts afresh; the folder goes when its map is complete, or after
-STALE_AFTER_S untouched.
+The fingerprint covers everything the rows depend on (the input file's size and time, or those of the product or
+band file it was stacked from; the bands, scaling, model and spec, tiling, the area's pixels), not the output's
+name: a flood-extent run, which maps into a temporary file, goes on too. A job that differs starts afresh; the
+folder goes when its map is complete, or after STALE_AFTER_S untouched.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Checkpoint:
                         raise FileNotFoundError(f"{os.path.basename(path)} is missing")
             carry = None
             if state.get("carry"):
-                with np.load(os.path.join(self.folder, "carry.npz")) as kept:
+                with np.load(self._carry_file(int(state["next_row"]))) as kept:
                     carry = (kept["acc"], kept["valid"])
             resumed = Resumed(int(state["next_row"]), int(state["rows_done"]), bands, carry, dict(state["stats"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -133,22 +134,30 @@ class Checkpoint:
                 carry: Optional[tuple[np.ndarray, np.ndarray]], stats: dict) -> None:
         """The state after a band: written under a temporary name and moved into place, so a crash at any point
         leaves the state before or after it."""
-        if carry is not None:
+        if carry is not None:  # named by its band: the state before this one still names its own carry
             tmp = os.path.join(self.folder, "carry.tmp.npz")
             with open(tmp, "wb") as fh:
                 np.savez(fh, acc=carry[0], valid=carry[1])
-            os.replace(tmp, os.path.join(self.folder, "carry.npz"))
+            os.replace(tmp, self._carry_file(next_row))
         state = {"key": self.key, "probability": self.probability, "next_row": next_row, "rows_done": rows_done,
                  "bands": bands, "carry": carry is not None, "stats": stats, "saved": time.time()}
         tmp = os.path.join(self.folder, STATE + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(state, fh)
         os.replace(tmp, os.path.join(self.folder, STATE))
+        for row in range(max(0, next_row - 2), next_row):  # the carries the state no longer names
+            try:
+                os.remove(self._carry_file(row))
+            except FileNotFoundError:
+                pass
         self.bands, self.rows_done = list(bands), rows_done
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
         self.active = False
+
+    def _carry_file(self, row: int) -> str:
+        return os.path.join(self.folder, f"carry-{row}.npz")
 
     def _row_files(self, y0: int) -> tuple[str, str]:
         return (os.path.join(self.folder, f"rows-{y0}.npy"), os.path.join(self.folder, f"probability-{y0}.npy"))
