@@ -264,7 +264,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         code = _map_all(jobs, args, refs, out_dir, report)
     except KeyboardInterrupt:
         mapped = sum(1 for j in jobs if j.stats is not None)
-        left = sum(1 for j in jobs if j.stats is None and not j.error and not j.skipped and not j.outside)
+        left = sum(1 for j in jobs if j.stats is None and j.to_map)
         print(f"\nInterrupted: {mapped} raster(s) mapped before it, {left} not (the one under way left no map "
               "behind). Run the same command with --skip-existing to map only those.", file=sys.stderr, flush=True)
         _summarise(jobs, out_dir)

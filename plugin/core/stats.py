@@ -96,6 +96,14 @@ class StatsAccumulator:
         cell = self.area.rows(window)
         self.water_m2 += float((water * cell).sum()) if not np.isscalar(cell) else int(water.sum()) * float(cell)
 
+    def state(self) -> dict:
+        """The figures so far, as JSON-able values (kept with a run's finished rows)."""
+        return {"water": self.water, "valid": self.valid, "water_m2": self.water_m2}
+
+    def restore(self, state: dict) -> None:
+        """The figures an earlier accumulator of the same grid had (`state()` then)."""
+        self.water, self.valid, self.water_m2 = int(state["water"]), int(state["valid"]), float(state["water_m2"])
+
     def result(self) -> Stats:
         fraction = self.water / self.valid if self.valid else 0.0
         area = self.water_m2 / 1e6 if self.area.known else float("nan")

@@ -198,7 +198,7 @@ class KeptRows:
     def __init__(self, checkpoint: Checkpoint, writer: Any, n_rows: int, height: int, started: float,
                  progress: Any) -> None:
         self.checkpoint = checkpoint
-        self.writer = writer  # MapWriter: read_rows, replay, figures, restore
+        self.writer = writer  # MapWriter: read_rows, replay, stats
         self.n_rows = n_rows
         self.height = height
         self.started = started
@@ -212,7 +212,7 @@ class KeptRows:
             return None
         for y0 in resumed.bands:
             self.writer.replay(y0, *self.checkpoint.rows(y0))
-        self.writer.restore(resumed.stats)
+        self.writer.stats.restore(resumed.stats)
         self.progress.info(f"Going on from an earlier run of this job that stopped: its first {resumed.rows_done} map "
                            f"rows (of {self.height}) were kept ({self.checkpoint.folder}); the tiles from row band "
                            f"{resumed.next_row + 1} of {self.n_rows} on are sent")
@@ -237,7 +237,7 @@ class KeptRows:
                 if end > first:
                     self.checkpoint.keep(first, *self.writer.read_rows(first, end))
                     bands.append(first)
-            self.checkpoint.flushed(next_row, end, bands, carry, self.writer.figures())
+            self.checkpoint.flushed(next_row, end, bands, carry, self.writer.stats.state())
         except Exception as exc:  # noqa: BLE001 - OSError, a GDAL read error: the map itself is unaffected
             self.broken = True
             self.checkpoint.remove()

@@ -122,11 +122,11 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 kept.done()
             except BaseException as exc:
                 writer.discard()
-                if kept is not None and kept.stopped():
-                    if isinstance(exc, FloodMapperError) and not isinstance(exc, Cancelled):
-                        exc.message += kept.stopped()
-                    else:
-                        progress.info(kept.stopped().strip())
+                said = kept.stopped() if kept is not None else ""
+                if said and isinstance(exc, FloodMapperError) and not isinstance(exc, Cancelled):
+                    exc.message += said
+                elif said:
+                    progress.info(said.strip())
                 raise
             seconds = time.monotonic() - t_start
             total = area.width * area.height

@@ -94,7 +94,7 @@ class MapWriter:
                 self.files[1].read(1, window=window) if len(self.files) > 1 else None)
 
     def replay(self, y0: int, classes: np.ndarray, probability: Optional[np.ndarray]) -> None:
-        """Rows an earlier run of the same job made, written as they were (their figures are in `restore`)."""
+        """Rows an earlier run of the same job made, written as they were (their figures: `stats.restore`)."""
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
@@ -105,15 +105,6 @@ class MapWriter:
                 self.files[1].write(probability, 1, window=window)
         except (RasterioError, OSError) as exc:
             raise write_failed(self.outputs.targets[0], exc) from None
-
-    def figures(self) -> dict:
-        """The figures of the rows written so far, to be kept with them."""
-        return {"water": self.stats.water, "valid": self.stats.valid, "water_m2": self.stats.water_m2}
-
-    def restore(self, figures: dict) -> None:
-        """The figures of the rows an earlier run made (`figures()` then)."""
-        self.stats.water, self.stats.valid = int(figures["water"]), int(figures["valid"])
-        self.stats.water_m2 = float(figures["water_m2"])
 
     def commit(self) -> None:
         from rasterio.errors import RasterioError
