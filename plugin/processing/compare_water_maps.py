@@ -142,7 +142,7 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(summary)
         qlog.log(summary)
         output = result.output_path
-        write_style_sidecar(output, extent=True)
+        write_style_sidecar(output, resources.FLOOD_EXTENT_STYLE)
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = f"{self._input_name} – flood extent"

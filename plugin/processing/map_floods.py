@@ -39,7 +39,7 @@ from ..toolbelt.i18n import tr
 from . import area_inputs
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_nodata, layer_source, load_gdal_sources, parse_bands
-from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
+from .postprocessor import FloodLayerPostProcessor, ProbabilityLayerPostProcessor, write_style_sidecar
 from .reference_inputs import (
     CLASSES_HELP,
     PRE_EVENT,
@@ -339,7 +339,7 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         for warning in result.warnings:
             feedback.pushWarning(warning)
         output = result.output_path
-        write_style_sidecar(output, extent=bool(result.reference))
+        write_style_sidecar(output, resources.FLOOD_EXTENT_STYLE if result.reference else resources.FLOOD_STYLE)
         if context.willLoadLayerOnCompletion(output):
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = f"{self._input_name} – flood"
@@ -353,6 +353,11 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
             **extent_values(result),
         }
         if result.probability_path:
+            write_style_sidecar(result.probability_path, resources.PROBABILITY_STYLE)
+            if context.willLoadLayerOnCompletion(result.probability_path):
+                details = context.layerToLoadOnCompletionDetails(result.probability_path)
+                details.name = f"{self._input_name} – water probability"
+                details.setPostProcessor(ProbabilityLayerPostProcessor.create(summary))
             outputs[self.PROBABILITY] = result.probability_path
         outputs.update(area_inputs.cloud_outputs(result))
         polygons_id = write_water_polygons(self, parameters, self.WATER_POLYGONS,

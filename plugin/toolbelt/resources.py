@@ -1,4 +1,4 @@
-"""The plugin's files that QGIS shows: its icon and the flood map's styles."""
+"""The plugin's files that QGIS shows: its icon and the styles of the flood map and the water probability."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ICON_PATH = ROOT / "resources" / "icons" / "floodmapper.svg"
 FLOOD_STYLE = ROOT / "resources" / "styles" / "flood.qml"
 FLOOD_EXTENT_STYLE = ROOT / "resources" / "styles" / "flood_extent.qml"  # flood water / permanent water
+PROBABILITY_STYLE = ROOT / "resources" / "styles" / "water_probability.qml"
 
 
 def icon() -> QIcon:

@@ -290,17 +290,21 @@ def test_water_polygons_area_matches_raster_geographic(provider_loaded, vllm_ser
     assert {f["class"] for f in big.getFeatures()} == {"flood"}
 
 
-def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_server, tmp_path):
+def test_tensor_transport_through_the_algorithm(provider_loaded, main_window_iface, vllm_tensor_server, tmp_path):
     """TRANSPORT=tensor with MODEL_SPEC = the model folder, against a server without the IOProcessor plugin:
-    the same styled map and figures, plus the water probability raster."""
+    the same styled map and figures, plus the water probability raster, loaded with its colour ramp, which its
+    .qml gives it wherever the file is opened."""
     import processing
-    from qgis.core import QgsProcessingContext
+    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterLayer, QgsSingleBandPseudoColorRenderer
+
+    from floodmapper.plugin.processing.postprocessor import PROBABILITY_RAMP
+    from floodmapper.plugin.toolbelt.compat import layer_abstract
 
     src = tmp_path / "scene.tif"
     truth = generate_scene(src, seed=9111, width=400, height=300, crs="EPSG:4326")
     out, prob = tmp_path / "flood.tif", tmp_path / "water-probability.tif"
     logs: list[str] = []
-    result = processing.run("floodmapper:map_floods", _params(
+    result = processing.runAndLoadResults("floodmapper:map_floods", _params(
         src, out, vllm_tensor_server, TRANSPORT=2, MODEL_SPEC=str(ROOT / "resources" / "demo_model"),
         PROBABILITY=str(prob)), context=QgsProcessingContext(), feedback=_info_recorder(logs))
     assert _grid(out) == _grid(src) and _grid(prob) == _grid(src)
@@ -312,6 +316,22 @@ def test_tensor_transport_through_the_algorithm(provider_loaded, vllm_tensor_ser
     assert ((p > 0.5) == (classes == 1)).mean() > 0.999  # the probability agrees with the classes
     text = "\n".join(logs)
     assert "Tensor transport:" in text and "bytes logits" in text, text[-2000:]
+
+    def ramp(layer):
+        renderer = layer.renderer()
+        assert isinstance(renderer, QgsSingleBandPseudoColorRenderer), type(renderer).__name__
+        assert (renderer.classificationMin(), renderer.classificationMax()) == (0.0, 1.0)
+        items = renderer.shader().rasterShaderFunction().colorRampItemList()
+        return [(i.value, i.color.name(), i.color.alpha(), i.label) for i in items]
+
+    expected = [(value, color.name(), color.alpha(), label) for value, color, label in PROBABILITY_RAMP]
+    loaded = QgsProject.instance().mapLayersByName("scene – water probability")
+    assert len(loaded) == 1
+    assert ramp(loaded[0]) == expected
+    assert "km²" in layer_abstract(loaded[0])  # the run's figures, as in the flood layer
+    assert ramp(QgsRasterLayer(str(prob), "from the file")) == expected  # the .qml beside it
+    for layer in loaded + QgsProject.instance().mapLayersByName("scene – flood"):
+        QgsProject.instance().removeMapLayer(layer.id())
 
 
 @pytest.mark.parametrize("transport", ["image", "tensor"])
