@@ -57,6 +57,8 @@ SETTINGS = {  # name -> (vllm --dtype, extra server environment)
     "float32": ("float32", {}),
     "float32-medium": ("float32", {"VLLM_FLOAT32_MATMUL_PRECISION": "medium"}),
     "bfloat16": ("bfloat16", {}),
+    # bfloat16 with oneDNN held below AMX (AVX512-BF16 alone), where the CPU has AMX-BF16
+    "bfloat16-no-amx": ("bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
 }
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_tile")
 SERVED_NAME = "bench"

@@ -5,6 +5,12 @@ or AMX-FP16, and fast bfloat16 only with AVX512-BF16 or AMX-BF16. Elsewhere (mos
 AVX2) float16 falls back to generic code that is one to two orders of magnitude slower than float32
 (benchmarks/README.md has the figures). The flags come from /proc/cpuinfo; `ONEDNN_MAX_CPU_ISA`, which
 holds oneDNN (and so PyTorch's fast kernels) to a lower instruction set, is honoured the same way.
+
+Fast is not enough: a dtype must also give the water float32 gives. On a CPU with AMX-BF16 (Intel Xeon since
+Sapphire Rapids), oneDNN runs bfloat16 on AMX, and there a Prithvi ViT + UperNet water model (the demo model)
+agreed with its float32 water mask on only 75 % of the pixels: most of the water was lost. The same model in
+bfloat16 with oneDNN held below AMX (AVX512-BF16 alone) agreed on 99.98 %, and in float16 on 99.999 %, both as
+fast as float32 there. So bfloat16 is chosen only where it does not run on AMX.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ _LIMITED_FLAGS = frozenset().union(*(flags for _, flags in _ISA_LEVELS))
 
 FAST_BFLOAT16 = frozenset({"amx_bf16", "avx512_bf16"})
 FAST_FLOAT16 = frozenset({"amx_fp16", "avx512_fp16"})
+WRONG_BFLOAT16 = frozenset({"amx_bf16"})  # bfloat16 runs on AMX there, and changes a water model's masks
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,16 @@ def fastest_dtype(flags: Optional[frozenset[str]] = None, environ: Optional[dict
     usable = usable_flags(cpu_flags() if flags is None else flags, environ)
     bf16 = sorted(usable & FAST_BFLOAT16)
     fp16 = sorted(usable & FAST_FLOAT16)
-    if bf16 and bfloat16_ok:
+    on_amx = sorted(usable & WRONG_BFLOAT16)
+    if bf16 and bfloat16_ok and not on_amx:
         return DtypeChoice("bfloat16", f"this CPU has {', '.join(bf16)}: bfloat16 is its fastest dtype")
+    not_bf16 = (f"; not bfloat16, which runs on this CPU's {', '.join(on_amx)} and there changes a water model's "
+                "mask against float32 (set ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 to run bfloat16 without AMX)"
+                if on_amx and bfloat16_ok else "")
     if fp16:
-        return DtypeChoice("float16", f"this CPU has {', '.join(fp16)}: float16 runs at full speed")
+        return DtypeChoice("float16", f"this CPU has {', '.join(fp16)}: float16 runs at full speed{not_bf16}")
+    if not_bf16:
+        return DtypeChoice("float32", f"this CPU has no AVX512-FP16/AMX-FP16 for float16{not_bf16}")
     return DtypeChoice(
         "float32", "this CPU has neither AVX512-FP16/AMX-FP16 nor AVX512-BF16/AMX-BF16, where float16 and "
         "bfloat16 run one to two orders of magnitude slower than float32")

@@ -37,6 +37,8 @@ def test_auto_maps_offline_where_float16_is_fast(cpu):
     assert choice.engine == ENGINE_OFFLINE
     assert "avx512_fp16" in choice.reason and "IOProcessor" in choice.reason
     assert choose_engine("auto", Settings(), "gpu").engine == ENGINE_OFFLINE
+    cpu(FP16 | {"avx512_bf16", "amx_tile", "amx_bf16"})  # an Intel Xeon with AMX: its bfloat16 is left out
+    assert choose_engine("auto", Settings(), "cpu").engine == ENGINE_OFFLINE
 
 
 @pytest.mark.parametrize("flags, dtype", [(AVX2, "float32"), (BF16, "bfloat16")])

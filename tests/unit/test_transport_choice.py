@@ -21,10 +21,13 @@ SAPPHIRE_RAPIDS = AVX2 | {"avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "
 
 @pytest.mark.parametrize("flags, environ, expected", [
     (AVX2, {}, "float32"),
-    (SAPPHIRE_RAPIDS, {}, "bfloat16"),
+    (SAPPHIRE_RAPIDS, {}, "float16"),  # its bfloat16 runs on AMX, which changes the water masks
+    (SAPPHIRE_RAPIDS - {"avx512_fp16"}, {}, "float32"),
+    (AVX2 | {"avx512f", "avx512_bf16"}, {}, "bfloat16"),  # AVX512-BF16 without AMX (AMD Zen 4): masks kept
     (AVX2 | {"avx512f", "avx512_fp16"}, {}, "float16"),
     (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "float32"),  # oneDNN held to AVX2: its fast kernels are off
-    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"}, "bfloat16"),  # avx512_bf16 is below that level
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_FP16"}, "bfloat16"),  # held below AMX: bfloat16 is safe
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "bfloat16"),
     (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "float32"),
     (frozenset(), {}, "float32"),  # flags unknown: the safe choice
 ])
@@ -34,7 +37,16 @@ def test_the_cpu_dtype_follows_the_instruction_set(flags, environ, expected):
 
 
 def test_bfloat16_is_not_chosen_for_a_model_whose_masks_it_changes():
-    assert fastest_dtype(SAPPHIRE_RAPIDS, {}, bfloat16_ok=False).dtype == "float16"
+    assert fastest_dtype(AVX2 | {"avx512f", "avx512_bf16", "avx512_fp16"}, {}, bfloat16_ok=False).dtype == "float16"
+
+
+def test_bfloat16_on_amx_is_left_out_and_the_reason_says_how_to_have_it_without_amx():
+    choice = fastest_dtype(SAPPHIRE_RAPIDS, {})
+    assert choice.dtype == "float16"
+    assert "not bfloat16, which runs on this CPU's amx_bf16" in choice.reason
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16" in choice.reason
+    plain = fastest_dtype(SAPPHIRE_RAPIDS - {"avx512_fp16"}, {})
+    assert plain.dtype == "float32" and "amx_bf16" in plain.reason
 
 
 @pytest.mark.parametrize("dtype, transport, too_large, device, expected", [
