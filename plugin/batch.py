@@ -7,7 +7,7 @@ bindings):
     ~/.local/share/floodmapper/vllm-env/bin/python -m plugin.batch scenes/ a.tif b.tif --out maps/ \
         [--recursive] [--model DIR] [--max-num-seqs N] [--indices 0,1,2,3,4,5] \
         [--reference FILE [--reference-threshold T]] [--pre-event FILE] [--engine auto|offline|local] [--clouds] \
-        [--area FILE] [--skip-existing]
+        [--area FILE] [--polygons [--min-area M2]] [--skip-existing]
 
 A folder stands for the rasters in it: its *.tif, *.tiff and *.vrt files (any case, hidden files left out),
 in name order, the Sentinel-2 products in it as downloaded (`*.zip`, `*.SAFE`), and Landsat scenes as downloaded
@@ -47,6 +47,11 @@ moved into place. With `--reference` (water that is always there: a raster, wate
 water. A raster that fails is
 reported and skipped; the exit code is 0 only when every raster succeeded (1 otherwise, 2 for usage or
 engine errors, 130 when interrupted). `<out>/flood_maps.csv` has a row of figures for each input (batch_summary.py).
+
+With --polygons, each map's water is also traced into `<out>/<name>_flood.geojson` (polygon_file.py): one polygon
+per connected area, with its class (flood, or permanent on a map compared with a reference), its area in m² and
+its pixels, in WGS 84 as GeoJSON has it, for the GIS, web maps and phone apps the maps are shared with; --min-area
+leaves out areas under so many m² (specks of one or two pixels).
 
 A map is only ever in the output folder complete, so a batch stopped midway (Ctrl+C, a crash, a power cut)
 has lost the raster under way and nothing else: run the same command again with --skip-existing and the rasters
@@ -95,6 +100,7 @@ from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError, NothingToMap
 from .core.flood_extent import ExtentStats, summary
 from .core.jobs import MapFloodsResult, Stats
+from .core.polygon_file import PolygonsWritten, polygons_path, write_water_geojson
 from .core.reference import Reference
 from .core.settings import DEMO_MODEL_DIR
 
@@ -140,6 +146,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="mask the clouds of each Sentinel-2 product with its own classification (L2A SCL, L1C "
                         "MSK_CLASSI), and of each set of band files with the cloud file beside it (Landsat "
                         "QA_PIXEL, HLS Fmask, SCL), as the plugin's CLOUD_MASK does (local engine)")
+    p.add_argument("--polygons", action="store_true",
+                   help="also trace each map's water into <name>_flood.geojson beside it: a polygon per connected "
+                        "area with its class, area_m2 and pixels, in WGS 84 (a map already there without its "
+                        "polygons gets them too)")
+    p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
+                   help="with --polygons, leave out water areas smaller than this many m² (default 0: keep all)")
     p.add_argument("--skip-existing", action="store_true",
                    help="leave out the inputs whose map is already in the output folder, from an earlier run (a "
                         "map is moved there only when complete): run a stopped batch again with it to map the "
@@ -150,6 +162,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.pre_event_path = ""  # --pre-event as an input (a .tar's band file, a folder's one scene), found by main()
     if args.max_num_seqs < 1:
         p.error("--max-num-seqs must be >= 1")
+    if not args.min_area >= 0:
+        p.error("--min-area must be >= 0 (m²)")
+    if args.min_area and not args.polygons:
+        p.error("--min-area applies to the water polygons: add --polygons")
     return args
 
 
@@ -248,17 +264,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     def report(i: int, job: Job) -> None:
+        """A raster's line, once it has ended (and its water polygons, with --polygons, are traced)."""
+        if args.polygons:
+            trace_polygons(job, args.min_area)
         name = job.name
+        traced = f"; {polygons_text(job.polygons, args.min_area)}" if job.polygons else ""
         if job.skipped:
-            print(f"[{i}/{total}] skipped {name}: its map {job.output_path} is already there", flush=True)
+            print(f"[{i}/{total}] skipped {name}: its map {job.output_path} is already there{traced}"
+                  + (f"; {job.error}" if job.error else ""), flush=True)
         elif job.outside:
             print(f"[{i}/{total}] skipped {name}: the area of interest (--area) does not overlap it", flush=True)
         elif job.error:
             print(f"[{i}/{total}] FAILED {name}: {job.error}", flush=True)
         else:
             assert job.stats is not None
-            print(f"[{i}/{total}] ok {name} -> {job.output_path}: {figures(job.stats)} ({job.seconds:.1f} s)",
-                  flush=True)
+            print(f"[{i}/{total}] ok {name} -> {job.output_path}: {figures(job.stats)}{traced} "
+                  f"({job.seconds:.1f} s)", flush=True)
 
     try:
         code = _map_all(jobs, args, refs, out_dir, report)
@@ -273,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if code is not None:
         return code
     failed = sum(1 for j in jobs if j.error)
-    skipped = sum(1 for j in jobs if j.skipped)
+    skipped = sum(1 for j in jobs if j.skipped and not j.error)  # a map already there whose polygons failed: failed
     outside = sum(1 for j in jobs if j.outside)
     print(f"Done: {total - failed - skipped - outside} of {total} raster(s) mapped, "
           + (f"{skipped} already there, " if skipped else "")
@@ -350,6 +371,24 @@ def figures(stats: Stats | ExtentStats | MapFloodsResult) -> str:
         return (f"{line}; flood water {stats.flood_pixels:,} px, permanent water {stats.permanent_water_pixels:,} px "
                 f"(reference: {stats.reference})")
     return line
+
+
+def trace_polygons(job: Job, min_area: float) -> None:
+    """The water polygons of a map made now, or of a map already there (--skip-existing) that has none yet; a
+    failure is the raster's error (its map stays)."""
+    target = polygons_path(job.output_path)
+    if not (job.skipped or (job.stats is not None and not job.error)) or (job.skipped and os.path.isfile(target)):
+        return
+    try:
+        job.polygons = write_water_geojson(job.output_path, target, min_area)
+    except FloodMapperError as exc:
+        job.error = f"its map {job.output_path} is written, but not its water polygons: {exc}"
+
+
+def polygons_text(written: PolygonsWritten, min_area: float) -> str:
+    areas = ", ".join(f"{name} {m2 / 1e6:.4f} km²" for name, m2 in written.m2.items() if m2)
+    return (f"{written.kept} water polygon(s)" + (f" ({areas})" if areas else "") + f" -> {written.path}"
+            + (f", {written.dropped} under {min_area:g} m² left out" if written.dropped else ""))
 
 
 def map_each(jobs: list[Job], report, map_one, fatal: tuple[type[Exception], ...] = ()) -> Optional[int]:

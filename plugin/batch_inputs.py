@@ -25,6 +25,7 @@ from .core.errors import InputError, NothingToMap
 from .core.flood_extent import ExtentStats
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import check_output_path
+from .core.polygon_file import PolygonsWritten
 from .core.reference import RasterReference, Reference, check_raster_reference, polygon_parts
 from .core.reference_files import read_geometries, reference_from_path, split_layer
 from .core.sentinel2_product import metadata_of, metadata_of_band_file, product_name
@@ -46,6 +47,7 @@ class Job:
     label: str = ""  # what the report calls the input, when not its file's name (a set of band files)
     skipped: bool = False  # its map is already there, from an earlier run (--skip-existing)
     outside: bool = False  # the area of interest (--area) misses it: nothing of it to map
+    polygons: Optional[PolygonsWritten] = None  # its water polygons, traced by this run (--polygons)
 
     @property
     def name(self) -> str:

@@ -19,12 +19,13 @@ from .core.classes import CLASS_FLOOD, CLASS_PERMANENT
 from .core.flood_extent import ExtentStats, class_areas, is_extent_map
 from .core.jobs import MapFloodsResult, Stats
 from .core.output import AtomicOutputs
+from .core.polygon_file import polygons_path
 from .core.provenance import DATETIME_TAG, MODEL_TAG, read_provenance
 from .core.stats import compute_stats
 
 SUMMARY_NAME = "flood_maps.csv"
 COLUMNS = ("input", "map", "status", "water_km2", "flood_km2", "permanent_water_km2", "water_pixels",
-           "valid_pixels", "cloud_pixels", "seconds", "compared_with", "model", "mapped_at_utc", "error")
+           "valid_pixels", "cloud_pixels", "seconds", "compared_with", "model", "mapped_at_utc", "polygons", "error")
 MAPPED, THERE, OUTSIDE, FAILED, NOT_MAPPED = "mapped", "already there", "outside the area", "failed", "not mapped"
 
 
@@ -67,12 +68,14 @@ def _made(path: str) -> dict[str, str]:
 def row_of(job: Job) -> dict[str, str]:
     row = dict.fromkeys(COLUMNS, "")
     row.update(input=job.input_path, map=os.path.basename(job.output_path))
+    if job.polygons is not None or (job.skipped and os.path.isfile(polygons_path(job.output_path))):
+        row["polygons"] = os.path.basename(polygons_path(job.output_path))
     if job.skipped:
-        row.update(status=THERE, **_made(job.output_path))
+        row.update(status=THERE, error=job.error or "", **_made(job.output_path))
         try:
             row.update(_figures_of_map(job.output_path))
         except Exception as exc:  # noqa: BLE001 - a map that cannot be read still gets its row
-            row["error"] = f"its figures could not be read: {exc}"
+            row["error"] = "; ".join(filter(None, [job.error, f"its figures could not be read: {exc}"]))
     elif job.outside:
         row["status"] = OUTSIDE
     elif job.error:

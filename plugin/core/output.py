@@ -158,16 +158,16 @@ def output_profile(src: Any, **changes: Any) -> dict:
     return profile
 
 
-def write_failed(target: str, exc: BaseException) -> OutputError:
-    """A write that failed (disk full, file size limit, folder made read-only): said plainly."""
+def write_failed(target: str, exc: BaseException, what: str = "flood map") -> OutputError:
+    """A write of `what` that failed (disk full, file size limit, folder made read-only): said plainly."""
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
-        return OutputError(f"The output folder '{folder}' went away while the flood map was written; nothing "
+        return OutputError(f"The output folder '{folder}' went away while the {what} was written; nothing "
                            "was written.",
                            "Check that the output folder still exists and that you can write to it, then run again.")
     return OutputError(
-        f"Writing the flood map '{target}' failed: {str(exc).strip() or type(exc).__name__}. Nothing was written; "
-        "an earlier map of that name is untouched.",
+        f"Writing the {what} '{target}' failed: {str(exc).strip() or type(exc).__name__}. Nothing was written; "
+        f"an earlier {what} of that name is untouched.",
         f"Check the free space in '{folder}' (and any file size limit or quota), and that the folder is still "
         "writable; or choose another folder.",
     )

@@ -82,6 +82,29 @@ class PixelArea:
         return abs(t.determinant) * self.to_rad**2 * meridional * normal * np.cos(lat)
 
 
+    def of_polygon(self, rings: list[list[tuple[float, float]]], pixels: int) -> float:
+        """Area in m² of a polygon traced along this grid's pixel edges (exterior ring first, then holes) of
+        `pixels` pixels: the same as the sum of its pixels' areas."""
+        if not self.known:
+            return float("nan")
+        if self.constant is not None:
+            return pixels * self.constant
+        if not self.north_up:  # rotated geographic grid (rare): the pixel area where the polygon starts
+            x, y = rings[0][0]
+            col, row = ~self.transform * (x, y)
+            return pixels * float(np.mean(self.rows(Window(max(int(col), 0), max(int(row), 0), 1, 1))))
+        # Green's theorem on the authalic sphere: along an edge the area to the equator changes by a²·q(φ)/2 per
+        # radian of longitude; pixel edges run along meridians (no change) and parallels (φ constant).
+        total = 0.0
+        for i, ring in enumerate(rings):
+            xy = np.asarray(ring, dtype="float64") * self.to_rad
+            lon, lat = xy[:, 0], np.clip(xy[:, 1], -math.pi / 2, math.pi / 2)
+            q = _authalic_q(lat, self.e)
+            ring_m2 = abs(float(np.sum(np.diff(lon) * (q[:-1] + q[1:]) / 2.0))) * 0.5 * self.a * self.a
+            total += ring_m2 if i == 0 else -ring_m2
+        return total
+
+
 class StatsAccumulator:
     def __init__(self, crs_wkt: Optional[str], transform: Affine) -> None:
         self.area = PixelArea(crs_wkt, transform)

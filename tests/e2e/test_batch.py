@@ -9,6 +9,7 @@ process or temp file is left behind.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -326,7 +327,10 @@ def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
     """--pre-event: a folder holding the image before the flood, one during it and one after the water went back
     (the same as before). The pre-event image is left out of the rasters; each of the others is compared with it on
     the local engine: flood water (1) and water already there (2) as in the scenes' truth, and no flood at all in
-    the image after."""
+    the image after. With --polygons, each map's flood and permanent water as GeoJSON beside it, adding up to the
+    table's areas."""
+    import json
+
     from scripts.scenes import class_iou, flood_classes, generate_pair
 
     downloads = tmp_path / "downloads"
@@ -337,7 +341,7 @@ def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
     out = tmp_path / "floods"
     proc = subprocess.run(
         [sys.executable, "-m", "plugin.batch", str(downloads), "--out", str(out), "--model", MODEL,
-         "--pre-event", str(downloads / "before.tif")],
+         "--pre-event", str(downloads / "before.tif"), "--polygons"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -345,13 +349,21 @@ def test_batch_compares_a_series_with_one_pre_event_image(tmp_path):
         in proc.stdout
     assert "Done: 2 of 2 raster(s) mapped, 0 failed" in proc.stdout
     assert proc.stdout.count("Mapping the pre-event image") == 2
-    assert sorted(p.name for p in out.iterdir()) == ["during_flood.tif", "flood_maps.csv", "later_flood.tif"], \
-        "no temp files left"
+    assert sorted(p.name for p in out.iterdir()) == ["during_flood.geojson", "during_flood.tif", "flood_maps.csv",
+                                                      "later_flood.geojson", "later_flood.tif"], "no temp files left"
     during_row, later_row = _table(out)
+    for row in (during_row, later_row):
+        features = json.loads((out / row["polygons"]).read_text())["features"]
+        for name, column in (("flood", "flood_km2"), ("permanent", "permanent_water_km2")):
+            km2 = sum(f["properties"]["area_m2"] for f in features if f["properties"]["class"] == name) / 1e6
+            assert f"{km2:.4f}" == row[column], (row["map"], name)
+    assert "water polygon(s) (flood " in proc.stdout and f"-> {out / 'during_flood.geojson'}" in proc.stdout
     assert float(during_row["flood_km2"]) > 0 and later_row["flood_km2"] == "0.0000" < later_row["permanent_water_km2"]
     assert during_row["compared_with"] == "the pre-event image 'before.tif'"
     made = read_provenance(str(out / "during_flood.tif"))  # the extent map keeps what made its water
-    assert (made[INPUT_TAG], made[TRANSPORT_TAG]) == ("during.tif", "tensor")
+    # the transport the engine took for this CPU (image-to-image where float16 is its dtype), as the log says
+    transport = "image" if re.search(r"Local engine: .*image-to-image", proc.stdout) else "tensor"
+    assert (made[INPUT_TAG], made[TRANSPORT_TAG]) == ("during.tif", transport)
     assert during_row["model"] == made[MODEL_TAG] != "" and during_row["mapped_at_utc"][:2] == "20"
     with rasterio.open(out / "during_flood.tif") as ds:
         during = ds.read(1)

@@ -187,10 +187,10 @@ def three_rasters(tmp_path, monkeypatch):
         generate_scene(tmp_path / f"{name}.tif", seed=9420 + i, width=32, height=32)
     made: list[_Engine] = []
 
-    def make(failures: dict[str, BaseException]):
+    def make(failures: dict[str, BaseException], engine: type[_Engine] = _WritingEngine):
         def start(settings):
             assert not made, "one engine for the batch"
-            made.append(_WritingEngine(failures))
+            made.append(engine(failures))
             return made[0]
         monkeypatch.setattr(batch, "has_vllm", lambda: False)
         monkeypatch.setattr(batch, "LocalBatch", start)
@@ -345,3 +345,83 @@ def test_an_area_that_misses_every_raster_is_an_error_before_any_engine(three_ra
     assert not made and "Engine:" not in printed.out
     assert f"the area of interest {area} overlaps none of the 3 raster(s)" in printed.err
     assert "its CRS is set right" in printed.err
+
+
+class _MapEngine(_Engine):
+    """The local engine writing a real map on the raster's grid: a square of water (12 x 12 pixels of 10 m)."""
+
+    def map(self, input_path, output_path, options, progress):
+        stats = super().map(input_path, output_path, options, progress)
+        _real_map(input_path, output_path)
+        return stats
+
+
+def _real_map(input_path, output_path):
+    import rasterio
+
+    from plugin.core.output import output_profile
+
+    with rasterio.open(input_path) as src, rasterio.open(output_path, "w", **output_profile(src)) as dst:
+        classes = np.zeros((src.height, src.width), np.uint8)
+        classes[4:16, 4:16] = 1
+        dst.write(classes, 1)
+
+
+def test_polygons_beside_each_map_counted_in_the_table(three_rasters, capsys):
+    import json
+
+    folder, make = three_rasters
+    out = folder / "maps"
+    made = make({}, _MapEngine)
+    assert batch.main([str(folder), "--out", str(out), "--polygons"]) == 0
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["a.tif", "b.tif", "c.tif"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{n}_flood.{ext}" for n in "abc" for ext in ("tif", "geojson")] + ["flood_maps.csv"])
+    assert f"[1/3] ok a.tif -> {out / 'a_flood.tif'}: " in printed
+    assert f"; 1 water polygon(s) (flood 0.0144 km²) -> {out / 'a_flood.geojson'} (" in printed
+    features = json.loads((out / "b_flood.geojson").read_text())["features"]
+    assert [(f["properties"]["class"], f["properties"]["pixels"]) for f in features] == [("flood", 144)]
+    with open(out / "flood_maps.csv", encoding="utf-8") as fh:
+        assert [r["polygons"] for r in csv.DictReader(fh)] == [f"{n}_flood.geojson" for n in "abc"]
+
+
+def test_skip_existing_traces_the_polygons_a_map_there_lacks_and_keeps_those_there(three_rasters, capsys):
+    folder, make = three_rasters
+    out = folder / "maps"
+    out.mkdir()
+    _real_map(folder / "a.tif", out / "a_flood.tif")  # an earlier run's maps: a without polygons, b with them
+    _real_map(folder / "b.tif", out / "b_flood.tif")
+    (out / "b_flood.geojson").write_text("earlier polygons")
+    made = make({}, _MapEngine)
+    assert batch.main([str(folder), "--out", str(out), "--skip-existing", "--polygons", "--min-area", "20000"]) == 0
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["c.tif"]
+    assert f"[1/3] skipped a.tif: its map {out / 'a_flood.tif'} is already there; 0 water polygon(s) -> " \
+           f"{out / 'a_flood.geojson'}, 1 under 20000 m² left out" in printed  # the square: 14,400 m²
+    assert f"[2/3] skipped b.tif: its map {out / 'b_flood.tif'} is already there\n" in printed
+    assert (out / "b_flood.geojson").read_text() == "earlier polygons"
+    assert (out / "a_flood.geojson").is_file() and (out / "c_flood.geojson").is_file()
+    assert "Done: 1 of 3 raster(s) mapped, 2 already there, 0 failed" in printed
+
+
+def test_polygons_that_cannot_be_traced_fail_the_raster_and_keep_its_map(three_rasters, capsys):
+    folder, make = three_rasters
+    out = _earlier_maps(folder, "a")  # a "map" that is no raster
+    made = make({}, _MapEngine)
+    assert batch.main([str(folder), "--out", str(out), "--skip-existing", "--polygons"]) == 1
+    printed = capsys.readouterr().out
+    assert made[0].mapped == ["b.tif", "c.tif"]
+    assert f"its map {out / 'a_flood.tif'} is written, but not its water polygons: " in printed
+    assert (out / "a_flood.tif").read_bytes() == b"earlier map" and not (out / "a_flood.geojson").exists()
+    assert "Done: 2 of 3 raster(s) mapped, 1 failed" in printed
+    with open(out / "flood_maps.csv", encoding="utf-8") as fh:
+        a = next(csv.DictReader(fh))
+    assert a["status"] == "already there" and "not its water polygons" in a["error"] and a["polygons"] == ""
+
+
+def test_min_area_without_polygons_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        batch.parse_args([str(tmp_path), "--out", str(tmp_path / "maps"), "--min-area", "100"])
+    assert stop.value.code == 2
+    assert "--min-area applies to the water polygons: add --polygons" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def test_one_row_per_input_with_its_status_and_figures(tmp_path):
                       "flood_km2": "0.0200", "permanent_water_km2": "0.0100", "water_pixels": "300",
                       "valid_pixels": "1000", "cloud_pixels": "50", "seconds": "12.3",
                       "compared_with": "the pre-event image 'before.tif'", "model": "", "mapped_at_utc": "",
-                      "error": ""}
+                      "polygons": "", "error": ""}
     assert plain_row["water_km2"] == "" and plain_row["flood_km2"] == "" and plain_row["cloud_pixels"] == "0", \
         "no CRS: no area; nothing compared: no flood column"
     assert (offline["flood_km2"], offline["permanent_water_km2"]) == ("0.0002", "0.0003")

@@ -722,7 +722,7 @@ CASES: list[Case] = [
     Case("image-answer-10gb", "the job's answer announces 10 GB", setup_flood(True), ServerError,
          r"to /pooling announces 10,737,418,240 bytes", r"Something other than vLLM"),
     Case("output-disk-full", "the output folder is a full 8 kB tmpfs", setup_disk_full, OutputError,
-         r"Writing the flood map .* failed: .*Nothing was written; an earlier map of that name is untouched",
+         r"Writing the flood map .* failed: .*Nothing was written; an earlier flood map of that name is untouched",
          r"free space", kind="tensor"),
     Case("stale-part-of-a-killed-run", "a 2-hour-old .part of ours in the folder", setup_stale_part, None, "", "",
          kind="tensor"),
