@@ -223,7 +223,8 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
     one scene, missing the other. Run by the vLLM environment's Python, auto takes the local engine (the area is
     masked in the plugin's pipeline). As with the plugin's MASK, the map covers the polygon's bounds on the raster's
     grid, nodata exactly outside the polygon, and only those tiles are sent; the scene the area misses is skipped,
-    found from the bounds before the engine starts, and is no failure."""
+    found from the bounds before the engine starts, and is no failure. The engine runs float32, so that the tiles
+    go by the tensor transport on any CPU (a CPU with fast float16 would send the area's image in one request)."""
     import json
 
     settings = Settings().with_env()
@@ -244,7 +245,8 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
     proc = subprocess.run(
         [settings.vllm_python, "-m", "plugin.batch", str(scene), str(far), "--out", str(out), "--model", MODEL,
          "--area", str(area)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+        env={**os.environ, "FLOODMAPPER_DTYPE": "float32"})
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Engine: --area, which the plugin's pipeline does: the local engine" in proc.stdout
@@ -270,7 +272,9 @@ def test_batch_maps_only_inside_the_area_of_interest(tmp_path):
 def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
     """Ctrl+C in the terminal (SIGINT to the batch's process group) while the second of two rasters is being
     mapped: the batch says what was mapped and how to go on, exits 130, stops its local engine and leaves the
-    first map and no part of the second. The same command with --skip-existing maps the second only."""
+    first map and no part of the second. The same command with --skip-existing maps the second only. The engine
+    runs float32, so that the second raster goes in tiles (tensor transport) on any CPU, and the interrupt comes
+    while they are under way."""
     import signal
 
     truths = {"a_flood.tif": scenes.generate_scene(tmp_path / "a.tif", seed=9430, width=256, height=256),
@@ -278,8 +282,9 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
     out = tmp_path / "maps"
     command = [sys.executable, "-m", "plugin.batch", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"),
                "--out", str(out), "--model", MODEL]
+    env = {**os.environ, "FLOODMAPPER_DTYPE": "float32"}
     before = engine_pids()
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True,  # its own group, as a terminal's foreground job has
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal has
     lines: list[str] = []
@@ -309,7 +314,7 @@ def test_a_batch_stopped_by_ctrl_c_maps_the_rest_with_skip_existing(tmp_path):
     first = (out / "a_flood.tif").stat().st_mtime_ns
 
     proc2 = subprocess.run(command + ["--skip-existing"], cwd=ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, timeout=900)
+                           stderr=subprocess.STDOUT, text=True, timeout=900, env=env)
     print(proc2.stdout[-3000:])
     assert proc2.returncode == 0, proc2.stdout[-3000:]
     assert f"[1/2] skipped a.tif: its map {out / 'a_flood.tif'} is already there" in proc2.stdout

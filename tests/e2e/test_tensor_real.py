@@ -157,14 +157,17 @@ def test_output_has_the_exact_input_grid(vllm_tensor_server, tmp_path, name, wid
 
 
 def test_cancel_against_the_real_server_keeps_it_healthy(vllm_tensor_server, tmp_path):
+    """Cancelled once the first tiles are back (not after a fixed time: a fast CPU maps the whole raster in a
+    second), the run stops within seconds, leaves no file and the server stays healthy."""
     inp = tmp_path / "scene.tif"
-    generate_scene(inp, seed=9, width=1024, height=1024)
+    generate_scene(inp, seed=9, width=2048, height=2048)
 
     class CancelSoon:
         cancelled_at = None
 
         def set_progress(self, p):
-            pass
+            if self.cancelled_at is None and p > 0:  # tiles are back, and most are still to come
+                self.cancelled_at = time.monotonic()
 
         def info(self, m):
             pass
@@ -173,8 +176,6 @@ def test_cancel_against_the_real_server_keeps_it_healthy(vllm_tensor_server, tmp
             pass
 
         def is_canceled(self):
-            if self.cancelled_at is None and time.monotonic() - t0 > 1.0:
-                self.cancelled_at = time.monotonic()
             return self.cancelled_at is not None
 
     prog = CancelSoon()
@@ -182,7 +183,6 @@ def test_cancel_against_the_real_server_keeps_it_healthy(vllm_tensor_server, tmp
     with VllmClient(vllm_tensor_server.url) as client:
         req = MapFloodsRequest(input_path=str(inp), output_path=str(out), server_url=vllm_tensor_server.url,
                                model=vllm_tensor_server.model)
-        t0 = time.monotonic()
         with pytest.raises(Cancelled):
             run_tensor(req, client, demo_spec(vllm_tensor_server), SIX, prog)
         delay = time.monotonic() - prog.cancelled_at

@@ -31,12 +31,15 @@ def _map(src, out):
     return result, time.monotonic() - t0
 
 
-def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processing, tmp_path, capsys):
+def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processing, tmp_path, capsys, monkeypatch):
+    """The engine runs float32 (FLOODMAPPER_DTYPE), so that the rasters go in tiles on any CPU: the kill in step 3
+    comes while tiles are under way (a CPU with fast float16 would map each raster by one image-to-image request)."""
     from qgis.core import QgsApplication
 
     import floodmapper
     from floodmapper.plugin.core import engines as engine_mod
 
+    monkeypatch.setenv("FLOODMAPPER_DTYPE", "float32")
     before = engine_pids()
     plugin = floodmapper.classFactory(qgis_iface)
     plugin.initGui()
