@@ -377,7 +377,9 @@ def trace_polygons(job: Job, min_area: float) -> None:
     """The water polygons of a map made now, or of a map already there (--skip-existing) that has none yet; a
     failure is the raster's error (its map stays)."""
     target = polygons_path(job.output_path)
-    if not (job.skipped or (job.stats is not None and not job.error)) or (job.skipped and os.path.isfile(target)):
+    made_now = job.stats is not None and not job.error
+    lacking = job.skipped and not os.path.isfile(target)
+    if not (made_now or lacking):
         return
     try:
         job.polygons = write_water_geojson(job.output_path, target, min_area)
