@@ -13,7 +13,8 @@ makes each answer wait S seconds, as a fast GPU server's would):
                      starting from ready float16 tensors (no normalisation: it is favoured). Needs torch,
                      so it runs in the vLLM environment's Python (--vllm-python, FLOODMAPPER_VLLM_PYTHON).
 3. ours, pipeline    run_tensor() on 4096x4096x6 uint16 GeoTIFFs (deflate, uncompressed, deflate with a nodata
-                     corner) with the default overlap (1/8): windowed reads, blending, writing the GeoTIFF.
+                     corner) and a deflate one as wide as a Sentinel-2 tile (10980x2048), with the default overlap
+                     (1/8): windowed reads, blending, writing the GeoTIFF.
 4. peak RSS          run_tensor() on a 20000x20000x6 uint16 GeoTIFF (sparse: mostly unwritten blocks, so it
                      is small on disk), in a fresh process, ru_maxrss reported. Target: < 1 GB.
 
@@ -169,14 +170,17 @@ def documented_client(port: int, n: int, python: str) -> float | None:
     return json.loads(out.stdout.strip().splitlines()[-1])["tiles_per_s"]
 
 
-def make_raster(path: Path, size: int, sparse: bool, compress: str = "deflate", nodata_corner: bool = False) -> None:
-    """Random uint16 values in 512x512 blocks; `nodata_corner`: nodata 0, and the blocks below the anti-diagonal
-    one block in from the bottom right corner hold only nodata (the edge of a satellite swath)."""
+def make_raster(path: Path, size: int, sparse: bool, compress: str = "deflate", nodata_corner: bool = False,
+                height: int | None = None) -> None:
+    """Random uint16 values in 512x512 blocks, `size` wide and `height` (default `size`) high; `nodata_corner`:
+    nodata 0, and the blocks below the anti-diagonal one block in from the bottom right corner hold only nodata
+    (the edge of a satellite swath)."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
-    profile = dict(driver="GTiff", width=size, height=size, count=CHANNELS, dtype="uint16", tiled=True,
+    rows = size if height is None else height
+    profile = dict(driver="GTiff", width=size, height=rows, count=CHANNELS, dtype="uint16", tiled=True,
                    blockxsize=512, blockysize=512, compress=compress, crs="EPSG:32633", BIGTIFF="IF_SAFER",
                    transform=from_origin(500000, 5000000, 10, 10))
     if sparse:
@@ -186,11 +190,11 @@ def make_raster(path: Path, size: int, sparse: bool, compress: str = "deflate", 
     rng = np.random.default_rng(1)
     block = rng.integers(300, 3500, (CHANNELS, 512, 512)).astype(np.uint16)
     with rasterio.open(path, "w", **profile) as dst:
-        for y in range(0, size, 512):
+        for y in range(0, rows, 512):
             for x in range(0, size, 512):
                 if sparse and (x // 512 + y // 512) % 7:  # 1 block in 7 holds data, the rest is unwritten
                     continue
-                w = Window(x, y, min(512, size - x), min(512, size - y))
+                w = Window(x, y, min(512, size - x), min(512, rows - y))
                 data = block[:, : w.height, : w.width]
                 if nodata_corner and x + y >= 5 * size // 4:
                     data = np.zeros_like(data)
@@ -363,20 +367,24 @@ def main() -> int:
             if not args.pipeline_only:
                 results.update(transports(port, args))
             # random values: the worst case for decompression; the third raster has a nodata value, so the
-            # tiles with nothing to map are looked for before the first request (a pass that reads the bands)
-            for name, compress, nodata in (("deflate", "deflate", False), ("none", "none", False),
-                                           ("deflate, nodata corner", "deflate", True)):
-                mid = tmp_path / f"mid-{compress}-{nodata}.tif"
-                make_raster(mid, 4096, sparse=False, compress=compress, nodata_corner=nodata)
+            # tiles with nothing to map are looked for before the first request (a pass that reads the bands);
+            # the fourth is as wide as a Sentinel-2 tile (10980 px), where a row band of logits is 45 MB
+            for name, compress, nodata, (width, height) in (
+                    ("deflate", "deflate", False, (4096, 4096)), ("none", "none", False, (4096, 4096)),
+                    ("deflate, nodata corner", "deflate", True, (4096, 4096)),
+                    ("deflate, Sentinel-2 width", "deflate", False, (10980, 2048))):
+                mid = tmp_path / f"mid-{compress}-{nodata}-{width}.tif"
+                make_raster(mid, width, sparse=False, compress=compress, nodata_corner=nodata, height=height)
                 runs = [pipeline(port, mid, tmp_path / "mid-out.tif", None) for _ in range(args.runs)]
                 rates = sorted(r["tiles_per_s"] for r in runs)
-                print(f"ours, pipeline 4096^2 {name} (read+blend+write, overlap 1/8, concurrency "
+                size = "4096^2" if width == height else f"{width}x{height}"
+                print(f"ours, pipeline {size} {name} (read+blend+write, overlap 1/8, concurrency "
                       f"{runs[0]['concurrency']}): {statistics.median(rates):.1f} tiles/s median, "
                       f"{rates[-1]:.1f} best, {runs[0]['tiles']} tiles per run ({runs[0]['requests']} sent); "
                       f"client CPU "
                       f"{statistics.median(r['cpu_ms_per_tile'] for r in runs):.1f} ms per tile")
                 results[f"pipeline_{name}"] = {"runs": runs}
-                if not nodata:
+                if not nodata and width == height:
                     steps = stages(port, mid, tmp_path / "stages-out.tif")
                     print("  one thread, CPU ms per tile: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
                           + f"; sum {sum(steps.values()):.1f}")

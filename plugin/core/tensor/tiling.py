@@ -147,21 +147,31 @@ def read_plan(start: int, length: int, size: int) -> tuple[int, int, Optional[np
 
 
 Sink = Callable[[int, np.ndarray, np.ndarray], None]
-"""sink(row0, logits[num_classes, h, width] float32, valid[h, width] bool) for finished raster rows."""
+"""sink(row0, logits[num_classes, h, width] float32, valid[h, width] bool) for finished raster rows. The arrays are
+the stitcher's and serve later bands once the call returns: a sink copies what it keeps."""
 
 
 class _Band:
     __slots__ = ("acc", "valid", "remaining", "seen")
 
-    def __init__(self, num_classes: int, rows: int, width: int, n_cols: int) -> None:
-        self.acc = np.zeros((num_classes, rows, width), dtype=np.float32)
-        self.valid = np.zeros((rows, width), dtype=bool)
+    def __init__(self, acc: np.ndarray, valid: np.ndarray, n_cols: int) -> None:
+        self.acc = acc
+        self.valid = valid
         self.remaining = n_cols
         self.seen: set[int] = set()
 
 
+SPARE_BANDS = 2  # buffers of flushed bands kept for the next ones: about as many as are alive at once
+
+
 class RowBandStitcher:
-    """Blends tile logits into row bands and emits finished rows, top to bottom, exactly once each."""
+    """Blends tile logits into row bands and emits finished rows, top to bottom, exactly once each.
+
+    The buffers of a flushed band serve the next band, and the blending weights of each kind of tile (edge or
+    inner, per side) are made once: a band of a wide raster is tens of megabytes, and fresh memory for each band
+    and tile costs a page fault per 4 kB on first touch, and its zero pages a TLB flush on every core the process
+    runs on.
+    """
 
     def __init__(self, grid: TileGrid, num_classes: int, sink: Sink, start_row: int = 0, rows_emitted: int = 0,
                  carry: Optional[tuple[np.ndarray, np.ndarray]] = None,
@@ -178,6 +188,9 @@ class RowBandStitcher:
         self._carry = carry  # overlap rows owed to the next band
         self.rows_emitted = rows_emitted
         self.on_flushed = on_flushed
+        self._spares: list[tuple[np.ndarray, np.ndarray]] = []
+        self._weights: dict[tuple[bool, ...], np.ndarray] = {}
+        self._scratch: Optional[np.ndarray] = None
 
     @property
     def live_bands(self) -> int:
@@ -187,9 +200,30 @@ class RowBandStitcher:
         band = self._bands.get(row)
         if band is None:
             y0, y1 = self.grid.band_rows(row)
-            band = _Band(self.num_classes, y1 - y0, self.grid.width, self.grid.n_cols)
+            shape = (self.num_classes, y1 - y0, self.grid.width)
+            for i, (acc, valid) in enumerate(self._spares):
+                if acc.shape == shape:
+                    del self._spares[i]
+                    acc.fill(0.0)
+                    valid.fill(False)
+                    break
+            else:
+                acc = np.empty(shape, dtype=np.float32)
+                acc.fill(0.0)  # written, not calloc'ed: no zero pages to copy on the first blend
+                valid = np.zeros(shape[1:], dtype=bool)
+            band = _Band(acc, valid, self.grid.n_cols)
             self._bands[row] = band
         return band
+
+    def _tile_weights(self, tile: Tile) -> np.ndarray:
+        """The 2-D blending weights [th, tw] of a tile, one array per kind of tile."""
+        g = self.grid
+        key = (tile.row > 0, tile.row < g.n_rows - 1, tile.col > 0, tile.col < g.n_cols - 1)
+        w = self._weights.get(key)
+        if w is None:
+            wy, wx = g.weights(tile)
+            w = self._weights[key] = wy[:, None] * wx[None, :]
+        return w
 
     def add(self, tile: Tile, logits: Optional[np.ndarray], valid: np.ndarray) -> None:
         """Add one tile's logits [num_classes, th, tw] (None = nothing valid) and its valid mask [th, tw]."""
@@ -207,8 +241,11 @@ class RowBandStitcher:
             if g.overlap_x == 0 and g.overlap_y == 0:
                 band.acc[:, :h, xs] += logits[:, :h, :w]  # every weight is 1
             else:
-                wy, wx = g.weights(tile)
-                band.acc[:, :h, xs] += logits[:, :h, :w] * (wy[:h, None] * wx[None, :w])
+                if self._scratch is None or self._scratch.shape[0] != logits.shape[0]:
+                    self._scratch = np.empty((logits.shape[0], g.tile_height, g.tile_width), dtype=np.float32)
+                weighted = self._scratch[:, :h, :w]
+                np.multiply(logits[:, :h, :w], self._tile_weights(tile)[:h, :w], out=weighted)
+                band.acc[:, :h, xs] += weighted
         band.valid[:h, xs] |= valid[:h, :w]
         band.remaining -= 1
         while self._next_row in self._bands and self._bands[self._next_row].remaining == 0:
@@ -238,6 +275,8 @@ class RowBandStitcher:
         if done:
             self.sink(y0, band.acc[:, :done], band.valid[:done])
             self.rows_emitted += done
+        if len(self._spares) < SPARE_BANDS:  # the sink has written the rows: the buffers are free
+            self._spares.append((band.acc, band.valid))
 
     @property
     def finished(self) -> bool:
