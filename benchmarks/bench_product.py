@@ -2,7 +2,7 @@
 (benchmarks/canned_peer.py) on the product's .zip (the stack the plugin makes of its JPEG 2000 band files, read
 inside the zip) and on the same six bands unzipped into a deflate GeoTIFF, side by side in one run (not a test).
 
-    .venv/bin/python benchmarks/bench_product.py [--size 2040] [--runs 3]
+    .venv/bin/python benchmarks/bench_product.py [--size 2040] [--width 10980 --height 3060] [--runs 3]
 
 The product is a generated scene written as an L2A product (tests/fixtures/sentinel2_safe.py: lossless JPEG 2000,
 B02-B04 at 10 m, B8A, B11, B12 at 20 m); the GeoTIFF holds the stack's six model bands at 10 m, so both runs send
@@ -30,11 +30,11 @@ from bench_tensor import peak_rss_mb, spec, start_peer, stop_peer  # noqa: E402
 MODEL_BANDS = [2, 3, 4, 9, 11, 12]  # B02, B03, B04, B8A, B11, B12 in the L2A stack (1-based)
 
 
-def make_inputs(folder: Path, size: int) -> tuple[Path, Path]:
+def make_inputs(folder: Path, width: int, height: int) -> tuple[Path, Path]:
     from scripts.scenes import synthesize
     from tests.fixtures.sentinel2_safe import write_l2a
 
-    refl, _ = synthesize(7301, size, size)
+    refl, _ = synthesize(7301, width, height)
     dn = (np.rint(refl * 10000) + 1000).clip(1, 65535).astype(np.uint16)
     archive = write_l2a(folder, dn, zipped=True)
     stack = stack_of(archive, folder / "stack")
@@ -72,11 +72,14 @@ def run(port: int, path: str, bands: list[int], out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2040, help="the product's 10 m size (a multiple of 6)")
+    parser.add_argument("--width", type=int, help="the 10 m width, if not --size (a Sentinel-2 tile's: 10980)")
+    parser.add_argument("--height", type=int, help="the 10 m height, if not --size")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
+    width, height = args.width or args.size, args.height or args.size
     with tempfile.TemporaryDirectory(prefix="bench-product-") as tmp:
         tmp_path = Path(tmp)
-        archive, tif = make_inputs(tmp_path, args.size)
+        archive, tif = make_inputs(tmp_path, width, height)
         t0 = time.perf_counter()
         for i in range(args.runs):
             stack_of(archive, tmp_path / f"again-{i}")
@@ -95,7 +98,7 @@ def main() -> int:
     rate = {k: statistics.median(r["tiles_per_s"] for r in v) for k, v in results.items()}
     cpu = {k: statistics.median(r["cpu_ms_per_tile"] for r in v) for k, v in results.items()}
     tiles = results["product"][0]["tiles"]
-    print(f"{args.size}x{args.size} px, {tiles} tiles of {spec().tile_width}, {args.runs} runs each, "
+    print(f"{width}x{height} px, {tiles} tiles of {spec().tile_width}, {args.runs} runs each, "
           f"maps identical: {same}")
     print(f"finding the product and writing its stack: {stacking_ms:.1f} ms")
     for k in ("product", "geotiff"):

@@ -13,7 +13,8 @@ A run that has taken a minute keeps each finished row band beside the output (ch
 after a stop puts them in its map and sends the tiles from the first unfinished band on.
 
 Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles on the wire and as
-many read ahead; the whole raster is never held. A run, finished, failed or cancelled, returns only once its
+many read ahead, and GDAL's cache of decoded input blocks (128-512 MB, block_cache.py); the whole raster is never
+held. A run, finished, failed or cancelled, returns only once its
 worker threads and their datasets are done: nothing of it outlives the call.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -34,6 +36,7 @@ from ..model_spec import ModelSpec
 from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from ..raster import HiddenNodata, hidden_nodata
+from . import block_cache
 from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
 from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
@@ -42,7 +45,6 @@ from .tile_plan import tiles_to_send
 from .tiling import RowBandStitcher, Tile, TileGrid, overlap_pixels
 from .writer import MapWriter
 
-GDAL_CACHE_BYTES = 128 * 1024 * 1024  # a row of input blocks is re-read rather than cached
 # GDAL decodes the compressed blocks of one read on this many threads (a tile spans up to four blocks, the plan of
 # tiles to send reads 1024x1024 windows): the reads hold the shared dataset's lock for less time
 GDAL_DECODE_THREADS = "ALL_CPUS"
@@ -70,18 +72,20 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     spec = job.spec.validate_for_tensor()
     info = job.input
     area = job.area or whole_area(info)
-    cache = min(GDAL_CACHE_BYTES, _current_cache_bytes())
+    limit = _current_cache_bytes()  # a user's own GDAL_CACHEMAX caps what the run asks for
     threads = get_gdal_config("GDAL_NUM_THREADS")  # a user's own setting stands, 0 and 1 included
     if threads is None:
         threads = GDAL_DECODE_THREADS
-    with rasterio.Env(GDAL_CACHEMAX=cache, GDAL_NUM_THREADS=threads):
+    with rasterio.Env(GDAL_CACHEMAX=min(block_cache.MIN_BYTES, limit), GDAL_NUM_THREADS=threads):
         try:
             src = rasterio.open(info.path)
         except rasterio.errors.RasterioError as exc:
             raise InputError(f"Cannot open the input raster {info.path}: {exc}.",
                              "Check the path (or URL) and that GDAL can read the format.") from exc
-        with src:
+        with src, ExitStack() as scope:
             bands = band_numbers(job.bands, src.count, spec.channels)
+            cache = min(block_cache.cache_bytes(src, bands, spec.tile_height, area.width), limit)
+            scope.enter_context(rasterio.Env(GDAL_CACHEMAX=cache))
             offset = 0.0 if job.offset is None else float(job.offset)
             scale = job.scale
             if scale is None:
@@ -169,13 +173,14 @@ def fmt_eta(seconds: float) -> str:
 
 
 def _current_cache_bytes() -> int:
+    """GDAL_CACHEMAX as set (by the user, or QGIS), in bytes; unset, as much as a run would ask for."""
     from rasterio._env import get_gdal_config
 
     value = get_gdal_config("GDAL_CACHEMAX")
     try:
         value = int(value)
     except (TypeError, ValueError):
-        return GDAL_CACHE_BYTES
+        return block_cache.MAX_BYTES
     return value * 1024 * 1024 if value < 100000 else value  # GDAL reads small values as MB
 
 
