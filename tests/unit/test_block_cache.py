@@ -11,8 +11,6 @@ from rasterio.transform import from_origin
 
 from plugin.core.tensor.block_cache import MARGIN, MAX_BYTES, MIN_BYTES, cache_bytes
 
-MB = 1024 * 1024
-
 
 def _tiff(path: Path, width: int, height: int, count: int, block: int, interleave: str = "pixel",
           res: float = 10.0) -> Path:
@@ -75,10 +73,10 @@ def test_a_stack_of_band_files_counts_each_source_at_its_own_resolution_and_bloc
 
 @pytest.mark.parametrize("text", ["<VRTDataset", "<VRTDataset></VRTDataset>"])
 def test_a_vrt_whose_sources_cannot_be_read_falls_back_to_its_own_blocks(tmp_path, text):
-    fine = _tiff(tmp_path / "B02.tif", 20000, 16, 1, 1024)
-    vrt = tmp_path / "stack.vrt"
     from osgeo import gdal
 
+    fine = _tiff(tmp_path / "B02.tif", 20000, 16, 1, 1024)
+    vrt = tmp_path / "stack.vrt"
     gdal.BuildVRT(str(vrt), [str(fine)]).FlushCache()
     with rasterio.open(vrt) as ds:
         vrt.write_text(text)  # the file changed under the open dataset: its XML no longer says the sources

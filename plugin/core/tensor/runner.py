@@ -14,8 +14,8 @@ after a stop puts them in its map and sends the tiles from the first unfinished 
 
 Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles on the wire and as
 many read ahead, and GDAL's cache of decoded input blocks (128-512 MB, block_cache.py); the whole raster is never
-held. A run, finished, failed or cancelled, returns only once its
-worker threads and their datasets are done: nothing of it outlives the call.
+held. A run, finished, failed or cancelled, returns only once its worker threads and their datasets are done:
+nothing of it outlives the call.
 """
 
 from __future__ import annotations
