@@ -40,11 +40,13 @@ def cache_bytes(ds: Any, bands: list[int], tile_height: int, width: int) -> int:
 def _file_bytes(ds: Any, bands: list[int], tile_height: int, width: int) -> int:
     """Two rows of the file's blocks (or of tiles, if taller) across `width`; a pixel-interleaved block holds
     every band of the file."""
+    from rasterio.enums import Interleaving
+
     block_h = max(ds.block_shapes[b - 1][0] for b in bands)
     block_w = max(ds.block_shapes[b - 1][1] for b in bands)
     cols = min(ds.width, width + block_w)
     read = bands
-    if ds.count > 1 and str(getattr(ds, "interleaving", "") or "").lower().endswith("pixel"):
+    if ds.count > 1 and ds.interleaving == Interleaving.pixel:
         read = range(1, ds.count + 1)
     pixel = sum(np.dtype(ds.dtypes[b - 1]).itemsize for b in read)
     return 2 * max(block_h, tile_height) * cols * pixel
