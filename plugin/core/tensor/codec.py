@@ -19,6 +19,7 @@ from ..errors import ServerError
 from ..model_spec import ModelSpec
 from ..versions import version_tuple
 from . import torch_save
+from .lookup import lookup
 
 try:  # optional: SIMD base64, ~10x the stdlib's speed (which holds the GIL: the per-tile floor without it)
     import pybase64 as _fast_b64
@@ -231,14 +232,14 @@ def logits_float32(logits: np.ndarray) -> np.ndarray:
 
     float16 logits go through a 65536-entry table indexed by their bit patterns: exact for every value
     (NaN and inf included), and cheaper than numpy's own float16 cast and float16 NaN test, which have no
-    vector path on most numpy builds (together ~2 ms of a 512x512 tile, ~0.7 ms this way).
+    vector path on most numpy builds (together ~2 ms of a 512x512 tile, ~0.4 ms this way).
     """
     global _FLOAT16_TABLE
     if logits.dtype != np.float16:  # float32, or a byte order this machine does not have
         return logits.astype(np.float32, copy=False)
     if _FLOAT16_TABLE is None:
         _FLOAT16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return np.take(_FLOAT16_TABLE, np.ascontiguousarray(logits).view(np.uint16))
+    return lookup(_FLOAT16_TABLE, np.ascontiguousarray(logits).view(np.uint16))
 
 
 def choose_answer(version: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import InputError
 from ..model_spec import ModelSpec
 from .codec import carrier_dtype, to_server_dtype
+from .lookup import lookup
 from .tiling import TileGrid
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ class Normaliser:
             idx = raw.view(self.unsigned)
             out = np.empty(raw.shape, self.dtype)
             for c in range(raw.shape[0]):
-                np.take(self.lut[c], idx[c], out=out[c])
+                lookup(self.lut[c], idx[c], out=out[c])
         else:
             x = np.multiply(raw, self.a, dtype=np.float32)
             x += self.b
