@@ -131,7 +131,7 @@ def ours_transport(port: int, n: int, concurrency: int, stdlib_base64: bool = Fa
     valid = np.ones((TILE, TILE), bool)
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         def one(i: int) -> float:
-            body = enc.encode(norm(tiles[i % 4], valid))
+            body = enc.body(norm(tiles[i % 4], valid))
             logits = post_tile(client, body, enc, s)
             assert logits.shape == (2, TILE, TILE)
             return float(logits[1, 0, 0])
@@ -240,7 +240,7 @@ def stages(port: int, path: Path, out: Path) -> dict:
         bands = list(range(1, CHANNELS + 1))
         for tile in grid:
             raw, valid = timed("read", read_tile, ds, bands, tile)
-            body = timed("encode", enc.encode, timed("normalise", norm, raw, valid))
+            body = timed("encode", enc.body, timed("normalise", norm, raw, valid))
             logits = timed("post", post_tile, client, body, enc, s)
             logits = timed("float32 + NaN check", checked, logits)
             timed("blend", stitcher.add, tile, logits, valid)

@@ -246,9 +246,10 @@ class VllmClient:
             )
         return answer
 
-    def post_tensor(self, body: bytes, model: str, token: Optional[CancelToken] = None,
+    def post_tensor(self, body: Any, model: str, token: Optional[CancelToken] = None,
                     max_bytes: int = DEFAULT_MAX_ANSWER) -> RawReply:
-        """POST one pre-encoded tensor request; the 200 answer's body and headers.
+        """POST one pre-encoded tensor request (bytes, or parts with a length: tensor.codec.Body); the 200
+        answer's body and headers.
 
         For many requests in flight from worker threads (tiles): `token.cancel()` from any thread stops this
         one. The headers matter for vLLM's binary answers (`encoding_format: "bytes"`), whose shape and dtype
@@ -261,7 +262,7 @@ class VllmClient:
         return RawReply(content, response.headers)
 
     # ------------------------------------------------------------------------------------------ plumbing
-    def _send(self, body: bytes, token: CancelToken, cancel: Optional[Callable[[], bool]],
+    def _send(self, body: Any, token: CancelToken, cancel: Optional[Callable[[], bool]],
               on_wait: Optional[Callable[[float], None]], max_bytes: int) -> tuple[requests.Response, bytes]:
         """POST /pooling and read the whole answer under the watchdog, which shuts the socket down on cancel
         or once the wall-clock budget is spent. The body is read in one call, of at most `max_bytes` + 1

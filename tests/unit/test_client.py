@@ -25,6 +25,7 @@ from plugin.core.errors import (
     TransportUnsupported,
 )
 from plugin.core.http import CancelToken
+from plugin.core.tensor.codec import Body
 from plugin.core.vllm_api import KIND_IMAGE, KIND_TENSOR, VllmClient
 from tests.fixtures.fake_http import FakeHttpServer, Reply, closed_port, models_body, unaccepting_port, vllm_error
 
@@ -433,6 +434,21 @@ def test_post_tensor_returns_raw_and_maps_errors(srv):
     assert reply.content == b"\x01\x02" and reply.headers["Content-Type"] == "application/octet-stream"
     with pytest.raises(TransportUnsupported):
         c.post_tensor(b"{}", "m")
+
+
+def test_a_body_in_parts_goes_whole_with_its_length_and_again_on_a_retry(srv):
+    """A tile's body is sent as its parts under one Content-Length (never chunked): a 503 retried by the
+    retry policy sends every byte again."""
+    srv.on("POST", "/pooling", Reply(503), Reply(200, b"\x01\x02", content_type="application/octet-stream"))
+    parts = [b'{"model":"m","x":"', b"A" * 300_000, b'"}']
+    reply = make(srv.url, retries=1).post_tensor(Body(parts), "m")
+    assert reply.content == b"\x01\x02"
+    calls = srv.calls("POST", "/pooling")
+    assert len(calls) == 2
+    for call in calls:
+        assert call.body == b"".join(parts)
+        assert call.headers["Content-Length"] == str(len(call.body))
+        assert "Transfer-Encoding" not in call.headers
 
 
 # ----------------------------------------------------------------------------------- server kind

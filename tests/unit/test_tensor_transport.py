@@ -156,6 +156,19 @@ def test_float16_logits_become_float32_exactly_nan_and_inf_included():
     assert logits_float32(same) is same
 
 
+def test_the_body_in_parts_is_the_encoded_body():
+    enc = PayloadEncoder("m", make_spec(tile=16, location_name="location_coords"))
+    pix = np.arange(6 * 16 * 16, dtype=np.float16).reshape(6, 16, 16)
+    loc = np.array([[12.5, 41.9]], np.float32)
+    body = enc.body(pix, loc)
+    assert bytes(body) == enc.encode(pix, loc)
+    doc = json.loads(bytes(body))
+    got = np.load(io.BytesIO(base64.b64decode(doc["messages"][0]["content"][0]["image_embeds"]["pixel_values"])))
+    np.testing.assert_array_equal(got, pix)
+    assert len(body) == len(bytes(body)) and all(body.parts)
+    assert b"".join(body) == bytes(body) == b"".join(body)  # iterated again, the same bytes
+
+
 def test_payload_asks_for_binary_logits_in_the_model_dtype():
     doc = json.loads(PayloadEncoder("m", make_spec(), answer="bytes").encode(np.zeros((6, 128, 128), np.float16)))
     assert (doc["encoding_format"], doc["embed_dtype"], doc["endianness"]) == ("bytes", "float16", "little")
@@ -551,13 +564,13 @@ def test_the_next_tiles_are_ready_while_the_first_wait_on_the_server(tmp_path, m
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=500, height=500)
     answered = []  # for each tile encoded, how many answers the server had sent by then (the version first)
-    encode = codec.PayloadEncoder.encode
+    body = codec.PayloadEncoder.body
 
     def counting(self, *args):
         answered.append(p.completed)
-        return encode(self, *args)
+        return body(self, *args)
 
-    monkeypatch.setattr(codec.PayloadEncoder, "encode", counting)
+    monkeypatch.setattr(codec.PayloadEncoder, "body", counting)
     with FakeVllm("tensor", MEANS, STDS, delay=0.5, expect_dtype="float16") as p, VllmClient(p.url) as c:
         run_tensor(request(tmp_path, inp, p, overlap=0.0, concurrency=3), c, make_spec(), SIX)
         assert len(p.jobs) == 16 and p.max_in_flight == 3

@@ -68,8 +68,13 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 def npy_b64(arr: np.ndarray) -> bytes:
     """base64 of the .npy serialisation of a C-contiguous array (bytes, ASCII)."""
+    return b"".join(npy_b64_parts(arr))
+
+
+def npy_b64_parts(arr: np.ndarray) -> tuple[bytes, bytes]:
+    """npy_b64 in two parts, the header's and the data's, that follow each other unchanged (no joined copy)."""
     arr = np.ascontiguousarray(arr)
-    return _b64encode(_npy_header(arr.shape, arr.dtype)) + _b64encode(memoryview(arr).cast("B"))
+    return _b64encode(_npy_header(arr.shape, arr.dtype)), _b64encode(memoryview(arr).cast("B"))
 
 
 def torch_b64(arr: np.ndarray, dtype: str) -> bytes:
@@ -89,8 +94,28 @@ def to_server_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(values).astype(dtype, copy=False)
 
 
+class Body:
+    """A request body in parts, sent one after the other under its total Content-Length: the megabytes of base64
+    are never copied into one joined string. It can be sent again (a retried request iterates it anew)."""
+
+    __slots__ = ("parts", "length")
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = tuple(part for part in parts if part)
+        self.length = sum(len(part) for part in self.parts)
+
+    def __len__(self) -> int:  # requests declares it as Content-Length (a body without one goes chunked)
+        return self.length
+
+    def __iter__(self) -> Any:
+        return iter(self.parts)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
 class PayloadEncoder:
-    """Builds the /pooling JSON body as bytes around the base64 tensors (no json.dumps of megabytes)."""
+    """Builds the /pooling JSON body around the base64 tensors (no json.dumps of megabytes)."""
 
     def __init__(self, model: str, spec: ModelSpec, encoding: str = ENCODING_NPY,
                  answer: str = ANSWER_BASE64) -> None:
@@ -122,6 +147,11 @@ class PayloadEncoder:
         self._parts.append(rest)
 
     def encode(self, pixels: np.ndarray, location: Optional[np.ndarray] = None) -> bytes:
+        """The body as one bytes string."""
+        return bytes(self.body(pixels, location))
+
+    def body(self, pixels: np.ndarray, location: Optional[np.ndarray] = None) -> Body:
+        """The body in parts, what a tile's request sends."""
         if pixels.dtype != self.dtype:
             # Never let another dtype through: a float32 tensor to a float16 server kills it.
             raise TypeError(f"pixel tensor is {pixels.dtype}, the server runs {self.server_dtype}")
@@ -132,10 +162,13 @@ class PayloadEncoder:
             tensors.append(to_server_dtype(np.asarray(location, np.float32), self.server_dtype))
         out: list[bytes] = []
         for part, tensor in zip(self._parts, tensors):
-            out.append(part)
-            out.append(npy_b64(tensor) if self.encoding == ENCODING_NPY else torch_b64(tensor, self.server_dtype))
+            if self.encoding == ENCODING_NPY:
+                header, data = npy_b64_parts(tensor)
+                out += [part + header, data]  # the JSON before a tensor goes out with its .npy header
+            else:
+                out += [part, torch_b64(tensor, self.server_dtype)]
         out.append(self._parts[-1])
-        return b"".join(out)
+        return Body(out)
 
 
 _DATA_LIST = re.compile(rb'"data"\s*:\s*\[\s*\{')

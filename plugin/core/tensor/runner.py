@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from ..raster import HiddenNodata, hidden_nodata
 from . import block_cache
 from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
-from .codec import PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
+from .codec import Body, PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
 from .reader import SharedDataset, band_numbers, detect_scale, mask_needs_read, read_tile
 from .tile_plan import tiles_to_send
@@ -144,7 +144,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
     )
 
 
-def post_tile(client: Any, body: bytes, encoder: PayloadEncoder, spec: ModelSpec,
+def post_tile(client: Any, body: Union[bytes, Body], encoder: PayloadEncoder, spec: ModelSpec,
               token: Optional[CancelToken] = None) -> np.ndarray:
     """POST one tile's body and decode the logits, whichever format the server answered in."""
     reply = client.post_tensor(body, encoder.model, token, max_bytes=answer_limit(spec))
@@ -230,7 +230,7 @@ class _Tiles:
                              "Check that the file is complete and readable (gdalinfo -checksum).") from None
         if not valid.any():
             return tile, None, valid  # nothing to ask the model about
-        body = self.encoder.encode(self.normalise(raw, valid), self.locations.get(tile.index))
+        body = self.encoder.body(self.normalise(raw, valid), self.locations.get(tile.index))
         del raw
         if not self._take_slot():
             return None
@@ -262,7 +262,7 @@ class _Tiles:
             return False
         return True
 
-    def _send(self, tile: Tile, body: bytes) -> Optional[np.ndarray]:
+    def _send(self, tile: Tile, body: Body) -> Optional[np.ndarray]:
         """The tile's logits; sent again after the server went away and came back (Outage). An engine that
         stops on the same tile twice stops the run: the tile, not the server, is the problem."""
         while True:
