@@ -1,8 +1,9 @@
 """The wire format of tensor requests and answers: tiles as base64 `.npy` (or torch.save) inside the
 /pooling JSON, and logits back as raw bytes or base64.
 
-The request body is built as bytes around the base64 tensors (no json.dumps of megabytes); the answer is
-read in place where it can be (no second copy of the logits). The float16 trap: a tensor in another dtype
+The request body is the JSON around the base64 tensors, kept in parts that are sent one after the other (no
+json.dumps of megabytes, no joined copy); the answer is read in place where it can be (no second copy of the
+logits). The float16 trap: a tensor in another dtype
 than the server's stops its engine, so every tensor goes in the server's dtype and nothing else.
 """
 
