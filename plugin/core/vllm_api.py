@@ -40,6 +40,13 @@ class RawReply(NamedTuple):
     headers: Any
 
 
+def _content_encoded(headers: Any) -> bool:
+    """Whether an answer's body is compressed (gzip, deflate...) and needs urllib3 to decode it. One that is not is
+    read as it comes: urllib3 2's decoding path hands the body back through a BytesIO, copying each answer (a
+    megabyte of logits per tile) into fresh memory once more."""
+    return headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
+
+
 class VllmClient:
     """One vLLM server: health, version, models, /pooling, and which transport it can do."""
 
@@ -266,8 +273,8 @@ class VllmClient:
               on_wait: Optional[Callable[[float], None]], max_bytes: int) -> tuple[requests.Response, bytes]:
         """POST /pooling and read the whole answer under the watchdog, which shuts the socket down on cancel
         or once the wall-clock budget is spent. The body is read in one call, of at most `max_bytes` + 1
-        (requests' 10 kB chunks cost ~100 Python-level reads per megabyte); urllib3 pools the connection once
-        it is read whole, and drops it when the answer was refused."""
+        (requests' 10 kB chunks cost ~100 Python-level reads per megabyte), decoded only if it is compressed;
+        urllib3 pools the connection once it is read whole, and drops it when the answer was refused."""
         budget = self.total_budget
         limit = max_bytes
         with WATCHDOG.watch(token, budget=budget, should_cancel=cancel, on_tick=on_wait):
@@ -281,10 +288,13 @@ class VllmClient:
                     if declared.isdigit() and int(declared) > limit:
                         response.close()
                         raise self.errors.too_large(int(declared), limit)
-                    content = response.raw.read(limit + 1, decode_content=True)
+                    encoded = _content_encoded(response.headers)
+                    content = response.raw.read(limit + 1, decode_content=encoded)
                     if len(content) > limit:
                         response.close()
                         raise self.errors.too_large(len(content), limit, declared=False)
+                    if not encoded:  # at the end: b""; short of the Content-Length: IncompleteRead
+                        response.raw.read(1, decode_content=False)
                     response._content = content  # for .json()/.text of an error answer
                 token.finish()
             except (Aborted, requests.RequestException, HTTPError, OSError) as exc:

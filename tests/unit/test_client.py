@@ -6,6 +6,7 @@ and then (proxy 502s, torn bodies, stalls, TLS mistakes) is produced on purpose.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import subprocess
@@ -434,6 +435,25 @@ def test_post_tensor_returns_raw_and_maps_errors(srv):
     assert reply.content == b"\x01\x02" and reply.headers["Content-Type"] == "application/octet-stream"
     with pytest.raises(TransportUnsupported):
         c.post_tensor(b"{}", "m")
+
+
+def test_a_compressed_tensor_answer_is_decompressed(srv):
+    """An answer without Content-Encoding is read as it comes; one a proxy compressed is decoded first."""
+    logits = bytes(range(256)) * 40
+    srv.on("POST", "/pooling",
+           Reply(200, gzip.compress(logits), headers={"Content-Encoding": "gzip"},
+                 content_type="application/octet-stream"),
+           Reply(200, logits, content_type="application/octet-stream"))
+    c = make(srv.url)
+    assert c.post_tensor(b"{}", "m").content == logits
+    assert c.post_tensor(b"{}", "m").content == logits
+
+
+def test_a_tensor_answer_cut_short_of_its_length_is_refused(srv):
+    srv.on("POST", "/pooling", Reply(200, b"\x01" * 4000, content_type="application/octet-stream", truncate=100))
+    with pytest.raises(ServerError) as ei:
+        make(srv.url, retries=0).post_tensor(b"{}", "m")
+    assert "truncated" in ei.value.message
 
 
 def test_a_body_in_parts_goes_whole_with_its_length_and_again_on_a_retry(srv):
