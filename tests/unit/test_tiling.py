@@ -137,6 +137,51 @@ def test_stitcher_reassembles_the_field_exactly_once(width, height, tile, overla
     assert sum(n for _, n in emitted) == height
 
 
+@pytest.mark.parametrize("width,height,tile,overlap", [(1000, 700, 128, 16), (300, 100, 128, 0), (129, 300, 128, 30)])
+@pytest.mark.parametrize("order", ["row-major", "shuffled", "right-to-left"])
+def test_stitcher_equals_the_plain_weighted_sum_with_empty_tiles_and_holes(width, height, tile, overlap, order):
+    """Tiles without logits, nodata holes, any order, and band buffers holding NaN from before: every emitted
+    value is the sum of the weighted logits of the tiles over it, every validity the OR of theirs."""
+    grid = TileGrid.build(width, height, tile, tile, overlap, overlap)
+    rng = np.random.default_rng(len(grid))
+    field = _field(2, height, width, len(grid))
+    holes = rng.random((height, width)) < 0.1
+    expected = np.zeros((2, height, width), np.float64)
+    expected_valid = np.zeros((height, width), bool)
+    out = np.full((2, height, width), np.nan, np.float32)
+    out_valid = np.zeros((height, width), bool)
+
+    def sink(row0, logits, valid):
+        out[:, row0:row0 + logits.shape[1]] = logits
+        out_valid[row0:row0 + logits.shape[1]] = valid
+
+    stitcher = RowBandStitcher(grid, 2, sink)
+    for y0, y1 in {grid.band_rows(r) for r in range(grid.n_rows)}:  # buffers a band left behind, never cleared
+        stitcher._spares.append((np.full((2, y1 - y0, width), np.nan, np.float32), np.ones((y1 - y0, width), bool)))
+    tiles = list(grid)
+    if order == "shuffled":
+        random.Random(1).shuffle(tiles)
+    elif order == "right-to-left":
+        tiles.sort(key=lambda t: (t.row, -t.col))
+    empty = set(random.Random(2).sample(range(len(tiles)), len(tiles) // 4))
+    for i, t in enumerate(tiles):
+        iy, ix = reflect_index(t.y0, tile, height), reflect_index(t.x0, tile, width)
+        h, w = min(tile, height - t.y0), min(tile, width - t.x0)
+        if i in empty:
+            stitcher.add(t, None, np.zeros((tile, tile), bool))
+            continue
+        logits = np.ascontiguousarray(field[:, iy][:, :, ix])
+        valid = ~holes[iy][:, ix]
+        stitcher.add(t, logits, valid)
+        wy, wx = grid.weights(t)
+        region = (slice(t.y0, t.y0 + h), slice(t.x0, t.x0 + w))
+        expected[(slice(None), *region)] += (logits * (wy[:, None] * wx[None, :]))[:, :h, :w]
+        expected_valid[region] |= valid[:h, :w]
+    assert stitcher.finished
+    assert np.allclose(out, expected, rtol=0, atol=1e-5)
+    assert (out_valid == expected_valid).all()
+
+
 def test_stitcher_keeps_at_most_two_bands_in_row_major_order():
     *_, max_live = _run_stitcher(3000, 1500, 128, 16)
     assert max_live <= 2
