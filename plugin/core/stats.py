@@ -114,10 +114,16 @@ class StatsAccumulator:
 
     def add(self, window: Window, classes: np.ndarray, valid: np.ndarray) -> None:
         water = valid & ((classes == CLASS_FLOOD) | (classes == CLASS_PERMANENT))  # both are water
-        self.water += int(water.sum())
-        self.valid += int(valid.sum())
+        n_water = int(np.count_nonzero(water))  # counts bytes, where sum() would add them up as integers
+        self.water += n_water
+        self.valid += int(np.count_nonzero(valid))
         cell = self.area.rows(window)
-        self.water_m2 += float((water * cell).sum()) if not np.isscalar(cell) else int(water.sum()) * float(cell)
+        if np.isscalar(cell):
+            self.water_m2 += n_water * float(cell)
+        elif cell.shape[1] == 1:  # one area per row: the water pixels of each row times it
+            self.water_m2 += float(np.count_nonzero(water, axis=1) @ cell[:, 0])
+        else:
+            self.water_m2 += float((water * cell).sum())
 
     def state(self) -> dict:
         """The figures so far, as JSON-able values (kept with a run's finished rows)."""
