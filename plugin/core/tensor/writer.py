@@ -71,13 +71,16 @@ class MapWriter:
             water = np.argmax(logits, axis=0) == spec.water_class
         classes = water.astype(np.uint8)  # CLASS_WATER = 1, CLASS_NOT_WATER = 0
         self.stats.add(window, classes, valid)
-        classes[~valid] = NODATA
+        invalid = None if valid.all() else ~valid  # rows without nodata need no masking pass
+        if invalid is not None:
+            classes[invalid] = NODATA
         prob = None
         if len(self.files) > 1:
             top = logits.max(axis=0)
             expsum = np.exp(logits - top).sum(axis=0)
             prob = (np.exp(logits[spec.water_class] - top) / expsum).astype(np.float32)
-            prob[~valid] = PROBABILITY_NODATA
+            if invalid is not None:
+                prob[invalid] = PROBABILITY_NODATA
         try:
             self.files[0].write(classes, 1, window=window)
             if prob is not None:
