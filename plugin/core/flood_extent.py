@@ -31,7 +31,7 @@ from .reference import (
     check_raster_reference,
     overlaps,
 )
-from .stats import PixelArea
+from .stats import PixelArea, area_of
 
 
 @dataclass(frozen=True)
@@ -168,8 +168,7 @@ def classify(water_map: str, refs: list[Reference], dest: str, progress: Optiona
                     counts["covered_water"] += int((valid & covered & ref_water).sum())
                     cell = pixel_area.rows(window)
                     for value, mask in ((CLASS_FLOOD, flood), (CLASS_PERMANENT, permanent)):
-                        area_m2[value] += (float((mask * cell).sum()) if not np.isscalar(cell)
-                                           else int(mask.sum()) * float(cell))
+                        area_m2[value] += area_of(mask, cell)
                     progress.set_progress(100.0 * (i + 1) / len(windows))
                 dst.update_tags(**{**carried_over(src.tags()),
                                    EXTENT_CLASSES_TAG: "0=not water,1=flood water,2=permanent water,255=nodata",
@@ -260,6 +259,6 @@ def class_areas(path: str) -> dict[int, tuple[int, float]]:
             for value, counts in found.items():
                 mask = values == value
                 counts[0] += int(mask.sum())
-                counts[1] += float((mask * cell).sum()) if not np.isscalar(cell) else int(mask.sum()) * float(cell)
+                counts[1] += area_of(mask, cell)
     return {value: (pixels, m2 / 1e6 if area.known else math.nan) for value, (pixels, m2) in found.items()}
 

@@ -105,6 +105,16 @@ class PixelArea:
         return total
 
 
+def area_of(mask: np.ndarray, cell: Union[float, np.ndarray]) -> float:
+    """m² of the pixels `mask` holds, with `cell` the window's pixel areas from PixelArea.rows: a scalar, a
+    (rows, 1) column (each row's pixels counted, then multiplied by its area) or a full array."""
+    if np.isscalar(cell):
+        return int(np.count_nonzero(mask)) * float(cell)
+    if cell.shape[1] == 1:
+        return float(np.count_nonzero(mask, axis=1) @ cell[:, 0])
+    return float((mask * cell).sum())
+
+
 class StatsAccumulator:
     def __init__(self, crs_wkt: Optional[str], transform: Affine) -> None:
         self.area = PixelArea(crs_wkt, transform)
@@ -114,16 +124,9 @@ class StatsAccumulator:
 
     def add(self, window: Window, classes: np.ndarray, valid: np.ndarray) -> None:
         water = valid & ((classes == CLASS_FLOOD) | (classes == CLASS_PERMANENT))  # both are water
-        n_water = int(np.count_nonzero(water))  # counts bytes, where sum() would add them up as integers
-        self.water += n_water
+        self.water += int(np.count_nonzero(water))  # counts bytes, where sum() would add them up as integers
         self.valid += int(np.count_nonzero(valid))
-        cell = self.area.rows(window)
-        if np.isscalar(cell):
-            self.water_m2 += n_water * float(cell)
-        elif cell.shape[1] == 1:  # one area per row: the water pixels of each row times it
-            self.water_m2 += float(np.count_nonzero(water, axis=1) @ cell[:, 0])
-        else:
-            self.water_m2 += float((water * cell).sum())
+        self.water_m2 += area_of(water, self.area.rows(window))
 
     def state(self) -> dict:
         """The figures so far, as JSON-able values (kept with a run's finished rows)."""
