@@ -14,7 +14,9 @@ makes each answer wait S seconds, as a fast GPU server's would):
                      so it runs in the vLLM environment's Python (--vllm-python, FLOODMAPPER_VLLM_PYTHON).
 3. ours, pipeline    run_tensor() on 4096x4096x6 uint16 GeoTIFFs (deflate, uncompressed, deflate with a nodata
                      corner) and a deflate one as wide as a Sentinel-2 tile (10980x2048), with the default overlap
-                     (1/8): windowed reads, blending, writing the GeoTIFF.
+                     (1/8): windowed reads, blending, writing the GeoTIFF. Under each, the CPU a tile cost
+                     (this process in user and kernel mode, the peer's process), the share of the machine left
+                     idle, and the rate the cores would give if that CPU per tile kept them all busy.
 4. peak RSS          run_tensor() on a 20000x20000x6 uint16 GeoTIFF (sparse: mostly unwritten blocks, so it
                      is small on disk), in a fresh process, ru_maxrss reported. Target: < 1 GB.
 
@@ -249,7 +251,10 @@ def stages(port: int, path: Path, out: Path) -> dict:
     return {step: 1000 * seconds / len(grid) for step, seconds in cost.items()}
 
 
-def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probability: Path | None = None) -> dict:
+def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probability: Path | None = None,
+             peer: subprocess.Popen | None = None) -> dict:
+    """One run_tensor() run: its rate, and where the machine's CPU went meanwhile (this process in user and
+    kernel mode, the peer's process when given, and the share of the machine left idle)."""
     from plugin.core.jobs import MapFloodsRequest
     from plugin.core.vllm_api import VllmClient
     from tests.fixtures.jobs import run_tensor
@@ -257,12 +262,48 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
                                concurrency=concurrency, probability_path=str(probability or ""))
+        idle0, peer0, times0 = machine_idle(), process_cpu_s(peer), os.times()
         t0, c0 = time.perf_counter(), time.process_time()
         stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"tiles": stats.tiles, "requests": stats.requests, "seconds": dt, "tiles_per_s": stats.tiles / dt,
-            "cpu_ms_per_tile": 1000 * cpu / stats.tiles, "max_rss_mb": peak_rss_mb(),
-            "concurrency": stats.concurrency}
+        idle1, peer1, times1 = machine_idle(), process_cpu_s(peer), os.times()
+    n = stats.tiles
+    return {"tiles": n, "requests": stats.requests, "seconds": dt, "tiles_per_s": n / dt,
+            "cpu_ms_per_tile": 1000 * cpu / n, "max_rss_mb": peak_rss_mb(),
+            "concurrency": stats.concurrency,
+            "user_ms_per_tile": 1000 * (times1.user - times0.user) / n,
+            "kernel_ms_per_tile": 1000 * (times1.system - times0.system) / n,
+            "peer_ms_per_tile": None if peer is None else 1000 * (peer1 - peer0) / n,
+            "idle_share": (idle1[0] - idle0[0]) / max(idle1[1] - idle0[1], 1)}
+
+
+def process_cpu_s(proc: subprocess.Popen | None) -> float:
+    """User + kernel CPU seconds a child process has used so far (Linux /proc; in clock ticks of 10 ms)."""
+    if proc is None:
+        return 0.0
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_idle() -> tuple[int, int]:
+    """(idle ticks, all ticks) of the whole machine so far, from /proc/stat."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
+def cpu_budget(runs: list[dict]) -> str:
+    """Where a tile's CPU went, summed over the runs, and the rate two cores' full use would allow at that cost."""
+    tiles = sum(r["tiles"] for r in runs)
+
+    def per_tile(key: str) -> float:
+        return sum(r[key] * r["tiles"] for r in runs) / tiles
+
+    client, peer = per_tile("user_ms_per_tile") + per_tile("kernel_ms_per_tile"), per_tile("peer_ms_per_tile")
+    idle = sum(r["idle_share"] * r["seconds"] for r in runs) / sum(r["seconds"] for r in runs)
+    cores = os.cpu_count() or 1
+    return (f"  CPU ms per tile: client {client:.1f} (user {per_tile('user_ms_per_tile'):.1f}, kernel "
+            f"{per_tile('kernel_ms_per_tile'):.1f}), peer {peer:.1f}; machine idle {100 * idle:.0f} % of the runs; "
+            f"at this CPU per tile, {cores} cores fully used would give {1000 * cores / (client + peer):.0f} tiles/s")
 
 
 def keep_rows(port: int, tmp_path: Path, runs: int) -> dict:
@@ -375,7 +416,7 @@ def main() -> int:
                     ("deflate, Sentinel-2 width", "deflate", False, (10980, 2048))):
                 mid = tmp_path / f"mid-{compress}-{nodata}-{width}.tif"
                 make_raster(mid, width, sparse=False, compress=compress, nodata_corner=nodata, height=height)
-                runs = [pipeline(port, mid, tmp_path / "mid-out.tif", None) for _ in range(args.runs)]
+                runs = [pipeline(port, mid, tmp_path / "mid-out.tif", None, peer=peer) for _ in range(args.runs)]
                 rates = sorted(r["tiles_per_s"] for r in runs)
                 size = "4096^2" if width == height else f"{width}x{height}"
                 print(f"ours, pipeline {size} {name} (read+blend+write, overlap 1/8, concurrency "
@@ -383,6 +424,7 @@ def main() -> int:
                       f"{rates[-1]:.1f} best, {runs[0]['tiles']} tiles per run ({runs[0]['requests']} sent); "
                       f"client CPU "
                       f"{statistics.median(r['cpu_ms_per_tile'] for r in runs):.1f} ms per tile")
+                print(cpu_budget(runs))
                 results[f"pipeline_{name}"] = {"runs": runs}
                 if not nodata and width == height:
                     steps = stages(port, mid, tmp_path / "stages-out.tif")
