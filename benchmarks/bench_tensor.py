@@ -292,7 +292,8 @@ def machine_idle() -> tuple[int, int]:
 
 
 def cpu_budget(runs: list[dict]) -> str:
-    """Where a tile's CPU went, summed over the runs, and the rate two cores' full use would allow at that cost."""
+    """Where a tile's CPU went, summed over the runs, and the rate the machine's cores, fully used, would allow at
+    that cost."""
     tiles = sum(r["tiles"] for r in runs)
 
     def per_tile(key: str) -> float:
