@@ -105,11 +105,12 @@ class PixelArea:
         return total
 
 
-def area_of(mask: np.ndarray, cell: Union[float, np.ndarray]) -> float:
+def area_of(mask: np.ndarray, cell: Union[float, np.ndarray], count: Optional[int] = None) -> float:
     """m² of the pixels `mask` holds, with `cell` the window's pixel areas from PixelArea.rows: a scalar, a
-    (rows, 1) column (each row's pixels counted, then multiplied by its area) or a full array."""
+    (rows, 1) column (each row's pixels counted, then multiplied by its area) or a full array. `count`: the
+    pixels `mask` holds, when the caller has counted them already."""
     if np.isscalar(cell):
-        return int(np.count_nonzero(mask)) * float(cell)
+        return (int(np.count_nonzero(mask)) if count is None else count) * float(cell)
     if cell.shape[1] == 1:
         return float(np.count_nonzero(mask, axis=1) @ cell[:, 0])
     return float((mask * cell).sum())
@@ -124,9 +125,10 @@ class StatsAccumulator:
 
     def add(self, window: Window, classes: np.ndarray, valid: np.ndarray) -> None:
         water = valid & ((classes == CLASS_FLOOD) | (classes == CLASS_PERMANENT))  # both are water
-        self.water += int(np.count_nonzero(water))  # counts bytes, where sum() would add them up as integers
+        n_water = int(np.count_nonzero(water))  # counts bytes, where sum() would add them up as integers
+        self.water += n_water
         self.valid += int(np.count_nonzero(valid))
-        self.water_m2 += area_of(water, self.area.rows(window))
+        self.water_m2 += area_of(water, self.area.rows(window), n_water)
 
     def state(self) -> dict:
         """The figures so far, as JSON-able values (kept with a run's finished rows)."""
