@@ -30,7 +30,8 @@ from ..toolbelt.dependencies import require_dependencies
 from ..toolbelt.i18n import tr
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_source
-from .postprocessor import FloodLayerPostProcessor, write_style_sidecar
+from .map_outputs import flood_map_outputs
+from .postprocessor import FloodLayerPostProcessor, style_when_loaded
 from .reference_inputs import (
     CLASSES_HELP,
     ReferenceInputs,
@@ -38,10 +39,8 @@ from .reference_inputs import (
     add_reference_parameters,
     area_text,
     extent_text,
-    extent_values,
     read_reference_inputs,
 )
-from .water_polygons import write_water_polygons
 
 
 class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
@@ -141,25 +140,9 @@ class CompareWaterMapsAlgorithm(QgsProcessingAlgorithm):
                               area=area_text(result.water_area_km2)) + extent_text(result)
         feedback.pushInfo(summary)
         qlog.log(summary)
-        output = result.output_path
-        write_style_sidecar(output, resources.FLOOD_EXTENT_STYLE)
-        if context.willLoadLayerOnCompletion(output):
-            details = context.layerToLoadOnCompletionDetails(output)
-            details.name = f"{self._input_name} – flood extent"
-            details.setPostProcessor(FloodLayerPostProcessor.create(summary, extent=True))
-        outputs = {
-            self.OUTPUT: output,
-            self.WATER_PIXELS: result.water_pixels,
-            self.VALID_PIXELS: result.valid_pixels,
-            self.WATER_AREA_KM2: result.water_area_km2,
-            **extent_values(result),
-        }
-        polygons_id = write_water_polygons(self, parameters, self.WATER_POLYGONS,
-                                           self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                                           context, feedback, output)
-        if polygons_id:
-            outputs[self.WATER_POLYGONS] = polygons_id
-        return outputs
+        style_when_loaded(context, result.output_path, resources.FLOOD_EXTENT_STYLE,
+                          f"{self._input_name} – flood extent", FloodLayerPostProcessor, summary, extent=True)
+        return flood_map_outputs(self, parameters, context, feedback, result)
 
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:
         from ..core.flood_extent import compare_water_maps, describe

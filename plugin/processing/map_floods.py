@@ -39,7 +39,8 @@ from ..toolbelt.i18n import tr
 from . import area_inputs
 from .feedback import FeedbackProgress
 from .layer_inputs import layer_nodata, layer_source, load_gdal_sources, parse_bands
-from .postprocessor import FloodLayerPostProcessor, ProbabilityLayerPostProcessor, write_style_sidecar
+from .map_outputs import flood_map_outputs
+from .postprocessor import FloodLayerPostProcessor, ProbabilityLayerPostProcessor, style_when_loaded
 from .reference_inputs import (
     CLASSES_HELP,
     PRE_EVENT,
@@ -49,10 +50,8 @@ from .reference_inputs import (
     add_reference_parameters,
     area_text,
     extent_text,
-    extent_values,
     read_reference_inputs,
 )
-from .water_polygons import write_water_polygons
 
 HELP_URL = "https://example.org/floodmapper#map-floods"
 
@@ -339,32 +338,15 @@ class MapFloodsAlgorithm(QgsProcessingAlgorithm):
         for warning in result.warnings:
             feedback.pushWarning(warning)
         output = result.output_path
-        write_style_sidecar(output, resources.FLOOD_EXTENT_STYLE if result.reference else resources.FLOOD_STYLE)
-        if context.willLoadLayerOnCompletion(output):
-            details = context.layerToLoadOnCompletionDetails(output)
-            details.name = f"{self._input_name} – flood"
-            details.setPostProcessor(FloodLayerPostProcessor.create(summary, extent=bool(result.reference)))
-        outputs = {
-            self.OUTPUT: output,
-            self.WATER_PIXELS: result.water_pixels,
-            self.VALID_PIXELS: result.valid_pixels,
-            self.WATER_FRACTION: result.water_fraction,
-            self.WATER_AREA_KM2: result.water_area_km2,
-            **extent_values(result),
-        }
+        style_when_loaded(context, output, resources.FLOOD_EXTENT_STYLE if result.reference else resources.FLOOD_STYLE,
+                          f"{self._input_name} – flood", FloodLayerPostProcessor, summary, bool(result.reference))
+        outputs = flood_map_outputs(self, parameters, context, feedback, result)
+        outputs[self.WATER_FRACTION] = result.water_fraction
         if result.probability_path:
-            write_style_sidecar(result.probability_path, resources.PROBABILITY_STYLE)
-            if context.willLoadLayerOnCompletion(result.probability_path):
-                details = context.layerToLoadOnCompletionDetails(result.probability_path)
-                details.name = f"{self._input_name} – water probability"
-                details.setPostProcessor(ProbabilityLayerPostProcessor.create(summary))
+            style_when_loaded(context, result.probability_path, resources.PROBABILITY_STYLE,
+                              f"{self._input_name} – water probability", ProbabilityLayerPostProcessor, summary)
             outputs[self.PROBABILITY] = result.probability_path
         outputs.update(area_inputs.cloud_outputs(result))
-        polygons_id = write_water_polygons(self, parameters, self.WATER_POLYGONS,
-                                           self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                                           context, feedback, output)
-        if polygons_id:
-            outputs[self.WATER_POLYGONS] = polygons_id
         return outputs
 
     def _run(self, parameters, context, progress: FeedbackProgress) -> MapFloodsResult:

@@ -126,6 +126,17 @@ class ProbabilityLayerPostProcessor(FloodLayerPostProcessor):
             style_probability_layer(layer, self.summary)
 
 
+def style_when_loaded(context: QgsProcessingContext, path: str, style: Path, name: str,
+                      post_processor: type[FloodLayerPostProcessor], summary: str, extent: bool = False) -> None:
+    """Put `style` beside the GeoTIFF at `path` and, when Processing loads it at the end of the run, name the
+    layer `name` and have `post_processor` style it, with the run's `summary` in its metadata."""
+    write_style_sidecar(path, style)
+    if context.willLoadLayerOnCompletion(path):
+        details = context.layerToLoadOnCompletionDetails(path)
+        details.name = name
+        details.setPostProcessor(post_processor.create(summary, extent))
+
+
 def write_style_sidecar(output: str, style: Path) -> None:
     """Put a style (.qml: resources.FLOOD_STYLE, FLOOD_EXTENT_STYLE or PROBABILITY_STYLE) beside the GeoTIFF:
     QGIS applies it whenever the file is opened."""
