@@ -165,8 +165,11 @@ def write_failed(target: str, exc: BaseException, what: str = "flood map") -> Ou
         return OutputError(f"The output folder '{folder}' went away while the {what} was written; nothing "
                            "was written.",
                            "Check that the output folder still exists and that you can write to it, then run again.")
+    # rasterio's read errors say "See previous exception for details": GDAL's own message is their cause
+    cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    detail = str(cause).strip().rstrip(".") or type(cause).__name__
     return OutputError(
-        f"Writing the {what} '{target}' failed: {str(exc).strip() or type(exc).__name__}. Nothing was written; "
+        f"Writing the {what} '{target}' failed: {detail}. Nothing was written; "
         f"an earlier {what} of that name is untouched.",
         f"Check the free space in '{folder}' (and any file size limit or quota), and that the folder is still "
         "writable; or choose another folder.",
@@ -176,13 +179,18 @@ def write_failed(target: str, exc: BaseException, what: str = "flood map") -> Ou
 def verify_written(path: str, target: str) -> None:
     """Read a just-written GeoTIFF back whole: GDAL reports a write that failed while it flushed its cache at
     close (disk full, file size limit) only on stderr, and the file is then truncated. Raises write_failed."""
+    import numpy as np
     import rasterio
     from rasterio.errors import RasterioError
+    from rasterio.windows import Window
 
     try:
         with rasterio.open(path) as ds:
-            for _, window in ds.block_windows(1):
-                ds.read(window=window)
+            rows = ds.block_shapes[0][0]
+            buffer = np.empty((ds.count, rows, ds.width), ds.dtypes[0])  # one row of blocks, read into again
+            for y in range(0, ds.height, rows):
+                h = min(rows, ds.height - y)
+                ds.read(window=Window(0, y, ds.width, h), out=buffer[:, :h])
     except (RasterioError, OSError) as exc:
         raise write_failed(target, exc) from None
 

@@ -574,6 +574,25 @@ def test_replace_is_atomic_over_existing(tmp_path):
     assert no_temp_left(tmp_path)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_reading_back_finds_a_map_cut_short_and_says_what_gdal_saw(tmp_path, dtype):
+    class Grid:
+        width, height, crs, transform = 700, 600, CRS.from_epsg(32633), from_origin(0, 0, 10, 10)
+
+    path = tmp_path / "map.tif"
+    data = np.arange(700 * 600).reshape(600, 700).astype(dtype)
+    with rasterio.open(path, "w", **output.output_profile(Grid, dtype=dtype)) as ds:
+        ds.write(data, 1)
+    output.verify_written(str(path), str(tmp_path / "flood.tif"))  # whole: no error
+
+    os.truncate(path, os.path.getsize(path) * 2 // 3)
+    with pytest.raises(OutputError) as err:
+        output.verify_written(str(path), str(tmp_path / "flood.tif"))
+    assert "Writing the flood map" in err.value.message and "free space" in err.value.hint
+    assert "TIFFReadEncodedTile" in err.value.message and "previous exception" not in err.value.message
+    assert ".." not in err.value.message
+
+
 def test_has_valid_pixels(tmp_path):
     data = np.zeros((6, 10, 10), np.uint16)
     p = write(tmp_path / "z.tif", data, nodata=0)
