@@ -94,7 +94,7 @@ from .batch_inputs import (
     pre_event_input,
     validate,
 )
-from .batch_offline import build_llm, run_one
+from .batch_offline import build_llm, run_one, stop_llm
 from .batch_summary import write_summary
 from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError, NothingToMap
@@ -433,8 +433,13 @@ def map_offline(jobs: list[Job], args: argparse.Namespace, refs: list[Reference]
             print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
         print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
-        return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console(),
-                                                           args.model))
+        try:
+            return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console(),
+                                                               args.model))
+        finally:
+            problem = stop_llm(llm)
+            if problem:
+                print(f"warning: stopping the vLLM engine failed: {problem}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -59,6 +59,25 @@ def build_llm(model: str, max_num_seqs: int, work_dir: str):
     )
 
 
+def stop_llm(llm) -> Optional[str]:
+    """Stop the engine's processes now, from this thread; what went wrong, if anything.
+
+    Left to the interpreter's exit, vLLM's clean-up (its finalizers) stops the engine core while the client's
+    monitor thread still watches it: the thread takes the stop for a crash and cleans up as the interpreter
+    ends, and the process can then abort ("terminate called without an active exception", exit status -6)
+    after every map was written and reported.
+    """
+    client = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    shutdown = getattr(client, "shutdown", None)
+    if not callable(shutdown):
+        return None
+    try:
+        shutdown()
+    except Exception as exc:  # noqa: BLE001 - the maps are written; say it and let the exit clean up the rest
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def run_one(llm, job: Job, indices: Optional[list[int]], work_dir: str, refs: Optional[list[Reference]] = None,
             progress: Optional[Progress] = None, model: str = "") -> Stats | ExtentStats:
     """One raster through the in-process engine, into `job.output_path` (compared with `refs` when given); the map

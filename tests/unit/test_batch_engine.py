@@ -168,6 +168,45 @@ def test_an_area_on_the_offline_engine_is_refused_before_it_loads(tmp_path, monk
     assert "--area masks the area of interest in the plugin's pipeline" in capsys.readouterr().err
 
 
+class _OfflineLLM:
+    """vllm.LLM as far as stopping it goes: llm_engine.engine_core.shutdown()."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.stopped = 0
+        self.fails = fails
+        self.llm_engine = self
+        self.engine_core = self
+
+    def shutdown(self) -> None:
+        self.stopped += 1
+        if self.fails:
+            raise RuntimeError("engine core did not answer")
+
+
+@pytest.mark.parametrize("how", ["a map fails", "Ctrl+C", "stopping fails"])
+def test_the_offline_engine_is_stopped_before_the_batch_returns(tmp_path, monkeypatch, capsys, how):
+    from scripts.scenes import generate_scene
+
+    generate_scene(tmp_path / "a.tif", seed=9413, width=64, height=64)
+    llm = _OfflineLLM(fails=how == "stopping fails")
+
+    def run_one(*args, **kwargs):
+        assert llm.stopped == 0, "a raster was mapped on a stopped engine"
+        if how == "Ctrl+C":
+            raise KeyboardInterrupt
+        raise InputError("the raster has no bands the model takes", "choose another raster")
+
+    monkeypatch.setattr(batch, "has_vllm", lambda: True)
+    monkeypatch.setattr(batch, "build_llm", lambda *a: llm)
+    monkeypatch.setattr(batch, "run_one", run_one)
+    code = batch.main([str(tmp_path / "a.tif"), "--out", str(tmp_path / "out"), "--engine", "offline"])
+    assert llm.stopped == 1
+    assert code == (130 if how == "Ctrl+C" else 1)
+    err = capsys.readouterr().err
+    assert ("warning: stopping the vLLM engine failed: RuntimeError: engine core did not answer" in err) \
+        == (how == "stopping fails")
+
+
 class _WritingEngine(_Engine):
     """The local engine writing a map for each raster, as the pipeline moves a finished map into place."""
 
