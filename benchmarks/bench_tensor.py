@@ -208,6 +208,7 @@ def stages(port: int, path: Path, out: Path) -> dict:
     functions run_tensor calls; thread CPU time, so the peer's work is not counted)."""
     import rasterio
 
+    from plugin.core.tensor import scores
     from plugin.core.tensor.codec import PayloadEncoder, logits_float32
     from plugin.core.tensor.inputs import Normaliser
     from plugin.core.tensor.reader import read_tile
@@ -217,7 +218,7 @@ def stages(port: int, path: Path, out: Path) -> dict:
     from plugin.core.vllm_api import VllmClient
 
     s = spec()
-    cost = dict.fromkeys(("read", "normalise", "encode", "post", "float32 + NaN check", "blend", "class rows",
+    cost = dict.fromkeys(("read", "normalise", "encode", "post", "scores + NaN check", "blend", "class rows",
                           "close file"), 0.0)
 
     def timed(step, fn, *args):
@@ -227,9 +228,9 @@ def stages(port: int, path: Path, out: Path) -> dict:
         return value
 
     def checked(logits):
-        logits = logits_float32(logits)
-        assert not np.isnan(logits).any()
-        return logits
+        tile_scores = scores.of_tile(logits_float32(logits), s)
+        assert not np.isnan(tile_scores).any()
+        return tile_scores
 
     with rasterio.Env(GDAL_CACHEMAX=128 * 1024 * 1024), rasterio.open(path) as ds, \
             VllmClient(f"http://127.0.0.1:{port}") as client:
@@ -238,13 +239,13 @@ def stages(port: int, path: Path, out: Path) -> dict:
         norm = Normaliser(s, 1e-4, 0.0, ds.dtypes[0])
         enc = PayloadEncoder("m", s, answer="bytes")
         writer = MapWriter(ds, str(out), "", s)
-        stitcher = RowBandStitcher(grid, s.num_classes, lambda *a: timed("class rows", writer.sink, *a))
+        stitcher = RowBandStitcher(grid, scores.channels(s), lambda *a: timed("class rows", writer.sink, *a))
         bands = list(range(1, CHANNELS + 1))
         for tile in grid:
             raw, valid = timed("read", read_tile, ds, bands, tile)
             body = timed("encode", enc.body, timed("normalise", norm, raw, valid))
             logits = timed("post", post_tile, client, body, enc, s)
-            logits = timed("float32 + NaN check", checked, logits)
+            logits = timed("scores + NaN check", checked, logits)
             timed("blend", stitcher.add, tile, logits, valid)
         timed("close file", writer.commit)
     cost["blend"] -= cost["class rows"]  # the rows are written from inside add()

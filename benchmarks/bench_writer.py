@@ -7,11 +7,12 @@ written as it comes (not a test).
 Each measurement runs in a fresh process: `MapWriter` gets the row bands of a map of the given size, 448 rows each
 (a 512 px tile with the default overlap), as the stitcher hands them over, and then commits. The bands are made
 first; the peak RSS shown is what the process grew by after that (GDAL's cache, the writer's buffers). The logits
-are a smooth field with per-pixel noise, as a model's are: a water probability made of them compresses like a real
-one (constant logits would compress to nothing and hide the cost). GDAL runs as in a tensor run: its cache at the
-most a run asks for, compression on all CPUs. Printed per variant: the seconds spent handing the bands over
-(`sink`, during the run), the seconds of the commit (after the last tile: what the user waits for once the server
-is done), the process's CPU seconds and what its peak RSS grew by. Variants alternate, round by round.
+(handed over as their water margin, plugin/core/tensor/scores.py) are a smooth field with per-pixel noise, as a
+model's are: a water probability made of them compresses like a real one (constant logits would compress to nothing
+and hide the cost). GDAL runs as in a tensor run: its cache at the most a run asks for, compression on all CPUs.
+Printed per variant: the seconds spent handing the bands over (`sink`, during the run), the seconds of the commit
+(after the last tile: what the user waits for once the server is done), the process's CPU seconds and what its peak
+RSS grew by. Variants alternate, round by round.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def measure(variant: str, size: int, probability: bool, folder: str) -> dict:
     from rasterio.transform import from_origin
 
     from plugin.core.model_spec import ModelSpec
-    from plugin.core.tensor import block_cache
+    from plugin.core.tensor import block_cache, scores
     from plugin.core.tensor.writer import MapWriter
 
     class EachBand(MapWriter):
@@ -64,7 +65,7 @@ def measure(variant: str, size: int, probability: bool, folder: str) -> dict:
         h = min(BAND_ROWS, size - y0)
         rows = np.sin(np.arange(y0, y0 + h, dtype=np.float32) / 200.0)[:, None] * 3
         water = cols[None, :] + rows + rng.normal(0, 0.5, (h, size)).astype(np.float32)
-        bands.append((y0, np.stack([np.zeros_like(water), water])))
+        bands.append((y0, scores.of_tile(np.stack([np.zeros_like(water), water]), spec)))
     valid = np.ones((BAND_ROWS, size), bool)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with rasterio.Env(GDAL_CACHEMAX=block_cache.MAX_BYTES, GDAL_NUM_THREADS="ALL_CPUS"):
@@ -72,9 +73,9 @@ def measure(variant: str, size: int, probability: bool, folder: str) -> dict:
         writer = writer_class(grid, os.path.join(folder, "map.tif"),
                               os.path.join(folder, "probability.tif") if probability else "", spec)
         sink = 0.0
-        for y0, logits in bands:
+        for y0, band in bands:
             t = time.perf_counter()
-            writer.sink(y0, logits, valid[:logits.shape[1]])
+            writer.sink(y0, band, valid[:band.shape[1]])
             sink += time.perf_counter() - t
         t = time.perf_counter()
         writer.commit()

@@ -1,5 +1,6 @@
 """The tensor transport's map writer: row bands of any height, rows put back from an earlier run, and rows read back
-mid-run give the map of the logits; the finished rows of blocks reach the disk during the run, not at its end."""
+mid-run give the map of the logits (argmax, softmax) from their scores; the finished rows of blocks reach the disk
+during the run, not at its end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rasterio.transform import from_origin
 
 from plugin.core.classes import NODATA
 from plugin.core.model_spec import ModelSpec
+from plugin.core.tensor import scores
 from plugin.core.tensor.writer import PROBABILITY_NODATA, MapWriter
 
 SPEC = ModelSpec(channels=6, tile_height=512, tile_width=512, num_classes=2, means=[0.0] * 6, stds=[1.0] * 6)
@@ -34,6 +36,16 @@ def logits_and_validity(height: int, width: int) -> tuple[np.ndarray, np.ndarray
     valid = np.ones((height, width), bool)
     valid[300:340, 100:260] = False  # a stretch of nodata across a band's edge
     return logits, valid
+
+
+def margin(logits: np.ndarray) -> np.ndarray:
+    """What the writer is given for a two-class model: the water margin."""
+    return scores.of_tile(logits, SPEC)
+
+
+def assert_probability(got: np.ndarray, expected: np.ndarray) -> None:
+    """The logistic function of the margin is the softmax of the two logits, to float32's rounding."""
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def expected_maps(logits: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,14 +70,14 @@ def test_bands_of_any_height_give_the_map_of_their_logits(tmp_path, heights):
     assert writer.files[0].block_shapes[0] == (256, 256)  # bands across blocks, and rows held between bands
     y0 = 0
     for h in heights:
-        writer.sink(y0, logits[:, y0:y0 + h], valid[y0:y0 + h])
+        writer.sink(y0, margin(logits[:, y0:y0 + h]), valid[y0:y0 + h])
         y0 += h
         got_classes, got_probability = writer.read_rows(0, y0)  # what is on disk and what is held, together
         np.testing.assert_array_equal(got_classes, classes[:y0])
-        np.testing.assert_array_equal(got_probability, probability[:y0])
+        assert_probability(got_probability, probability[:y0])
     writer.commit()
     np.testing.assert_array_equal(read(tmp_path / "flood.tif"), classes)
-    np.testing.assert_array_equal(read(tmp_path / "probability.tif"), probability)
+    assert_probability(read(tmp_path / "probability.tif"), probability)
     assert writer.stats.result().water_pixels == int((classes == 1).sum())
 
 
@@ -76,14 +88,14 @@ def test_rows_put_back_from_an_earlier_run_and_read_across_the_held_ones(tmp_pat
     writer = MapWriter(Grid(width, height, str(tmp_path / "in.tif")), str(tmp_path / "flood.tif"),
                        str(tmp_path / "probability.tif"), SPEC)
     writer.replay(0, classes[:300], probability[:300])  # an earlier run's kept rows: 256 written, 44 held
-    writer.sink(300, logits[:, 300:420], valid[300:420])  # no row of blocks finished: 256-419 held
+    writer.sink(300, margin(logits[:, 300:420]), valid[300:420])  # no row of blocks finished: 256-419 held
     got = writer.read_rows(200, 400)  # 200-255 from the file, 256-399 held
     np.testing.assert_array_equal(got[0], classes[200:400])
-    np.testing.assert_array_equal(got[1], probability[200:400])
-    writer.sink(420, logits[:, 420:], valid[420:])
+    assert_probability(got[1], probability[200:400])
+    writer.sink(420, margin(logits[:, 420:]), valid[420:])
     writer.commit()
     np.testing.assert_array_equal(read(tmp_path / "flood.tif"), classes)
-    np.testing.assert_array_equal(read(tmp_path / "probability.tif"), probability)
+    assert_probability(read(tmp_path / "probability.tif"), probability)
 
 
 def test_finished_rows_of_blocks_reach_the_disk_during_the_run(tmp_path):
@@ -95,13 +107,13 @@ def test_finished_rows_of_blocks_reach_the_disk_during_the_run(tmp_path):
         writer = MapWriter(Grid(width, height, str(tmp_path / "in.tif")), str(tmp_path / "flood.tif"),
                            str(tmp_path / "probability.tif"), SPEC)
         probability_part = writer.outputs.temps[1]
-        writer.sink(0, logits[:, :448], valid[:448])  # one row of blocks (256 rows) finished, 192 rows held
+        writer.sink(0, margin(logits[:, :448]), valid[:448])  # one row of blocks (256 rows) finished, 192 rows held
         one = os.path.getsize(probability_part)
-        writer.sink(448, logits[:, 448:896], valid[448:896])  # two more (up to row 768)
+        writer.sink(448, margin(logits[:, 448:896]), valid[448:896])  # two more (up to row 768)
         three = os.path.getsize(probability_part)
         raw_row_of_blocks = 256 * width * 4
         assert one > raw_row_of_blocks / 2, one
         assert three - one > 2 * raw_row_of_blocks / 2, (one, three)
-        writer.sink(896, logits[:, 896:], valid[896:])
+        writer.sink(896, margin(logits[:, 896:]), valid[896:])
         writer.commit()
-    np.testing.assert_array_equal(read(tmp_path / "probability.tif"), expected_maps(logits, valid)[1])
+    assert_probability(read(tmp_path / "probability.tif"), expected_maps(logits, valid)[1])

@@ -8,13 +8,13 @@ KEEP_AFTER_S, each finished row band is kept beside the output:
         state.json            the job's fingerprint, the next row band, the figures so far
         rows-<y0>.npy         class rows of the map (uint8, nodata 255), one file per finished band
         probability-<y0>.npy  water-probability rows (float32), when the job writes them
-        carry-<row>.npz       blended logits (float32) and validity of the rows band <row>, the next one, is
-                              owed (none without overlap)
+        carry-<row>.npz       blended scores (float32, scores.py) and validity of the rows band <row>, the next
+                              one, is owed (none without overlap)
 
 The fingerprint covers everything the rows depend on (the input file's size and time, or those of the product or
-band file it was stacked from; the bands, scaling, model and spec, tiling, the area's pixels), not the output's
-name: a flood-extent run, which maps into a temporary file, goes on too. A job that differs starts afresh; the
-folder goes when its map is complete, or after STALE_AFTER_S untouched.
+band file it was stacked from; the bands, scaling, model and spec, tiling, the area's pixels, the scores blended),
+not the output's name: a flood-extent run, which maps into a temporary file, goes on too. A job that differs starts
+afresh; the folder goes when its map is complete, or after STALE_AFTER_S untouched.
 """
 
 from __future__ import annotations

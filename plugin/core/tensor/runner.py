@@ -4,7 +4,8 @@
     -> windowed read of the area (one dataset, shared by the workers) -> band selection -> reflectance scale/offset
     -> nodata, mask-polygon and cloud mask
     -> normalise with the model's means/stds -> cast to the server's dtype -> request body -> POST /pooling
-    -> logits -> cos^2 blending in row bands -> argmax -> GeoTIFF rows
+    -> logits -> scores (two classes: the water margin, scores.py) -> cos^2 blending in row bands
+    -> water class (and probability) -> GeoTIFF rows
 
 As many tiles again are read and encoded ahead, each waiting for a request slot: when an answer comes back, the
 next request goes out at once instead of after a read and an encode (the server does not sit idle meanwhile).
@@ -12,7 +13,7 @@ next request goes out at once instead of after a read and an encode (the server 
 A run that has taken a minute keeps each finished row band beside the output (checkpoint.py); the same job run again
 after a stop puts them in its map and sends the tiles from the first unfinished band on.
 
-Memory is bounded by num_classes x tile x width for the row bands plus `concurrency` tiles on the wire and as
+Memory is bounded by channels x tile x width for the row bands plus `concurrency` tiles on the wire and as
 many read ahead, and GDAL's cache of decoded input blocks (128-512 MB, block_cache.py); the whole raster is never
 held. A run, finished, failed or cancelled, returns only once its worker threads and their datasets are done:
 nothing of it outlives the call.
@@ -37,6 +38,7 @@ from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from ..raster import HiddenNodata, hidden_nodata
 from . import block_cache
+from . import scores as tile_scores
 from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
 from .codec import Body, PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
@@ -112,7 +114,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                               spec=_spec_values(spec), model=job.model, overlap=ov, location=job.location_mode,
                               window=area.window.flatten(), transform=tuple(area.transform)[:6],
                               mask=area.mask.bits if area.mask is not None else None, hidden=repr(hidden),
-                              logits=encoder.logits_dtype)
+                              logits=encoder.logits_dtype, scores=tile_scores.channels(spec))
             writer = MapWriter(src, job.output_path, job.probability_path, spec, area, job.tags)
             kept = None
             try:  # right after the writer is made: an interrupt (Ctrl+C) in between would leave its files
@@ -206,7 +208,7 @@ class _Tiles:
         self.spec = spec
         self.dataset = SharedDataset(path)
         self.start_row = resumed.next_row if resumed is not None else 0
-        self.stitcher = RowBandStitcher(grid, spec.num_classes, writer.sink, self.start_row,
+        self.stitcher = RowBandStitcher(grid, tile_scores.channels(spec), writer.sink, self.start_row,
                                         resumed.rows_done if resumed is not None else 0,
                                         resumed.carry if resumed is not None else None, on_flushed)
         self.stop = threading.Event()
@@ -244,13 +246,15 @@ class _Tiles:
         del body
         if self.stop.is_set():
             return None
-        logits = logits_float32(logits)  # here, in the worker, not in the stitching thread
-        if np.isnan(logits).any():  # NaN would silently read as "not water" everywhere it lands
+        # here, in the worker, not in the stitching thread
+        scores = tile_scores.of_tile(logits_float32(logits), self.spec)
+        if np.isnan(scores).any():  # NaN would silently read as "not water" everywhere it lands
             raise ServerError(
-                f"The model returned NaN logits for the tile at pixel ({tile.x0}, {tile.y0}).",
+                f"The model returned NaN logits (or the same infinite logit for both classes) for the tile at pixel "
+                f"({tile.x0}, {tile.y0}).",
                 "The input is probably outside the range the model expects (an overflow in float16): check "
                 "SCALE/OFFSET (reflectance 0-1) and BANDS, or serve the model in float32.")
-        return tile, logits, valid
+        return tile, scores, valid
 
     def _take_slot(self) -> bool:
         """Wait for one of the `concurrency` request slots; False once the run stops."""

@@ -7,9 +7,9 @@ Why this shape:
 - Overlapping tiles are blended with separable cos^2 ramps that form a partition of unity (the weights of
   all tiles covering a pixel sum to exactly 1), so no normalisation buffer is needed, no seam shows, and
   no pixel inside the raster ever gets weight 0 (a tile edge on the raster border keeps weight 1).
-- Memory: weighted logits are accumulated per row band of tiles only. A band's rows are handed to the
-  sink as soon as no pending tile touches them, so memory is num_classes x tile x width (plus the
-  in-flight tiles), never the whole raster.
+- Memory: the tiles' weighted scores (their logits, or for two classes the water margin: scores.py) are
+  accumulated per row band of tiles only. A band's rows are handed to the sink as soon as no pending tile
+  touches them, so memory is channels x tile x width (plus the in-flight tiles), never the whole raster.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def read_plan(start: int, length: int, size: int) -> tuple[int, int, Optional[np
 
 
 Sink = Callable[[int, np.ndarray, np.ndarray], None]
-"""sink(row0, logits[num_classes, h, width] float32, valid[h, width] bool) for finished raster rows. The arrays are
+"""sink(row0, scores[channels, h, width] float32, valid[h, width] bool) for finished raster rows. The arrays are
 the stitcher's and serve later bands once the call returns: a sink copies what it keeps."""
 
 
@@ -165,7 +165,7 @@ SPARE_BANDS = 2  # buffers of flushed bands kept for the next ones: about as man
 
 
 class RowBandStitcher:
-    """Blends tile logits into row bands and emits finished rows, top to bottom, exactly once each.
+    """Blends tile scores into row bands and emits finished rows, top to bottom, exactly once each.
 
     The buffers of a flushed band serve the next band, and the blending weights of each kind of tile (edge or
     inner, per side) are made once: a band of a wide raster is tens of megabytes, and fresh memory for each band
@@ -173,7 +173,7 @@ class RowBandStitcher:
     runs on.
     """
 
-    def __init__(self, grid: TileGrid, num_classes: int, sink: Sink, start_row: int = 0, rows_emitted: int = 0,
+    def __init__(self, grid: TileGrid, channels: int, sink: Sink, start_row: int = 0, rows_emitted: int = 0,
                  carry: Optional[tuple[np.ndarray, np.ndarray]] = None,
                  on_flushed: Optional[Callable[[int, int, int, Optional[tuple[np.ndarray, np.ndarray]]], None]] = None,
                  ) -> None:
@@ -181,7 +181,7 @@ class RowBandStitcher:
         before `start_row` flushed, its map rows before `rows_emitted` written). `on_flushed(next_row, first, end,
         carry)` hears each flush: map rows first..end-1 were written, and what the next band is owed."""
         self.grid = grid
-        self.num_classes = num_classes
+        self.channels = channels
         self.sink = sink
         self._bands: dict[int, _Band] = {}
         self._next_row = start_row  # next band to flush
@@ -200,7 +200,7 @@ class RowBandStitcher:
         band = self._bands.get(row)
         if band is None:
             y0, y1 = self.grid.band_rows(row)
-            shape = (self.num_classes, y1 - y0, self.grid.width)
+            shape = (self.channels, y1 - y0, self.grid.width)
             for i, (acc, valid) in enumerate(self._spares):
                 if acc.shape == shape:
                     del self._spares[i]
@@ -225,8 +225,8 @@ class RowBandStitcher:
             w = self._weights[key] = wy[:, None] * wx[None, :]
         return w
 
-    def add(self, tile: Tile, logits: Optional[np.ndarray], valid: np.ndarray) -> None:
-        """Add one tile's logits [num_classes, th, tw] (None = nothing valid) and its valid mask [th, tw]."""
+    def add(self, tile: Tile, scores: Optional[np.ndarray], valid: np.ndarray) -> None:
+        """Add one tile's scores [channels, th, tw] (None = nothing valid) and its valid mask [th, tw]."""
         g = self.grid
         if tile.row < self._next_row:
             raise RuntimeError(f"tile {tile.index} added after its rows were written")
@@ -237,14 +237,14 @@ class RowBandStitcher:
         h = min(tile.height, g.height - tile.y0)
         w = min(tile.width, g.width - tile.x0)
         xs = slice(tile.x0, tile.x0 + w)
-        if logits is not None:
+        if scores is not None:
             if g.overlap_x == 0 and g.overlap_y == 0:
-                band.acc[:, :h, xs] += logits[:, :h, :w]  # every weight is 1
+                band.acc[:, :h, xs] += scores[:, :h, :w]  # every weight is 1
             else:
-                if self._scratch is None or self._scratch.shape[0] != logits.shape[0]:
-                    self._scratch = np.empty((logits.shape[0], g.tile_height, g.tile_width), dtype=np.float32)
+                if self._scratch is None or self._scratch.shape[0] != scores.shape[0]:
+                    self._scratch = np.empty((scores.shape[0], g.tile_height, g.tile_width), dtype=np.float32)
                 weighted = self._scratch[:, :h, :w]
-                np.multiply(logits[:, :h, :w], self._tile_weights(tile)[:h, :w], out=weighted)
+                np.multiply(scores[:, :h, :w], self._tile_weights(tile)[:h, :w], out=weighted)
                 band.acc[:, :h, xs] += weighted
         band.valid[:h, xs] |= valid[:h, :w]
         band.remaining -= 1

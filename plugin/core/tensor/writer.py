@@ -1,4 +1,4 @@
-"""The tensor transport's outputs: the stitched logits of each row band written as class-map rows (and
+"""The tensor transport's outputs: the stitched scores of each row band written as class-map rows (and
 optional water-probability rows) into temporary GeoTIFFs, moved into place together at the end.
 
 The rows go to the files in whole rows of the files' blocks. GDAL compresses and writes a write of whole blocks at
@@ -21,6 +21,7 @@ from ..model_spec import ModelSpec
 from ..output import AtomicOutputs, output_profile, verify_written, write_failed
 from ..provenance import describe_map
 from ..stats import StatsAccumulator
+from . import scores as tile_scores
 
 if TYPE_CHECKING:
     from ..area_of_interest import Area
@@ -75,29 +76,21 @@ class MapWriter:
             self.discard()
             raise
 
-    def sink(self, row0: int, logits: np.ndarray, valid: np.ndarray) -> None:
-        """Rows row0.. of the map from their blended logits [classes, rows, width] and validity."""
+    def sink(self, row0: int, scores: np.ndarray, valid: np.ndarray) -> None:
+        """Rows row0.. of the map from their blended scores [channels, rows, width] (scores.py) and validity."""
         from rasterio.windows import Window
 
         spec = self.spec
         h, w = valid.shape
         window = Window(0, row0, w, h)
-        if spec.num_classes == 2:  # argmax of two, ties to class 0, without the index array
-            other = logits[1 - spec.water_class]
-            mine = logits[spec.water_class]
-            water = mine > other if spec.water_class == 1 else mine >= other
-        else:
-            water = np.argmax(logits, axis=0) == spec.water_class
-        classes = water.astype(np.uint8)  # CLASS_WATER = 1, CLASS_NOT_WATER = 0
+        classes = tile_scores.water(scores, spec).astype(np.uint8)  # CLASS_WATER = 1, CLASS_NOT_WATER = 0
         self.stats.add(window, classes, valid)
         invalid = None if valid.all() else ~valid  # rows without nodata need no masking pass
         if invalid is not None:
             classes[invalid] = NODATA
         prob = None
         if len(self.files) > 1:
-            top = logits.max(axis=0)
-            expsum = np.exp(logits - top).sum(axis=0)
-            prob = (np.exp(logits[spec.water_class] - top) / expsum).astype(np.float32)
+            prob = tile_scores.probability(scores, spec)
             if invalid is not None:
                 prob[invalid] = PROBABILITY_NODATA
         self._put(row0, [classes] if prob is None else [classes, prob])
