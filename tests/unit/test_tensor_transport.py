@@ -579,6 +579,55 @@ def test_the_next_tiles_are_ready_while_the_first_wait_on_the_server(tmp_path, m
         assert (ds.read(1) == rule_mask(inp)).mean() >= 0.9999
 
 
+def test_the_tiles_read_ahead_wait_until_the_first_requests_are_out(tmp_path, monkeypatch):
+    """The first `concurrency` tiles are read and sent before any tile is read ahead: the first requests do not
+    share the cores with the reads ahead."""
+    import plugin.core.tensor.runner as runner
+
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=8, width=500, height=500)
+    events = []
+    read, send = runner.read_tile, runner._Tiles._send
+
+    def reading(*args, **kwargs):
+        events.append("read")
+        return read(*args, **kwargs)
+
+    def sending(self, *args):
+        events.append("post")
+        return send(self, *args)
+
+    monkeypatch.setattr(runner, "read_tile", reading)
+    monkeypatch.setattr(runner._Tiles, "_send", sending)
+    with FakeVllm("tensor", MEANS, STDS, delay=0.3, expect_dtype="float16") as p, VllmClient(p.url) as c:
+        run_tensor(request(tmp_path, inp, p, overlap=0.0, concurrency=3), c, make_spec(), SIX)
+        assert len(p.jobs) == 16 and p.max_in_flight == 3
+    reads = [i for i, e in enumerate(events) if e == "read"]
+    posts = [i for i, e in enumerate(events) if e == "post"]
+    assert len(reads) == len(posts) == 16
+    assert reads[3] > posts[2], events  # the fourth tile is read once the third request is out
+
+
+def test_the_workers_read_the_raster_the_run_opened(tmp_path, peer, client, monkeypatch):
+    """The input is opened in the caller's thread only: a raster with a CRS opened in a fresh worker thread costs
+    it milliseconds of CPU before its first tile (GDAL's coordinate system database, set up per thread)."""
+    real = rasterio.open
+    opened = []
+
+    def spy(path, *args, **kwargs):
+        if str(path) == str(inp):
+            opened.append(threading.current_thread())
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio, "open", spy)
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=2, width=300, height=260)
+    run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    assert opened and set(opened) == {threading.current_thread()}
+    with real(tmp_path / "out.tif") as ds:
+        assert (ds.read(1) == rule_mask(inp)).mean() >= 0.9999
+
+
 def test_cancel_stops_within_a_second_and_leaves_nothing(tmp_path):
     inp = tmp_path / "in.tif"
     generate_scene(inp, seed=8, width=500, height=500)

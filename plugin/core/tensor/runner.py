@@ -8,15 +8,16 @@
     -> water class (and probability) -> GeoTIFF rows
 
 As many tiles again are read and encoded ahead, each waiting for a request slot: when an answer comes back, the
-next request goes out at once instead of after a read and an encode (the server does not sit idle meanwhile).
+next request goes out at once instead of after a read and an encode (the server does not sit idle meanwhile). They
+are read once the first requests are out, so that the first tiles have the cores to themselves.
 
 A run that has taken a minute keeps each finished row band beside the output (checkpoint.py); the same job run again
 after a stop puts them in its map and sends the tiles from the first unfinished band on.
 
 Memory is bounded by channels x tile x width for the row bands plus `concurrency` tiles on the wire and as
 many read ahead, and GDAL's cache of decoded input blocks (128-512 MB, block_cache.py); the whole raster is never
-held. A run, finished, failed or cancelled, returns only once its worker threads and their datasets are done:
-nothing of it outlives the call.
+held. A run, finished, failed or cancelled, returns only once its worker threads are done with its dataset: nothing
+of it outlives the call.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from .writer import MapWriter
 GDAL_DECODE_THREADS = "ALL_CPUS"
 INFO_EVERY_S = 5.0
 POLL_S = 0.1  # how often the main loop looks at the cancel flag
+START_POLL_S = 0.001  # how often it looks whether the first requests are out, before it reads ahead
 PREPARED_AHEAD = 1  # tiles read and encoded ahead, per request slot
 
 
@@ -120,7 +122,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
             try:  # right after the writer is made: an interrupt (Ctrl+C) in between would leave its files
                 kept = KeptRows(Checkpoint(job.output_path, key, bool(job.probability_path)), writer, grid.n_rows,
                                 area.height, t_start, progress)
-                tiles = _Tiles(info.path, grid, bands, mask_needs_read(src, bands), normalise, encoder,
+                tiles = _Tiles(src, grid, bands, mask_needs_read(src, bands), normalise, encoder,
                                locations, client, spec, writer, area, send, hidden, kept.resume(), kept.flushed)
                 tiles.outage = Outage(client, job.retry_wait, tiles.stop.is_set, revive)
                 n_requests = tiles.run(job.concurrency, progress, span)
@@ -189,7 +191,7 @@ def _current_cache_bytes() -> int:
 class _Tiles:
     """The tiles of one run: each read, normalised and sent in a worker thread, stitched in the caller's."""
 
-    def __init__(self, path: str, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
+    def __init__(self, src: Any, grid: TileGrid, bands: list[int], mask_read: bool, normalise: Normaliser,
                  encoder: PayloadEncoder, locations: dict, client: Any, spec: ModelSpec, writer: MapWriter,
                  area: Area, send: np.ndarray, hidden: HiddenNodata, resumed: Optional[Resumed] = None,
                  on_flushed: Optional[Callable] = None) -> None:
@@ -206,7 +208,7 @@ class _Tiles:
         self.locations = locations
         self.client = client
         self.spec = spec
-        self.dataset = SharedDataset(path)
+        self.dataset = SharedDataset(src)
         self.start_row = resumed.next_row if resumed is not None else 0
         self.stitcher = RowBandStitcher(grid, tile_scores.channels(spec), writer.sink, self.start_row,
                                         resumed.rows_done if resumed is not None else 0,
@@ -296,7 +298,8 @@ class _Tiles:
                     self.tokens.discard(token)
 
     def run(self, concurrency: int, progress: Progress, span: ProgressSpan) -> int:
-        """Send every tile; returns the number of requests. Threads and datasets are done when it returns."""
+        """Send every tile; returns the number of requests. The threads are done, and the dataset closed, when it
+        returns."""
         # the tiles read and encoded ahead wait for a slot: one freed by an answer is refilled at once
         self.slots = threading.BoundedSemaphore(concurrency)
         workers = concurrency + concurrency * PREPARED_AHEAD
@@ -307,10 +310,15 @@ class _Tiles:
         nothing = np.zeros((self.grid.tile_height, self.grid.tile_width), dtype=bool)
         done = 0
         t0 = last_info = time.monotonic()
+        # The tiles read ahead are read once the first requests are out: before, they would share the cores with
+        # the first tiles' reads and encodes, and the server would wait for its first tiles that much longer.
+        first_wave = min(concurrency, total)
+        started = False
         try:
             exhausted = False
             while True:
-                while not exhausted and len(pending) < workers:
+                started = started or self.sent >= first_wave
+                while not exhausted and len(pending) < (workers if started else concurrency):
                     tile = next(tiles, None)
                     if tile is None:
                         exhausted = True
@@ -321,7 +329,8 @@ class _Tiles:
                     pending.add(executor.submit(self.work, tile))
                 if not pending:
                     break
-                finished, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                finished, pending = wait(pending, timeout=POLL_S if started else START_POLL_S,
+                                         return_when=FIRST_COMPLETED)
                 check_cancel(progress)
                 for fut in finished:
                     try:
@@ -337,6 +346,7 @@ class _Tiles:
                     else:
                         done += 1
                 if finished:
+                    started = True  # a tile came back (or had nothing to send after all): read ahead from now on
                     now = time.monotonic()
                     progress.set_progress(span.at(done / total))
                     if now - last_info >= INFO_EVERY_S or done == total:
