@@ -53,7 +53,7 @@ from .writer import MapWriter
 GDAL_DECODE_THREADS = "ALL_CPUS"
 INFO_EVERY_S = 5.0
 POLL_S = 0.1  # how often the main loop looks at the cancel flag
-START_POLL_S = 0.001  # how often it looks whether the first requests are out, before it reads ahead
+START_POLL_S = 0.001  # how often it looks whether the first requests are out, before it reads ahead (for POLL_S)
 PREPARED_AHEAD = 1  # tiles read and encoded ahead, per request slot
 
 
@@ -317,7 +317,7 @@ class _Tiles:
         try:
             exhausted = False
             while True:
-                started = started or self.sent >= first_wave
+                started = started or self.sent >= first_wave or time.monotonic() - t0 >= POLL_S
                 while not exhausted and len(pending) < (workers if started else concurrency):
                     tile = next(tiles, None)
                     if tile is None:
