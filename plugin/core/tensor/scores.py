@@ -9,8 +9,6 @@ are its logits.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ..model_spec import ModelSpec
@@ -38,13 +36,13 @@ def water(scores: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return margin > 0 if spec.water_class == 1 else margin >= 0
 
 
-def probability(scores: np.ndarray, spec: ModelSpec, out: Optional[np.ndarray] = None) -> np.ndarray:
+def probability(scores: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """The water class's softmax probability (float32)."""
     if spec.num_classes != 2:
         top = scores.max(axis=0)
         expsum = np.exp(scores - top).sum(axis=0)
         return (np.exp(scores[spec.water_class] - top) / expsum).astype(np.float32)
-    p = np.negative(scores[0], out=out)
+    p = np.negative(scores[0])
     with np.errstate(over="ignore"):  # exp(-margin) beyond float32: the probability is 0
         np.exp(p, out=p)
     p += 1
