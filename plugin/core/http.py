@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -154,16 +155,33 @@ class _TrackingAdapter(HTTPAdapter):
 
 # ------------------------------------------------------------------------------------------------ session
 class _Session(requests.Session):
-    """A Session whose own proxies (QGIS's proxy settings) win over the HTTP(S)_PROXY environment variables.
+    """A Session whose own proxies (QGIS's proxy settings) win over the HTTP(S)_PROXY environment variables,
+    and which reads the environment once per server rather than on every request.
 
     requests lets the environment override `Session.proxies` (psf/requests#2018); QGIS's settings, and a
     "no proxy" ("" = direct) decision made from them, must not be overridden that way.
+
+    requests reads the proxy variables on every request, walking the whole environment twice: ~0.1 ms of
+    Python that holds the GIL, on each of the hundreds of tile requests of a run. A client serves one job, so
+    the environment's part of the settings (proxies, no_proxy, REQUESTS_CA_BUNDLE) is kept per server and
+    per the request's own settings, as it was at the client's first request to that server.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple, dict[str, Any]] = {}
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         merged = dict(self.proxies)
         merged.update(proxies or {})
-        return super().merge_environment_settings(url, merged, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, tuple(sorted(merged.items())), stream, verify, cert, self.stream,
+               self.verify, self.cert, self.trust_env)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, merged, stream, verify, cert)
+            self._environment[key] = settings
+        return {**settings, "proxies": dict(settings["proxies"])}  # a copy: the caller may change it
 
 
 class _Retry(Retry):

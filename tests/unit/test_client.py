@@ -528,3 +528,29 @@ def test_session_is_pooled(srv):
     finally:
         requests.adapters.HTTPAdapter.build_response = orig
     assert len(ports) == 1  # one keep-alive connection reused
+
+
+def test_the_environment_is_read_once_per_server_and_its_proxy_still_applies(srv, monkeypatch):
+    """The proxy variables are read at a client's first request to a server, not at every tile's."""
+    srv.on("GET", "/v1/models", Reply(200, models_body("m")))
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    read = []
+    environ_proxies = requests.sessions.get_environ_proxies
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies",
+                        lambda url, no_proxy=None: read.append(url) or environ_proxies(url, no_proxy=no_proxy))
+    c = make(srv.url)
+    for _ in range(3):
+        assert c.models() == ["m"]
+    assert read == [srv.url + "/v1/models"]
+    settings = c.session.merge_environment_settings(srv.url + "/pooling", {}, None, None, None)
+    settings["proxies"]["http"] = "http://changed.invalid"  # a caller's change stays in its copy
+    assert "http" not in c.session.merge_environment_settings(srv.url + "/pooling", {}, None, None, None)["proxies"]
+
+    # a proxy in the environment is what the next client's requests go through: this one listens nowhere
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
+    with pytest.raises(FloodMapperError) as ei:
+        make(srv.url).models()
+    assert "proxy" in text_of(ei.value).lower()
+    assert c.models() == ["m"]  # the first client keeps the environment it read
