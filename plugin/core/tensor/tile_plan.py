@@ -39,7 +39,7 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
     """bool [rows, cols] of the grid: True for a tile with at least one pixel to map inside the area.
 
     `bands` are 1-based. The area's mask already holds the input's validity; without one the input's masks are
-    read block by block (skipped when no band can lack data).
+    read block by block, from the area's end to its start (skipped when no band can lack data).
     """
     send = np.zeros((grid.n_rows, grid.n_cols), dtype=bool)
     if area.mask is None and everything_valid(ds, bands):
@@ -48,7 +48,9 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
     ys = np.asarray(grid.ys)
     xs = np.asarray(grid.xs)
     indices = [b - 1 for b in bands]
-    for block in iter_windows(area.width, area.height):
+    # From the last block to the first: the run's tiles start at the top, and the blocks of the area's first rows,
+    # read last here, are still in GDAL's block cache when the first tiles read them (decoded once, not twice).
+    for block in reversed(list(iter_windows(area.width, area.height))):
         if cancel is not None and cancel():
             raise Cancelled()
         by, bx = int(block.row_off), int(block.col_off)
