@@ -260,6 +260,23 @@ def test_tensor_tiles_wholly_nodata_are_neither_sent_nor_counted(tensor_world):
     assert any(m.startswith("Tile 3/3") for m in progress.infos)
 
 
+def test_tensor_a_tile_with_data_in_the_first_band_only_is_read_but_not_sent(tensor_world):
+    """The plan reads the first band alone: such a tile is counted at first, found empty when read, and leaves the
+    count; the progress ends at the tiles sent."""
+    world = tensor_world
+    data = np.full((6, 64, 80), 2000, np.uint16)
+    data[:, :, :60] = 0
+    data[0, 5, 5] = 2000  # the first tile has data in the first band, and in no other
+    inp = write_scene(world.tmp / "in" / "first-band.tif", fill=data)
+    progress = Recorder()
+    map_floods(world.request(input_path=inp), world.client(), progress)
+    assert len(world.jobs()) == 3
+    assert any("4 to send (5 with nothing to map are not sent)" in m for m in progress.infos)
+    assert any(m.startswith("Tile 3/3") for m in progress.infos), progress.infos
+    with rasterio.open(world.output) as out:
+        assert (out.read(1)[:, :60] == 255).all()  # no data there, in the map either
+
+
 def record_tiles(world) -> list:
     """The tensors the fake server is sent, tile by tile (it answers them as usual)."""
     from tests.fixtures.fake_vllm import decode_tensor

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from plugin.core.area_of_interest import whole_area
-from plugin.core.raster import inspect
+from plugin.core.raster import inspect, valid_mask
 from plugin.core.tensor import tile_plan
 from plugin.core.tensor.tiling import TileGrid
 
@@ -36,28 +38,77 @@ def plan(path):
         return grid, tile_plan.tiles_to_send(ds, list(range(1, 7)), grid, area)
 
 
-def test_a_tile_is_sent_when_a_pixel_has_data_in_every_band(holed):
-    path, data = holed
+def exact(path, grid, bands):
+    """Per tile: whether a pixel of it has data in every used band (the run's own rule, raster.valid_mask)."""
+    out = np.zeros((grid.n_rows, grid.n_cols), bool)
+    with rasterio.open(path) as ds:
+        for tile in grid:
+            width, height = min(tile.width, ds.width - tile.x0), min(tile.height, ds.height - tile.y0)
+            window = Window(tile.x0, tile.y0, width, height)
+            out[tile.row, tile.col] = valid_mask(ds, [b - 1 for b in bands], window).any()
+    return out
+
+
+def test_the_tiles_planned_are_those_with_data_when_the_bands_share_their_nodata(holed):
+    path, _ = holed
     grid, send = plan(path)
-    valid = (data != 0).all(axis=0)
-    expected = np.zeros_like(send)
-    for tile in grid:
-        expected[tile.row, tile.col] = valid[tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width].any()
+    expected = exact(path, grid, range(1, 7))
     np.testing.assert_array_equal(send, expected)
     assert expected.any() and not expected.all()
+
+
+def write(path, data, **kw):
+    count, height, width = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
+                       crs="EPSG:32633", transform=from_origin(500000, 4200000, 10, 10), **kw) as dst:
+        dst.write(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["nodata per band", "NaN", "alpha", "float, no nodata"])
+def test_no_tile_with_a_pixel_to_map_is_left_out(tmp_path, kind):
+    """Whatever each band lacks: every tile with a pixel that has data in all bands is planned."""
+    rng = np.random.default_rng(11)
+    size, count = 300, 4
+    grid = TileGrid.build(size, size, 64, 64, 8, 8)
+    for trial in range(4):
+        holes = rng.random((count, size // 10, size // 10)) < 0.6  # per band: 10 px cells without data
+        holes = holes.repeat(10, axis=1).repeat(10, axis=2)
+        bands = list(range(1, count + 1))
+        if kind == "nodata per band":
+            data = rng.integers(1, 3000, (count, size, size)).astype(np.uint16)
+            data[holes] = 0
+            path = write(tmp_path / f"{trial}.tif", data, nodata=0)
+        elif kind == "NaN" or kind == "float, no nodata":
+            data = rng.random((count, size, size)).astype(np.float32) + 0.01
+            data[holes] = np.nan if kind == "NaN" else 0.0
+            path = write(tmp_path / f"{trial}.tif", data)
+        else:  # a band of alpha after the data, which GDAL does not apply to them
+            data = rng.integers(1, 3000, (count + 1, size, size)).astype(np.uint16)
+            data[-1] = np.where(holes[0], 0, 255)
+            data[1][holes[1]] = 0
+            path = write(tmp_path / f"{trial}.tif", data, nodata=None, photometric="MINISBLACK")
+            with rasterio.open(path, "r+") as ds:
+                ds.colorinterp = [ColorInterp.gray] * count + [ColorInterp.alpha]
+        area = whole_area(inspect(path))
+        with rasterio.open(path) as ds:
+            send = tile_plan.tiles_to_send(ds, bands, grid, area)
+        expected = exact(path, grid, bands)
+        assert (send | ~expected).all(), f"{kind}, trial {trial}: tiles with data left out"
+        assert expected.any()
 
 
 def test_the_blocks_are_read_from_the_last_to_the_first(holed, monkeypatch):
     """The first tiles of the run read the blocks the plan read last: those are still in GDAL's block cache."""
     path, _ = holed
     windows = []
-    read = tile_plan.valid_mask
+    read = tile_plan.first_band_valid
 
-    def spy(ds, indices, window):
+    def spy(ds, band, alpha, window):
         windows.append((int(window.row_off), int(window.col_off)))
-        return read(ds, indices, window)
+        return read(ds, band, alpha, window)
 
-    monkeypatch.setattr(tile_plan, "valid_mask", spy)
+    monkeypatch.setattr(tile_plan, "first_band_valid", spy)
     plan(path)
     assert windows[-1] == (0, 0)  # the first tile's block, read last
     rows = [row for row, _ in windows]

@@ -1,6 +1,12 @@
 """Which tiles of a run are worth a request: those with a pixel to map (data in every used band, inside the
 area, not cloud), found in one pass over the area before the first request, so that progress and the ETA count
 only the tiles that will be sent.
+
+Without an area mask the pass reads the first used band's validity only. A pixel to map has data in every band, so
+a tile without data in the first band has none, and is never read or sent. Reading every band here would decode
+the whole input once more before the first request: as long as the run's own reads of a Sentinel-2 product's
+JPEG 2000 band files. The bands of one scene share their nodata; a tile whose data in the first band lacks data in
+another band (a sliver at a swath's edge) is found when it is read, gets no request, and leaves the count then.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import numpy as np
 
 from ..area_of_interest import Area
 from ..errors import Cancelled
-from ..raster import hidden_nodata, iter_windows, valid_mask
+from ..raster import hidden_nodata, iter_windows
 from .tiling import TileGrid
 
 CancelFn = Callable[[], bool]
@@ -36,10 +42,10 @@ def everything_valid(ds: Any, bands: list[int]) -> bool:
 
 def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
                   cancel: Optional[CancelFn] = None) -> np.ndarray:
-    """bool [rows, cols] of the grid: True for a tile with at least one pixel to map inside the area.
+    """bool [rows, cols] of the grid: True for a tile that can have a pixel to map inside the area.
 
-    `bands` are 1-based. The area's mask already holds the input's validity; without one the input's masks are
-    read block by block, from the area's end to its start (skipped when no band can lack data).
+    `bands` are 1-based. The area's mask already holds the input's validity; without one the first band's
+    validity is read block by block, from the area's end to its start (skipped when no band can lack data).
     """
     send = np.zeros((grid.n_rows, grid.n_cols), dtype=bool)
     if area.mask is None and everything_valid(ds, bands):
@@ -47,7 +53,7 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
         return send
     ys = np.asarray(grid.ys)
     xs = np.asarray(grid.xs)
-    indices = [b - 1 for b in bands]
+    alpha = hidden_nodata(ds, bands).alpha
     # From the last block to the first: the run's tiles start at the top, and the blocks of the area's first rows,
     # read last here, are still in GDAL's block cache when the first tiles read them (decoded once, not twice).
     for block in reversed(list(iter_windows(area.width, area.height))):
@@ -59,7 +65,8 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
         cols = np.flatnonzero((xs < bx + bw) & (xs + grid.tile_width > bx))
         if send[np.ix_(rows, cols)].all():
             continue
-        valid = area.mask.read(block) if area.mask is not None else valid_mask(ds, indices, area.on_input(block))
+        valid = area.mask.read(block) if area.mask is not None else first_band_valid(ds, bands[0], alpha,
+                                                                                     area.on_input(block))
         if not valid.any():
             continue
         for r in rows:
@@ -69,3 +76,18 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
                     x0, x1 = max(xs[c], bx) - bx, min(xs[c] + grid.tile_width, bx + bw) - bx
                     send[r, c] = bool(valid[y0:y1, x0:x1].any())
     return send
+
+
+def first_band_valid(ds: Any, band: int, alpha: Optional[int], window: Any) -> np.ndarray:
+    """True where `band` has data (its nodata value, mask or NaN) and the alpha band GDAL does not apply (if any)
+    lets the pixel through: every pixel with data in all used bands, and the few with data in this one only.
+
+    A raster that declares no nodata at all (0 in every band as the fill: raster.HiddenNodata) is not judged
+    here: a 0 in one band is data where another band has some.
+    """
+    valid = ds.read_masks(band, window=window) > 0
+    if np.dtype(ds.dtypes[band - 1]).kind == "f":
+        valid &= np.isfinite(ds.read(band, window=window))
+    if alpha is not None:
+        valid &= ds.read(alpha, window=window) > 0
+    return valid
