@@ -102,14 +102,60 @@ def test_the_blocks_are_read_from_the_last_to_the_first(holed, monkeypatch):
     """The first tiles of the run read the blocks the plan read last: those are still in GDAL's block cache."""
     path, _ = holed
     windows = []
-    read = tile_plan.first_band_valid
+    read = tile_plan.band_valid
 
     def spy(ds, band, alpha, window):
         windows.append((int(window.row_off), int(window.col_off)))
         return read(ds, band, alpha, window)
 
-    monkeypatch.setattr(tile_plan, "first_band_valid", spy)
+    monkeypatch.setattr(tile_plan, "band_valid", spy)
     plan(path)
     assert windows[-1] == (0, 0)  # the first tile's block, read last
     rows = [row for row, _ in windows]
     assert rows == sorted(rows, reverse=True) and rows[0] == 2048
+
+
+def vrt_band(number, name, size):
+    return f"""  <VRTRasterBand dataType="UInt16" band="{number}">
+    <NoDataValue>0</NoDataValue>
+    <ComplexSource>
+      <SourceFilename relativeToVRT="1">{name}</SourceFilename>
+      <SourceBand>1</SourceBand>
+      <SrcRect xOff="0" yOff="0" xSize="{size}" ySize="{size}" />
+      <DstRect xOff="0" yOff="0" xSize="400" ySize="400" />
+      <NODATA>0</NODATA>
+    </ComplexSource>
+  </VRTRasterBand>
+"""
+
+
+def test_a_stack_of_band_files_is_planned_from_its_coarsest_band(tmp_path, monkeypatch):
+    """A 10 m stack of 10 m and 20 m band files: the 20 m file is a quarter of the pixels to decode."""
+    rng = np.random.default_rng(5)
+    fine = rng.integers(1, 3000, (1, 400, 400)).astype(np.uint16)
+    fine[:, :, 300:] = 0  # the swath's edge
+    fine[:, 10:30, 10:30] = 0
+    coarse = rng.integers(1, 3000, (1, 200, 200)).astype(np.uint16)
+    coarse[:, :, 140:] = 0  # the edge, a little further in at 20 m
+    coarse[:, 100:140, 100:140] = 0
+    for name, data, res in (("b02.tif", fine, 10), ("b8a.tif", coarse, 20)):
+        with rasterio.open(tmp_path / name, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=1,
+                           dtype="uint16", nodata=0, crs="EPSG:32633",
+                           transform=from_origin(500000, 4200000, res, res)) as dst:
+            dst.write(data)
+    vrt = tmp_path / "stack.vrt"
+    vrt.write_text('<VRTDataset rasterXSize="400" rasterYSize="400">\n  <SRS>EPSG:32633</SRS>\n'
+                   "  <GeoTransform>500000, 10, 0, 4200000, 0, -10</GeoTransform>\n"
+                   + vrt_band(1, "b02.tif", 400) + vrt_band(2, "b8a.tif", 200) + vrt_band(3, "b02.tif", 400)
+                   + "</VRTDataset>\n")
+    read = []
+    band_valid = tile_plan.band_valid
+    monkeypatch.setattr(tile_plan, "band_valid", lambda ds, band, *a: read.append(band) or band_valid(ds, band, *a))
+    grid = TileGrid.build(400, 400, 64, 64, 8, 8)
+    with rasterio.open(vrt) as ds:
+        assert tile_plan.scan_band(ds, [1, 2, 3]) == 2
+        assert tile_plan.scan_band(ds, [3, 1]) == 3  # the first on a tie
+        send = tile_plan.tiles_to_send(ds, [1, 2, 3], grid, whole_area(inspect(str(vrt))))
+    assert set(read) == {2}
+    expected = exact(str(vrt), grid, [1, 2, 3])
+    assert (send | ~expected).all() and expected.any() and not send.all()

@@ -2,16 +2,19 @@
 area, not cloud), found in one pass over the area before the first request, so that progress and the ETA count
 only the tiles that will be sent.
 
-Without an area mask the pass reads the first used band's validity only. A pixel to map has data in every band, so
-a tile without data in the first band has none, and is never read or sent. Reading every band here would decode
-the whole input once more before the first request: as long as the run's own reads of a Sentinel-2 product's
-JPEG 2000 band files. The bands of one scene share their nodata; a tile whose data in the first band lacks data in
-another band (a sliver at a swath's edge) is found when it is read, gets no request, and leaves the count then.
+Without an area mask the pass reads one used band's validity only: the one whose files hold the fewest pixels (a
+Sentinel-2 product's 20 m bands in its 10 m stack), else the first. A pixel to map has data in every band, so a
+tile without data in that band has none, and is never read or sent. Reading every band here would decode the whole
+input once more before the first request: as long as the run's own reads of a product's JPEG 2000 band files. The
+bands of one scene share their nodata; a tile whose data in that band lacks data in another band (a sliver at a
+swath's edge) is found when it is read, gets no request, and leaves the count then.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Optional
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -19,6 +22,8 @@ from ..area_of_interest import Area
 from ..errors import Cancelled
 from ..raster import hidden_nodata, iter_windows
 from .tiling import TileGrid
+
+log = logging.getLogger("floodmapper.tensor")
 
 CancelFn = Callable[[], bool]
 
@@ -44,8 +49,8 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
                   cancel: Optional[CancelFn] = None) -> np.ndarray:
     """bool [rows, cols] of the grid: True for a tile that can have a pixel to map inside the area.
 
-    `bands` are 1-based. The area's mask already holds the input's validity; without one the first band's
-    validity is read block by block, from the area's end to its start (skipped when no band can lack data).
+    `bands` are 1-based. The area's mask already holds the input's validity; without one a band's validity
+    (scan_band) is read block by block, from the area's end to its start (skipped when no band can lack data).
     """
     send = np.zeros((grid.n_rows, grid.n_cols), dtype=bool)
     if area.mask is None and everything_valid(ds, bands):
@@ -54,6 +59,7 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
     ys = np.asarray(grid.ys)
     xs = np.asarray(grid.xs)
     alpha = hidden_nodata(ds, bands).alpha
+    band = scan_band(ds, bands) if area.mask is None else bands[0]
     # From the last block to the first: the run's tiles start at the top, and the blocks of the area's first rows,
     # read last here, are still in GDAL's block cache when the first tiles read them (decoded once, not twice).
     for block in reversed(list(iter_windows(area.width, area.height))):
@@ -65,8 +71,7 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
         cols = np.flatnonzero((xs < bx + bw) & (xs + grid.tile_width > bx))
         if send[np.ix_(rows, cols)].all():
             continue
-        valid = area.mask.read(block) if area.mask is not None else first_band_valid(ds, bands[0], alpha,
-                                                                                     area.on_input(block))
+        valid = area.mask.read(block) if area.mask is not None else band_valid(ds, band, alpha, area.on_input(block))
         if not valid.any():
             continue
         for r in rows:
@@ -78,7 +83,32 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
     return send
 
 
-def first_band_valid(ds: Any, band: int, alpha: Optional[int], window: Any) -> np.ndarray:
+def scan_band(ds: Any, bands: list[int]) -> int:
+    """The used band (1-based) whose validity costs least to read: in a virtual raster, the one whose source files
+    hold the fewest pixels for the raster's (the 20 m bands of a product's 10 m stack: a quarter of a 10 m band's);
+    the first on a tie, and in any other raster."""
+    if ds.driver != "VRT":
+        return bands[0]
+    try:
+        pixels = [_source_pixels(ds, band) for band in bands]
+    except (ElementTree.ParseError, ValueError, TypeError) as exc:  # an unusual source: the first band is as good
+        log.debug("sources of %s not read (%s)", ds.name, exc)
+        return bands[0]
+    return bands[pixels.index(min(pixels))]
+
+
+def _source_pixels(ds: Any, band: int) -> float:
+    """Pixels of the source files a read of the whole `band` of the VRT `ds` decodes."""
+    total = 0.0
+    for xml in ds.tags(band, ns="vrt_sources").values():
+        rect = ElementTree.fromstring(xml).find("SrcRect")  # noqa: S314 - the input's own VRT, one source's XML
+        if rect is None:
+            return float("inf")
+        total += float(rect.get("xSize")) * float(rect.get("ySize"))
+    return total
+
+
+def band_valid(ds: Any, band: int, alpha: Optional[int], window: Any) -> np.ndarray:
     """True where `band` has data (its nodata value, mask or NaN) and the alpha band GDAL does not apply (if any)
     lets the pixel through: every pixel with data in all used bands, and the few with data in this one only.
 
