@@ -21,6 +21,7 @@ import numpy as np
 from ..area_of_interest import Area
 from ..errors import Cancelled
 from ..raster import hidden_nodata, iter_windows
+from ..vrt_sources import source_pixels
 from .tiling import TileGrid
 
 log = logging.getLogger("floodmapper.tensor")
@@ -58,8 +59,14 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
         return send
     ys = np.asarray(grid.ys)
     xs = np.asarray(grid.xs)
-    alpha = hidden_nodata(ds, bands).alpha
-    band = scan_band(ds, bands) if area.mask is None else bands[0]
+    if area.mask is not None:
+        read = area.mask.read
+    else:
+        band, alpha = scan_band(ds, bands), hidden_nodata(ds, bands).alpha
+
+        def read(block: Any) -> np.ndarray:
+            return band_valid(ds, band, alpha, area.on_input(block))
+
     # From the last block to the first: the run's tiles start at the top, and the blocks of the area's first rows,
     # read last here, are still in GDAL's block cache when the first tiles read them (decoded once, not twice).
     for block in reversed(list(iter_windows(area.width, area.height))):
@@ -71,7 +78,7 @@ def tiles_to_send(ds: Any, bands: list[int], grid: TileGrid, area: Area,
         cols = np.flatnonzero((xs < bx + bw) & (xs + grid.tile_width > bx))
         if send[np.ix_(rows, cols)].all():
             continue
-        valid = area.mask.read(block) if area.mask is not None else band_valid(ds, band, alpha, area.on_input(block))
+        valid = read(block)
         if not valid.any():
             continue
         for r in rows:
@@ -90,22 +97,11 @@ def scan_band(ds: Any, bands: list[int]) -> int:
     if ds.driver != "VRT":
         return bands[0]
     try:
-        pixels = [_source_pixels(ds, band) for band in bands]
+        pixels = [source_pixels(ds, band) for band in bands]
     except (ElementTree.ParseError, ValueError, TypeError) as exc:  # an unusual source: the first band is as good
         log.debug("sources of %s not read (%s)", ds.name, exc)
         return bands[0]
     return bands[pixels.index(min(pixels))]
-
-
-def _source_pixels(ds: Any, band: int) -> float:
-    """Pixels of the source files a read of the whole `band` of the VRT `ds` decodes."""
-    total = 0.0
-    for xml in ds.tags(band, ns="vrt_sources").values():
-        rect = ElementTree.fromstring(xml).find("SrcRect")  # noqa: S314 - the input's own VRT, one source's XML
-        if rect is None:
-            return float("inf")
-        total += float(rect.get("xSize")) * float(rect.get("ySize"))
-    return total
 
 
 def band_valid(ds: Any, band: int, alpha: Optional[int], window: Any) -> np.ndarray:
