@@ -134,11 +134,11 @@ class FloodMapperPlugin:
     def check_dependencies(self) -> None:
         """The menu entry: check again, and show the Install bar or say that nothing is missing."""
         self.plan = plugin_packages.report_at_load()
-        if self.plan.ok:
+        if self.plan.ok and not self.plan.install:
             self.iface.messageBar().pushMessage(
                 tr("Flood Mapper"), tr("All Python packages Flood Mapper needs are installed."),
                 Qgis.MessageLevel.Success, 5)
-        elif self.dependency_bar is not None:
+        elif self.dependency_bar is not None:  # something missing, or only an optional package to offer
             self.dependency_bar.show(self.plan)
 
     def open_outline_model(self) -> None:

@@ -33,12 +33,19 @@ class DependencyBar:
         self.plan: Optional[dependencies.Plan] = None
 
     def show(self, plan: dependencies.Plan) -> None:
-        """A lasting warning naming what is missing; with an Install button when installing can fix it."""
+        """A lasting warning naming what is missing (a note, when only optional packages are), with an Install
+        button when installing can fix it."""
         self.plan = plan
         self.clear()
         bar = self.iface.messageBar()
+        level = Qgis.MessageLevel.Warning
         if plan.blocked:
             text = str(plugin_packages.missing_error(plan))
+        elif plan.ok:  # only optional packages to offer
+            level = Qgis.MessageLevel.Info
+            text = tr("All Python packages Flood Mapper needs are installed. Optional: {faster}. Install puts {pins} "
+                      "into {folder}.").format(faster=plan.faster_text(), pins=plan.install_text(),
+                                               folder=plugin_packages.package_folder())
         else:
             text = tr("Python packages missing from QGIS's Python: {missing}. The algorithms are listed but "
                       "cannot run until they are installed. Install puts {pins} into {folder}.").format(
@@ -52,7 +59,7 @@ class DependencyBar:
             button.clicked.connect(self.install)
             item.layout().addWidget(button)
         self.item = item
-        bar.pushWidget(item, Qgis.MessageLevel.Warning)
+        bar.pushWidget(item, level)
 
     def clear(self) -> None:
         if self.item is not None:

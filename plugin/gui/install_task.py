@@ -49,7 +49,8 @@ class InstallDependenciesTask(QgsTask):
         self.folder = Path(folder)
         self.python = python
         self.on_done = on_done
-        self.modules = [need for need in plan.missing]  # the labels are the modules the plugin imports
+        # the labels are the modules the plugin imports; an optional package is checked by its own module
+        self.modules = list(plan.missing) + [u.requirement.module for u in plan.faster]
         self.installed: Optional[Installed] = None
         self.restart_for: list[str] = []
         self.failures: dict[str, str] = {}

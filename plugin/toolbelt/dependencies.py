@@ -36,7 +36,15 @@ def report_at_load() -> dependencies.Plan:
     plan = dependencies.check()
     if not plan.ok:
         qlog.log(str(missing_error(plan)), Qgis.MessageLevel.Warning)
+    elif plan.faster:
+        qlog.log(faster_note(plan))
     return plan
+
+
+def faster_note(plan: dependencies.Plan) -> str:
+    """What an optional package would bring, and how to get it (the plugin runs without it)."""
+    return (f"Optional, not installed: {plan.faster_text()}. Plugins ▸ Flood Mapper ▸ Install Python "
+            f"dependencies… installs {plan.install_text()} into {package_folder()}; or run {install_command(plan)}.")
 
 
 def require_dependencies() -> None:

@@ -248,8 +248,8 @@ def test_the_dependency_bar_shows_a_version_range_whole(qgis_app, qgis_iface):
     from floodmapper.plugin.gui.dependency_bar import BUTTON_NAME, DependencyBar
 
     summary = "rasterio (missing), affine 3.0.1 (needs >= 2.3 and < 3), requests (missing)"
-    plan = SimpleNamespace(blocked=[], install=["rasterio==1.4.4", "requests==2.32.3"], summary=lambda: summary,
-                           install_text=lambda: "rasterio==1.4.4 & requests==2.32.3")
+    plan = SimpleNamespace(ok=False, blocked=[], install=["rasterio==1.4.4", "requests==2.32.3"],
+                           summary=lambda: summary, install_text=lambda: "rasterio==1.4.4 & requests==2.32.3")
     bar = DependencyBar(qgis_iface)
     bar.show(plan)
     try:
@@ -259,3 +259,45 @@ def test_the_dependency_bar_shows_a_version_range_whole(qgis_app, qgis_iface):
         assert qgis_iface.messageBar().findChild(QPushButton, BUTTON_NAME) is not None
     finally:
         bar.clear()
+
+
+def test_the_menu_entry_offers_an_optional_package_without_a_warning(plugin, qgis_iface, monkeypatch):
+    """Everything needed is there, pybase64 is not: the menu entry shows a note with Install, never a warning,
+    and the QGIS log says what it would bring; with it there too, the entry says all is installed."""
+    from qgis.core import Qgis
+
+    from floodmapper.plugin.core import dependencies
+    from floodmapper.plugin.gui.dependency_bar import BUTTON_NAME
+    from floodmapper.plugin.toolbelt import log as qlog
+
+    check = dependencies.check
+    lines = []
+    monkeypatch.setattr(qlog, "log", lambda message, *args, **kwargs: lines.append(message))
+
+    def without(*modules):
+        def find(requirement):
+            return None if requirement.module in modules else dependencies.probe(requirement)
+        return lambda: check(find=find)
+
+    bar = qgis_iface.messageBar()
+    bar.clear_messages()
+    pushed = []
+    push = bar.pushWidget
+    monkeypatch.setattr(bar, "pushWidget", lambda item, level, *args: pushed.append((item, level))
+                        or push(item, level, *args))
+    monkeypatch.setattr(dependencies, "check", without("pybase64"))
+    plugin.check_dependencies()
+    try:
+        assert plugin.plan.ok and [p.spec for p in plugin.plan.install] == ["pybase64==1.5.1"]
+        assert bar.findChild(QPushButton, BUTTON_NAME) is not None
+        assert [level for _, level in pushed] == [Qgis.MessageLevel.Info]
+        assert bar.get_messages(Qgis.MessageLevel.Warning) == []
+        assert any(line.startswith("Optional, not installed: pybase64 (faster tensor requests).")
+                   and "pybase64 1.5.1" in line for line in lines), lines
+    finally:
+        plugin.dependency_bar.clear()
+    monkeypatch.setattr(dependencies, "check", without())
+    plugin.check_dependencies()
+    assert plugin.plan.install == []
+    assert any("All Python packages Flood Mapper needs are installed." in m
+               for m in bar.get_messages(Qgis.MessageLevel.Success))

@@ -16,7 +16,7 @@ from tests.fixtures.import_blocker import ImportBlocker
 PYTHONS = [(3, 9), (3, 10), (3, 11), (3, 12), (3, 13), (3, 14)]
 GOOD = {"numpy": "1.24.2", "rasterio": "1.4.4", "affine": "2.4.0", "attrs": "22.2.0", "certifi": "2022.9.24",
         "click": "8.1.8", "click-plugins": "1.1.1.2", "cligj": "0.7.2", "pyparsing": "3.0.9",
-        "requests": "2.32.5", "urllib3": "2.5.0", "idna": "3.3", "charset-normalizer": "3.0.1"}
+        "requests": "2.32.5", "urllib3": "2.5.0", "idna": "3.3", "charset-normalizer": "3.0.1", "pybase64": "1.5.1"}
 
 
 def finder(versions: dict[str, str | None]):
@@ -33,12 +33,13 @@ def plan_for(python=(3, 11), **changes) -> deps.Plan:
 
 def test_the_pins_cover_every_requirement_once_on_every_python():
     pins = deps.read_pins()
-    distributions = {deps.normalize(r.distribution) for need in deps.NEEDS for r in need.requirements}
+    requirements = [r for need in deps.NEEDS for r in need.requirements] + list(deps.SPEEDUPS)
+    distributions = {deps.normalize(r.distribution) for r in requirements}
     for python in PYTHONS:
         chosen = deps.pins_for(python, pins)
         assert distributions <= set(chosen), (python, distributions - set(chosen))
         assert set(chosen) <= distributions, f"a pin nothing needs: {set(chosen) - distributions}"
-        for r in (r for need in deps.NEEDS for r in need.requirements):
+        for r in requirements:
             pinned = deps.version_tuple(chosen[deps.normalize(r.distribution)].version)
             if r.minimum:
                 assert pinned >= deps.version_tuple(r.minimum), (python, r)
@@ -80,6 +81,23 @@ def test_a_pin_that_is_not_exact_is_refused(tmp_path):
 def test_nothing_missing_nothing_to_install():
     plan = plan_for()
     assert plan.ok and plan.missing == [] and plan.install == [] and plan.blocked == []
+
+
+def test_an_optional_package_is_offered_never_required():
+    plan = plan_for(pybase64=None)
+    assert plan.ok and plan.missing == [] and plan.summary() == ""
+    assert [p.spec for p in plan.install] == ["pybase64==1.5.1"]
+    assert plan.faster_text() == "pybase64 (faster tensor requests)"
+    assert deps.modules_of(plan.install) == ["pybase64"]
+
+
+def test_a_missing_package_is_installed_with_the_optional_one():
+    plan = plan_for(rasterio=None, pybase64=None)
+    assert not plan.ok and plan.summary() == "rasterio (missing)"
+    assert [p.spec for p in plan.install] == ["rasterio==1.4.4", "pybase64==1.5.1"]
+    assert deps.modules_of(plan.install) == ["rasterio", "pybase64"]
+    blocked = plan_for(numpy="1.21.5", rasterio=None, pybase64=None)  # installing cannot fix it: nothing installed
+    assert blocked.blocked and blocked.install == [] and blocked.faster == []
 
 
 def test_missing_rasterio_installs_rasterio_only():

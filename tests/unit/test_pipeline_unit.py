@@ -349,6 +349,23 @@ def test_auto_on_a_tensor_server_maps_in_tiles(world):
     assert (top == 1).mean() > 0.95  # the low-NIR half is water for the fake rule
 
 
+def test_a_tensor_run_without_pybase64_says_how_to_get_it(world, monkeypatch):
+    import sys
+
+    from plugin.core.tensor import codec
+
+    world.kind = "tensor"
+    progress = Recorder()
+    map_floods(world.request(), world.client(), progress)
+    hint = "base64 by Python's own encoder: Plugins ▸ Flood Mapper ▸ Install Python dependencies… adds pybase64"
+    assert not any(hint in m for m in progress.infos)
+    monkeypatch.setattr(codec, "_fast_b64", None)
+    monkeypatch.setitem(sys.modules, "pybase64", None)  # not installed
+    progress = Recorder()
+    map_floods(world.request(), world.client(), progress)
+    assert any(m.startswith("Tensor transport: 80x64 px") and hint in m for m in progress.infos), progress.infos
+
+
 def test_tensor_spec_from_the_served_folder_when_it_is_on_this_computer(world):
     """The local engine serves a folder: its config.json is the spec, with nothing to set."""
     import json

@@ -105,6 +105,28 @@ def test_payload_is_the_vllm_tensor_request():
         enc.encode(pix, None)
 
 
+def test_an_encoder_takes_pybase64_once_it_imports_and_sends_the_same_bytes(monkeypatch):
+    """Without pybase64 the standard library encodes; an Install in the same session counts from the next run."""
+    import sys
+
+    from plugin.core.tensor import codec
+
+    spec = make_spec(location_name="location_coords")
+    pix = np.random.default_rng(3).standard_normal((6, 128, 128)).astype(np.float16)
+    loc = np.array([[15.0, 45.0]], np.float16)
+    fast = PayloadEncoder("m", spec)
+    assert fast.base64 == "pybase64"  # the test environment has it (requirements/qgis.txt)
+    monkeypatch.setattr(codec, "_fast_b64", None)
+    monkeypatch.setitem(sys.modules, "pybase64", None)  # as if not installed: `import pybase64` fails
+    plain = PayloadEncoder("m", spec)
+    assert plain.base64 == "stdlib" and codec.base64_backend() == "stdlib"
+    stdlib_body = bytes(plain.body(pix, loc))
+    monkeypatch.delitem(sys.modules, "pybase64")  # installed meanwhile
+    again = PayloadEncoder("m", spec)
+    assert again.base64 == "pybase64" and codec.base64_backend() == "pybase64"
+    assert bytes(again.body(pix, loc)) == stdlib_body == bytes(fast.body(pix, loc))
+
+
 def test_decode_logits_checks_the_answer():
     logits = np.arange(2 * 4 * 3, dtype=np.float32)
     body = json.dumps({"data": [{"data": base64.b64encode(logits.tobytes()).decode()}]}).encode()

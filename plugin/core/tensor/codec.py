@@ -22,10 +22,23 @@ from ..versions import version_tuple
 from . import torch_save
 from .lookup import lookup
 
-try:  # optional: SIMD base64, ~10x the stdlib's speed (which holds the GIL: the per-tile floor without it)
-    import pybase64 as _fast_b64
-except ImportError:
-    _fast_b64 = None
+_fast_b64: Any = None  # pybase64 once imported: SIMD base64, ~10x the stdlib's speed (which holds the GIL)
+
+
+def load_fast_base64() -> bool:
+    """Use pybase64 from now on if it can be imported; tried again by each encoder, so that a package the plugin's
+    Install added in this QGIS session counts from the next run on."""
+    global _fast_b64
+    if _fast_b64 is None:
+        try:
+            import pybase64
+        except ImportError:
+            return False
+        _fast_b64 = pybase64
+    return True
+
+
+load_fast_base64()
 
 
 def _b64encode(data: Any) -> bytes:
@@ -129,6 +142,7 @@ class PayloadEncoder:
         self.encoding = encoding
         self.answer = answer
         self.model = model
+        self.base64 = "pybase64" if load_fast_base64() else "stdlib"
         self.server_dtype = spec.dtype
         self.dtype = carrier_dtype(spec.dtype)
         # logits as float16 only from a float16 model (nothing is lost); float32 otherwise
