@@ -333,6 +333,37 @@ def keep_rows(port: int, tmp_path: Path, runs: int) -> dict:
     return {"kept": rates["kept"], "not_kept": rates["not kept"], "ratio": kept / plain}
 
 
+def base64_pipeline(port: int, tmp_path: Path, runs: int, peer: subprocess.Popen | None) -> dict:
+    """The pipeline on the uncompressed 4096² raster (where the encoder weighs most) with pybase64 and with the
+    standard library's base64 (what a QGIS without the optional package uses), run for run alternately."""
+    from plugin.core.tensor import codec
+
+    if not codec.load_fast_base64():
+        print("base64 comparison: skipped (pybase64 is not importable here)")
+        return {}
+    raster = tmp_path / "base64.tif"
+    make_raster(raster, 4096, sparse=False, compress="none")
+    found = {name: [] for name in ("pybase64", "stdlib")}
+    try:
+        for _ in range(runs):
+            for name in found:
+                codec._fast_b64 = None
+                sys.modules.pop("pybase64", None)
+                if name == "stdlib":
+                    sys.modules["pybase64"] = None  # `import pybase64` fails, as where it is not installed
+                found[name].append(pipeline(port, raster, tmp_path / "base64-out.tif", None, peer=peer))
+    finally:
+        sys.modules.pop("pybase64", None)
+        codec.load_fast_base64()
+    medians = {name: statistics.median(r["tiles_per_s"] for r in found[name]) for name in found}
+    for name in found:
+        rates = ", ".join(f"{r['tiles_per_s']:.1f}" for r in found[name])
+        print(f"pipeline 4096^2 uncompressed, {name} base64: {medians[name]:.1f} tiles/s median ({rates})")
+        print(cpu_budget(found[name]))
+    print(f"ratio pybase64 / stdlib: {medians['pybase64'] / medians['stdlib']:.2f}")
+    return {name: found[name] for name in found}
+
+
 def transports(port: int, args) -> dict:
     """The transport lines (tiles in memory) and the documented client, printed; their figures."""
     results: dict[str, object] = {}
@@ -380,6 +411,8 @@ def main() -> int:
                     help="seconds the peer waits before each answer (a fast server's time per request; default 0)")
     ap.add_argument("--runs", type=int, default=3, help="pipeline runs per raster (median and best reported)")
     ap.add_argument("--pipeline-only", action="store_true", help="only the pipeline lines and the step costs")
+    ap.add_argument("--base64", action="store_true",
+                    help="only the uncompressed pipeline with pybase64 and with the stdlib's base64, alternately")
     ap.add_argument("--keep-rows", action="store_true",
                     help="only the cost of keeping finished rows for a resume: the pipeline with rows kept from the "
                          "first band and without, alternately, with the probability raster")
@@ -403,6 +436,10 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="bench-tensor-") as tmp:
             tmp_path = Path(tmp)
+            if args.base64:
+                results["base64"] = base64_pipeline(port, tmp_path, args.runs, peer)
+                print("RESULT " + json.dumps(results))
+                return 0
             if args.keep_rows:
                 results["keep_rows"] = keep_rows(port, tmp_path, args.runs)
                 print("RESULT " + json.dumps(results))
