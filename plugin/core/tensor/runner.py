@@ -112,8 +112,8 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
                 + (f", {len(grid) - skipped} to send ({skipped} with nothing to map are not sent)" if skipped else "")
                 + f", {job.concurrency} in flight, {encoder.encoding} tensors in {spec.dtype}, {encoder.answer} logits"
                 + ("" if encoder.base64 == "pybase64" else
-                   "; base64 by Python's own encoder: Plugins ▸ Flood Mapper ▸ Install Python dependencies… adds "
-                   "pybase64, which encodes each tile ~10x faster"))
+                   "; base64 by Python's own encoder: pybase64 encodes each tile ~10x faster (Plugins ▸ Flood Mapper "
+                   "▸ Install Python dependencies…, or pip install pybase64 with QGIS's Python)"))
             hidden = hidden_nodata(src, bands)
             key = fingerprint(input=file_identity(job.source or info.path), bands=bands, scale=scale, offset=offset,
                               spec=_spec_values(spec), model=job.model, overlap=ov, location=job.location_mode,
