@@ -1,5 +1,5 @@
-"""Run by tests/qgis/test_missing_packages.py in a QGIS Python where numpy, rasterio and requests cannot be
-imported (tests/fixtures/import_blocker.py), with a private profile; never collected on its own.
+"""Run by tests/qgis/test_missing_packages.py in a QGIS Python where numpy, rasterio and requests (and the optional
+pybase64) cannot be imported (tests/fixtures/import_blocker.py), with a private profile; never collected on its own.
 
 Phase "install" (FLOODMAPPER_TEST_PHASE): the plugin loads and lists its algorithms, the message bar names
 what is missing with an Install button, both algorithms end with the dependency message, the button
@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import QPushButton
 PHASE = os.environ["FLOODMAPPER_TEST_PHASE"]
 SCENE = os.environ["FLOODMAPPER_TEST_SCENE"]
 BLOCKED = ("numpy", "rasterio", "requests")
+OPTIONAL = ("pybase64",)  # blocked too: the plugin runs without it, and Install brings it along
 sys.path.insert(0, os.environ["FLOODMAPPER_TEST_PLUGINS"])  # holds floodmapper -> the checkout
 
 
@@ -64,7 +65,7 @@ def _run(alg: str, parameters: dict) -> str:
 @pytest.mark.skipif(PHASE != "install", reason="install phase")
 class TestInstall:
     def test_packages_are_really_missing(self):
-        for name in BLOCKED:
+        for name in BLOCKED + OPTIONAL:
             with pytest.raises(ImportError):
                 __import__(name)
         assert not _packages_folder().exists()
@@ -78,9 +79,10 @@ class TestInstall:
 
     def test_message_bar_names_what_is_missing_with_install(self, loaded, qgis_iface):
         assert loaded.plan is not None and set(loaded.plan.missing) == set(BLOCKED)
+        assert loaded.plan.faster_text() == "pybase64 (faster tensor requests)"  # offered, not required
         assert _install_button(qgis_iface) is not None
         text = _bar_text(qgis_iface)
-        for name in BLOCKED:
+        for name in BLOCKED + OPTIONAL:
             assert name in text, text
         assert str(_packages_folder()) in text
 
@@ -119,9 +121,12 @@ class TestInstall:
             Qgis.MessageLevel.Warning))
         assert progress and max(progress) == 100 and progress == sorted(progress)
         folder = _packages_folder()
-        for name in BLOCKED:
+        for name in BLOCKED + OPTIONAL:
             module = __import__(name)
             assert Path(module.__file__).is_relative_to(folder), (name, module.__file__)
+        from floodmapper.plugin.core.tensor import codec
+
+        assert codec.load_fast_base64() and codec.base64_backend() == "pybase64"  # the tensor runs use it
         assert sys.path[0] == str(folder)
         assert not list(folder.parent.glob(".*partial*")), "the staging folder was left behind"
 

@@ -1,5 +1,6 @@
-"""Without numpy, rasterio and requests in QGIS's Python the plugin loads, says what is missing, and its Install
-button really installs the pinned packages with pip into the profile (PyPI through this machine's pip set-up).
+"""Without numpy, rasterio and requests (nor the optional pybase64) in QGIS's Python the plugin loads, says what is
+missing, and its Install button really installs the pinned packages with pip into the profile (PyPI through this
+machine's pip set-up).
 
 Each phase is a separate QGIS process (pytest with pytest-qgis, no conftest) in which those modules cannot be
 imported from anywhere but the plugin's package folder: tests/qgis/cases_without_packages.py.
@@ -32,7 +33,7 @@ def _phase(phase: str, workdir: Path, scene: Path) -> str:
     ini = workdir / "pytest.ini"  # -c makes workdir the rootdir: pytest-qgis keeps its profile there
     ini.write_text("[pytest]\naddopts = -p no:cacheprovider\n")
     env = dict(os.environ, FLOODMAPPER_TEST_PHASE=phase, FLOODMAPPER_TEST_SCENE=str(scene),
-               FLOODMAPPER_TEST_PLUGINS=str(plugins), FLOODMAPPER_TEST_BLOCK="numpy,rasterio,requests",
+               FLOODMAPPER_TEST_PLUGINS=str(plugins), FLOODMAPPER_TEST_BLOCK="numpy,rasterio,requests,pybase64",
                FLOODMAPPER_TEST_ALLOW=str(workdir / ".qgis-settings"), QT_QPA_PLATFORM="offscreen")
     env.pop("PYTHONPATH", None)
     proc = subprocess.run(
@@ -59,10 +60,11 @@ def test_plugin_without_packages_loads_installs_and_reloads(tmp_path):
     folder = next((tmp_path / ".qgis-settings").rglob("floodmapper/python*"))
     installed = sorted(p.name for p in folder.glob("*.dist-info"))
     names = {n.split("-")[0] for n in installed}
-    # the three blocked packages, and of their dependencies only those this QGIS lacks in a version that works
+    # the four blocked packages, and of their dependencies only those this QGIS lacks in a version that works
     # (Debian sid's affine 3 and no cligj: the pinned rasterio 1.4 brings affine 2 and cligj along)
-    dependencies = {deps.normalize(r.distribution).replace("-", "_") for need in deps.NEEDS for r in need.requirements}
-    assert {"numpy", "rasterio", "requests"} <= names and names <= dependencies, installed
+    requirements = [r for need in deps.NEEDS for r in need.requirements] + list(deps.SPEEDUPS)
+    dependencies = {deps.normalize(r.distribution).replace("-", "_") for r in requirements}
+    assert {"numpy", "rasterio", "requests", "pybase64"} <= names and names <= dependencies, installed
     out = _phase("reload", tmp_path, scene)
     assert re.search(r"\b1 passed\b", out), out[-3000:]
     print(f"install phase {t1 - t0:.1f} s, reload phase {time.monotonic() - t1:.1f} s")
