@@ -361,7 +361,7 @@ def base64_pipeline(port: int, tmp_path: Path, runs: int, peer: subprocess.Popen
         print(f"pipeline 4096^2 uncompressed, {name} base64: {medians[name]:.1f} tiles/s median ({rates})")
         print(cpu_budget(found[name]))
     print(f"ratio pybase64 / stdlib: {medians['pybase64'] / medians['stdlib']:.2f}")
-    return {name: found[name] for name in found}
+    return found
 
 
 def transports(port: int, args) -> dict:

@@ -45,6 +45,7 @@ class Requirement:
     # needed only while another distribution's version compares so, e.g. ("rasterio", "<", "1.5"): the version
     # found, or the pinned one that would be installed in its place ("" = always needed)
     when: tuple[str, str, str] = ()
+    use: str = ""  # an optional package (SPEEDUPS): what it brings
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,7 @@ NEEDS: tuple[Need, ...] = (
 # installs, and the menu entry offers it on its own. pybase64: a tensor request carries its tile as base64
 # (4.2 MB for a 512x512x6 float16 tile); the standard library's encoder takes ~2.8 ms of a core per tile and
 # holds the GIL, pybase64's SIMD one ~0.25 ms. Against a fast server a run maps ~40 % more tiles per second.
-SPEEDUPS: tuple[Requirement, ...] = (Requirement("pybase64", "pybase64", minimum="1.0"),)
-SPEEDUP_USES = {"pybase64": "faster tensor requests"}
+SPEEDUPS: tuple[Requirement, ...] = (Requirement("pybase64", "pybase64", minimum="1.0", use="faster tensor requests"),)
 
 
 # --- pins ----------------------------------------------------------------------------------------------------
@@ -280,8 +280,7 @@ class Plan:
 
     def faster_text(self) -> str:
         """'pybase64 (faster tensor requests)': what the optional packages missing here would bring."""
-        return ", ".join(f"{u.requirement.distribution} ({SPEEDUP_USES[u.requirement.distribution]})"
-                         for u in self.faster)
+        return ", ".join(f"{u.requirement.distribution} ({u.requirement.use})" for u in self.faster)
 
     def install_text(self) -> str:
         return ", ".join(f"{p.name} {p.version}" for p in self.install)
