@@ -263,11 +263,11 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
                                concurrency=concurrency, probability_path=str(probability or ""))
-        idle0, peer0, times0 = machine_idle(), process_cpu_s(peer), os.times()
+        idle0, peer0, times0, faults0 = machine_idle(), process_cpu_s(peer), os.times(), minor_faults()
         t0, c0 = time.perf_counter(), time.process_time()
         stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        idle1, peer1, times1 = machine_idle(), process_cpu_s(peer), os.times()
+        idle1, peer1, times1, faults1 = machine_idle(), process_cpu_s(peer), os.times(), minor_faults()
     n = stats.tiles
     return {"tiles": n, "requests": stats.requests, "seconds": dt, "tiles_per_s": n / dt,
             "cpu_ms_per_tile": 1000 * cpu / n, "max_rss_mb": peak_rss_mb(),
@@ -275,7 +275,15 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
             "user_ms_per_tile": 1000 * (times1.user - times0.user) / n,
             "kernel_ms_per_tile": 1000 * (times1.system - times0.system) / n,
             "peer_ms_per_tile": None if peer is None else 1000 * (peer1 - peer0) / n,
-            "idle_share": (idle1[0] - idle0[0]) / max(idle1[1] - idle0[1], 1)}
+            "idle_share": (idle1[0] - idle0[0]) / max(idle1[1] - idle0[1], 1),
+            "faults_per_tile": (faults1 - faults0) / n}
+
+
+def minor_faults() -> int:
+    """Pages this process has touched for the first time so far (each a trip into the kernel, which zeroes it)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def process_cpu_s(proc: subprocess.Popen | None) -> float:
@@ -304,7 +312,8 @@ def cpu_budget(runs: list[dict]) -> str:
     idle = sum(r["idle_share"] * r["seconds"] for r in runs) / sum(r["seconds"] for r in runs)
     cores = os.cpu_count() or 1
     return (f"  CPU ms per tile: client {client:.1f} (user {per_tile('user_ms_per_tile'):.1f}, kernel "
-            f"{per_tile('kernel_ms_per_tile'):.1f}), peer {peer:.1f}; machine idle {100 * idle:.0f} % of the runs; "
+            f"{per_tile('kernel_ms_per_tile'):.1f}), peer {peer:.1f}; page faults {per_tile('faults_per_tile'):.0f} "
+            f"per tile; machine idle {100 * idle:.0f} % of the runs; "
             f"at this CPU per tile, {cores} cores fully used would give {1000 * cores / (client + peer):.0f} tiles/s")
 
 
