@@ -280,7 +280,7 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
 
 
 def minor_faults() -> int:
-    """Pages this process has touched for the first time so far (each a trip into the kernel, which zeroes it)."""
+    """Minor page faults of this process so far: pages it touched before they were mapped, a kernel trip each."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
