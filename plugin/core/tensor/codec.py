@@ -142,7 +142,8 @@ class PayloadEncoder:
         self.encoding = encoding
         self.answer = answer
         self.model = model
-        self.base64 = "pybase64" if load_fast_base64() else "stdlib"
+        load_fast_base64()
+        self.base64 = base64_backend()  # which encoder this run's tiles go through
         self.server_dtype = spec.dtype
         self.dtype = carrier_dtype(spec.dtype)
         # logits as float16 only from a float16 model (nothing is lost); float32 otherwise
