@@ -16,7 +16,8 @@ makes each answer wait S seconds, as a fast GPU server's would):
                      corner) and a deflate one as wide as a Sentinel-2 tile (10980x2048), with the default overlap
                      (1/8): windowed reads, blending, writing the GeoTIFF. Under each, the CPU a tile cost
                      (this process in user and kernel mode, the peer's process), the share of the machine left
-                     idle, and the rate the cores would give if that CPU per tile kept them all busy.
+                     idle, and the rate the cores would give if that CPU per tile kept them all busy; and the
+                     steady state: the rate from the first answer to the last, and the time of a run outside it.
 4. peak RSS          run_tensor() on a 20000x20000x6 uint16 GeoTIFF (sparse: mostly unwritten blocks, so it
                      is small on disk), in a fresh process, ru_maxrss reported. Target: < 1 GB.
 
@@ -263,13 +264,17 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
     with VllmClient(f"http://127.0.0.1:{port}") as client:
         req = MapFloodsRequest(input_path=str(path), output_path=str(out), server_url=client.base_url, model="m",
                                concurrency=concurrency, probability_path=str(probability or ""))
+        stamps = ProgressStamps()
         idle0, peer0, times0, faults0 = machine_idle(), process_cpu_s(peer), os.times(), minor_faults()
         t0, c0 = time.perf_counter(), time.process_time()
-        stats = run_tensor(req, client, spec(), list(range(CHANNELS)))
+        stats = run_tensor(req, client, spec(), list(range(CHANNELS)), stamps)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         idle1, peer1, times1, faults1 = machine_idle(), process_cpu_s(peer), os.times(), minor_faults()
     n = stats.tiles
+    steady = stamps.steady_rate(stats.requests)
     return {"tiles": n, "requests": stats.requests, "seconds": dt, "tiles_per_s": n / dt,
+            "steady_tiles_per_s": steady,
+            "outside_steady_ms": None if steady is None else 1000 * (dt - stats.requests / steady),
             "cpu_ms_per_tile": 1000 * cpu / n, "max_rss_mb": peak_rss_mb(),
             "concurrency": stats.concurrency,
             "user_ms_per_tile": 1000 * (times1.user - times0.user) / n,
@@ -277,6 +282,37 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
             "peer_ms_per_tile": None if peer is None else 1000 * (peer1 - peer0) / n,
             "idle_share": (idle1[0] - idle0[0]) / max(idle1[1] - idle0[1], 1),
             "faults_per_tile": (faults1 - faults0) / n}
+
+
+class ProgressStamps:
+    """The Progress a benchmark run reports to: the time of each new progress figure, from which the rate between
+    the first and the last answer (the steady state) is told apart from the run's start and end."""
+
+    def __init__(self) -> None:
+        self.stamps: list[tuple[float, float]] = []  # (perf_counter, percent), one per new figure
+
+    def set_progress(self, percent: float) -> None:
+        if not self.stamps or percent > self.stamps[-1][1]:
+            self.stamps.append((time.perf_counter(), percent))
+
+    def info(self, message: str) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+    def is_canceled(self) -> bool:
+        return False
+
+    def steady_rate(self, sent: int) -> float | None:
+        """Tiles per second from the first answer to the last, of `sent` tiles in all (the progress counts the tiles
+        that are sent); None when fewer than two figures came before the end."""
+        if len(self.stamps) < 2:
+            return None
+        (t_first, first), (t_last, last) = self.stamps[0], self.stamps[-1]
+        if t_last <= t_first:
+            return None
+        return (last - first) / 100 * sent / (t_last - t_first)
 
 
 def minor_faults() -> int:
@@ -315,6 +351,18 @@ def cpu_budget(runs: list[dict]) -> str:
             f"{per_tile('kernel_ms_per_tile'):.1f}), peer {peer:.1f}; page faults {per_tile('faults_per_tile'):.0f} "
             f"per tile; machine idle {100 * idle:.0f} % of the runs; "
             f"at this CPU per tile, {cores} cores fully used would give {1000 * cores / (client + peer):.0f} tiles/s")
+
+
+def steady_state(runs: list[dict]) -> str:
+    """The rate between each run's first and last answer, in tiles sent, and the time of a run outside it (opening
+    the raster and the plan before the first answer, the last rows and the commit after the last), medians over the
+    runs."""
+    rates = [r["steady_tiles_per_s"] for r in runs if r["steady_tiles_per_s"]]
+    if not rates:
+        return "  steady state: too few answers to tell"
+    outside = statistics.median(r["outside_steady_ms"] for r in runs if r["steady_tiles_per_s"])
+    return (f"  steady state (first answer to last): {statistics.median(rates):.1f} sent tiles/s median; "
+            f"{outside:.0f} ms of each run outside it")
 
 
 def keep_rows(port: int, tmp_path: Path, runs: int) -> dict:
@@ -473,6 +521,7 @@ def main() -> int:
                       f"client CPU "
                       f"{statistics.median(r['cpu_ms_per_tile'] for r in runs):.1f} ms per tile")
                 print(cpu_budget(runs))
+                print(steady_state(runs))
                 results[f"pipeline_{name}"] = {"runs": runs}
                 if not nodata and width == height:
                     steps = stages(port, mid, tmp_path / "stages-out.tif")
