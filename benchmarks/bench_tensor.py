@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from plugin.core.progress import NullProgress  # noqa: E402
+
 TILE = 512
 CHANNELS = 6
 
@@ -284,7 +286,7 @@ def pipeline(port: int, path: Path, out: Path, concurrency: int | None, probabil
             "faults_per_tile": (faults1 - faults0) / n}
 
 
-class ProgressStamps:
+class ProgressStamps(NullProgress):
     """The Progress a benchmark run reports to: the time of each new progress figure, from which the rate between
     the first and the last answer (the steady state) is told apart from the run's start and end."""
 
@@ -294,15 +296,6 @@ class ProgressStamps:
     def set_progress(self, percent: float) -> None:
         if not self.stamps or percent > self.stamps[-1][1]:
             self.stamps.append((time.perf_counter(), percent))
-
-    def info(self, message: str) -> None:
-        pass
-
-    def warning(self, message: str) -> None:
-        pass
-
-    def is_canceled(self) -> bool:
-        return False
 
     def steady_rate(self, sent: int) -> float | None:
         """Tiles per second from the first answer to the last, of `sent` tiles in all (the progress counts the tiles
