@@ -463,6 +463,27 @@ def test_scale_windows_of_a_striped_file_spread_over_its_width(tmp_path):
     assert sorted({x for x, _ in reads}) == [0, 384, 768] and len(set(reads)) == 9, reads
 
 
+def test_scale_counts_only_the_pixels_with_data_in_every_band(tmp_path):
+    """A pixel without data in one band is left out of the mean with all its bands: here those pixels hold
+    20000 in the other bands, which would make the mean of reflectances 0-1 look like digital numbers."""
+    from rasterio.transform import from_origin
+
+    values = np.full((3, 1024, 1024), 0.25, np.float32)
+    no_data = np.zeros(1024, bool)
+    no_data[::4] = True  # every fourth column, in every window the scale reads
+    values[:, :, no_data] = 20000.0
+    values[0, :, no_data] = -9999.0  # band 1's nodata
+    values[1, 900:, :] = np.nan  # and NaN in band 2 below row 900
+    path = tmp_path / "partial.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=3, dtype="float32",
+                       transform=from_origin(0, 0, 10, 10), nodata=-9999) as dst:
+        dst.write(values)
+    with rasterio.open(path) as ds:
+        scale, windows = _window_reads(ds, [1, 2, 3])
+    assert len(windows) == 9
+    assert scale == 1.0
+
+
 def test_digital_numbers_settle_the_scale_in_the_first_window_and_never_change_it(tmp_path):
     """Unsigned values cannot pull the mean down, so reading stops once the windows left could not bring it to 1:
     one window for digital numbers in the thousands. The scale is the one all 9 windows give (the same values

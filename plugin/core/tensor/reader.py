@@ -115,10 +115,12 @@ def detect_scale(ds: Any, bands: list[int], area: Optional[Area] = None) -> floa
     unsigned = all(np.dtype(ds.dtypes[b - 1]).kind == "u" for b in bands)
     for i, (x, y) in enumerate(windows):
         data, valid = read_tile(ds, bands, Tile(0, 0, x, y, w, h), area=area, hidden=hidden)
-        if valid.any():
-            vals = data[:, valid].astype(np.float64)
-            total += float(vals.sum())
-            count += vals.size
+        if valid.all():  # summed in place: no copy of the window's values
+            total += float(data.sum(dtype=np.float64))
+            count += data.size
+        elif valid.any():  # each pixel's bands summed first, so only a band's worth of values is picked out
+            total += float(data.sum(axis=0, dtype=np.float64)[valid].sum())
+            count += int(valid.sum()) * data.shape[0]
         if unsigned and total > count + (len(windows) - 1 - i) * len(bands) * w * h:
             break  # the mean stays above 1 whatever the windows left hold
     if count == 0:
