@@ -228,6 +228,25 @@ def test_encoding_follows_the_server_version():
 
 
 # ------------------------------------------------------------------------------------- whole runs
+def test_a_run_chooses_how_tables_are_gathered_before_its_workers_start(tmp_path, peer, client, monkeypatch):
+    from plugin.core.tensor import lookup as lookup_module
+
+    threads = []
+
+    def choose(*args, **kwargs):
+        threads.append(threading.current_thread())
+        return lookup_module.CANDIDATES[-1]
+
+    monkeypatch.setattr(lookup_module, "_gather", None)
+    monkeypatch.setattr(lookup_module, "fastest", choose)
+    inp = tmp_path / "in.tif"
+    generate_scene(inp, seed=5, width=300, height=260)
+    run_tensor(request(tmp_path, inp, peer), client, make_spec(), SIX)
+    assert threads == [threading.current_thread()]  # once, in the run's own thread, not in a tile's
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert (out.read(1) == rule_mask(inp)).mean() >= 0.9999
+
+
 @pytest.mark.parametrize("width,height,crs", [
     (700, 555, "EPSG:32633"),  # not a multiple of the tile
     (100, 80, "EPSG:32633"),  # smaller than one tile

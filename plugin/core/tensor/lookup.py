@@ -8,7 +8,8 @@ the indices become 64-bit a cache-sized chunk at a time, in a buffer each thread
 How a chunk is gathered depends on the numpy build. np.take copies each value through a call to memmove where the
 compiler did not inline its per-size copies: Debian trixie's numpy 2.2 (what QGIS 3.40 runs there) takes ~4x the
 time of indexing, while numpy's own wheels and Debian bookworm's 1.24 take ~0.7x. The first lookup of a process
-times both ways on one chunk and keeps the faster.
+times both ways on one chunk and keeps the faster; a run makes that choice (`prepare()`) before its worker threads
+start, so that the timing is not disturbed by them.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def fastest(candidates: tuple[Gather, ...] = CANDIDATES, rounds: int = 5) -> Gat
     return min(candidates, key=best.__getitem__)
 
 
-def _chosen() -> Gather:
+def prepare() -> Gather:
+    """The way this process gathers its chunks: chosen at the first call, kept from then on."""
     global _gather
     with _choosing:
         if _gather is None:
@@ -75,7 +77,7 @@ def lookup(table: np.ndarray, indices: np.ndarray, out: Optional[np.ndarray] = N
         out = np.empty(indices.shape, table.dtype)
     elif out.shape != indices.shape or out.dtype != table.dtype or not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous, with the indices' shape and the table's dtype")
-    gather = _gather or _chosen()
+    gather = _gather or prepare()
     flat_in = np.ascontiguousarray(indices).reshape(-1)
     flat_out = out.reshape(-1)  # a view: out is C-contiguous
     buffer = getattr(_buffers, "intp", None)

@@ -43,6 +43,7 @@ from . import scores as tile_scores
 from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
 from .codec import Body, PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
 from .inputs import Normaliser, tile_locations
+from .lookup import prepare as prepare_lookups
 from .reader import SharedDataset, band_numbers, detect_scale, mask_needs_read, read_tile
 from .tile_plan import tiles_to_send
 from .tiling import RowBandStitcher, Tile, TileGrid, overlap_pixels
@@ -105,6 +106,7 @@ def run_tensor(job: TensorJob, client: Any, progress: Optional[Progress] = None,
             encoder = PayloadEncoder(job.model, spec, encoding or choose_encoding(job.version),
                                      answer or choose_answer(job.version))
             normalise = Normaliser(spec, scale, offset, src.dtypes[bands[0] - 1])
+            prepare_lookups()  # timed here, before the worker threads share the cores
             skipped = len(grid) - int(send.sum())
             progress.info(
                 f"Tensor transport: {area.width}x{area.height} px in {len(grid)} tiles of "
