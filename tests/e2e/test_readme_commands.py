@@ -432,8 +432,11 @@ def test_serve_demo_ctrl_c(tmp_path):
     command = readme_command(r"scripts/serve-demo")
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
+        # SIGINT at its default, as a terminal's shell starts a command: tests run as a background job ignore it,
+        # and a shell cannot trap a signal that was ignored when it started
         proc = subprocess.Popen(["bash", "-c", command], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                 env=dict(os.environ, PORT=str(_free_port())))
     try:
         deadline = time.monotonic() + 120
