@@ -138,6 +138,32 @@ def test_an_engine_that_stops_once_is_waited_for_twice_on_a_tile_stops_the_run(w
     assert "stopped on this tile twice" in err.value.message and not out.exists()
 
 
+def test_an_engine_that_stops_is_the_error_even_when_the_dropped_requests_come_first(world):
+    """vLLM answers the request its engine stopped on with the engine's error and drops the others' connections as
+    it shuts down; the drops can reach the client before that answer."""
+    first = threading.Lock()
+
+    def engine_stops(n, body):
+        if first.acquire(blocking=False):  # the first tile stops the engine; its answer comes last
+            return Reply(500, vllm_error(ENGINE_DEAD, 500, "InternalServerError"), delay=0.5)
+        return Reply(drop=True)
+
+    world.fault = engine_stops
+    with pytest.raises(EngineDied) as err:
+        map_floods(world.request(concurrency=4), world.client(retries=0))
+    assert "must be restarted" in err.value.message and "This run sent float16 tensors" in err.value.message
+    assert not os.path.exists(world.output)
+
+
+def test_a_server_that_only_drops_requests_is_reported_as_that(world):
+    world.fault = lambda n, body: Reply(drop=True)
+    t0 = time.monotonic()
+    with pytest.raises(FloodMapperError) as err:
+        map_floods(world.request(concurrency=4), world.client(retries=0))
+    assert not isinstance(err.value, EngineDied) and err.value.transient, err.value.message
+    assert time.monotonic() - t0 < 5 and not os.path.exists(world.output)
+
+
 def test_errors_waiting_cannot_fix_stop_at_once(world):
     world.fault = lambda n, body: Reply(400, vllm_error("pixel_values has the wrong shape"))
     t0 = time.monotonic()

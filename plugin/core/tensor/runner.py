@@ -38,7 +38,7 @@ from ..model_spec import ModelSpec
 from ..outage import Outage
 from ..progress import NullProgress, Progress, ProgressSpan, check_cancel
 from ..raster import HiddenNodata, hidden_nodata
-from . import block_cache
+from . import block_cache, failure
 from . import scores as tile_scores
 from .checkpoint import Checkpoint, KeptRows, Resumed, file_identity, fingerprint
 from .codec import Body, PayloadEncoder, choose_answer, choose_encoding, decode_logits, logits_float32
@@ -291,6 +291,8 @@ class _Tiles:
                 raise
             except FloodMapperError as exc:
                 if self.stop.is_set():
+                    if isinstance(exc, EngineDied):
+                        raise  # the run stops for another tile's error, which this may explain (run() picks it)
                     return None
                 if isinstance(exc, EngineDied):
                     if tile.index in self.engine_died:
@@ -341,7 +343,10 @@ class _Tiles:
                     try:
                         result = fut.result()
                     except FloodMapperError as exc:
-                        self._explain(exc, done, total)
+                        reported = failure.cause(exc, (finished | pending) - {fut})
+                        failure.explain(reported, self.spec, done, total)
+                        if reported is not exc:
+                            raise reported from None
                         raise
                     if result is None:  # only after stop, which only a raise sets
                         continue
@@ -376,17 +381,3 @@ class _Tiles:
                 fut.cancel()
             executor.shutdown(wait=True)  # the cancelled requests end within a tick
             self.dataset.close()
-
-    def _explain(self, exc: FloodMapperError, done: int, total: int) -> None:
-        """Add what the run sent and how far it got to a tile's error."""
-        spec = self.spec
-        if isinstance(exc, EngineDied):
-            exc.message += (
-                f" This run sent {spec.dtype} tensors of shape [{spec.channels}, {spec.tile_height}, "
-                f"{spec.tile_width}] (dtype: {spec.dtype_reason or 'from the model spec'}).")
-            exc.hint += (" Restart the server with an explicit --dtype and give Flood Mapper the same "
-                         "one (SERVER_DTYPE), and give the served model's config.json as MODEL_SPEC "
-                         "so the tiles have the model's shape.")
-        if not isinstance(exc, Cancelled) and done:
-            # what was done, so the user can judge a retry (nothing of it is kept)
-            exc.message += f" The run stopped after {done} of {total} tiles; no output was written."
