@@ -249,11 +249,11 @@ class LocalEngine:
             # it outlives this process: it stops itself once its record has been idle for keep_alive seconds,
             # and writes to its log file (a pipe to this process would break when this process exits)
             path = kept.write_record(self._record(0))
-            extra.update(FLOODMAPPER_KEEP_RECORD=str(path), FLOODMAPPER_KEEP_IDLE=str(self.keep_alive),
-                         FLOODMAPPER_OUTPUT_DIR=self._out_dir)
+            extra.update(FLOODMAPPER_KEEP_RECORD=str(path), FLOODMAPPER_KEEP_IDLE=str(self.keep_alive))
             self._lease = kept.Lease(path, self.keep_alive)
         else:
             extra["FLOODMAPPER_WATCH_PID"] = str(os.getpid())  # it stops when this process is gone
+        extra["FLOODMAPPER_OUTPUT_DIR"] = self._out_dir  # and removes this folder when it stops on its own
         self.log.emit("[floodmapper] starting: " + " ".join(shlex.quote(c) for c in cmd))
         note = f", kept {self.keep_alive / 60:g} minutes after the last run" if self._kept else ""
         progress.info(f"Starting the local vLLM engine (vLLM {info.vllm}, {info.device.upper()}) on {self.url}{note}")

@@ -94,8 +94,9 @@ def check() -> int:
     return 0
 
 
-def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
-    """End this engine's whole process group when the process that started it is gone.
+def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0, output_dir: str = "") -> None:
+    """End this engine's whole process group, and remove its private output folder, when the process that
+    started it is gone.
 
     The plugin starts the engine in a session of its own (so a Ctrl-C in a terminal or QGIS's own signals do
     not reach it) and stops it on unload and at exit; but qgis_process never runs Python's exit hooks, and a
@@ -103,6 +104,7 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
     starter and, once it is gone, sends SIGTERM to the group (vLLM shuts its engine core and workers down)
     and SIGKILL after `grace` seconds.
     """
+    import shutil
     import threading
     import time
 
@@ -118,6 +120,8 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0) -> None:
             print(f"[floodmapper] the process that started this engine ({pid}) is gone; stopping", flush=True)
         except OSError:
             pass
+        if output_dir:  # the starter would have removed it had it lived to stop the engine
+            shutil.rmtree(output_dir, ignore_errors=True)
         _stop_own_group(grace)
 
     threading.Thread(target=run, name="floodmapper-parent-watch", daemon=True).start()
@@ -135,7 +139,7 @@ def _stop_own_group(grace: float) -> None:
     stop(signal.SIGKILL)
 
 
-def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 20.0) -> None:
+def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 20.0, output_dir: str = "") -> None:
     """Stop this kept engine once its record (its lease) has not been touched for `idle` seconds.
 
     With the keep-alive option the engine outlives the process that started it; each process using it touches
@@ -191,7 +195,6 @@ def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 2
             print(f"[floodmapper] kept engine stopping: {why}", flush=True)
         except OSError:
             pass
-        output_dir = os.environ.get("FLOODMAPPER_OUTPUT_DIR", "")
         if output_dir:
             shutil.rmtree(output_dir, ignore_errors=True)
         _stop_own_group(grace)
@@ -202,13 +205,14 @@ def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 2
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--check"]:
         return check()
+    output_dir = os.environ.pop("FLOODMAPPER_OUTPUT_DIR", "")
     watch = os.environ.pop("FLOODMAPPER_WATCH_PID", "")
     if watch.isdigit():
-        watch_parent(int(watch))
+        watch_parent(int(watch), output_dir=output_dir)
     record = os.environ.pop("FLOODMAPPER_KEEP_RECORD", "")
     idle = os.environ.pop("FLOODMAPPER_KEEP_IDLE", "")
     if record and idle:
-        watch_idle(record, float(idle), interval=min(5.0, max(0.5, float(idle) / 10)))
+        watch_idle(record, float(idle), interval=min(5.0, max(0.5, float(idle) / 10)), output_dir=output_dir)
     from vllm.entrypoints.cli.main import main as vllm_main
 
     sys.argv = ["vllm", *argv]
