@@ -124,11 +124,12 @@ def command_text(cmd: list[str]) -> str:
     return " ".join(f'"{part}"' if re.search(r"[\s'\"$&|;<>()]", part) else part for part in cmd)
 
 
-def pip_environment() -> dict[str, str]:
-    """Ours, minus pip settings that would fight --target (user, prefix, a required virtualenv)."""
+def pip_environment(scratch: str) -> dict[str, str]:
+    """Ours, minus pip settings that would fight --target (user, prefix, a required virtualenv), with `scratch`
+    as pip's temporary directory: pip stopped by a cancel cannot clean up its own (downloads, unpacked wheels)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT")}
     env.update(PIP_USER="0", PIP_REQUIRE_VIRTUALENV="0", PIP_NO_INPUT="1", PIP_ROOT_USER_ACTION="ignore",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", TMPDIR=scratch, TEMP=scratch, TMP=scratch)
     return env
 
 
@@ -155,12 +156,16 @@ class PipProgress:
 
 def run_pip(cmd: list[str], on_line: Callable[[str], None], is_canceled: Callable[[], bool],
             timeout: float = 1800.0) -> tuple[int, str]:
-    """Run pip, passing each output line on; cancel ends it within half a second. (exit code, last lines)."""
+    """Run pip, passing each output line on; cancel ends it within half a second. (exit code, last lines).
+
+    pip's temporary files go to a folder of this run's, removed once pip has ended, however it ended."""
+    scratch = tempfile.mkdtemp(prefix="floodmapper-pip-")
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=pip_environment(), text=True, encoding="utf-8", errors="replace",
+                                env=pip_environment(scratch), text=True, encoding="utf-8", errors="replace",
                                 creationflags=NO_WINDOW)
     except OSError as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
         raise DependencyError(f"Cannot run {cmd[0]}: {exc}.") from exc
     lines: queue.Queue = queue.Queue()
     tail: deque[str] = deque(maxlen=30)
@@ -200,6 +205,7 @@ def run_pip(cmd: list[str], on_line: Callable[[str], None], is_canceled: Callabl
                 proc.kill()
                 proc.wait()
         reader.join(timeout=5)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass

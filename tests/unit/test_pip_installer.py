@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,13 +74,22 @@ def test_progress_from_pip_output():
     assert seen == [0.0, 35.0, 35.0, 70.0, 80.0, 90.0]
 
 
-def test_run_pip_cancel_stops_the_process_quickly():
+def test_run_pip_cancel_stops_the_process_quickly_and_leaves_no_temporary_files():
     lines = []
     t0 = time.monotonic()
+    # like pip: its downloads and unpacked wheels go to the temporary directory, removed only if it ends normally
+    script = ("import tempfile, time; d = tempfile.mkdtemp(prefix='pip-unpack-'); "
+              "open(d + '/rasterio.whl.part', 'wb').write(b'x' * 4096); print(d, flush=True); time.sleep(60)")
     with pytest.raises(Cancelled):
-        pi.run_pip([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"],
-                   lines.append, lambda: bool(lines))
-    assert time.monotonic() - t0 < 10 and lines == ["started"]
+        pi.run_pip([sys.executable, "-c", script], lines.append, lambda: bool(lines))
+    assert time.monotonic() - t0 < 10 and len(lines) == 1
+    assert Path(lines[0]).name.startswith("pip-unpack-")
+    assert not Path(lines[0]).exists(), "pip's temporary files must go when it is stopped"
+    assert not Path(lines[0]).parent.exists(), "and the run's temporary folder with them"
+
+
+def _temporary_folders() -> set[str]:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith(("pip-", "floodmapper-pip-"))}
 
 
 class Recorder(NullProgress):
@@ -99,6 +109,7 @@ def _listing(folder: Path) -> list[str]:
 
 
 def test_install_for_real_then_replace_then_fail_then_cancel(tmp_path):
+    temporary_before = _temporary_folders()
     folder = tmp_path / "profile" / "floodmapper" / "python-x"
     progress = Recorder()
     out = pi.install([Pin("affine", "2.3.1"), Pin("cligj", "0.7.2")], folder, ["affine", "cligj"],
@@ -128,3 +139,4 @@ def test_install_for_real_then_replace_then_fail_then_cancel(tmp_path):
                    progress=Recorder(cancel_at=0.0))
     assert _listing(folder) == before
     assert _listing(folder.parent) == [folder.name], "no staging folder left behind"
+    assert _temporary_folders() - temporary_before == set(), "no temporary folder of pip's left behind"
