@@ -236,7 +236,7 @@ class LocalEngine:
         # the same port as before where it is free: a job's client keeps talking to a restarted engine
         port = self.port if self.port and port_is_free(self.port) else free_port()
         cmd = self.build_command(info, port)
-        self._out_dir = tempfile.mkdtemp(prefix="floodmapper-engine-")
+        self._out_dir = tempfile.mkdtemp(prefix=kept.OUTPUT_DIR_PREFIX)
         extra = serve_environment(self.settings, info, self._out_dir)
         self.log.open()
         self._healthy_once = False
@@ -388,7 +388,7 @@ class LocalEngine:
         self._reader = None
 
     def _forget_record(self, pid: int) -> None:
-        kept.remove_record(engine_key_hash(self.settings, self.io_processor), pid)
+        kept.forget_engine(engine_key_hash(self.settings, self.io_processor), pid)
 
     def _cleanup_files(self) -> None:
         self.log.close()

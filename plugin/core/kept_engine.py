@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from .settings import floodmapper_home
 
 HEARTBEAT_MAX = 30.0  # seconds between two touches of the record while a job runs
 BUSY_WINDOW = 2 * HEARTBEAT_MAX  # a record touched this recently may belong to a running job
+OUTPUT_DIR_PREFIX = "floodmapper-engine-"  # an engine's private folder in the temporary directory
 
 
 def engines_dir() -> Path:
@@ -116,8 +118,9 @@ def touch(path: Path) -> bool:
         return False
 
 
-def remove_record(key: str, pid: int) -> None:
-    """Remove the record of the engine in process group `pid` (not a newer one written under the same key)."""
+def forget_engine(key: str, pid: int) -> None:
+    """Forget the engine in process group `pid`, stopped or gone: its record (not a newer one written under the
+    same key) and its output folder, which an engine stopped from outside its own idle watch leaves behind."""
     path = record_path(key)
     record = read_record(path)
     if record is not None and record.pid == pid:
@@ -125,6 +128,8 @@ def remove_record(key: str, pid: int) -> None:
             path.unlink()
         except OSError:
             pass
+        if Path(record.output_dir).name.startswith(OUTPUT_DIR_PREFIX):  # never a folder the plugin did not make
+            shutil.rmtree(record.output_dir, ignore_errors=True)
 
 
 def records() -> list[tuple[Path, KeptRecord]]:
@@ -192,7 +197,7 @@ def find_reusable(key: str, vllm_python: str, http: requests.Session, say: Calla
     say(f"Not reusing the local vLLM engine kept running (pid {record.pid}): {why}")
     if record.pid > 0 and group_alive(record.pid) and idle > BUSY_WINDOW:
         kill_foreign_group(record.pid, grace)
-        remove_record(key, record.pid)
+        forget_engine(key, record.pid)
     return None
 
 
@@ -201,12 +206,12 @@ def stop_idle_kept_engines(say: Callable[[str], None], grace: float) -> None:
     The record of an engine that is gone (killed from outside, the computer restarted) is removed."""
     for path, record in records():
         if record.pid > 0 and not group_alive(record.pid):
-            remove_record(record.key, record.pid)
+            forget_engine(record.key, record.pid)
         elif record.pid > 0 and idle_seconds(path) > BUSY_WINDOW:
             say(f"[floodmapper] stopping the kept engine {record.pid} ({record.model}, {record.dtype}) "
                 "to start this one")
             kill_foreign_group(record.pid, grace)
-            remove_record(record.key, record.pid)
+            forget_engine(record.key, record.pid)
 
 
 class Lease:
@@ -256,5 +261,5 @@ class Lease:
 
 __all__ = [
     "KeptRecord", "Lease", "check_adoptable", "find_reusable", "known_device", "read_record", "record_path",
-    "records", "remove_record", "stop_idle_kept_engines", "touch", "write_record",
+    "forget_engine", "records", "stop_idle_kept_engines", "touch", "write_record",
 ]

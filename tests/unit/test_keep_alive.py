@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -130,22 +131,41 @@ def test_an_engine_of_another_environment_is_not_reused_and_goes(settings, tmp_p
 
 def test_a_kept_engine_of_other_settings_is_stopped_before_a_new_one_starts(settings, tmp_path):
     old, path = _kept_engine(settings, tmp_path)
+    folder = kept_engine.read_record(path).output_dir
+    assert os.path.isdir(folder)
     os.utime(path, (time.time() - 600, time.time() - 600))  # idle for a while, yet its keep-alive not over
     other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
     other.ensure_running()
     assert not alive(old), "two engines would compete for the same cores and memory"
     assert not path.exists()
+    assert not os.path.exists(folder), "the stopped engine's output folder goes with it"
     other.stop()
 
 
-def test_the_record_of_an_engine_killed_from_outside_is_removed_at_the_next_start(settings, tmp_path):
+def test_the_record_and_folder_of_an_engine_killed_from_outside_are_removed_at_the_next_start(settings, tmp_path):
     old, path = _kept_engine(settings, tmp_path)
+    folder = kept_engine.read_record(path).output_dir
     eng.kill_foreign_group(old, 3)  # as `kill` or a restart would: the engine leaves its record behind
     assert path.exists() and not alive(old)
     other = make(Settings(**{**settings.__dict__, "max_num_seqs": 3}), tmp_path)
     other.ensure_running()
     assert not path.exists()
+    assert not os.path.exists(folder), "and so is the output folder it left"
     other.stop()
+
+
+def test_forgetting_an_engine_removes_no_folder_the_plugin_did_not_make(settings, tmp_path):
+    old, path = _kept_engine(settings, tmp_path)
+    eng.kill_foreign_group(old, 3)
+    precious = tmp_path / "maps"
+    precious.mkdir()
+    data = json.loads(path.read_text())
+    own = data["output_dir"]
+    data["output_dir"] = str(precious)  # a record edited by hand, or written by another program
+    path.write_text(json.dumps(data))
+    kept_engine.forget_engine(eng.engine_key_hash(settings), old)
+    assert not path.exists() and precious.is_dir()
+    shutil.rmtree(own)
 
 
 def test_no_process_groups_no_kept_engine_alive(monkeypatch):
