@@ -20,6 +20,8 @@ from .transport_choice import engine_dtype, plan_local_engine
 
 IO_PROCESSOR = "terratorch_segmentation"
 MODEL_STEP_TIMEOUT_S = 300  # vLLM's own default for VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS: never set below it
+# vLLM's message queues are Unix sockets named <temporary directory>/<uuid4>; Linux takes 107 bytes of path
+SOCKET_PATH_MAX = 107
 
 
 def engine_key(settings: Settings, io_processor: bool = True) -> tuple:
@@ -120,6 +122,10 @@ def serve_environment(settings: Settings, info: EngineInfo, output_dir: str) -> 
         "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS")
         or str(max(MODEL_STEP_TIMEOUT_S, math.ceil(settings.read_timeout))),
     }
+    if len(os.fsencode(output_dir)) + 1 + 36 <= SOCKET_PATH_MAX:
+        # vLLM leaves its sockets and rendezvous files (vllm_dist_*) in the temporary directory when it stops:
+        # in the engine's own folder they go with it, however the engine stops
+        extra["TMPDIR"] = output_dir
     if info.device == "cpu":
         extra["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"
         extra.update(vllm_cpu_binding())

@@ -6,6 +6,7 @@ Each engine start costs ~1 min on this CPU, so one test walks the whole lifecycl
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -24,9 +25,14 @@ pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _engine_folders() -> set[str]:
-    """The local engines' private output folders in the temporary directory."""
-    return {p.name for p in Path(tempfile.gettempdir()).glob("floodmapper-engine-*")}
+UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _engine_leftovers() -> set[str]:
+    """What a local engine could leave in the temporary directory: its private output folder, and vLLM's message
+    queue sockets (named by a uuid4) and rendezvous files (vllm_dist_*)."""
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith(("floodmapper-engine-", "vllm_dist_")) or UUID_NAME.fullmatch(p.name)}
 
 
 def _map(src, out):
@@ -133,7 +139,7 @@ def test_engine_lifecycle_through_the_plugin(qgis_app, qgis_iface, qgis_processi
 @pytest.mark.parametrize("configured", [False, True], ids=["nothing-configured", "env-vars-and-keep-alive"])
 def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
     """qgis_process runs no exit hooks: the engine stops when it exits, or, kept (keep-alive), is reused by the
-    next qgis_process and stops by itself once idle; either way its output folder goes with it."""
+    next qgis_process and stops by itself once idle; either way its files (its own, vLLM's) go with it."""
     from plugin.core.settings import DEMO_MODEL_DIR, default_vllm_python
 
     src = tmp_path / "scene.tif"
@@ -153,7 +159,7 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         ini.write_text("[PythonPlugins]\nfloodmapper=true\nprocessing=true\n\n"
                        "[floodmapper]\nimage_max_megapixels=0.05\n")
     before = engine_pids()
-    folders_before = _engine_folders()
+    leftovers_before = _engine_leftovers()
 
     def run(out: Path) -> tuple[str, float]:
         t0 = time.monotonic()
@@ -192,10 +198,10 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         assert not records[0].exists()
         log = (tmp_path / "home" / "logs").glob("vllm-engine-*.log")
         assert any("kept engine stopping: unused for" in p.read_text() for p in log)
-        assert _engine_folders() - folders_before == set(), "the kept engine left its output folder"
+        assert _engine_leftovers() - leftovers_before == set(), "the kept engine left files behind"
         return
     deadline = time.monotonic() + 45  # the watch's poll, vLLM's shutdown, SIGKILL after 20 s
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert engine_pids() - before == set(), "qgis_process left an engine running"
-    assert _engine_folders() - folders_before == set(), "the engine left its output folder"
+    assert _engine_leftovers() - leftovers_before == set(), "the engine left files behind"

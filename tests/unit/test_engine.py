@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def test_command_line_and_environment(settings, tmp_path, monkeypatch):
     assert "--gpu-memory-utilization" not in argv  # CPU environment
     assert argv[-4:] == ["--max-model-len", "1024", "--served-model-name", "my model"]
     assert json.loads(env["TERRATORCH_SEGMENTATION_IO_PROCESSOR_CONFIG"]) == {"output_path": out_dir}
+    assert env["TMPDIR"] == out_dir  # vLLM's own temporary files go with the engine's folder
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert env["VLLM_HOST_IP"] == "127.0.0.1"
     assert env["HF_HUB_OFFLINE"] == "1"  # a local model folder
@@ -166,6 +168,21 @@ def test_a_model_step_may_take_as_long_as_the_plugin_waits(settings, tmp_path, m
     assert env["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "300"
     monkeypatch.setenv("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "7200")
     assert serve_environment(settings, cpu, str(tmp_path))["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "7200"
+
+
+def test_vllms_temporary_files_go_to_the_engines_own_folder_where_its_sockets_fit(settings):
+    """vLLM leaves its message queue sockets (<temporary directory>/<uuid4>) and its vllm_dist_* files behind when
+    it stops: they go to the engine's folder, removed with it, unless that would make a socket's path longer than
+    Linux takes (then vLLM keeps the usual temporary directory)."""
+    from plugin.core.engine_command import SOCKET_PATH_MAX, serve_environment
+
+    cpu = engine_env.EngineInfo(sys.executable, "0.32.0", "1.2.13", "2.13.0+cpu", "cpu", ("terratorch_segmentation",))
+    short = "/tmp/floodmapper-engine-abcd1234"
+    assert serve_environment(settings, cpu, short)["TMPDIR"] == short
+    fits = "/" + "d" * (SOCKET_PATH_MAX - 1 - 37)
+    assert len(f"{fits}/{uuid.uuid4()}") == SOCKET_PATH_MAX
+    assert serve_environment(settings, cpu, fits)["TMPDIR"] == fits
+    assert "TMPDIR" not in serve_environment(settings, cpu, fits + "d")
 
 
 def test_device_mismatch_and_bad_extra_args(settings, tmp_path):
