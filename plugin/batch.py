@@ -94,7 +94,7 @@ from .batch_inputs import (
     pre_event_input,
     validate,
 )
-from .batch_offline import build_llm, run_one, stop_llm
+from .batch_offline import build_llm, run_one, stop_llm, vllm_temporary_folder
 from .batch_summary import write_summary
 from .core import vllm_entry
 from .core.errors import EngineError, FloodMapperError, InputError, NothingToMap
@@ -425,21 +425,22 @@ def map_offline(jobs: list[Job], args: argparse.Namespace, refs: list[Reference]
     """Every raster through vLLM in this process; 2 if the engine cannot start, else None."""
     work_dir = tempfile.mkdtemp(prefix=".floodmapper-batch-", dir=str(out_dir))
     try:
-        print(f"Loading the model {args.model} into vLLM (this takes a minute on a CPU)…", flush=True)
-        t0 = time.monotonic()
-        try:
-            llm = build_llm(args.model, args.max_num_seqs, work_dir)
-        except Exception as exc:  # noqa: BLE001 - vLLM raises many types; report and stop
-            print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
-        print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
-        try:
-            return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console(),
-                                                               args.model))
-        finally:
-            problem = stop_llm(llm)
-            if problem:
-                print(f"warning: stopping the vLLM engine failed: {problem}", file=sys.stderr, flush=True)
+        with vllm_temporary_folder():
+            print(f"Loading the model {args.model} into vLLM (this takes a minute on a CPU)…", flush=True)
+            t0 = time.monotonic()
+            try:
+                llm = build_llm(args.model, args.max_num_seqs, work_dir)
+            except Exception as exc:  # noqa: BLE001 - vLLM raises many types; report and stop
+                print(f"error: the vLLM engine could not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
+            print(f"Engine ready in {time.monotonic() - t0:.1f} s", flush=True)
+            try:
+                return map_each(jobs, report, lambda job: run_one(llm, job, args.indices, work_dir, refs, _Console(),
+                                                                   args.model))
+            finally:
+                problem = stop_llm(llm)
+                if problem:
+                    print(f"warning: stopping the vLLM engine failed: {problem}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 

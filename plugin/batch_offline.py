@@ -7,11 +7,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 from .batch_inputs import Job, check_indices, needs_stacking
 from .core import raster, vllm_entry
 from .core.cpu import vllm_cpu_binding
+from .core.engine_command import holds_vllm_sockets
 from .core.errors import InputError, ServerError
 from .core.flood_extent import ExtentStats, compare_water_maps
 from .core.jobs import Stats
@@ -28,6 +31,26 @@ def engine_environment() -> None:
     """Defaults for the in-process engine (the caller's values win)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.update(vllm_cpu_binding())
+
+
+@contextmanager
+def vllm_temporary_folder() -> Iterator[None]:
+    """A temporary directory of the batch's own while its engine runs, removed after it: vLLM leaves its message
+    queue sockets and vllm_dist_* files in the temporary directory when it stops. Where a socket's path would be
+    too long there, vLLM keeps the usual temporary directory."""
+    folder = tempfile.mkdtemp(prefix="floodmapper-vllm-")
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    if holds_vllm_sockets(folder):  # the engine core, spawned, reads TMPDIR; this process, tempfile.tempdir
+        os.environ["TMPDIR"] = tempfile.tempdir = folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def engine_version() -> str:

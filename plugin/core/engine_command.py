@@ -111,6 +111,11 @@ def serve_command(settings: Settings, info: EngineInfo, port: int, *, io_process
     return cmd, dtype
 
 
+def holds_vllm_sockets(folder: str) -> bool:
+    """Whether vLLM's message queue sockets (<folder>/<uuid4>) fit in the path of a Unix socket there."""
+    return len(os.fsencode(folder)) + 1 + 36 <= SOCKET_PATH_MAX
+
+
 def serve_environment(settings: Settings, info: EngineInfo, output_dir: str) -> dict[str, str]:
     """Environment variables for the engine process, beside child_environment()'s."""
     extra = {
@@ -122,7 +127,7 @@ def serve_environment(settings: Settings, info: EngineInfo, output_dir: str) -> 
         "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": os.environ.get("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS")
         or str(max(MODEL_STEP_TIMEOUT_S, math.ceil(settings.read_timeout))),
     }
-    if len(os.fsencode(output_dir)) + 1 + 36 <= SOCKET_PATH_MAX:
+    if holds_vllm_sockets(output_dir):
         # vLLM leaves its sockets and rendezvous files (vllm_dist_*) in the temporary directory when it stops:
         # in the engine's own folder they go with it, however the engine stops
         extra["TMPDIR"] = output_dir

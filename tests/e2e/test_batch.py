@@ -31,7 +31,7 @@ from plugin.core.provenance import (
 )
 from plugin.core.settings import DEMO_MODEL_DIR, Settings
 from scripts import scenes
-from tests.fixtures.engine_processes import engine_pids
+from tests.fixtures.engine_processes import engine_leftovers, engine_pids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,7 @@ def _batch(tmp_path: Path, engine_args: list[str], env: dict[str, str] | None = 
     }
     bad.write_bytes(b"II*\x00" + os.urandom(2000))  # a TIFF header and garbage
     out = tmp_path / "maps"
+    leftovers = engine_leftovers()
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [settings.vllm_python, "-m", "plugin.batch", str(a), str(bad), str(b), "--out", str(out),
@@ -80,6 +81,10 @@ def _batch(tmp_path: Path, engine_args: list[str], env: dict[str, str] | None = 
     else:
         os.killpg(proc.pid, 9)
         pytest.fail("the batch left processes of its group running")
+    deadline = time.monotonic() + 30  # a local engine's group ends after the batch's (its parent watch)
+    while engine_leftovers() - leftovers and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert engine_leftovers() - leftovers == set(), "the batch's engine left files in the temporary directory"
     return output, truths, out
 
 

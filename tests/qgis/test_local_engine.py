@@ -6,10 +6,8 @@ Each engine start costs ~1 min on this CPU, so one test walks the whole lifecycl
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,21 +16,11 @@ import pytest
 import rasterio
 
 from scripts.scenes import class_iou, flood_classes, generate_pair, generate_scene, iou
-from tests.fixtures.engine_processes import engine_pids
+from tests.fixtures.engine_processes import engine_leftovers, engine_pids
 
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def _engine_leftovers() -> set[str]:
-    """What a local engine could leave in the temporary directory: its private output folder, and vLLM's message
-    queue sockets (named by a uuid4) and rendezvous files (vllm_dist_*)."""
-    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
-            if p.name.startswith(("floodmapper-engine-", "vllm_dist_")) or UUID_NAME.fullmatch(p.name)}
 
 
 def _map(src, out):
@@ -159,7 +147,7 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         ini.write_text("[PythonPlugins]\nfloodmapper=true\nprocessing=true\n\n"
                        "[floodmapper]\nimage_max_megapixels=0.05\n")
     before = engine_pids()
-    leftovers_before = _engine_leftovers()
+    leftovers_before = engine_leftovers()
 
     def run(out: Path) -> tuple[str, float]:
         t0 = time.monotonic()
@@ -198,10 +186,10 @@ def test_qgis_process_local_engine_leaves_no_process(configured, tmp_path):
         assert not records[0].exists()
         log = (tmp_path / "home" / "logs").glob("vllm-engine-*.log")
         assert any("kept engine stopping: unused for" in p.read_text() for p in log)
-        assert _engine_leftovers() - leftovers_before == set(), "the kept engine left files behind"
+        assert engine_leftovers() - leftovers_before == set(), "the kept engine left files behind"
         return
     deadline = time.monotonic() + 45  # the watch's poll, vLLM's shutdown, SIGKILL after 20 s
     while engine_pids() - before and time.monotonic() < deadline:
         time.sleep(0.5)
     assert engine_pids() - before == set(), "qgis_process left an engine running"
-    assert _engine_leftovers() - leftovers_before == set(), "the engine left files behind"
+    assert engine_leftovers() - leftovers_before == set(), "the engine left files behind"

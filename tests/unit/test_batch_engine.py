@@ -464,3 +464,36 @@ def test_min_area_without_polygons_is_a_usage_error(tmp_path, capsys):
         batch.parse_args([str(tmp_path), "--out", str(tmp_path / "maps"), "--min-area", "100"])
     assert stop.value.code == 2
     assert "--min-area applies to the water polygons: add --polygons" in capsys.readouterr().err
+
+
+def test_the_offline_engines_temporary_files_go_to_a_folder_removed_after_it(monkeypatch, tmp_path):
+    """vLLM in the batch's process leaves its message queue sockets and vllm_dist_* files in the temporary
+    directory: while the engine runs that is a folder of the batch's own, removed after it, and the process's
+    temporary directory is restored."""
+    import os
+    import shutil
+    import tempfile
+
+    from plugin import batch_offline
+
+    short = tempfile.mkdtemp(prefix="fm-", dir="/tmp")  # as short as the usual temporary directory
+    try:
+        monkeypatch.setenv("TMPDIR", short)
+        monkeypatch.setattr(tempfile, "tempdir", None)
+        with batch_offline.vllm_temporary_folder():
+            inside = tempfile.gettempdir()
+            assert os.environ["TMPDIR"] == inside and os.path.dirname(inside) == short
+            assert os.path.basename(inside).startswith("floodmapper-vllm-")
+            open(os.path.join(inside, "vllm_dist_0123"), "wb").close()
+        assert os.listdir(short) == []
+        assert os.environ["TMPDIR"] == short and tempfile.gettempdir() == short
+    finally:
+        shutil.rmtree(short)
+
+    deep = tmp_path / ("d" * 90)  # a socket's path there would pass the 107 bytes Linux takes
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    with batch_offline.vllm_temporary_folder():
+        assert tempfile.gettempdir() == str(deep) and os.environ["TMPDIR"] == str(deep)
+    assert os.listdir(deep) == []
