@@ -253,7 +253,7 @@ class LocalEngine:
             self._lease = kept.Lease(path, self.keep_alive)
         else:
             extra["FLOODMAPPER_WATCH_PID"] = str(os.getpid())  # it stops when this process is gone
-        extra["FLOODMAPPER_OUTPUT_DIR"] = self._out_dir  # and removes this folder when it stops on its own
+        extra["FLOODMAPPER_OUTPUT_DIR"] = self._out_dir  # removed by the engine when it stops on its own
         self.log.emit("[floodmapper] starting: " + " ".join(shlex.quote(c) for c in cmd))
         note = f", kept {self.keep_alive / 60:g} minutes after the last run" if self._kept else ""
         progress.info(f"Starting the local vLLM engine (vLLM {info.vllm}, {info.device.upper()}) on {self.url}{note}")
