@@ -428,7 +428,7 @@ def _free_port() -> int:
 @pytest.mark.vllm
 def test_serve_demo_ctrl_c(tmp_path):
     """`scripts/serve-demo` in the foreground; Ctrl-C (SIGINT to its process group, as a terminal sends it) stops
-    it and the vLLM process group it started, even while vLLM is still starting."""
+    it and the vLLM process group it started, even while vLLM is still starting, and removes its folders."""
     command = readme_command(r"scripts/serve-demo")
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
@@ -458,6 +458,8 @@ def test_serve_demo_ctrl_c(tmp_path):
         assert not alive, "Ctrl-C left vLLM's process group running"
         out_dir = re.search(r"IOProcessor outputs in (\S+)", log.read_text()).group(1)
         assert not Path(out_dir).exists(), "serve-demo left its output folder behind"
+        vllm_tmp = re.search(r"vLLM's temporary files in (\S+)", log.read_text()).group(1)
+        assert not Path(vllm_tmp).exists(), "serve-demo left vLLM's temporary folder behind"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
