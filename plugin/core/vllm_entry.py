@@ -104,7 +104,6 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0, output_di
     starter and, once it is gone, sends SIGTERM to the group (vLLM shuts its engine core and workers down)
     and SIGKILL after `grace` seconds.
     """
-    import shutil
     import threading
     import time
 
@@ -120,17 +119,20 @@ def watch_parent(pid: int, interval: float = 1.0, grace: float = 20.0, output_di
             print(f"[floodmapper] the process that started this engine ({pid}) is gone; stopping", flush=True)
         except OSError:
             pass
-        if output_dir:  # the starter would have removed it had it lived to stop the engine
-            shutil.rmtree(output_dir, ignore_errors=True)
-        _stop_own_group(grace)
+        _stop_own_group(grace, output_dir)  # the starter would have removed the folder had it lived
 
     threading.Thread(target=run, name="floodmapper-parent-watch", daemon=True).start()
 
 
-def _stop_own_group(grace: float) -> None:
-    """SIGTERM this engine's process group (vLLM shuts its engine core and workers down), SIGKILL after `grace`."""
+def _stop_own_group(grace: float, output_dir: str = "") -> None:
+    """Remove this engine's private output folder, then SIGTERM its process group (vLLM shuts its engine core
+    and workers down) and SIGKILL it after `grace`."""
+    import shutil
     import signal
     import time
+
+    if output_dir:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
     leader = os.getpgrp() == os.getpid()  # never signal a group we do not lead (e.g. a terminal's)
     stop = (lambda sig: os.killpg(os.getpgrp(), sig)) if leader else (lambda sig: os.kill(os.getpid(), sig))
@@ -148,7 +150,6 @@ def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 2
     group stops. The engine also stops when its record is removed (an explicit stop) or names another engine.
     """
     import json
-    import shutil
     import threading
     import time
 
@@ -195,9 +196,7 @@ def watch_idle(record: str, idle: float, interval: float = 5.0, grace: float = 2
             print(f"[floodmapper] kept engine stopping: {why}", flush=True)
         except OSError:
             pass
-        if output_dir:
-            shutil.rmtree(output_dir, ignore_errors=True)
-        _stop_own_group(grace)
+        _stop_own_group(grace, output_dir)
 
     threading.Thread(target=run, name="floodmapper-idle-watch", daemon=True).start()
 
