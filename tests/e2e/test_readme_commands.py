@@ -426,9 +426,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.vllm
-def test_serve_demo_ctrl_c(tmp_path):
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_serve_demo_ctrl_c(tmp_path, presses):
     """`scripts/serve-demo` in the foreground; Ctrl-C (SIGINT to its process group, as a terminal sends it) stops
-    it and the vLLM process group it started, even while vLLM is still starting, and removes its folders."""
+    it and the vLLM process group it started, even while vLLM is still starting, and removes its folders. A
+    second Ctrl-C while the first one waits for vLLM to stop kills vLLM at once, and removes the folders too."""
     command = readme_command(r"scripts/serve-demo")
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
@@ -449,6 +451,12 @@ def test_serve_demo_ctrl_c(tmp_path):
             time.sleep(0.5)
         time.sleep(5)  # vLLM is importing by now
         os.killpg(proc.pid, signal.SIGINT)
+        if presses == 2:
+            time.sleep(0.05)  # the script is waiting for vLLM's group to go (it checks every 0.2 s)
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass  # it was quicker than that
         assert proc.wait(timeout=60) == 130, log.read_text()
         try:
             os.killpg(group, 0)
