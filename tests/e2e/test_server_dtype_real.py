@@ -11,6 +11,8 @@ config.json would make the plugin send) stops its engine, and the job says so, w
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -57,6 +59,11 @@ class Float32Server:
         self.proc.wait(10)
         while not group_gone(self.proc.pid) or any(not group_gone(g) for g in vllm):
             time.sleep(0.1)
+        # nothing of the killed server removes the folder its vLLM kept its sockets in: the test does
+        named = _temporary_folders(self.tmp / "server.log")
+        if named:
+            assert os.path.basename(named[-1]).startswith("floodmapper-serve-tmp."), named[-1]
+            shutil.rmtree(named[-1], ignore_errors=True)
 
 
 def _children_groups(pid: int) -> list[int]:
@@ -81,6 +88,14 @@ def float32_server(tmp_path_factory):
         yield server
     finally:
         stop_group(server.proc.pid)
+    # a server whose engine died exits by itself: stopped while it stops its group, it still removes its folder
+    left = [p for p in _temporary_folders(server.tmp / "server.log") if os.path.exists(p)]
+    assert not left, f"serve-demo left vLLM's temporary folder behind: {left}"
+
+
+def _temporary_folders(log) -> list[str]:
+    """The folders serve-demo named for vLLM's temporary files, one per start, in the order it started."""
+    return re.findall(r"vLLM's temporary files in (\S+)", log.read_text())
 
 
 def run(url, inp, out, **kw):
